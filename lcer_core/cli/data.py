@@ -1,0 +1,3 @@
+"""``lcer prepare`` and ``lcer stats``."""
+
+from __future__ import annotations

@@ -1,0 +1,143 @@
+"""A prepared dataset on disk, and how the rest of the package reads it.
+
+Layout under ``$LCER_HOME/data/NAME/`` (written by :func:`lcer_core.datasets.prepare`):
+
+- ``train.parquet``, ``val_tr.parquet``, ``val_te.parquet``, ``test_tr.parquet``,
+  ``test_te.parquet``: columns ``uid`` (int64), ``sid`` (int64). ``*_tr`` is the fold-in
+  part a held-out user's recommender input is made of, ``*_te`` the held-out 20 %.
+- ``users.parquet``: ``uid``, ``raw_id`` (str, the id in the raw file), ``split``
+  (``train``/``val``/``test``).
+- ``items.parquet``: ``sid``, ``raw_id`` (str), ``title`` (str or null), ``genres``
+  (str or null: ``|``-joined genres, or the category).
+- ``meta.json``: ``{"dataset", "stats": {...Table 1 and split sizes...}, "seed",
+  "fingerprint", ...}``; written last, so its presence means the folder is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from lcer_core.errors import MissingDataError, UnknownUserError
+from lcer_core.pairs import Histories, histories_from_lists
+from lcer_core.paths import dataset_dir
+
+__all__ = ["PARTS", "PreparedDataset", "load_prepared", "is_prepared"]
+
+PARTS = ("train", "val_tr", "val_te", "test_tr", "test_te")
+
+
+def is_prepared(name: str) -> bool:
+    return (dataset_dir(name) / "meta.json").is_file()
+
+
+@dataclass
+class PreparedDataset:
+    """The filtered, split interactions of one dataset with its id maps and item metadata."""
+
+    name: str
+    folder: Path
+    meta: dict[str, Any]
+    users: pl.DataFrame
+    items: pl.DataFrame
+    _parts: dict[str, pl.DataFrame] = field(repr=False)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.items.height)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return dict(self.meta["stats"])
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of the prepared data: part of every model and run key."""
+        return str(self.meta["fingerprint"])
+
+    def part(self, name: str) -> pl.DataFrame:
+        return self._parts[name]
+
+    def users_of(self, split: str) -> list[int]:
+        """Internal ids of the users of ``split`` (``train``, ``val`` or ``test``), ascending."""
+        return self.users.filter(pl.col("split") == split)["uid"].sort().to_list()
+
+    def matrix(self, part: str, users: list[int] | None = None) -> tuple[list[int], torch.Tensor]:
+        """Dense binary interaction matrix ``[U, M]`` of ``part`` for ``users`` (default: all in it)."""
+        df = self.part(part)
+        if users is None:
+            users = sorted(set(df["uid"].to_list()) | set(self._split_users(part)))
+        row = {u: r for r, u in enumerate(users)}
+        x = torch.zeros(len(users), self.n_items)
+        sub = df.filter(pl.col("uid").is_in(users))
+        if sub.height:
+            rows = torch.as_tensor([row[u] for u in sub["uid"].to_list()])
+            cols = torch.as_tensor(sub["sid"].to_list())
+            x[rows, cols] = 1.0
+        return users, x
+
+    def _split_users(self, part: str) -> list[int]:
+        split = {"train": "train", "val_tr": "val", "val_te": "val", "test_tr": "test", "test_te": "test"}[part]
+        return self.users_of(split)
+
+    @cached_property
+    def _inputs(self) -> dict[int, list[int]]:
+        # The recommender's input per user: all interactions of a training user, the
+        # fold-in part of a held-out user.
+        frames = [self.part("train"), self.part("val_tr"), self.part("test_tr")]
+        grouped = pl.concat(frames).group_by("uid").agg(pl.col("sid").sort())
+        return dict(zip(grouped["uid"].to_list(), grouped["sid"].to_list(), strict=True))
+
+    def history(self, uid: int) -> list[int]:
+        """Item ids the recommender sees for user ``uid`` (ascending)."""
+        return list(self._inputs.get(uid, []))
+
+    def histories(self, users: list[int]) -> Histories:
+        return histories_from_lists(users, [self.history(u) for u in users])
+
+    def uid_of(self, raw_id: str | int) -> int:
+        """Internal id of a user given the id of the raw file."""
+        hit = self.users.filter(pl.col("raw_id") == str(raw_id))
+        if hit.height == 0:
+            raise UnknownUserError(f"user {raw_id!r} is not in dataset {self.name!r} (after filtering)")
+        return int(hit["uid"][0])
+
+    def sid_of(self, raw_id: str | int) -> int:
+        hit = self.items.filter(pl.col("raw_id") == str(raw_id))
+        if hit.height == 0:
+            raise UnknownUserError(f"item {raw_id!r} is not in dataset {self.name!r} (after filtering)")
+        return int(hit["sid"][0])
+
+    def titles(self, sids: list[int]) -> list[str]:
+        """Human-readable names (title, else the raw id) for item ids."""
+        lookup = self._title_map
+        return [lookup.get(s, str(s)) for s in sids]
+
+    @cached_property
+    def _title_map(self) -> dict[int, str]:
+        df = self.items.with_columns(pl.coalesce(pl.col("title"), pl.col("raw_id")).alias("name"))
+        return dict(zip(df["sid"].to_list(), df["name"].to_list(), strict=True))
+
+
+def load_prepared(name: str) -> PreparedDataset:
+    """Read a prepared dataset; :class:`MissingDataError` if ``lcer prepare`` has not run."""
+    folder = dataset_dir(name)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise MissingDataError(f"dataset {name!r} is not prepared yet: run `lcer prepare {name}` first")
+    meta = json.loads(meta_path.read_text())
+    parts = {p: pl.read_parquet(folder / f"{p}.parquet") for p in PARTS}
+    return PreparedDataset(
+        name=name,
+        folder=folder,
+        meta=meta,
+        users=pl.read_parquet(folder / "users.parquet"),
+        items=pl.read_parquet(folder / "items.parquet"),
+        _parts=parts,
+    )

@@ -1,0 +1,80 @@
+"""Every error a user can cause, in one place.
+
+The CLI maps :class:`LcerError` (and only it) to exit status 2 and one line on
+stderr; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LcerError",
+    "UnknownDatasetError",
+    "UnknownMethodError",
+    "UnknownUserError",
+    "InvalidParameterError",
+    "DownloadError",
+    "ChecksumMismatchError",
+    "DataFormatError",
+    "EmptyDatasetError",
+    "MissingDataError",
+    "StoreError",
+    "StoreLockedError",
+    "NonFiniteScoresError",
+    "LcerHomeError",
+]
+
+
+class LcerError(Exception):
+    """Base class of the errors a user can cause; its message is one line."""
+
+
+class UnknownDatasetError(LcerError):
+    """A dataset name that is neither in the registry nor registered by the user."""
+
+
+class UnknownMethodError(LcerError):
+    """An explainer name that is not in the explainer registry."""
+
+
+class UnknownUserError(LcerError):
+    """A user id that is not in the prepared dataset."""
+
+
+class InvalidParameterError(LcerError):
+    """A hyperparameter or option outside its valid range."""
+
+
+class DownloadError(LcerError):
+    """A dataset archive could not be fetched after the bounded retries."""
+
+
+class ChecksumMismatchError(LcerError):
+    """Downloaded or extracted content does not have the registered sha256."""
+
+
+class DataFormatError(LcerError):
+    """A raw or user-supplied file does not have the expected layout."""
+
+
+class EmptyDatasetError(LcerError):
+    """Filtering left no user (or no item) to work with."""
+
+
+class MissingDataError(LcerError):
+    """A step needs an artefact (prepared data, trained model, results) that is not there yet."""
+
+
+class StoreError(LcerError):
+    """The results database cannot be opened, migrated or queried."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the results database for longer than the wait allows."""
+
+
+class NonFiniteScoresError(LcerError):
+    """The recommender produced NaN or infinite scores; nothing is stored."""
+
+
+class LcerHomeError(LcerError):
+    """LCER_HOME (or a folder under it) cannot be written: permissions or a full disk."""

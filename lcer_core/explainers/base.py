@@ -1,0 +1,115 @@
+"""One call shape for every explainer, modelled on Captum's ``attribute``.
+
+``Explainer.explain(recommender, pairs, seed=...)`` validates its input and calls the
+method's private ``_explain``. Every method returns :class:`Explanations`: per pair,
+the counterfactual set as a mask over the pair's interacted items (all False when
+there is none) and, where the method has one, an importance per interacted item.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from lcer_core.errors import InvalidParameterError
+from lcer_core.pairs import PairBatch
+from lcer_core.recommender.base import Recommender
+
+__all__ = ["Explainer", "ExplainerConfig", "Explanations", "Progress"]
+
+Progress = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` while a method works (steps, or queries)."""
+
+
+@dataclass(frozen=True)
+class Explanations:
+    """What an explainer found for a :class:`PairBatch`, aligned with its ``items``/``mask``."""
+
+    removed: Tensor  # [P, L] bool: the counterfactual set C (False at padding)
+    importance: Tensor  # [P, L] float: per-item importance, NaN where the method has none
+
+    @property
+    def found(self) -> Tensor:
+        """[P] bool: a non-empty set was returned."""
+        return self.removed.any(1)
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.removed.sum(1)
+
+    def to(self, device: torch.device | str) -> Explanations:
+        return Explanations(self.removed.to(device), self.importance.to(device))
+
+    @staticmethod
+    def cat(parts: list[Explanations]) -> Explanations:
+        """Concatenate along pairs, padding the item axis to the widest part."""
+        width = max(p.removed.shape[1] for p in parts)
+        pad = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
+        return Explanations(
+            torch.cat([pad(p.removed, False) for p in parts]),
+            torch.cat([pad(p.importance, float("nan")) for p in parts]),
+        )
+
+
+@dataclass(frozen=True)
+class ExplainerConfig:
+    """Base of the typed configs; ``dump()`` gives the flat dict logged as MLflow params."""
+
+    def dump(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Explainer(ABC):
+    """Base class of all explanation methods; subclasses cite their paper in the docstring."""
+
+    name: ClassVar[str]
+    #: False for methods whose output is not a counterfactual by construction (FIA):
+    #: their validity is reported as NULL, as in the paper's Table 2.
+    reports_validity: ClassVar[bool] = True
+    config_type: ClassVar[type[ExplainerConfig]] = ExplainerConfig
+
+    def __init__(self, config: ExplainerConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_type()
+        if not isinstance(self.config, self.config_type):
+            raise InvalidParameterError(
+                f"{self.name} expects a {self.config_type.__name__}, got {type(self.config).__name__}"
+            )
+
+    def dump_config(self) -> dict[str, Any]:
+        return {"method": self.name, **self.config.dump()}
+
+    def explain(
+        self,
+        recommender: Recommender,
+        pairs: PairBatch,
+        *,
+        seed: int = 0,
+        progress: Progress | None = None,
+    ) -> Explanations:
+        """Explain every pair of ``pairs`` with ``recommender``; same seed, same answer."""
+        if pairs.items.shape != pairs.mask.shape:
+            raise InvalidParameterError("pairs.items and pairs.mask must have the same shape")
+        if len(pairs) == 0:
+            empty = torch.zeros(0, pairs.items.shape[1], dtype=torch.bool, device=pairs.items.device)
+            return Explanations(empty, empty.float().fill_(float("nan")))
+        pairs = pairs.to(recommender.device)
+        out = self._explain(recommender, pairs, seed=seed, progress=progress)
+        removed = out.removed & pairs.mask
+        importance = out.importance.masked_fill(~pairs.mask, float("nan"))
+        return Explanations(removed, importance)
+
+    @abstractmethod
+    def _explain(
+        self,
+        recommender: Recommender,
+        pairs: PairBatch,
+        *,
+        seed: int,
+        progress: Progress | None,
+    ) -> Explanations:
+        """The method itself, on a validated batch already on the recommender's device."""

@@ -1,0 +1,120 @@
+"""(user, recommended item) pairs as tensors: what every explainer and every metric consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from lcer_core.errors import InvalidParameterError
+from lcer_core.recommender.base import Recommender, topk_excluding
+
+__all__ = ["Histories", "PairBatch", "build_pairs", "histories_from_lists"]
+
+
+@dataclass(frozen=True)
+class Histories:
+    """Users' interacted items as a padded matrix: ``items[u, l]`` valid where ``mask[u, l]``."""
+
+    users: Tensor  # [U] long: internal user ids
+    items: Tensor  # [U, L] long, 0 at padding
+    mask: Tensor  # [U, L] bool
+
+    def __len__(self) -> int:
+        return int(self.users.shape[0])
+
+
+def histories_from_lists(users: list[int], item_lists: list[list[int]]) -> Histories:
+    """Pad per-user item lists (each sorted ascending) into a :class:`Histories`."""
+    width = max((len(x) for x in item_lists), default=0)
+    items = torch.zeros(len(users), max(width, 1), dtype=torch.long)
+    mask = torch.zeros(len(users), max(width, 1), dtype=torch.bool)
+    for row, lst in enumerate(item_lists):
+        if lst:
+            items[row, : len(lst)] = torch.as_tensor(sorted(lst), dtype=torch.long)
+            mask[row, : len(lst)] = True
+    return Histories(torch.as_tensor(users, dtype=torch.long), items, mask)
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """A batch of pairs to explain, each restricted to its user's interacted items.
+
+    ``thresholds`` is the factual score of the (K+1)-th item, g_{K+1}(x_f), the bar a
+    counterfactual score must fall under (paper, eq. 9).
+    """
+
+    users: Tensor  # [P] long
+    targets: Tensor  # [P] long: the recommended item i
+    ranks: Tensor  # [P] long: 1-based position of i in the top-K
+    items: Tensor  # [P, L] long
+    mask: Tensor  # [P, L] bool
+    thresholds: Tensor  # [P] float
+    replacements: Tensor  # [P] long: the (K+1)-th item
+    k: int
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.mask.sum(1)
+
+    def to(self, device: torch.device | str) -> PairBatch:
+        return PairBatch(
+            **{f.name: (getattr(self, f.name).to(device) if f.name != "k" else self.k) for f in fields(self)}
+        )
+
+    def select(self, index: Tensor | slice) -> PairBatch:
+        """The sub-batch at ``index``, trimmed to its own widest history."""
+        parts = {f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "k"}
+        width = max(int(parts["mask"].sum(1).max()) if len(parts["mask"]) else 1, 1)
+        parts["items"] = parts["items"][:, :width]
+        parts["mask"] = parts["mask"][:, :width]
+        return PairBatch(**parts, k=self.k)
+
+    def dense_inputs(self, n_items: int, keep: Tensor | None = None) -> Tensor:
+        """Dense interaction vectors ``[P, M]``; with ``keep: [P, L]`` only the kept items."""
+        w = self.mask.float() if keep is None else (self.mask & keep).float()
+        x = torch.zeros(len(self), n_items, device=w.device)
+        return x.scatter_add(1, self.items, w)
+
+
+@torch.no_grad()
+def build_pairs(recommender: Recommender, histories: Histories, k: int) -> PairBatch:
+    """Recommend top-``k`` for each user (excluding interacted items) and make one pair per item."""
+    if k < 1:
+        raise InvalidParameterError(f"k must be a positive integer, got {k}")
+    dev = recommender.device
+    items, mask = histories.items.to(dev), histories.mask.to(dev)
+    free = recommender.n_items - mask.sum(1)
+    if len(histories) and int(free.min()) <= k:
+        raise InvalidParameterError(
+            f"k={k} must be smaller than the number of items a user has not interacted with "
+            f"(smallest here: {int(free.min())})"
+        )
+    scores = recommender.scores_of_sets(items, mask.float())
+    _check_finite(scores)
+    exclude = torch.zeros_like(scores, dtype=torch.bool).scatter(1, items, mask)
+    top, vals = topk_excluding(scores, exclude, k + 1)
+    n_users = len(histories)
+    rep = lambda t: t.repeat_interleave(k, dim=0)  # noqa: E731
+    return PairBatch(
+        users=rep(histories.users.to(dev)),
+        targets=top[:, :k].reshape(-1),
+        ranks=torch.arange(1, k + 1, device=dev).repeat(n_users),
+        items=rep(items),
+        mask=rep(mask),
+        thresholds=rep(vals[:, k]),
+        replacements=rep(top[:, k]),
+        k=k,
+    )
+
+
+def _check_finite(scores: Tensor) -> None:
+    from lcer_core.errors import NonFiniteScoresError
+
+    if not torch.isfinite(scores).all():
+        bad = int((~torch.isfinite(scores)).any(1).sum())
+        raise NonFiniteScoresError(f"the recommender produced non-finite scores for {bad} user(s)")

@@ -1,0 +1,69 @@
+"""Where things live: one place for every path and location derived from the environment.
+
+``LCER_HOME`` (default: the current folder) holds ``data/``, ``results/lcer.duckdb``
+and ``mlflow/``; ``MLFLOW_TRACKING_URI`` overrides the tracking store and
+``LCER_MIRROR`` replaces the official dataset hosts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "lcer_home",
+    "data_dir",
+    "dataset_dir",
+    "results_db",
+    "mlflow_dir",
+    "mlflow_tracking_uri",
+    "models_dir",
+    "prefect_results_dir",
+    "mirror_base",
+]
+
+
+def lcer_home() -> Path:
+    """The root folder of all state, absolute."""
+    return Path(os.environ.get("LCER_HOME") or os.getcwd()).expanduser().resolve()
+
+
+def data_dir() -> Path:
+    return lcer_home() / "data"
+
+
+def dataset_dir(name: str) -> Path:
+    """Folder of one dataset: raw archives under ``raw/``, prepared Parquet beside."""
+    return data_dir() / name
+
+
+def results_db() -> Path:
+    return lcer_home() / "results" / "lcer.duckdb"
+
+
+def models_dir() -> Path:
+    """Trained recommender checkpoints, one folder per model key."""
+    return lcer_home() / "models"
+
+
+def prefect_results_dir() -> Path:
+    """Prefect's persisted task results (pinned here so they do not land in ~/.prefect)."""
+    return lcer_home() / "prefect-results"
+
+
+def mlflow_dir() -> Path:
+    return lcer_home() / "mlflow"
+
+
+def mlflow_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else an absolute SQLite store under ``LCER_HOME/mlflow``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{mlflow_dir() / 'mlflow.db'}"
+
+
+def mirror_base() -> str | None:
+    """Base URL that replaces the official dataset hosts, or None."""
+    base = os.environ.get("LCER_MIRROR", "").strip()
+    return base.rstrip("/") or None

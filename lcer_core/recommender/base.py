@@ -1,0 +1,69 @@
+"""The recommender seam: anything that maps interaction vectors to item scores, differentiably."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+__all__ = ["Recommender", "dense_from_sets", "topk_excluding", "rank_of"]
+
+
+def dense_from_sets(items: Tensor, weights: Tensor, n_items: int) -> Tensor:
+    """Scatter padded item lists into dense vectors: ``x[p, items[p, l]] += weights[p, l]``.
+
+    Padding entries must carry weight 0. Differentiable in ``weights``.
+    """
+    x = torch.zeros(items.shape[0], n_items, dtype=weights.dtype, device=weights.device)
+    return x.scatter_add(1, items, weights)
+
+
+class Recommender(ABC):
+    """Maps a batch of interaction vectors ``x: [B, M]`` to item scores ``[B, M]``.
+
+    LCER needs gradients through :meth:`scores`; the other explainers only call it.
+    Subclasses may override :meth:`scores_of_sets` with a faster path for inputs
+    given as (padded) lists of interacted items, which is what the explainers use.
+    """
+
+    n_items: int
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """Where the model's tensors live."""
+
+    @abstractmethod
+    def scores(self, x: Tensor) -> Tensor:
+        """Scores ``[B, M]`` for interaction vectors ``[B, M]``; deterministic (no dropout, no sampling)."""
+
+    def scores_of_sets(self, items: Tensor, weights: Tensor, targets: Tensor | None = None) -> Tensor:
+        """Scores for inputs ``x[p, items[p, l]] = weights[p, l]`` (weights 0 at padding).
+
+        Returns ``[P, M]``, or ``[P, T]`` gathered at ``targets: [P, T]`` when given.
+        """
+        s = self.scores(dense_from_sets(items, weights, self.n_items))
+        return s if targets is None else s.gather(1, targets)
+
+
+def topk_excluding(scores: Tensor, exclude: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-``k`` item indices and scores per row, never recommending items where ``exclude`` is set.
+
+    ``exclude`` is a ``[B, M]`` mask (bool or 0/1). Ties break towards the lower item index
+    (``torch.topk`` on CPU and CUDA both do so for a stable input), so the list is reproducible.
+    """
+    masked = scores.masked_fill(exclude.bool(), float("-inf"))
+    vals, idx = torch.topk(masked, k, dim=1, sorted=True)
+    return idx, vals
+
+
+def rank_of(scores: Tensor, exclude: Tensor, items: Tensor) -> Tensor:
+    """1-based rank of ``items: [B]`` in each row's ranking of non-excluded items.
+
+    An excluded item gets rank 0 (it cannot be recommended). Ties count in the item's favour.
+    """
+    masked = scores.masked_fill(exclude.bool(), float("-inf"))
+    own = masked.gather(1, items[:, None])
+    rank = (masked > own).sum(1) + 1
+    return torch.where(torch.isinf(own[:, 0]) & (own[:, 0] < 0), torch.zeros_like(rank), rank)
