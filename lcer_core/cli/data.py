@@ -1,3 +1,140 @@
 """``lcer prepare`` and ``lcer stats``."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lcer_core.cli.app import app
+from lcer_core.datasets.registry import DEFAULT_SEED
+from lcer_core.errors import InvalidParameterError
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _summary(stats: dict[str, Any]) -> str:
+    return (
+        f"{stats['users']:,} users, {stats['items']:,} items, {stats['interactions']:,} interactions, "
+        f"density {stats['density_pct']:.3f} %; held out {stats['val_users']} validation and "
+        f"{stats['test_users']} test users"
+    )
+
+
+@app.command()
+def prepare(
+    dataset: Annotated[
+        str, typer.Argument(help="Dataset name: ml-100k, ml-1m, alishop, epinions, or yours.")
+    ],
+    seed: Annotated[
+        int, typer.Option(help="Seed of the user shuffle and the 80/20 fold-in split.")
+    ] = DEFAULT_SEED,
+    force: Annotated[
+        bool, typer.Option("--force", help="Prepare again even if already prepared.")
+    ] = False,
+    heldout: Annotated[
+        int | None,
+        typer.Option(help="Validation users, and as many test users (default: the registry's)."),
+    ] = None,
+    from_: Annotated[
+        Path | None,
+        typer.Option(
+            "--from", help="Register your own interactions (.csv or .parquet) as DATASET."
+        ),
+    ] = None,
+    user_col: Annotated[str | None, typer.Option(help="With --from: the user id column.")] = None,
+    item_col: Annotated[str | None, typer.Option(help="With --from: the item id column.")] = None,
+    rating_col: Annotated[
+        str | None, typer.Option(help="With --from: the rating column (optional).")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="With --rating-col: keep ratings above this (default 3.5).")
+    ] = None,
+    items: Annotated[Path | None, typer.Option(help="With --from: a file of item titles.")] = None,
+    item_id_col: Annotated[
+        str | None, typer.Option(help="With --items: its item id column.")
+    ] = None,
+    title_col: Annotated[
+        str | None, typer.Option(help="With --items: its title column (default title).")
+    ] = None,
+    genres_col: Annotated[
+        str | None, typer.Option(help="With --items: its genres/category column.")
+    ] = None,
+    sep: Annotated[str, typer.Option(help="With --from: the CSV separator.")] = ",",
+) -> None:
+    """Download (or take from LCER_MIRROR), filter and split DATASET; a second call does no work."""
+    if from_ is None:
+        given = {
+            "--user-col": user_col,
+            "--item-col": item_col,
+            "--rating-col": rating_col,
+            "--threshold": threshold,
+            "--items": items,
+            "--item-id-col": item_id_col,
+            "--title-col": title_col,
+            "--genres-col": genres_col,
+        }
+        stray = [k for k, v in given.items() if v is not None]
+        if stray:
+            raise InvalidParameterError(f"{', '.join(stray)} only apply with --from FILE")
+        from lcer_core.datasets import prepare_dataset
+
+        result = prepare_dataset(dataset, seed=seed, force=force, heldout=heldout, log=_err)
+    else:
+        if not user_col or not item_col:
+            missing = [
+                k for k, v in {"--user-col": user_col, "--item-col": item_col}.items() if not v
+            ]
+            raise InvalidParameterError(f"--from needs {' and '.join(missing)}")
+        from lcer_core.datasets.custom import register_and_prepare
+
+        result = register_and_prepare(
+            dataset,
+            from_,
+            user_col=user_col,
+            item_col=item_col,
+            rating_col=rating_col,
+            threshold=threshold,
+            items_file=items,
+            item_id_col=item_id_col,
+            title_col=title_col,
+            genres_col=genres_col,
+            heldout=heldout,
+            sep=sep,
+            seed=seed,
+            force=force,
+            log=_err,
+        )
+    typer.echo(f"{dataset}: {_summary(result.stats)}")
+
+
+@app.command()
+def stats(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Table 1 statistics after filtering (users, items, interactions, density %) and the split sizes."""
+    from lcer_core.datasets import get_spec, is_prepared, load_prepared, prepare_dataset
+
+    get_spec(dataset)  # an unknown name fails here, before any work
+    if not is_prepared(dataset):
+        prepare_dataset(dataset, log=_err)
+    data = load_prepared(dataset)
+    out = {"dataset": dataset} | {k: v for k, v in data.stats.items() if k != "dataset"}
+    out["seed"] = data.meta.get("seed")
+    out["fingerprint"] = data.fingerprint
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    width = max(len(k) for k in out)
+    for key, value in out.items():
+        shown = (
+            f"{value:.3f}"
+            if key == "density_pct"
+            else (f"{value:,}" if isinstance(value, int) and key != "seed" else value)
+        )
+        typer.echo(f"{key:<{width}}  {shown}")

@@ -19,14 +19,17 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import torch
 
 from lcer_core.errors import MissingDataError, UnknownUserError
-from lcer_core.pairs import Histories, histories_from_lists
 from lcer_core.paths import dataset_dir
+
+if TYPE_CHECKING:  # torch is imported lazily: `lcer stats` should not pay for it
+    import torch
+
+    from lcer_core.pairs import Histories
 
 __all__ = ["PARTS", "PreparedDataset", "load_prepared", "is_prepared"]
 
@@ -70,6 +73,8 @@ class PreparedDataset:
 
     def matrix(self, part: str, users: list[int] | None = None) -> tuple[list[int], torch.Tensor]:
         """Dense binary interaction matrix ``[U, M]`` of ``part`` for ``users`` (default: all in it)."""
+        import torch
+
         df = self.part(part)
         if users is None:
             users = sorted(set(df["uid"].to_list()) | set(self._split_users(part)))
@@ -99,6 +104,9 @@ class PreparedDataset:
         return list(self._inputs.get(uid, []))
 
     def histories(self, users: list[int]) -> Histories:
+        """Padded recommender inputs of ``users`` (see :meth:`history`)."""
+        from lcer_core.pairs import histories_from_lists
+
         return histories_from_lists(users, [self.history(u) for u in users])
 
     def uid_of(self, raw_id: str | int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -45,6 +46,21 @@ class Recommender(ABC):
         """
         s = self.scores(dense_from_sets(items, weights, self.n_items))
         return s if targets is None else s.gather(1, targets)
+
+    def set_scorer(self, items: Tensor, mask: Tensor, targets: Tensor) -> Callable[[Tensor], Tensor]:
+        """A function ``flat_weights [N] -> scores [P, T]`` for fixed ``items``/``mask``/``targets``.
+
+        ``flat_weights`` are the weights of the valid entries ``items[mask]`` in row-major
+        order. Called once per batch by iterative explainers: override to precompute what
+        does not change between calls (Mult-VAE uses an embedding bag over ``items[mask]``).
+        """
+
+        def score(flat_weights: Tensor) -> Tensor:
+            weights = torch.zeros(mask.shape, dtype=flat_weights.dtype, device=flat_weights.device)
+            weights = weights.masked_scatter(mask, flat_weights)
+            return self.scores_of_sets(items, weights, targets)
+
+        return score
 
 
 def topk_excluding(scores: Tensor, exclude: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,371 @@
+"""The pipeline's steps as plain functions: what the CLI, the Prefect tasks and a notebook call.
+
+Each step reads and writes files under ``LCER_HOME``; nothing here knows about Prefect or
+MLflow. A step that is asked for an invalid value raises an :class:`~lcer_core.errors.LcerError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from lcer_core.datasets import PreparedDataset, load_prepared, prepare
+from lcer_core.errors import InvalidParameterError, LcerHomeError, MissingDataError
+from lcer_core.explainers import METHODS, Explanations, get_explainer
+from lcer_core.keys import content_key
+from lcer_core.metrics import PairOutcomes, evaluate_pairs, summarize
+from lcer_core.pairs import PairBatch, build_pairs
+from lcer_core.paths import models_dir
+from lcer_core.recommender.multvae import MultVAE, MultVAEConfig, MultVAERecommender
+from lcer_core.recommender.training import EpochReport, evaluate_ranking, fit_multvae
+from lcer_core.store.paper import PAPER_LCER_PARAMS
+
+__all__ = [
+    "TrainedModel",
+    "default_device",
+    "default_params",
+    "ensure_dataset",
+    "train_model",
+    "find_model",
+    "load_model",
+    "ensure_model",
+    "model_key",
+    "test_users",
+    "make_pairs",
+    "explain",
+    "evaluate",
+    "recommendation_frame",
+    "explanation_frame",
+    "pairs_from_frame",
+    "summarize_frame",
+    "validate_common",
+]
+
+MODEL_SEED = 98765
+
+
+def default_device() -> torch.device:
+    """CUDA whenever it is visible, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_params(dataset: str) -> dict[str, float]:
+    """The paper's α and λ for a dataset (section 4.1), ML 100K's for any other."""
+    return dict(PAPER_LCER_PARAMS.get(dataset, PAPER_LCER_PARAMS["ml-100k"]))
+
+
+def validate_common(*, k: int | None = None, alpha: float | None = None, lam: float | None = None,
+                    steps: int | None = None, n_users: int | None = None, seed: int | None = None) -> None:
+    """One-line errors for out-of-range options shared by several commands."""
+    if k is not None and not (isinstance(k, int) and k >= 1):
+        raise InvalidParameterError(f"--k must be a positive integer, got {k}")
+    if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
+        raise InvalidParameterError(f"--alpha must be a finite number >= 0, got {alpha}")
+    if lam is not None and not (math.isfinite(lam) and lam >= 0):
+        raise InvalidParameterError(f"--lam must be a finite number >= 0, got {lam}")
+    if steps is not None and not (isinstance(steps, int) and 1 <= steps <= 1_000_000):
+        raise InvalidParameterError(f"--steps must be an integer in [1, 1000000], got {steps}")
+    if n_users is not None and not (isinstance(n_users, int) and n_users >= 1):
+        raise InvalidParameterError(f"--users must be a positive integer, got {n_users}")
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**31):
+        raise InvalidParameterError(f"--seed must be an integer in [0, 2^31), got {seed}")
+
+
+def ensure_dataset(name: str) -> PreparedDataset:
+    """Prepare ``name`` if needed (idempotent) and load it."""
+    prepare(name)
+    return load_prepared(name)
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class TrainedModel:
+    """A trained Mult-VAE with what determines it and how well it ranks."""
+
+    dataset: str
+    key: str
+    config: MultVAEConfig
+    seed: int
+    module: MultVAE
+    metrics: dict[str, float]
+    path: Path
+
+    def recommender(self, device: torch.device | str | None = None) -> MultVAERecommender:
+        return MultVAERecommender(self.module, device or default_device())
+
+    @property
+    def version(self) -> str:
+        return self.key
+
+
+def model_key(data: PreparedDataset, config: MultVAEConfig, seed: int) -> str:
+    """Key of a model: the data's content hash, the hyperparameters and the seed."""
+    return content_key({"data": data.fingerprint, "config": config.dump(), "seed": seed})
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+        os.close(fd)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise LcerHomeError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def train_model(
+    data: PreparedDataset,
+    config: MultVAEConfig | None = None,
+    *,
+    seed: int = MODEL_SEED,
+    device: torch.device | str | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> TrainedModel:
+    """Train Mult-VAE on the training users, pick the best epoch on validation NDCG@100,
+    report NDCG@100 and Recall@20/50 on the test users, and save the checkpoint atomically."""
+    cfg = config or MultVAEConfig()
+    if cfg.epochs < 1:
+        raise InvalidParameterError(f"epochs must be >= 1, got {cfg.epochs}")
+    dev = device or default_device()
+    _, train = data.matrix("train", data.users_of("train"))
+    val_users = data.users_of("val")
+    _, vtr = data.matrix("val_tr", val_users)
+    _, vte = data.matrix("val_te", val_users)
+    gen = fit_multvae(train, vtr, vte, config=cfg, seed=seed, device=dev)
+    best_epoch = 0
+    while True:
+        try:
+            report = next(gen)
+        except StopIteration as stop:
+            module: MultVAE = stop.value
+            break
+        best_epoch = report.best_epoch
+        if on_epoch is not None:
+            on_epoch(report)
+    test = data.users_of("test")
+    _, ttr = data.matrix("test_tr", test)
+    _, tte = data.matrix("test_te", test)
+    metrics = {**evaluate_ranking(module, ttr, tte), "best_epoch": float(best_epoch)}
+    key = model_key(data, cfg, seed)
+    path = models_dir() / data.name / key / "model.pt"
+    _atomic_save(
+        {"state_dict": module.state_dict(), "config": cfg.dump(), "seed": seed, "n_items": data.n_items,
+         "metrics": metrics, "data_fingerprint": data.fingerprint, "dataset": data.name},
+        path,
+    )
+    latest = path.parent.parent / "latest"
+    tmp = latest.with_suffix(".tmp")
+    tmp.write_text(key)
+    os.replace(tmp, latest)
+    return TrainedModel(data.name, key, cfg, seed, module, metrics, path)
+
+
+def _load_checkpoint(dataset: str, key: str) -> TrainedModel:
+    path = models_dir() / dataset / key / "model.pt"
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = MultVAEConfig(**blob["config"])
+    module = MultVAE(int(blob["n_items"]), cfg)
+    module.load_state_dict(blob["state_dict"])
+    return TrainedModel(dataset, key, cfg, int(blob["seed"]), module.eval(), dict(blob["metrics"]), path)
+
+
+def find_model(dataset: str, key: str | None = None) -> TrainedModel | None:
+    """The model with ``key`` (default: the latest trained) for ``dataset``, or None."""
+    if key is None:
+        latest = models_dir() / dataset / "latest"
+        if not latest.is_file():
+            return None
+        key = latest.read_text().strip()
+    if not (models_dir() / dataset / key / "model.pt").is_file():
+        return None
+    return _load_checkpoint(dataset, key)
+
+
+def load_model(dataset: str, key: str | None = None) -> TrainedModel:
+    """Like :func:`find_model`, but a missing model is a one-line error."""
+    found = find_model(dataset, key)
+    if found is None:
+        raise MissingDataError(f"no trained model for {dataset!r}: run `lcer train {dataset}` first")
+    return found
+
+
+def ensure_model(
+    data: PreparedDataset,
+    config: MultVAEConfig | None = None,
+    *,
+    seed: int = MODEL_SEED,
+    device: torch.device | str | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> tuple[TrainedModel, bool]:
+    """The model for (data, config, seed), trained only if no checkpoint exists; (model, trained?)."""
+    cfg = config or MultVAEConfig()
+    existing = find_model(data.name, model_key(data, cfg, seed))
+    if existing is not None:
+        return existing, False
+    return train_model(data, cfg, seed=seed, device=device, on_epoch=on_epoch), True
+
+
+# --------------------------------------------------------------------------- explanations
+
+
+def test_users(data: PreparedDataset, n_users: int | None = None) -> list[int]:
+    """The first ``n_users`` test users (all by default), in ascending internal id."""
+    users = data.users_of("test")
+    if n_users is not None:
+        validate_common(n_users=n_users)
+        users = users[:n_users]
+    return users
+
+
+def make_pairs(recommender: MultVAERecommender, data: PreparedDataset, users: list[int], k: int) -> PairBatch:
+    """Top-``k`` pairs of ``users`` with their thresholds g_{K+1}(x_f)."""
+    validate_common(k=k)
+    return build_pairs(recommender, data.histories(users), k)
+
+
+def explain(
+    recommender: MultVAERecommender,
+    pairs: PairBatch,
+    method: str,
+    *,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    **params: Any,
+) -> Explanations:
+    """Explain ``pairs`` with ``method`` (one of :data:`lcer_core.explainers.METHODS`)."""
+    return get_explainer(method, **params).explain(recommender, pairs, seed=seed, progress=progress)
+
+
+def evaluate(recommender: MultVAERecommender, pairs: PairBatch, explanations: Explanations) -> PairOutcomes:
+    return evaluate_pairs(recommender, pairs, explanations)
+
+
+def recommendation_frame(data: PreparedDataset, pairs: PairBatch, recommender: MultVAERecommender) -> pl.DataFrame:
+    """One row per (user, rank): the top-K list with raw ids and scores."""
+    with torch.no_grad():
+        scores = recommender.scores_of_sets(pairs.items, pairs.mask.float(), pairs.targets[:, None])[:, 0]
+    uids = pairs.users.cpu().tolist()
+    sids = pairs.targets.cpu().tolist()
+    return pl.DataFrame(
+        {
+            "uid": uids,
+            "raw_user": _raw_users(data, uids),
+            "rank": pairs.ranks.cpu().tolist(),
+            "sid": sids,
+            "raw_item": _raw_items(data, sids),
+            "score": scores.cpu().double().tolist(),
+        }
+    )
+
+
+def _raw_users(data: PreparedDataset, uids: list[int]) -> list[str]:
+    lookup = dict(zip(data.users["uid"].to_list(), data.users["raw_id"].to_list(), strict=True))
+    return [lookup[u] for u in uids]
+
+
+def _raw_items(data: PreparedDataset, sids: list[int]) -> list[str]:
+    lookup = dict(zip(data.items["sid"].to_list(), data.items["raw_id"].to_list(), strict=True))
+    return [lookup[s] for s in sids]
+
+
+def explanation_frame(
+    data: PreparedDataset, pairs: PairBatch, explanations: Explanations, outcomes: PairOutcomes
+) -> pl.DataFrame:
+    """One row per pair: the CE's items (internal and raw ids), their importance, and the outcomes."""
+    items = pairs.items.cpu()
+    removed = explanations.removed.cpu()[:, : items.shape[1]]
+    imp = explanations.importance.cpu()[:, : items.shape[1]]
+    ce_items, ce_imp = [], []
+    for row in range(len(pairs)):
+        sel = removed[row]
+        ce_items.append(items[row][sel].tolist())
+        vals = imp[row][sel].double().tolist()
+        ce_imp.append([None if math.isnan(v) else v for v in vals])
+    uids = pairs.users.cpu().tolist()
+    sids = pairs.targets.cpu().tolist()
+    raw_item = dict(zip(data.items["sid"].to_list(), data.items["raw_id"].to_list(), strict=True))
+    return pl.DataFrame(
+        {
+            "uid": uids,
+            "raw_user": _raw_users(data, uids),
+            "sid": sids,
+            "raw_item": [raw_item[s] for s in sids],
+            "rank": pairs.ranks.cpu().tolist(),
+            "found": outcomes.found.cpu().tolist(),
+            "ce_items": ce_items,
+            "ce_raw": [[raw_item[s] for s in ce] for ce in ce_items],
+            "ce_importance": ce_imp,
+            "length": outcomes.length.cpu().tolist(),
+            "sufficient": outcomes.sufficient.cpu().tolist(),
+            "necessary": outcomes.necessary.cpu().tolist(),
+            "rank_after": outcomes.rank_after.cpu().tolist(),
+        },
+        schema_overrides={"ce_items": pl.List(pl.Int64), "ce_raw": pl.List(pl.String),
+                          "ce_importance": pl.List(pl.Float64)},
+    )
+
+
+def pairs_from_frame(
+    data: PreparedDataset, recommender: MultVAERecommender, frame: pl.DataFrame, k: int
+) -> tuple[PairBatch, Explanations]:
+    """Rebuild pairs (with the *current* model's thresholds) and CEs from stored explanation rows."""
+    users = frame["uid"].to_list()
+    base = build_pairs(recommender, data.histories(sorted(set(users))), k)
+    row_of = {(u, s): i for i, (u, s) in enumerate(zip(base.users.tolist(), base.targets.tolist(), strict=True))}
+    hist = data.histories(users)
+    dev = recommender.device
+    # Thresholds: the (K+1)-th score of the user's current list (same for every pair of a user).
+    per_user = {u: float(base.thresholds[i]) for (u, _), i in row_of.items()}
+    per_user_rep = {u: int(base.replacements[i]) for (u, _), i in row_of.items()}
+    thresholds = torch.tensor([per_user[u] for u in users], device=dev)
+    items, mask = hist.items.to(dev), hist.mask.to(dev)
+    pairs = PairBatch(
+        users=torch.tensor(users, device=dev),
+        targets=torch.tensor(frame["sid"].to_list(), device=dev),
+        ranks=torch.tensor(frame["rank"].to_list(), device=dev),
+        items=items,
+        mask=mask,
+        thresholds=thresholds,
+        replacements=torch.tensor([per_user_rep[u] for u in users], device=dev),
+        k=k,
+    )
+    removed = torch.zeros_like(mask)
+    for row, ce in enumerate(frame["ce_items"].to_list()):
+        if ce:
+            removed[row] = torch.isin(items[row], torch.tensor(ce, device=dev)) & mask[row]
+    return pairs, Explanations(removed, torch.full(mask.shape, float("nan"), device=dev))
+
+
+def summarize_frame(frame: pl.DataFrame, method: str) -> dict[str, float | int | None]:
+    """Table-2 metrics from stored per-pair rows (the same code path as :func:`summarize`)."""
+    outcomes = PairOutcomes(
+        found=torch.tensor(frame["found"].to_list(), dtype=torch.bool),
+        length=torch.tensor(frame["length"].to_list(), dtype=torch.long),
+        sufficient=torch.tensor(frame["sufficient"].to_list(), dtype=torch.bool),
+        necessary=torch.tensor(frame["necessary"].to_list(), dtype=torch.bool),
+        rank_after=torch.tensor(frame["rank_after"].fill_null(0).to_list(), dtype=torch.long),
+    )
+    return summarize(outcomes, reports_validity=METHODS[method].reports_validity)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    return asdict(config)

@@ -1,0 +1,82 @@
+"""``lcer explain``: explain a dataset's test users, or one user in words."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import typer
+
+from lcer_core.cli.app import app
+
+
+def _progress_bar(label: str):  # noqa: ANN202
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                   TimeRemainingColumn(), transient=True)
+    return bar
+
+
+@app.command()
+def explain(
+    dataset: str = typer.Argument(..., help="Dataset name, e.g. ml-100k."),
+    method: str = typer.Option("lcer", "--method", "-m", help="lcer, fia, accent or kaffes."),
+    k: int = typer.Option(5, "--k", help="Length of the recommendation list."),
+    alpha: float = typer.Option(None, "--alpha", help="LCER hinge margin α (default: the paper's)."),
+    lam: float = typer.Option(None, "--lam", help="LCER length weight λ (default: the paper's)."),
+    users: int = typer.Option(None, "--users", help="Number of test users (default: all)."),
+    steps: int = typer.Option(3000, "--steps", help="LCER optimisation steps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the explainer's randomness."),
+    user: str = typer.Option(None, "--user", help="Explain this user (id of the raw file), in words."),
+    item: str = typer.Option(None, "--item", help="With --user: only this recommended item (raw id)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Explain recommendations with METHOD on the stored model (train it first with `lcer train`)."""
+    from lcer_core import api
+    from lcer_core.errors import UnknownMethodError
+    from lcer_core.explainers import METHODS
+
+    if method not in METHODS:
+        raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+    params = api.default_params(dataset)
+    alpha = params["alpha"] if alpha is None else alpha
+    lam = params["lam"] if lam is None else lam
+    api.validate_common(k=k, alpha=alpha, lam=lam, steps=steps, n_users=users, seed=seed)
+    if item is not None and user is None:
+        from lcer_core.errors import InvalidParameterError
+
+        raise InvalidParameterError("--item needs --user")
+    data = api.ensure_dataset(dataset)
+    model = api.load_model(dataset)
+    hyper = {"alpha": alpha, "lam": lam, "steps": steps} if method == "lcer" else {}
+    bar = _progress_bar(f"{method} {dataset}")
+    with bar:
+        task = bar.add_task("explain", total=1)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        if user is not None:
+            from lcer_core.explain_user import explain_one_user, sentences
+
+            result = explain_one_user(data, model, user, k=k, method=method, item=item, seed=seed,
+                                      progress=progress, **hyper)
+        else:
+            rec = model.recommender()
+            pairs = api.make_pairs(rec, data, api.test_users(data, users), k)
+            expl = api.explain(rec, pairs, method, seed=seed, progress=progress, **hyper)
+            out = api.evaluate(rec, pairs, expl)
+            metrics = api.summarize_frame(api.explanation_frame(data, pairs, expl, out), method)
+            result = {"dataset": dataset, "method": method, "k": k, "model": model.key, **hyper,
+                      "seed": seed, **metrics}
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+    elif user is not None:
+        typer.echo(f"User {user} of {dataset}, top-{k} by Mult-VAE, explained by {method}:")
+        for line in sentences(result):
+            typer.echo(f"  {line}")
+    else:
+        for key in ("n_pairs", "val_pct", "len", "ps_pct", "pn_pct", "fns_pct"):
+            v = result[key]
+            typer.echo(f"{key:>8}: {'–' if v is None else (f'{v:.3f}' if isinstance(v, float) else v)}")

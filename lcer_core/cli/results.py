@@ -1,0 +1,139 @@
+"""``lcer sql`` and ``lcer report``: the results database, for people and for programs."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+
+import polars as pl
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lcer_core.cli.app import app
+from lcer_core.store import ResultStore, print_frame, table2_report, table3_report
+from lcer_core.store.formatting import format_value, plain
+from lcer_core.store.report import REPORT_METRICS
+
+__all__ = ["sql", "report"]
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class ReportFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="SQL to run on the results database (read-only)."),
+    format: OutputFormat = typer.Option(
+        OutputFormat.table, "--format", "-f", help="table, json or csv."
+    ),
+) -> None:
+    """Run a read-only SQL query on the results database (tables and views: see `lcer_core.store`)."""
+    with ResultStore() as store:
+        frame = store.query(query)
+    print_frame(frame, format.value)
+
+
+_HEADERS = {
+    "val_pct": "Val %",
+    "len": "Len",
+    "ps_pct": "PS %",
+    "pn_pct": "PN %",
+    "fns_pct": "F_NS %",
+}
+# Decimals as printed in the paper's tables.
+_SPECS = {"val_pct": ".1f", "len": ".3f", "ps_pct": ".2f", "pn_pct": ".2f", "fns_pct": ".2f"}
+
+
+def _console() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(width=4096, highlight=False, color_system=None)
+    return console
+
+
+def _table2_view(frame: pl.DataFrame, dataset: str, k: int) -> Table:
+    table = Table(
+        title=f"Table 2 · {dataset} · top-{k}  (ours, then the paper's)", header_style="bold"
+    )
+    table.add_column("Method")
+    for header in ("α", "λ", "pairs"):
+        table.add_column(header, justify="right")
+    for metric in REPORT_METRICS:
+        table.add_column(_HEADERS[metric], justify="right")
+        table.add_column("paper", justify="right", style="dim")
+    for row in frame.filter(pl.col("k") == k).iter_rows(named=True):
+        cells = [row["method"]]
+        ran = row["run_id"] is not None
+        cells += [format_value(row[c], "–") for c in ("alpha", "lam", "n_pairs")]
+        for metric in REPORT_METRICS:
+            spec = _SPECS[metric]
+            ours = format_value(row[metric], "–", spec) if ran else "not run"
+            cells += [ours, format_value(row[f"paper_{metric}"], "–", spec)]
+        table.add_row(*cells)
+    return table
+
+
+def _table3_view(ours: pl.DataFrame, paper: pl.DataFrame, dataset: str) -> Table:
+    table = Table(
+        title=f"Table 3 · {dataset}  (LCER at the length of each baseline, within 0.05)",
+        header_style="bold",
+    )
+    for header in ("source", "k", "baseline", "Len", "LCER Len", "α", "λ"):
+        table.add_column(header, justify="left" if header in ("source", "baseline") else "right")
+    for metric in ("val_pct", "ps_pct", "pn_pct", "fns_pct"):
+        table.add_column(_HEADERS[metric], justify="right")
+        table.add_column(f"LCER {_HEADERS[metric]}", justify="right")
+    for source, frame in (("ours", ours), ("paper", paper)):
+        for row in frame.iter_rows(named=True):
+            cells = [source, str(row["k"]), row["baseline"]]
+            cells += [format_value(row[c], "–", ".3f") for c in ("baseline_len", "lcer_len")]
+            cells += [format_value(row.get(c), "–") for c in ("alpha", "lam")]
+            for metric in ("val_pct", "ps_pct", "pn_pct", "fns_pct"):
+                spec = _SPECS[metric]
+                cells += [
+                    format_value(row[f"baseline_{metric}"], "–", spec),
+                    format_value(row[f"lcer_{metric}"], "–", spec),
+                ]
+            table.add_row(*cells)
+    return table
+
+
+@app.command()
+def report(
+    dataset: str = typer.Argument(..., help="Dataset name, e.g. ml-100k."),
+    format: ReportFormat = typer.Option(
+        ReportFormat.table, "--format", "-f", help="table or json."
+    ),
+) -> None:
+    """Table 2 (and Table 3) of the paper for DATASET, from the results database, beside the paper's."""
+    with ResultStore() as store:
+        table2 = table2_report(store, dataset)
+        table3, paper3 = table3_report(store, dataset)
+    if format is ReportFormat.json:
+        payload = {
+            "dataset": dataset,
+            "table2": [plain(r) for r in table2.to_dicts()],
+            "table3": [plain(r) for r in table3.to_dicts()],
+            "paper_table3": [plain(r) for r in paper3.to_dicts()],
+        }
+        typer.echo(json.dumps(payload, ensure_ascii=False))
+        return
+    console = _console()
+    for k in table2["k"].unique().sort().to_list():
+        console.print(_table2_view(table2, dataset, k))
+    if table3.height or paper3.height:
+        console.print(_table3_view(table3, paper3, dataset))
+    else:
+        console.print(
+            "Table 3: no LCER run matches a baseline's length within 0.05 "
+            f"(run `lcer sweep {dataset}` for more α/λ points)."
+        )

@@ -1,0 +1,165 @@
+"""``lcer ui``: serve the MLflow UI on the project's local tracking store.
+
+The server is ``mlflow server`` run as a child process (lcer_core never imports mlflow):
+the backend store is :func:`lcer_core.paths.mlflow_tracking_uri`, artifacts of runs
+logged through the server land under ``LCER_HOME/mlflow/artifacts``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import httpx
+import typer
+
+from lcer_core import paths
+from lcer_core.cli.app import app
+from lcer_core.errors import InvalidParameterError, LcerError
+
+__all__ = [
+    "server_command",
+    "server_env",
+    "wait_until_ready",
+    "free_port",
+    "compare_runs_url",
+    "ui",
+]
+
+READY_PATH = "/api/2.0/mlflow/experiments/search"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise InvalidParameterError(
+                f"port {port} on {host} is not free ({exc.strerror}); choose another with --port"
+            ) from exc
+
+
+def server_command(uri: str, host: str, port: int, artifacts: Path, workers: int = 1) -> list[str]:
+    """The ``mlflow server`` command line for a store at ``uri`` with artifacts under ``artifacts``."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--registry-store-uri",
+        uri,
+        "--artifacts-destination",
+        artifacts.as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+
+
+def server_env() -> dict[str, str]:
+    """The server's environment: ours, with MLflow's background job runner off unless asked for.
+
+    The job runner (GenAI scorers, a pool of huey workers) is idle weight for this project.
+    """
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return env
+
+
+def wait_until_ready(
+    base_url: str, timeout_s: float = 90.0, proc: subprocess.Popen | None = None
+) -> None:
+    """Block until the server answers its REST API (``POST experiments/search``), or raise LcerError."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise LcerError(
+                f"mlflow server exited with status {proc.returncode} before it was ready"
+            )
+        try:
+            r = httpx.post(base_url + READY_PATH, json={"max_results": 1}, timeout=2.0)
+            if r.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise LcerError(f"mlflow server at {base_url} not ready after {timeout_s:g} s")
+
+
+def compare_runs_url(base_url: str, run_ids: list[str], experiment_ids: list[str]) -> str:
+    """The UI's run-comparison page for these runs."""
+    from urllib.parse import quote
+
+    runs = quote(json.dumps(run_ids, separators=(",", ":")))
+    exps = quote(json.dumps(experiment_ids, separators=(",", ":")))
+    return f"{base_url}/#/compare-runs?runs={runs}&experiments={exps}"
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _raise_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, help="Port to listen on (0: any free port)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; loopback by default."),
+    workers: int = typer.Option(1, min=1, help="Server worker processes."),
+    ready_timeout: float = typer.Option(90.0, help="Seconds to wait for the server to answer."),
+) -> None:
+    """Serve the MLflow UI (experiments, runs, registered models) on the local tracking store."""
+    uri = paths.mlflow_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        typer.echo(f"MLFLOW_TRACKING_URI points at a running server: open {uri}")
+        return
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if port < 0 or port > 65535:
+        raise InvalidParameterError(f"port must be in 0..65535, not {port}")
+    port = port or free_port(host)
+    _check_port(host, port)
+    artifacts = paths.mlflow_dir() / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    base = f"http://{host}:{port}"
+    typer.echo(f"starting mlflow server on {base} (store {uri})", err=True)
+    proc = subprocess.Popen(server_command(uri, host, port, artifacts, workers), env=server_env())
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        wait_until_ready(base, ready_timeout, proc)
+        typer.echo(f"MLflow UI at {base}  (Ctrl-C to stop)")
+        proc.wait()
+        if proc.returncode:
+            raise LcerError(f"mlflow server exited with status {proc.returncode}")
+    except KeyboardInterrupt:
+        typer.echo("stopping mlflow server", err=True)
+    finally:
+        _terminate(proc)
+        signal.signal(signal.SIGTERM, previous)

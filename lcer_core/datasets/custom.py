@@ -1,0 +1,319 @@
+"""Bring your own interactions: register a CSV or Parquet file as a dataset.
+
+``lcer prepare NAME --from FILE --user-col C --item-col C [--rating-col C --threshold T]
+[--items FILE --item-id-col C --title-col C --genres-col C]`` validates the file (each
+problem named exactly: the column, the line, the value), copies it under
+``$LCER_HOME/data/NAME/raw/``, records how to read it in ``source.json`` and prepares it
+with the same filtering and split as the built-in datasets. Ids must be integers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import polars as pl
+
+from lcer_core.errors import DataFormatError, InvalidParameterError, LcerHomeError
+
+from .download import copy_into, sha256_file
+from .parse import RawInteractions
+from .prepare import PrepareResult, _meta, build, dataset_lock, prepare_dataset, write_prepared
+from .registry import (
+    BUILTIN,
+    CUSTOM_HELDOUT_DEFAULT,
+    DEFAULT_SEED,
+    CustomSource,
+    DatasetSpec,
+    _custom_spec,
+    read_custom_source,
+    source_json_path,
+    validate_name,
+)
+
+__all__ = ["DEFAULT_THRESHOLD", "load_table", "read_custom", "register_and_prepare"]
+
+DEFAULT_THRESHOLD = 3.5  # with a rating column, keep ratings above this unless told otherwise
+_CSV = (".csv", ".tsv", ".txt")
+_PARQUET = (".parquet", ".pq")
+
+Locate = Callable[[int], str]
+
+
+def _ragged_line(path: Path, sep: str) -> str:
+    """Describe the first CSV line whose field count differs from the header's."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        header = next(reader, [])
+        for row in reader:
+            if row and len(row) != len(header):
+                return f"line {reader.line_num} has {len(row)} fields, the header {len(header)}"
+    return "it cannot be parsed as CSV"
+
+
+def load_table(path: Path, *, sep: str = ",") -> tuple[pl.DataFrame, Locate]:
+    """Read a CSV (all columns as text) or Parquet file; also how to name row ``i`` in a message."""
+    if not path.is_file():
+        raise InvalidParameterError(f"file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in _PARQUET:
+            df = pl.read_parquet(path)
+            locate: Locate = lambda i: f"row {i + 1}"  # noqa: E731
+        elif suffix in _CSV:
+            if path.stat().st_size == 0:
+                raise DataFormatError(f"{path.name} is empty")
+            if len(sep) != 1:
+                raise InvalidParameterError(f"--sep must be one character, got {sep!r}")
+            try:
+                df = pl.read_csv(path, separator=sep, infer_schema=False, encoding="utf8-lossy")
+            except pl.exceptions.NoDataError:
+                raise DataFormatError(f"{path.name} is empty") from None
+            except pl.exceptions.ComputeError:
+                raise DataFormatError(
+                    f"{path.name} is not valid CSV: {_ragged_line(path, sep)}"
+                ) from None
+            locate = lambda i: f"line {i + 2}"  # noqa: E731  (line 1 is the header)
+        else:
+            raise InvalidParameterError(
+                f"unsupported file type {path.name!r}: use .csv or .parquet"
+            )
+    except OSError as exc:
+        raise DataFormatError(f"cannot read {path}: {exc}") from None
+    except pl.exceptions.PolarsError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataFormatError(f"cannot read {path.name}: {first}") from None
+    if df.width == 0 or df.height == 0:
+        raise DataFormatError(f"{path.name} has no rows")
+    return df, locate
+
+
+def _column(df: pl.DataFrame, col: str, label: str, option: str) -> pl.Series:
+    if col not in df.columns:
+        raise DataFormatError(
+            f"column {col!r} ({option}) not found in {label}; available columns: {', '.join(df.columns)}"
+        )
+    return df[col]
+
+
+def _ids(s: pl.Series, label: str, locate: Locate) -> pl.Series:
+    """An id column as Int64; the first empty or non-integer value is named with its line."""
+    if s.dtype.is_integer():
+        out = s.cast(pl.Int64)
+        original = s
+    elif s.dtype.is_float():
+        integral = s.is_not_nan() & (s.floor() == s)
+        out = s.cast(pl.Int64, strict=False).set(~integral.fill_null(False), None)
+        original = s.cast(pl.String)
+    else:
+        original = s.cast(pl.String)
+        out = original.str.strip_chars().cast(pl.Int64, strict=False)
+    bad = (out.is_null()).arg_true()
+    if bad.len():
+        i = int(bad[0])
+        value = original[i]
+        if value is None or str(value).strip() == "":
+            raise DataFormatError(f"{label} {locate(i)}: empty id in column {s.name!r}")
+        raise DataFormatError(
+            f"{label} {locate(i)}: column {s.name!r} must hold integer ids, got {value!r}"
+        )
+    return out
+
+
+def _numbers(s: pl.Series, label: str, locate: Locate) -> pl.Series:
+    """A rating column as Float64; the first empty or non-numeric value is named with its line."""
+    if s.dtype.is_numeric():
+        out = s.cast(pl.Float64)
+        original = s
+    else:
+        original = s.cast(pl.String)
+        out = original.str.strip_chars().cast(pl.Float64, strict=False)
+    bad = (out.is_null() | out.is_nan()).arg_true()
+    if bad.len():
+        i = int(bad[0])
+        raise DataFormatError(
+            f"{label} {locate(i)}: column {s.name!r} must be numeric, got {original[i]!r}"
+        )
+    return out
+
+
+def _text(s: pl.Series) -> pl.Series:
+    return s.cast(pl.String).str.strip_chars().replace("", None)
+
+
+def _parse_interactions(path: Path, src: CustomSource, label: str) -> pl.DataFrame:
+    df, locate = load_table(path, sep=src.sep)
+    user = _ids(_column(df, src.user_col, label, "--user-col"), label, locate).alias("user")
+    item = _ids(_column(df, src.item_col, label, "--item-col"), label, locate).alias("item")
+    if src.rating_col:
+        rating = _numbers(_column(df, src.rating_col, label, "--rating-col"), label, locate).alias(
+            "rating"
+        )
+    else:
+        rating = pl.Series("rating", [None] * df.height, dtype=pl.Float64)
+    return pl.DataFrame([user, item, rating])
+
+
+def _parse_items(path: Path, src: CustomSource, label: str) -> pl.DataFrame:
+    df, locate = load_table(path, sep=src.sep)
+    item = _ids(_column(df, src.item_id_col or src.item_col, label, "--item-id-col"), label, locate)
+    title = _text(_column(df, src.title_col or "title", label, "--title-col"))
+    if src.genres_col:
+        genres = _text(_column(df, src.genres_col, label, "--genres-col"))
+    else:
+        genres = pl.Series("genres", [None] * df.height, dtype=pl.String)
+    out = pl.DataFrame([item.alias("item"), title.alias("title"), genres.alias("genres")])
+    dup = (~out["item"].is_first_distinct()).arg_true()
+    if dup.len():
+        i = int(dup[0])
+        raise DataFormatError(f"{label} {locate(i)}: item id {out['item'][i]} is listed twice")
+    return out
+
+
+def _empty_items() -> pl.DataFrame:
+    return pl.DataFrame(schema={"item": pl.Int64, "title": pl.String, "genres": pl.String})
+
+
+def _read(
+    folder_of: Callable[[str], Path], src: CustomSource, labels: tuple[str, str]
+) -> RawInteractions:
+    ratings = _parse_interactions(folder_of(src.file), src, labels[0])
+    items = (
+        _parse_items(folder_of(src.items_file), src, labels[1])
+        if src.items_file
+        else _empty_items()
+    )
+    return RawInteractions(ratings=ratings, items=items)
+
+
+def read_custom(spec: DatasetSpec) -> RawInteractions:
+    """Parse the registered copy of a custom dataset (checked against its digest by ``fetch``)."""
+    src = spec.custom
+    if src is None:
+        raise InvalidParameterError(f"{spec.name!r} is not a custom dataset")
+    raw = spec.raw_dir()
+    return _read(lambda f: raw / f, src, (src.file, src.items_file or ""))
+
+
+def _same_registration(a: CustomSource, b: CustomSource) -> bool:
+    return replace(a, original="", items_original=None) == replace(
+        b, original="", items_original=None
+    )
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".source-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def register_and_prepare(
+    name: str,
+    file: Path,
+    *,
+    user_col: str,
+    item_col: str,
+    rating_col: str | None = None,
+    threshold: float | None = None,
+    items_file: Path | None = None,
+    item_id_col: str | None = None,
+    title_col: str | None = None,
+    genres_col: str | None = None,
+    heldout: int | None = None,
+    sep: str = ",",
+    seed: int = DEFAULT_SEED,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> PrepareResult:
+    """Validate ``file``, register it as dataset ``name`` and prepare it; nothing is written on error.
+
+    Registering the same file with the same options again does no work; a different
+    registration under an existing name needs ``force``.
+    """
+    validate_name(name)
+    if name in BUILTIN:
+        raise InvalidParameterError(
+            f"{name!r} is a built-in dataset: choose another name for your data"
+        )
+    if threshold is not None and rating_col is None:
+        raise InvalidParameterError(
+            "--threshold needs --rating-col (without ratings every row is kept)"
+        )
+    if items_file is None and (item_id_col or title_col or genres_col):
+        raise InvalidParameterError("--item-id-col, --title-col and --genres-col need --items FILE")
+    n_heldout = CUSTOM_HELDOUT_DEFAULT if heldout is None else heldout
+    if n_heldout < 1:
+        raise InvalidParameterError(f"--heldout must be >= 1, got {n_heldout}")
+    file = file.expanduser().resolve()
+    items_path = items_file.expanduser().resolve() if items_file else None
+    for p in (file, items_path):
+        if p is not None and not p.is_file():
+            raise InvalidParameterError(f"file not found: {p}")
+    items_copy = None
+    if items_path is not None:
+        items_copy = items_path.name if items_path.name != file.name else f"items-{items_path.name}"
+    src = CustomSource(
+        file=file.name,
+        original=str(file),
+        sha256=sha256_file(file),
+        user_col=user_col,
+        item_col=item_col,
+        rating_col=rating_col,
+        threshold=(DEFAULT_THRESHOLD if threshold is None else threshold) if rating_col else None,
+        heldout_users=n_heldout,
+        sep=sep,
+        items_file=items_copy,
+        items_original=str(items_path) if items_path else None,
+        items_sha256=sha256_file(items_path) if items_path else None,
+        item_id_col=(item_id_col or item_col) if items_path else None,
+        title_col=(title_col or "title") if items_path else None,
+        genres_col=genres_col if items_path else None,
+    )
+    spec = _custom_spec(name, src)
+    with dataset_lock():
+        old = read_custom_source(name)
+        if old is not None and _same_registration(old, src):
+            return prepare_dataset(name, seed=seed, force=force, log=log)
+        if old is not None and not force:
+            raise InvalidParameterError(
+                f"dataset {name!r} is already registered from {old.original}: pass --force to replace it"
+            )
+        # Validate and split in memory first: a bad file writes nothing.
+        originals = {src.file: file} | (
+            {items_copy: items_path} if items_copy and items_path else {}
+        )
+        raw = _read(lambda f: originals[f], src, (file.name, items_path.name if items_path else ""))
+        result = build(spec, raw, seed=seed, heldout=n_heldout)
+        folder = spec.raw_dir().parent
+        existed = folder.exists()
+        try:
+            for copy, original in originals.items():
+                copy_into(original, spec.raw_dir() / copy)
+            if old is not None:
+                for stale in {old.file, old.items_file} - set(originals) - {None}:
+                    (spec.raw_dir() / stale).unlink(missing_ok=True)
+            _write_json_atomic(source_json_path(name), src.to_json())
+            write_prepared(
+                folder, result, _meta(spec, result, seed, n_heldout, spec.archive_path())
+            )
+        except OSError as exc:
+            if not existed:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise LcerHomeError(f"cannot write {folder}: {exc.strerror or exc}") from None
+        except BaseException:
+            if not existed:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+    (log or (lambda m: None))(f"registered {name} from {file} and prepared it in {folder}")
+    return PrepareResult(name, folder, True, dict(result.stats), seed)

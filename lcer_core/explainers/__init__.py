@@ -1,0 +1,47 @@
+"""Explanation methods behind one interface, and the registry that names them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lcer_core.errors import InvalidParameterError, UnknownMethodError
+from lcer_core.explainers.accent import Accent, AccentConfig
+from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations
+from lcer_core.explainers.fia import FIA, FIAConfig
+from lcer_core.explainers.kaffes import KaffesCE, KaffesConfig
+from lcer_core.explainers.lcer import LCER, LCERConfig, lcer_reference_loop
+
+__all__ = [
+    "Explainer",
+    "ExplainerConfig",
+    "Explanations",
+    "LCER",
+    "LCERConfig",
+    "lcer_reference_loop",
+    "FIA",
+    "FIAConfig",
+    "Accent",
+    "AccentConfig",
+    "KaffesCE",
+    "KaffesConfig",
+    "METHODS",
+    "get_explainer",
+]
+
+
+#: Every explanation method by its name in the CLI, the flows and the results store.
+METHODS: dict[str, type[Explainer]] = {"lcer": LCER, "fia": FIA, "accent": Accent, "kaffes": KaffesCE}
+
+
+def get_explainer(method: str, **params: Any) -> Explainer:
+    """An explainer by name, configured with the parameters its config type knows (others ignored
+    only if they are the shared LCER hyperparameters α/λ/steps, which baselines do not have)."""
+    cls = METHODS.get(method)
+    if cls is None:
+        raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+    fields = set(cls.config_type.__dataclass_fields__)
+    shared = {"alpha", "lam", "steps", "patience"}
+    unknown = set(params) - fields - shared
+    if unknown:
+        raise InvalidParameterError(f"method {method!r} has no parameter(s) {', '.join(sorted(unknown))}")
+    return cls(cls.config_type(**{k: v for k, v in params.items() if k in fields and v is not None}))

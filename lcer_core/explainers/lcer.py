@@ -1,0 +1,241 @@
+"""LCER: learning-based counterfactual explanations (the paper, section 3.2.2, Algorithm 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lcer_core.errors import InvalidParameterError
+from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations, Progress
+from lcer_core.noise import hash_uniform, mix
+from lcer_core.pairs import PairBatch
+from lcer_core.recommender.base import Recommender
+
+__all__ = ["LCER", "LCERConfig", "lcer_reference_loop"]
+
+_EPS = 1e-10
+
+
+@dataclass(frozen=True)
+class LCERConfig(ExplainerConfig):
+    """α: hinge margin on the logit scale; λ: weight of the length term; Adam on the logits."""
+
+    alpha: float = 0.1
+    lam: float = 0.01
+    steps: int = 3000
+    lr: float = 1e-3
+    temperature: float = 1.0
+    #: Opt-in early stop: a pair is finished once its best loss has not improved for this
+    #: many steps (0 = off, the paper's fixed number of steps).
+    patience: int = 0
+    #: Pairs optimised together; bounds memory (P × L × hidden floats per chunk).
+    max_batch_entries: int = 4_000_000
+
+    def __post_init__(self) -> None:
+        if not (self.alpha >= 0 and self.alpha < 1e6):
+            raise InvalidParameterError(f"alpha must be a non-negative number, got {self.alpha}")
+        if not (self.lam >= 0 and self.lam < 1e6):
+            raise InvalidParameterError(f"lam must be a non-negative number, got {self.lam}")
+        if not (isinstance(self.steps, int) and 1 <= self.steps <= 1_000_000):
+            raise InvalidParameterError(f"steps must be an integer in [1, 1000000], got {self.steps}")
+        if not self.lr > 0:
+            raise InvalidParameterError(f"lr must be positive, got {self.lr}")
+        if not self.temperature > 0:
+            raise InvalidParameterError(f"temperature must be positive, got {self.temperature}")
+        if self.patience < 0:
+            raise InvalidParameterError(f"patience must be >= 0, got {self.patience}")
+
+
+def _pair_keys(pairs: PairBatch) -> Tensor:
+    return mix(pairs.users, pairs.targets)
+
+
+def _gumbel(seed: int, keys: Tensor, step: int, items: Tensor) -> Tensor:  # reference loop only
+    """Gumbel noise [P, L, 2], a pure function of (seed, pair, step, item, slot)."""
+    slot = torch.arange(2, device=items.device)
+    u = hash_uniform(seed, keys[:, None, None], step, items[:, :, None], slot)
+    return -torch.log(_EPS - torch.log(u + _EPS))
+
+
+def _initial_logits(seed: int, keys: Tensor, items: Tensor) -> Tensor:
+    """Logits initialised uniformly in [0, 1), as the reference does."""
+    slot = torch.arange(2, device=items.device)
+    return hash_uniform(seed, keys[:, None, None], -1, items[:, :, None], slot)
+
+
+class LCER(Explainer):
+    """Learning-based counterfactual explanations (Zhang et al., "Learning-based counterfactual
+    explanations for recommendation", Sci. China Inf. Sci., section 3.2.2 and Algorithm 1).
+
+    Every interacted item carries two logits (remove, keep). Each step samples a hard
+    indicator with the straight-through Gumbel-softmax, scores x_cf = (1 − e) ⊙ x_f, and
+    minimises max(0, α + g_i(x_cf) − g_{K+1}(x_f)) + λ·Σe with Adam. The state with the
+    lowest loss is kept; its removed set is the CE if g_i(x_cf) < g_{K+1}(x_f) there. An item's
+    importance t is its learned removal probability, softmax of its logits at the end of training.
+    All pairs of a batch are optimised together (one Adam state per pair and item, so the
+    result equals optimising each pair alone); the noise is a hash of (seed, pair, step,
+    item), so the answer does not depend on batching or sharding.
+    """
+
+    name = "lcer"
+    config_type = LCERConfig
+    config: LCERConfig
+
+    def _explain(
+        self, recommender: Recommender, pairs: PairBatch, *, seed: int, progress: Progress | None
+    ) -> Explanations:
+        cfg = self.config
+        chunk = max(1, cfg.max_batch_entries // max(int(pairs.mask.sum(1).float().mean()) * 600, 1))
+        parts = []
+        for start in range(0, len(pairs), chunk):
+            sub = pairs.select(slice(start, start + chunk))
+
+            def report(done: int, _total: int, base: int = start * cfg.steps, n: int = len(sub)) -> None:
+                if progress is not None:
+                    progress(base + done * n, len(pairs) * cfg.steps)
+
+            parts.append(self._optimise(recommender, sub, seed, report))
+        out = Explanations.cat(parts)
+        width = pairs.items.shape[1]
+        return Explanations(out.removed[:, :width], out.importance[:, :width])
+
+    def _optimise(
+        self, recommender: Recommender, pairs: PairBatch, seed: int, progress: Progress
+    ) -> Explanations:
+        """Optimise all pairs of ``pairs`` together, over their valid entries only (flat [N])."""
+        cfg = self.config
+        dev = pairs.items.device
+        n_pairs = len(pairs)
+        mask = pairs.mask
+        flat_items = pairs.items[mask]  # [N]
+        pair_of = torch.repeat_interleave(torch.arange(n_pairs, device=dev), mask.sum(1))  # [N]
+        flat_keys = _pair_keys(pairs)[pair_of]
+        thr = pairs.thresholds
+        slot = torch.arange(2, device=dev)
+
+        logits = hash_uniform(seed, flat_keys[:, None], -1, flat_items[:, None], slot)  # [N, 2]
+        m = torch.zeros_like(logits)
+        v = torch.zeros_like(logits)
+        b1, b2, adam_eps = 0.9, 0.999, 1e-8
+
+        best_loss = torch.full((n_pairs,), float("inf"), device=dev)
+        best_score = torch.full((n_pairs,), float("inf"), device=dev)
+        best_removed = torch.zeros(flat_items.shape[0], dtype=torch.bool, device=dev)
+        since_best = torch.zeros(n_pairs, dtype=torch.long, device=dev)
+
+        # The live set: pairs still optimised (all, unless early stopping drops some).
+        act = torch.arange(n_pairs, device=dev)
+        ent = torch.arange(flat_items.shape[0], device=dev)
+        local = pair_of
+        scorer = recommender.set_scorer(pairs.items, mask, pairs.targets[:, None])
+        everything = True
+
+        for step in range(cfg.steps):
+            lg = (logits if everything else logits[ent]).requires_grad_(True)
+            u = hash_uniform(seed, flat_keys[ent, None], step, flat_items[ent, None], slot)
+            g = -torch.log(_EPS - torch.log(u + _EPS))
+            d = (lg[:, 0] - lg[:, 1] + g[:, 0] - g[:, 1]) / cfg.temperature
+            soft = torch.sigmoid(d)  # the 2-way softmax's "remove" probability
+            hard = (d >= 0).to(soft.dtype)  # argmax, ties to "remove" as argmax does
+            e = hard - soft.detach() + soft  # straight-through estimator
+            score = scorer(1.0 - e)[:, 0]
+            length = torch.zeros(act.shape[0], device=dev, dtype=e.dtype).index_add(0, local, e)
+            loss = F.relu(cfg.alpha + score - thr[act]) + cfg.lam * length
+            (grad,) = torch.autograd.grad(loss.sum(), lg)
+
+            with torch.no_grad():
+                lv = loss.detach()
+                better = lv < best_loss[act]
+                if cfg.patience:
+                    better &= since_best[act] < cfg.patience  # a finished pair keeps its state
+                best_loss[act] = torch.where(better, lv, best_loss[act])
+                best_score[act] = torch.where(better, score.detach(), best_score[act])
+                since_best[act] = torch.where(better, 0, since_best[act] + 1)
+                eb = better[local]
+                best_removed[ent] = torch.where(eb, hard > 0.5, best_removed[ent])
+                # Adam, written out so that finished pairs can be dropped from the batch.
+                t = step + 1
+                lr_t = cfg.lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
+                if everything:
+                    m.mul_(b1).add_(grad, alpha=1 - b1)
+                    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                    logits = lg.detach() - lr_t * m / (v.sqrt() + adam_eps)
+                else:
+                    m[ent] = b1 * m[ent] + (1 - b1) * grad
+                    v[ent] = b2 * v[ent] + (1 - b2) * grad * grad
+                    logits[ent] = lg.detach() - lr_t * m[ent] / (v[ent].sqrt() + adam_eps)
+                if cfg.patience and t % 10 == 0:
+                    live = since_best[act] < cfg.patience
+                    if not bool(live.any()):
+                        progress(cfg.steps, cfg.steps)
+                        break
+                    if int(live.sum()) <= 0.8 * act.shape[0]:  # compact: rebuild for the live pairs
+                        act = act[live]
+                        keep_pair = torch.zeros(n_pairs, dtype=torch.bool, device=dev)
+                        keep_pair[act] = True
+                        ent = torch.nonzero(keep_pair[pair_of]).squeeze(1)
+                        remap = torch.full((n_pairs,), -1, dtype=torch.long, device=dev)
+                        remap[act] = torch.arange(act.shape[0], device=dev)
+                        local = remap[pair_of[ent]]
+                        scorer = recommender.set_scorer(pairs.items[act], mask[act], pairs.targets[act, None])
+                        everything = False
+            if t % 50 == 0 or t == cfg.steps:
+                progress(t, cfg.steps)
+
+        found = best_score < thr
+        removed = torch.zeros_like(mask).masked_scatter(mask, best_removed) & found[:, None]
+        importance = torch.full(mask.shape, float("nan"), device=dev)
+        importance = importance.masked_scatter(mask, torch.sigmoid(logits[:, 0] - logits[:, 1]))
+        return Explanations(removed, importance)
+
+
+def lcer_reference_loop(
+    recommender: Recommender,
+    pairs: PairBatch,
+    config: LCERConfig,
+    *,
+    seed: int = 0,
+) -> Explanations:
+    """The reference implementation's shape: one pair at a time, a full-length importance vector
+    over all M items, a dense forward pass and ``torch.optim.Adam``, step after step.
+
+    Kept as the baseline of the benchmark (``lcer bench``); it draws the same noise as
+    :class:`LCER`, so both give the same explanations up to floating-point rounding.
+    """
+    dev = recommender.device
+    pairs = pairs.to(dev)
+    n_items = recommender.n_items
+    all_items = torch.arange(n_items, device=dev)
+    removed = torch.zeros_like(pairs.mask)
+    importance = torch.full(pairs.mask.shape, float("nan"), device=dev)
+    keys = _pair_keys(pairs)
+    for p in range(len(pairs)):
+        x = torch.zeros(1, n_items, device=dev)
+        own = pairs.items[p][pairs.mask[p]]
+        x[0, own] = 1.0
+        key = keys[p : p + 1]
+        delta = _initial_logits(seed, key, all_items[None])[0].clone().requires_grad_(True)
+        opt = torch.optim.Adam([delta], lr=config.lr)
+        best_loss, best_score, best_set, best_delta = float("inf"), float("inf"), None, None
+        for step in range(config.steps):
+            soft = F.softmax((delta + _gumbel(seed, key, step, all_items[None])[0]) / config.temperature, -1)
+            hard = F.one_hot(soft.argmax(-1), 2).to(soft.dtype)
+            e = (hard - soft).detach() + soft
+            score = recommender.scores(e[:, 1] * x)[0, pairs.targets[p]]
+            loss = F.relu(config.alpha + score - pairs.thresholds[p]) + config.lam * (e[:, 0] * x[0]).sum()
+            if float(loss) < best_loss:
+                best_loss, best_score = float(loss), float(score)
+                best_set = (hard[:, 0] > 0.5) & (x[0] > 0)
+                best_delta = delta.detach().clone()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert best_set is not None and best_delta is not None
+        n = int(own.numel())
+        if best_score < float(pairs.thresholds[p]):
+            removed[p, :n] = best_set[own]
+        importance[p, :n] = F.softmax(best_delta, -1)[own, 0]
+    return Explanations(removed, importance)

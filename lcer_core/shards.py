@@ -1,0 +1,222 @@
+"""Explanation shards: test users split into fixed groups, each explained and written as one Parquet file.
+
+A shard file holds one row per (user, recommended item) pair: the recommendation (rank,
+score) and its explanation (CE items, importance, outcomes), so a run's rows are the
+concatenation of its shards. Files are written atomically (temporary file, then rename)
+under ``$LCER_HOME/work/RUN_ID/shard-XXXX.parquet``: a file that exists is complete, which
+is what lets a re-run after a crash skip the shards that had finished. Nothing here knows
+about Prefect; the orchestration calls these functions.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from lcer_core import api
+from lcer_core.datasets import PreparedDataset
+from lcer_core.errors import (
+    InvalidParameterError,
+    LcerHomeError,
+    MissingDataError,
+    UnknownMethodError,
+)
+from lcer_core.explainers import METHODS, LCERConfig
+from lcer_core.keys import run_key
+from lcer_core.paths import lcer_home
+from lcer_core.store.schema import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
+
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "RunSpec",
+    "run_spec",
+    "split_users",
+    "work_dir",
+    "shard_path",
+    "explain_users",
+    "write_parquet_atomic",
+    "shard_is_complete",
+    "read_shards",
+    "split_run_frame",
+]
+
+#: Test users per explanation shard when the caller does not say.
+DEFAULT_SHARD_SIZE = 25
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What determines one explanation run: its key, method and hyperparameters (None where unused)."""
+
+    run_id: str
+    dataset: str
+    method: str
+    k: int
+    alpha: float | None
+    lam: float | None
+    steps: int | None
+    seed: int
+    n_users: int | None
+    model_key: str
+
+    def explainer_params(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`lcer_core.api.explain` for this run."""
+        return {
+            k: v
+            for k, v in {"alpha": self.alpha, "lam": self.lam, "steps": self.steps}.items()
+            if v is not None
+        }
+
+    def as_row(self) -> dict[str, Any]:
+        """The run's columns of the ``runs`` table."""
+        return {
+            "run_id": self.run_id,
+            "dataset": self.dataset,
+            "method": self.method,
+            "k": self.k,
+            "alpha": self.alpha,
+            "lam": self.lam,
+            "steps": self.steps,
+            "seed": self.seed,
+            "n_users": self.n_users,
+            "model_key": self.model_key,
+        }
+
+
+def _uses_lcer_params(method: str) -> bool:
+    return method == "lcer"
+
+
+def run_spec(
+    *,
+    dataset: str,
+    method: str,
+    k: int,
+    alpha: float | None,
+    lam: float | None,
+    steps: int | None,
+    seed: int,
+    n_users: int | None,
+    model_key: str,
+) -> RunSpec:
+    """The run of (method, k, α, λ): α, λ and steps are dropped for methods that have none."""
+    if method not in METHODS:
+        raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+    api.validate_common(k=k, alpha=alpha, lam=lam, steps=steps, n_users=n_users, seed=seed)
+    if _uses_lcer_params(method):
+        alpha = float(alpha) if alpha is not None else None
+        lam = float(lam) if lam is not None else None
+        steps = int(steps) if steps is not None else LCERConfig().steps
+    else:
+        alpha = lam = steps = None
+    key = run_key(
+        dataset=dataset,
+        method=method,
+        k=k,
+        alpha=alpha,
+        lam=lam,
+        steps=steps,
+        seed=seed,
+        model_version=model_key,
+        n_users=n_users,
+    )
+    return RunSpec(key, dataset, method, k, alpha, lam, steps, seed, n_users, model_key)
+
+
+def split_users(users: Sequence[int], shard_size: int) -> list[list[int]]:
+    """``users`` in consecutive groups of ``shard_size`` (the last one may be shorter)."""
+    if not (isinstance(shard_size, int) and shard_size >= 1):
+        raise InvalidParameterError(f"--shard-size must be a positive integer, got {shard_size}")
+    users = list(users)
+    return [users[i : i + shard_size] for i in range(0, len(users), shard_size)]
+
+
+def work_dir(run_id: str) -> Path:
+    """Scratch folder of one run's shards: ``$LCER_HOME/work/RUN_ID``."""
+    return lcer_home() / "work" / run_id
+
+
+def shard_path(run_id: str, index: int) -> Path:
+    """``$LCER_HOME/work/RUN_ID/shard-XXXX.parquet``."""
+    return work_dir(run_id) / f"shard-{index:04d}.parquet"
+
+
+def explain_users(
+    data: PreparedDataset,
+    model: api.TrainedModel,
+    spec: RunSpec,
+    users: Sequence[int],
+    *,
+    device: torch.device | str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> pl.DataFrame:
+    """Recommend top-K to ``users``, explain every pair with the run's method, evaluate; one row per pair."""
+    if model.key != spec.model_key:
+        raise MissingDataError(
+            f"model {model.key} is not the model {spec.model_key} of run {spec.run_id}"
+        )
+    recommender = model.recommender(device or api.default_device())
+    pairs = api.make_pairs(recommender, data, list(users), spec.k)
+    explanations = api.explain(
+        recommender, pairs, spec.method, seed=spec.seed, progress=progress, **spec.explainer_params()
+    )
+    outcomes = api.evaluate(recommender, pairs, explanations)
+    frame = api.explanation_frame(data, pairs, explanations, outcomes)
+    recs = api.recommendation_frame(data, pairs, recommender)
+    return frame.with_columns(score=recs["score"])
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
+    """Write ``frame`` to ``path`` so that the file either is complete or does not exist."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
+        os.close(fd)
+        try:
+            frame.write_parquet(tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise LcerHomeError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def shard_is_complete(path: Path, users: Sequence[int]) -> bool:
+    """Whether ``path`` is a readable shard file of exactly ``users``."""
+    if not path.is_file():
+        return False
+    try:
+        stored = pl.read_parquet(path, columns=["uid"])["uid"].unique().to_list()
+    except (OSError, pl.exceptions.PolarsError):
+        return False
+    return sorted(stored) == sorted(set(users))
+
+
+def read_shards(paths: Sequence[Path | str]) -> pl.DataFrame:
+    """The rows of a run: its shard files concatenated, ordered by user and rank."""
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise MissingDataError(f"shard file {missing[0]} is missing")
+    if not paths:
+        raise MissingDataError("a run has no shard files")
+    return pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed").sort(
+        "uid", "rank"
+    )
+
+
+def split_run_frame(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(recommendations, explanations) frames with the columns of the results database."""
+    recs = frame.select([c for c in RECOMMENDATION_COLUMNS if c in frame.columns])
+    expl = frame.select([c for c in EXPLANATION_COLUMNS if c in frame.columns])
+    return recs, expl

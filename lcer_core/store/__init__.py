@@ -1,0 +1,80 @@
+"""The results database (DuckDB): runs, recommendations, explanations, metrics and views.
+
+One file, ``$LCER_HOME/results/lcer.duckdb``. Tables: ``datasets``, ``items``, ``models``,
+``runs``, ``recommendations``, ``explanations`` (one row per user × recommended item, with the
+CE's items and their importance), ``metrics`` (one row per evaluation; re-evaluations keep
+history). Views: ``table2``, ``table3``, ``run_results``, ``latest_metrics``,
+``explanation_items`` and ``item_explanations`` (section 4.3), described with example
+queries in :mod:`lcer_core.store.views`.
+
+Write a run (a re-run with the same run key replaces its rows)::
+
+    from lcer_core.store import ResultStore
+    with ResultStore() as store:
+        store.write_run(run, recommendations, explanations, metrics)
+        print(store.query("SELECT * FROM table2"))
+
+Which items appear most often in LCER's CEs, and how popular they are::
+
+    SELECT sid, title, popularity, explanation_count, mean_importance FROM item_explanations
+    WHERE dataset = 'ml-100k' AND method = 'lcer' AND k = 5 ORDER BY explanation_count DESC;
+"""
+
+from lcer_core.store.formatting import FORMATS, print_frame, render, to_csv, to_json, to_rich_table
+from lcer_core.store.migrations import SCHEMA_VERSION, apply_migrations, current_version
+from lcer_core.store.paper import (
+    PAPER_ALPHAS,
+    PAPER_LAMS,
+    PAPER_LCER_PARAMS,
+    PAPER_TABLE2,
+    PAPER_TABLE3,
+    paper_table2,
+    paper_table3,
+)
+from lcer_core.store.report import REPORT_METRICS, table2_report, table3_report
+from lcer_core.store.schema import (
+    EXPLANATION_COLUMNS,
+    ITEM_COLUMNS,
+    KINDS,
+    METRIC_KEYS,
+    RECOMMENDATION_COLUMNS,
+    STATUSES,
+    TABLES,
+)
+from lcer_core.store.store import DEFAULT_LOCK_TIMEOUT, ResultStore
+from lcer_core.store.views import METHOD_ORDER, TABLE2_COLUMNS, TABLE3_COLUMNS, VIEWS
+
+__all__ = [
+    "ResultStore",
+    "DEFAULT_LOCK_TIMEOUT",
+    "SCHEMA_VERSION",
+    "apply_migrations",
+    "current_version",
+    "TABLES",
+    "VIEWS",
+    "STATUSES",
+    "KINDS",
+    "METRIC_KEYS",
+    "RECOMMENDATION_COLUMNS",
+    "EXPLANATION_COLUMNS",
+    "ITEM_COLUMNS",
+    "TABLE2_COLUMNS",
+    "TABLE3_COLUMNS",
+    "METHOD_ORDER",
+    "FORMATS",
+    "render",
+    "print_frame",
+    "to_json",
+    "to_csv",
+    "to_rich_table",
+    "PAPER_TABLE2",
+    "PAPER_TABLE3",
+    "PAPER_LCER_PARAMS",
+    "PAPER_ALPHAS",
+    "PAPER_LAMS",
+    "paper_table2",
+    "paper_table3",
+    "REPORT_METRICS",
+    "table2_report",
+    "table3_report",
+]

@@ -1,0 +1,99 @@
+"""Schema versions of the results database, and the ordered migrations between them.
+
+The database records every applied version in ``schema_version``; opening it applies the
+missing migrations, all in one transaction, then recreates the views. Each migration is
+idempotent (``IF NOT EXISTS``), so a half-known database converges. A database written by a
+newer ``lcer`` (a version above :data:`SCHEMA_VERSION`) is refused, never downgraded.
+
+To change the schema: append a migration, bump :data:`SCHEMA_VERSION`. A change of a view
+alone is a migration too (with no statement), so that old databases get the new view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import duckdb
+
+from lcer_core.errors import StoreError
+from lcer_core.store.schema import V1_DDL, V2_DDL
+from lcer_core.store.views import create_views
+
+__all__ = ["SCHEMA_VERSION", "MIGRATIONS", "current_version", "apply_migrations"]
+
+
+def _run_all(statements: tuple[str, ...]) -> Callable[[duckdb.DuckDBPyConnection], None]:
+    def apply(con: duckdb.DuckDBPyConnection) -> None:
+        for sql in statements:
+            con.execute(sql)
+
+    return apply
+
+
+#: (version, what it does, how) in order; version N brings a database from N-1 to N.
+MIGRATIONS: tuple[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]], ...] = (
+    (1, "datasets, items, models, runs, recommendations, explanations, metrics", _run_all(V1_DDL)),
+    (
+        2,
+        "runs.kind, metrics.kind (re-evaluation history), explanations.rank_after",
+        _run_all(V2_DDL),
+    ),
+)
+
+#: The version this code writes and understands.
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The schema version recorded in the database; 0 when it has none (new or foreign file)."""
+    [(has_table,)] = con.execute(
+        "SELECT count(*) FROM duckdb_tables() "
+        "WHERE database_name = current_database() AND schema_name = 'main' "
+        "AND table_name = 'schema_version'"
+    ).fetchall()
+    if not has_table:
+        return 0
+    [(version,)] = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()
+    return int(version)
+
+
+def apply_migrations(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    upto: int = SCHEMA_VERSION,
+    where: str = "the results database",
+) -> int:
+    """Bring the schema to version ``upto`` in one transaction; returns the version before."""
+    before = current_version(con)
+    if before > SCHEMA_VERSION:
+        raise StoreError(
+            f"{where} has schema version {before}, newer than this lcer understands "
+            f"({SCHEMA_VERSION}): upgrade lcer to read it"
+        )
+    if before >= upto:
+        return before
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version "
+            "(version INTEGER PRIMARY KEY, description VARCHAR, applied_at TIMESTAMP NOT NULL)"
+        )
+        now = datetime.now(UTC).replace(tzinfo=None)
+        for version, description, migrate in MIGRATIONS:
+            if before < version <= upto:
+                migrate(con)
+                con.execute(
+                    "INSERT INTO schema_version VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    [version, description, now],
+                )
+        if upto == SCHEMA_VERSION:
+            create_views(con)
+        con.execute("COMMIT")
+    except duckdb.Error as exc:
+        con.execute("ROLLBACK")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(
+            f"cannot migrate {where} from version {before} to {upto}: {first}"
+        ) from None
+    return before

@@ -1,0 +1,52 @@
+"""Table 2 and Table 3 of one dataset, ours beside the paper's (what ``lcer report`` prints)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from lcer_core.errors import MissingDataError
+from lcer_core.store.paper import paper_table2, paper_table3
+from lcer_core.store.store import ResultStore
+from lcer_core.store.views import METHOD_ORDER
+
+__all__ = ["REPORT_METRICS", "table2_report", "table3_report"]
+
+#: The metric columns compared with the paper, in Table 2's order.
+REPORT_METRICS = ("val_pct", "len", "ps_pct", "pn_pct", "fns_pct")
+
+
+def _method_rank() -> pl.Expr:
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return pl.col("method").replace_strict(order, default=len(order), return_dtype=pl.Int32)
+
+
+def table2_report(store: ResultStore, dataset: str) -> pl.DataFrame:
+    """Our ``table2`` rows of ``dataset`` joined with the paper's (``paper_*`` columns).
+
+    Every (k, method) of either side is a row, so methods the paper reports but we have not
+    run show as nulls on our side. Raises MissingDataError when we have no finished run.
+    """
+    ours = store.table2(dataset)
+    if ours.height == 0:
+        raise MissingDataError(
+            f"no finished runs for dataset {dataset!r} in {store.path}: run `lcer run {dataset}` first"
+        )
+    ours = ours.with_columns(pl.col("k").cast(pl.Int32))
+    paper = paper_table2(dataset).rename({c: f"paper_{c}" for c in REPORT_METRICS})
+    merged = ours.join(paper, on=["dataset", "method", "k"], how="full", coalesce=True)
+    columns = [
+        "dataset",
+        "k",
+        "method",
+        "alpha",
+        "lam",
+        "n_pairs",
+        *[c for m in REPORT_METRICS for c in (m, f"paper_{m}")],
+        "run_id",
+    ]
+    return merged.sort(["k", _method_rank(), "method"]).select(columns)
+
+
+def table3_report(store: ResultStore, dataset: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Our ``table3`` rows of ``dataset`` and the paper's Table 3 rows for it (often none)."""
+    return store.table3(dataset), paper_table3(dataset)

@@ -1,0 +1,212 @@
+"""The tables of the results database, and the shape of the frames written into them.
+
+Percentages are stored as 0–100, lengths in items, timestamps as UTC without a zone.
+Child tables (``recommendations``, ``explanations``) carry no key of their own: a run's
+rows are always replaced as a whole (delete + insert in one transaction), which DuckDB
+handles better than updates of indexed columns.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+__all__ = [
+    "TABLES",
+    "STATUSES",
+    "KINDS",
+    "METRIC_KEYS",
+    "RUN_COLUMNS",
+    "RECOMMENDATION_COLUMNS",
+    "EXPLANATION_COLUMNS",
+    "ITEM_COLUMNS",
+]
+
+#: Every table of the schema (views are in :mod:`lcer_core.store.views`).
+TABLES = (
+    "schema_version",
+    "datasets",
+    "items",
+    "models",
+    "runs",
+    "recommendations",
+    "explanations",
+    "metrics",
+)
+
+#: Life cycle of a run.
+STATUSES = ("running", "finished", "failed")
+#: What produced a run or a metrics row: the explanation itself, or a later re-evaluation.
+KINDS = ("explain", "reevaluate")
+#: The metrics of one evaluation, as in Table 2 of the paper (``len`` in items, the rest 0–100).
+METRIC_KEYS = ("n_pairs", "val_pct", "len", "ps_pct", "pn_pct", "fns_pct")
+
+#: Columns of ``runs`` a caller may give (besides ``params``, a dict stored as JSON).
+RUN_COLUMNS = (
+    "run_id",
+    "dataset",
+    "method",
+    "k",
+    "alpha",
+    "lam",
+    "steps",
+    "seed",
+    "n_users",
+    "model_key",
+    "device",
+    "status",
+    "started_at",
+    "finished_at",
+    "mlflow_run_id",
+    "kind",
+)
+
+# Frame specs: column -> (polars dtype, required).
+RECOMMENDATION_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
+    "uid": (pl.Int64(), True),
+    "raw_user": (pl.String(), False),
+    "rank": (pl.Int32(), True),
+    "sid": (pl.Int64(), True),
+    "raw_item": (pl.String(), False),
+    "score": (pl.Float64(), False),
+}
+
+EXPLANATION_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
+    "uid": (pl.Int64(), True),
+    "raw_user": (pl.String(), False),
+    "sid": (pl.Int64(), True),
+    "raw_item": (pl.String(), False),
+    "rank": (pl.Int32(), False),
+    "found": (pl.Boolean(), False),
+    "ce_items": (pl.List(pl.Int32()), True),
+    "ce_raw": (pl.List(pl.String()), False),
+    "ce_importance": (pl.List(pl.Float64()), False),
+    "length": (pl.Int32(), False),
+    "sufficient": (pl.Boolean(), False),
+    "necessary": (pl.Boolean(), False),
+    "rank_after": (pl.Int32(), False),
+}
+
+ITEM_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
+    "sid": (pl.Int64(), True),
+    "raw_id": (pl.String(), False),
+    "title": (pl.String(), False),
+    "genres": (pl.String(), False),
+    "popularity": (pl.Int64(), False),
+}
+
+# The first schema (version 1). Later versions change it only through migrations.
+V1_DDL = (
+    """
+    CREATE TABLE IF NOT EXISTS datasets (
+        dataset VARCHAR PRIMARY KEY,
+        users BIGINT,
+        items BIGINT,
+        interactions BIGINT,
+        density_pct DOUBLE,
+        train_users BIGINT,
+        val_users BIGINT,
+        test_users BIGINT,
+        stats_json VARCHAR,
+        prepared_at TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS items (
+        dataset VARCHAR NOT NULL,
+        sid BIGINT NOT NULL,
+        raw_id VARCHAR,
+        title VARCHAR,
+        genres VARCHAR,
+        popularity BIGINT,
+        PRIMARY KEY (dataset, sid)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS models (
+        model_key VARCHAR PRIMARY KEY,
+        dataset VARCHAR NOT NULL,
+        version VARCHAR,
+        params_json VARCHAR,
+        ndcg100 DOUBLE,
+        recall20 DOUBLE,
+        recall50 DOUBLE,
+        path VARCHAR,
+        mlflow_model_uri VARCHAR,
+        created_at TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS runs (
+        run_id VARCHAR PRIMARY KEY,
+        dataset VARCHAR NOT NULL,
+        method VARCHAR NOT NULL,
+        k INTEGER NOT NULL,
+        alpha DOUBLE,
+        lam DOUBLE,
+        steps INTEGER,
+        seed INTEGER,
+        n_users INTEGER,
+        model_key VARCHAR,
+        device VARCHAR,
+        status VARCHAR NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
+        started_at TIMESTAMP,
+        finished_at TIMESTAMP,
+        mlflow_run_id VARCHAR,
+        params_json VARCHAR
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS recommendations (
+        run_id VARCHAR NOT NULL,
+        uid BIGINT NOT NULL,
+        raw_user VARCHAR,
+        rank INTEGER NOT NULL,
+        sid BIGINT NOT NULL,
+        raw_item VARCHAR,
+        score DOUBLE
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS explanations (
+        run_id VARCHAR NOT NULL,
+        uid BIGINT NOT NULL,
+        raw_user VARCHAR,
+        sid BIGINT NOT NULL,
+        raw_item VARCHAR,
+        rank INTEGER,
+        found BOOLEAN NOT NULL,
+        ce_items INTEGER[],
+        ce_raw VARCHAR[],
+        ce_importance DOUBLE[],
+        length INTEGER NOT NULL,
+        sufficient BOOLEAN,
+        necessary BOOLEAN
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS metrics (
+        run_id VARCHAR NOT NULL,
+        dataset VARCHAR NOT NULL,
+        method VARCHAR NOT NULL,
+        k INTEGER NOT NULL,
+        n_pairs BIGINT,
+        val_pct DOUBLE,
+        len DOUBLE,
+        ps_pct DOUBLE,
+        pn_pct DOUBLE,
+        fns_pct DOUBLE,
+        evaluated_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, evaluated_at)
+    )
+    """,
+)
+
+# Version 2: re-evaluation history (what produced a run / a metrics row) and the rank of the
+# recommended item once its CE is removed.
+V2_DDL = (
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'explain'",
+    "UPDATE runs SET kind = 'explain' WHERE kind IS NULL",
+    "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'explain'",
+    "UPDATE metrics SET kind = 'explain' WHERE kind IS NULL",
+    "ALTER TABLE explanations ADD COLUMN IF NOT EXISTS rank_after INTEGER",
+)
