@@ -63,8 +63,15 @@ def default_params(dataset: str) -> dict[str, float]:
     return dict(PAPER_LCER_PARAMS.get(dataset, PAPER_LCER_PARAMS["ml-100k"]))
 
 
-def validate_common(*, k: int | None = None, alpha: float | None = None, lam: float | None = None,
-                    steps: int | None = None, n_users: int | None = None, seed: int | None = None) -> None:
+def validate_common(
+    *,
+    k: int | None = None,
+    alpha: float | None = None,
+    lam: float | None = None,
+    steps: int | None = None,
+    n_users: int | None = None,
+    seed: int | None = None,
+) -> None:
     """One-line errors for out-of-range options shared by several commands."""
     if k is not None and not (isinstance(k, int) and k >= 1):
         raise InvalidParameterError(f"--k must be a positive integer, got {k}")
@@ -161,8 +168,15 @@ def train_model(
     key = model_key(data, cfg, seed)
     path = models_dir() / data.name / key / "model.pt"
     _atomic_save(
-        {"state_dict": module.state_dict(), "config": cfg.dump(), "seed": seed, "n_items": data.n_items,
-         "metrics": metrics, "data_fingerprint": data.fingerprint, "dataset": data.name},
+        {
+            "state_dict": module.state_dict(),
+            "config": cfg.dump(),
+            "seed": seed,
+            "n_items": data.n_items,
+            "metrics": metrics,
+            "data_fingerprint": data.fingerprint,
+            "dataset": data.name,
+        },
         path,
     )
     latest = path.parent.parent / "latest"
@@ -178,7 +192,9 @@ def _load_checkpoint(dataset: str, key: str) -> TrainedModel:
     cfg = MultVAEConfig(**blob["config"])
     module = MultVAE(int(blob["n_items"]), cfg)
     module.load_state_dict(blob["state_dict"])
-    return TrainedModel(dataset, key, cfg, int(blob["seed"]), module.eval(), dict(blob["metrics"]), path)
+    return TrainedModel(
+        dataset, key, cfg, int(blob["seed"]), module.eval(), dict(blob["metrics"]), path
+    )
 
 
 def find_model(dataset: str, key: str | None = None) -> TrainedModel | None:
@@ -197,7 +213,9 @@ def load_model(dataset: str, key: str | None = None) -> TrainedModel:
     """Like :func:`find_model`, but a missing model is a one-line error."""
     found = find_model(dataset, key)
     if found is None:
-        raise MissingDataError(f"no trained model for {dataset!r}: run `lcer train {dataset}` first")
+        raise MissingDataError(
+            f"no trained model for {dataset!r}: run `lcer train {dataset}` first"
+        )
     return found
 
 
@@ -229,7 +247,9 @@ def test_users(data: PreparedDataset, n_users: int | None = None) -> list[int]:
     return users
 
 
-def make_pairs(recommender: MultVAERecommender, data: PreparedDataset, users: list[int], k: int) -> PairBatch:
+def make_pairs(
+    recommender: MultVAERecommender, data: PreparedDataset, users: list[int], k: int
+) -> PairBatch:
     """Top-``k`` pairs of ``users`` with their thresholds g_{K+1}(x_f)."""
     validate_common(k=k)
     return build_pairs(recommender, data.histories(users), k)
@@ -248,14 +268,20 @@ def explain(
     return get_explainer(method, **params).explain(recommender, pairs, seed=seed, progress=progress)
 
 
-def evaluate(recommender: MultVAERecommender, pairs: PairBatch, explanations: Explanations) -> PairOutcomes:
+def evaluate(
+    recommender: MultVAERecommender, pairs: PairBatch, explanations: Explanations
+) -> PairOutcomes:
     return evaluate_pairs(recommender, pairs, explanations)
 
 
-def recommendation_frame(data: PreparedDataset, pairs: PairBatch, recommender: MultVAERecommender) -> pl.DataFrame:
+def recommendation_frame(
+    data: PreparedDataset, pairs: PairBatch, recommender: MultVAERecommender
+) -> pl.DataFrame:
     """One row per (user, rank): the top-K list with raw ids and scores."""
     with torch.no_grad():
-        scores = recommender.scores_of_sets(pairs.items, pairs.mask.float(), pairs.targets[:, None])[:, 0]
+        scores = recommender.scores_of_sets(
+            pairs.items, pairs.mask.float(), pairs.targets[:, None]
+        )[:, 0]
     uids = pairs.users.cpu().tolist()
     sids = pairs.targets.cpu().tolist()
     return pl.DataFrame(
@@ -312,8 +338,11 @@ def explanation_frame(
             "necessary": outcomes.necessary.cpu().tolist(),
             "rank_after": outcomes.rank_after.cpu().tolist(),
         },
-        schema_overrides={"ce_items": pl.List(pl.Int64), "ce_raw": pl.List(pl.String),
-                          "ce_importance": pl.List(pl.Float64)},
+        schema_overrides={
+            "ce_items": pl.List(pl.Int64),
+            "ce_raw": pl.List(pl.String),
+            "ce_importance": pl.List(pl.Float64),
+        },
     )
 
 
@@ -323,7 +352,10 @@ def pairs_from_frame(
     """Rebuild pairs (with the *current* model's thresholds) and CEs from stored explanation rows."""
     users = frame["uid"].to_list()
     base = build_pairs(recommender, data.histories(sorted(set(users))), k)
-    row_of = {(u, s): i for i, (u, s) in enumerate(zip(base.users.tolist(), base.targets.tolist(), strict=True))}
+    row_of = {
+        (u, s): i
+        for i, (u, s) in enumerate(zip(base.users.tolist(), base.targets.tolist(), strict=True))
+    }
     hist = data.histories(users)
     dev = recommender.device
     # Thresholds: the (K+1)-th score of the user's current list (same for every pair of a user).

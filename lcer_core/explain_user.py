@@ -44,13 +44,19 @@ def explain_one_user(
     outcomes = api.evaluate(rec, pairs, expl)
     frame = api.explanation_frame(data, pairs, expl, outcomes)
     with torch.no_grad():
-        scores = rec.scores_of_sets(pairs.items, pairs.mask.float(), pairs.targets[:, None])[:, 0].tolist()
+        scores = rec.scores_of_sets(pairs.items, pairs.mask.float(), pairs.targets[:, None])[
+            :, 0
+        ].tolist()
     recs = []
     for row, score in zip(frame.iter_rows(named=True), scores, strict=True):
         ce = [
             {"item": raw, "sid": sid, "title": title, "importance": imp}
             for raw, sid, title, imp in zip(
-                row["ce_raw"], row["ce_items"], data.titles(row["ce_items"]), row["ce_importance"], strict=True
+                row["ce_raw"],
+                row["ce_items"],
+                data.titles(row["ce_items"]),
+                row["ce_importance"],
+                strict=True,
             )
         ]
         recs.append(
@@ -68,8 +74,14 @@ def explain_one_user(
                 "sufficient": row["sufficient"],
             }
         )
-    return {"dataset": data.name, "user": str(user), "method": method, "k": k, "model": model.key,
-            "recommendations": recs}
+    return {
+        "dataset": data.name,
+        "user": str(user),
+        "method": method,
+        "k": k,
+        "model": model.key,
+        "recommendations": recs,
+    }
 
 
 def _join(names: list[str]) -> str:

@@ -36,21 +36,33 @@ class PairOutcomes:
 def _ranks(recommender: Recommender, pairs: PairBatch, weights: Tensor, chunk: int) -> Tensor:
     out = []
     for s in range(0, len(pairs), chunk):
-        items, w, tgt = pairs.items[s : s + chunk], weights[s : s + chunk], pairs.targets[s : s + chunk]
+        items, w, tgt = (
+            pairs.items[s : s + chunk],
+            weights[s : s + chunk],
+            pairs.targets[s : s + chunk],
+        )
         scores = recommender.scores_of_sets(items, w)
         if not torch.isfinite(scores).all():
-            raise NonFiniteScoresError("the recommender produced non-finite scores during evaluation")
+            raise NonFiniteScoresError(
+                "the recommender produced non-finite scores during evaluation"
+            )
         excluded = dense_from_sets(items, w, recommender.n_items) > 0
         masked = scores.masked_fill(excluded, float("-inf"))
         own = masked.gather(1, tgt[:, None])
         rank = (masked > own).sum(1) + 1
-        out.append(torch.where(excluded.gather(1, tgt[:, None])[:, 0], torch.zeros_like(rank), rank))
+        out.append(
+            torch.where(excluded.gather(1, tgt[:, None])[:, 0], torch.zeros_like(rank), rank)
+        )
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 @torch.no_grad()
 def evaluate_pairs(
-    recommender: Recommender, pairs: PairBatch, explanations: Explanations, *, chunk: int | None = None
+    recommender: Recommender,
+    pairs: PairBatch,
+    explanations: Explanations,
+    *,
+    chunk: int | None = None,
 ) -> PairOutcomes:
     """Re-rank without and with only each CE, for all pairs at once (chunked for memory)."""
     pairs = pairs.to(recommender.device)
@@ -99,7 +111,9 @@ def f_ns(ps_pct: float, pn_pct: float) -> float:
     return 0.0 if ps_pct + pn_pct == 0 else 2 * ps_pct * pn_pct / (ps_pct + pn_pct)
 
 
-def summarize(outcomes: PairOutcomes, *, reports_validity: bool = True) -> dict[str, float | int | None]:
+def summarize(
+    outcomes: PairOutcomes, *, reports_validity: bool = True
+) -> dict[str, float | int | None]:
     """Table-2 metrics of a set of pairs; ``val_pct`` is None for methods without validity (FIA)."""
     f = outcomes.found.cpu()
     p = ps(f, outcomes.sufficient.cpu())

@@ -13,8 +13,13 @@ from lcer_core.cli.app import app
 def _progress_bar(label: str):  # noqa: ANN202
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn(label), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                   TimeRemainingColumn(), transient=True)
+    bar = Progress(
+        TextColumn(label),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(),
+        transient=True,
+    )
     return bar
 
 
@@ -23,13 +28,19 @@ def explain(
     dataset: str = typer.Argument(..., help="Dataset name, e.g. ml-100k."),
     method: str = typer.Option("lcer", "--method", "-m", help="lcer, fia, accent or kaffes."),
     k: int = typer.Option(5, "--k", help="Length of the recommendation list."),
-    alpha: float = typer.Option(None, "--alpha", help="LCER hinge margin α (default: the paper's)."),
+    alpha: float = typer.Option(
+        None, "--alpha", help="LCER hinge margin α (default: the paper's)."
+    ),
     lam: float = typer.Option(None, "--lam", help="LCER length weight λ (default: the paper's)."),
     users: int = typer.Option(None, "--users", help="Number of test users (default: all)."),
     steps: int = typer.Option(3000, "--steps", help="LCER optimisation steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the explainer's randomness."),
-    user: str = typer.Option(None, "--user", help="Explain this user (id of the raw file), in words."),
-    item: str = typer.Option(None, "--item", help="With --user: only this recommended item (raw id)."),
+    user: str = typer.Option(
+        None, "--user", help="Explain this user (id of the raw file), in words."
+    ),
+    item: str = typer.Option(
+        None, "--item", help="With --user: only this recommended item (raw id)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Explain recommendations with METHOD on the stored model (train it first with `lcer train`)."""
@@ -60,18 +71,40 @@ def explain(
         if user is not None:
             from lcer_core.explain_user import explain_one_user, sentences
 
-            result = explain_one_user(data, model, user, k=k, method=method, item=item, seed=seed,
-                                      progress=progress, **hyper)
+            result = explain_one_user(
+                data,
+                model,
+                user,
+                k=k,
+                method=method,
+                item=item,
+                seed=seed,
+                progress=progress,
+                **hyper,
+            )
         else:
             rec = model.recommender()
             pairs = api.make_pairs(rec, data, api.test_users(data, users), k)
             expl = api.explain(rec, pairs, method, seed=seed, progress=progress, **hyper)
             out = api.evaluate(rec, pairs, expl)
             metrics = api.summarize_frame(api.explanation_frame(data, pairs, expl, out), method)
-            result = {"dataset": dataset, "method": method, "k": k, "model": model.key, **hyper,
-                      "seed": seed, **metrics}
+            result = {
+                "dataset": dataset,
+                "method": method,
+                "k": k,
+                "model": model.key,
+                **hyper,
+                "seed": seed,
+                **metrics,
+            }
     if as_json:
-        typer.echo(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+        typer.echo(
+            json.dumps(
+                result,
+                indent=2,
+                default=lambda v: None if isinstance(v, float) and math.isnan(v) else v,
+            )
+        )
     elif user is not None:
         typer.echo(f"User {user} of {dataset}, top-{k} by Mult-VAE, explained by {method}:")
         for line in sentences(result):
@@ -79,4 +112,6 @@ def explain(
     else:
         for key in ("n_pairs", "val_pct", "len", "ps_pct", "pn_pct", "fns_pct"):
             v = result[key]
-            typer.echo(f"{key:>8}: {'–' if v is None else (f'{v:.3f}' if isinstance(v, float) else v)}")
+            typer.echo(
+                f"{key:>8}: {'–' if v is None else (f'{v:.3f}' if isinstance(v, float) else v)}"
+            )

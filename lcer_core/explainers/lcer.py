@@ -40,7 +40,9 @@ class LCERConfig(ExplainerConfig):
         if not (self.lam >= 0 and self.lam < 1e6):
             raise InvalidParameterError(f"lam must be a non-negative number, got {self.lam}")
         if not (isinstance(self.steps, int) and 1 <= self.steps <= 1_000_000):
-            raise InvalidParameterError(f"steps must be an integer in [1, 1000000], got {self.steps}")
+            raise InvalidParameterError(
+                f"steps must be an integer in [1, 1000000], got {self.steps}"
+            )
         if not self.lr > 0:
             raise InvalidParameterError(f"lr must be positive, got {self.lr}")
         if not self.temperature > 0:
@@ -93,7 +95,9 @@ class LCER(Explainer):
         for start in range(0, len(pairs), chunk):
             sub = pairs.select(slice(start, start + chunk))
 
-            def report(done: int, _total: int, base: int = start * cfg.steps, n: int = len(sub)) -> None:
+            def report(
+                done: int, _total: int, base: int = start * cfg.steps, n: int = len(sub)
+            ) -> None:
                 if progress is not None:
                     progress(base + done * n, len(pairs) * cfg.steps)
 
@@ -180,7 +184,9 @@ class LCER(Explainer):
                         remap = torch.full((n_pairs,), -1, dtype=torch.long, device=dev)
                         remap[act] = torch.arange(act.shape[0], device=dev)
                         local = remap[pair_of[ent]]
-                        scorer = recommender.set_scorer(pairs.items[act], mask[act], pairs.targets[act, None])
+                        scorer = recommender.set_scorer(
+                            pairs.items[act], mask[act], pairs.targets[act, None]
+                        )
                         everything = False
             if t % 50 == 0 or t == cfg.steps:
                 progress(t, cfg.steps)
@@ -221,12 +227,17 @@ def lcer_reference_loop(
         opt = torch.optim.Adam([delta], lr=config.lr)
         best_loss, best_score, best_set, best_delta = float("inf"), float("inf"), None, None
         for step in range(config.steps):
-            soft = F.softmax((delta + _gumbel(seed, key, step, all_items[None])[0]) / config.temperature, -1)
+            soft = F.softmax(
+                (delta + _gumbel(seed, key, step, all_items[None])[0]) / config.temperature, -1
+            )
             hard = F.one_hot(soft.argmax(-1), 2).to(soft.dtype)
             e = (hard - soft).detach() + soft
             score = recommender.scores(e[:, 1] * x)[0, pairs.targets[p]]
-            loss = F.relu(config.alpha + score - pairs.thresholds[p]) + config.lam * (e[:, 0] * x[0]).sum()
-            if float(loss) < best_loss:
+            loss = (
+                F.relu(config.alpha + score - pairs.thresholds[p])
+                + config.lam * (e[:, 0] * x[0]).sum()
+            )
+            if float(loss.detach()) < best_loss:
                 best_loss, best_score = float(loss), float(score)
                 best_set = (hard[:, 0] > 0.5) & (x[0] > 0)
                 best_delta = delta.detach().clone()

@@ -107,7 +107,7 @@ def fit_multvae(
                 loss.backward()
                 opt.step()
                 updates += 1
-                total += float(loss) * x.shape[0]
+                total += float(loss.detach()) * x.shape[0]
         ndcg = evaluate_ranking(model, val_fold_in, val_heldout)["ndcg100"]
         if ndcg > best_ndcg or best_state is None:
             best_ndcg, best_epoch = ndcg, epoch

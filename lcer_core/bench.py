@@ -1,0 +1,163 @@
+"""The performance benchmark behind ``lcer bench``: the reference's shape against our engine.
+
+(a) the sequential loop (:func:`~lcer_core.explainers.lcer.lcer_reference_loop`: one pair at a
+time, an importance vector over all items, a dense forward pass, ``torch.optim.Adam``) on a
+sample of pairs; (b) the batched engine on all pairs, on the same data, model and seeds. Both
+draw the same noise, so their metrics on the sample can be compared directly.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lcer_core import api
+from lcer_core.explainers import LCER, LCERConfig, lcer_reference_loop
+from lcer_core.metrics import evaluate_pairs, summarize
+from lcer_core.pairs import PairBatch, build_pairs, histories_from_lists
+from lcer_core.recommender.multvae import MultVAE, MultVAEConfig, MultVAERecommender
+
+__all__ = ["run_benchmark", "estimate_flops"]
+
+
+def estimate_flops(pairs: PairBatch, steps: int, hidden: int = 600, latent: int = 200) -> float:
+    """Floating-point operations of the batched engine: per pair and step, the forward pass over
+    the pair's interacted items (embedding bag L·H, H·d, d·H, the target's H) and a backward pass
+    counted as twice the forward."""
+    lengths = pairs.mask.sum(1).double()
+    forward = 2 * (lengths * hidden + 2 * hidden * latent + hidden)
+    return float(forward.sum()) * 3 * steps
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _synthetic(
+    n_items: int, n_users: int, seed: int, device: str
+) -> tuple[MultVAERecommender, PairBatch, int]:
+    """An untrained Mult-VAE over ``n_items`` and users with ML-100K-like history lengths."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        rec = MultVAERecommender(MultVAE(n_items, MultVAEConfig()), device)
+    lengths = (torch.distributions.LogNormal(3.5, 0.8).sample((n_users,)).clamp(4, 600)).long()
+    lists = [torch.randperm(n_items, generator=gen)[: int(n)].tolist() for n in lengths]
+    return rec, build_pairs(rec, histories_from_lists(list(range(n_users)), lists), 5), n_items
+
+
+def run_benchmark(
+    *,
+    dataset: str = "ml-100k",
+    k: int = 5,
+    steps: int = 3000,
+    n_users: int | None = None,
+    sample: int = 5,
+    full: bool = False,
+    patience: int = 0,
+    synthetic_items: int | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    alpha: float = 0.1,
+    lam: float = 0.01,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Time the sequential loop and the batched engine; return the fields of ``lcer bench --json``."""
+    dev = device or str(api.default_device())
+    api.validate_common(k=k, steps=steps, n_users=n_users, alpha=alpha, lam=lam)
+    if synthetic_items:
+        rec, pairs, n_items = _synthetic(synthetic_items, n_users or 100, seed, dev)
+        source = f"synthetic-{synthetic_items}"
+    else:
+        data = api.ensure_dataset(dataset)
+        model, trained = api.ensure_model(data, device=dev)
+        if trained:
+            log(f"trained Mult-VAE {model.key} for {dataset}")
+        rec = model.recommender(dev)
+        pairs = api.make_pairs(rec, data, api.test_users(data, n_users), k)
+        n_items, source = data.n_items, dataset
+    cfg = LCERConfig(alpha=alpha, lam=lam, steps=steps)
+    n_seq = len(pairs) if full else min(sample, len(pairs))
+    # Spread the sample over users and ranks.
+    sample_idx = torch.linspace(0, len(pairs) - 1, n_seq).round().long().unique()
+    seq_pairs = pairs.select(sample_idx.to(pairs.items.device))
+
+    def sync() -> None:
+        if dev.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    log(f"sequential reference loop: {len(seq_pairs)} pairs x {steps} steps ...")
+    sync()
+    t0 = time.perf_counter()
+    seq = lcer_reference_loop(rec, seq_pairs, cfg, seed=seed)
+    sync()
+    seq_s = time.perf_counter() - t0
+    log(f"batched engine: {len(pairs)} pairs x {steps} steps ...")
+    LCER(LCERConfig(alpha=alpha, lam=lam, steps=5)).explain(
+        rec, pairs.select(slice(0, 2)), seed=seed
+    )  # warm-up
+    sync()
+    t0 = time.perf_counter()
+    fast = LCER(cfg).explain(rec, pairs, seed=seed)
+    sync()
+    fast_s = time.perf_counter() - t0
+    fast_metrics = summarize(evaluate_pairs(rec, pairs, fast))
+    fast_on_sample = summarize(
+        evaluate_pairs(
+            rec, seq_pairs, fast.__class__(fast.removed[sample_idx], fast.importance[sample_idx])
+        )
+    )
+    seq_metrics = summarize(evaluate_pairs(rec, seq_pairs, seq))
+    agree = float(
+        (seq.removed == fast.removed[sample_idx][:, : seq.removed.shape[1]]).all(1).float().mean()
+    )
+    flops = estimate_flops(pairs, steps)
+    result: dict[str, Any] = {
+        "source": source,
+        "device": dev,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "n_items": n_items,
+        "pairs": len(pairs),
+        "sequential_pairs": len(seq_pairs),
+        "steps": steps,
+        "k": k,
+        "alpha": alpha,
+        "lam": lam,
+        "sequential_s_per_pair": seq_s / len(seq_pairs),
+        "batched_s_per_pair": fast_s / len(pairs),
+        "batched_total_s": fast_s,
+        "speedup": (seq_s / len(seq_pairs)) / (fast_s / len(pairs)),
+        "gflop": flops / 1e9,
+        "gflop_per_s": flops / 1e9 / fast_s,
+        "peak_rss_mb": _peak_rss_mb(),
+        "same_sets_on_sample_pct": 100 * agree,
+        "metrics_batched": fast_metrics,
+        "metrics_batched_on_sample": fast_on_sample,
+        "metrics_sequential": seq_metrics,
+    }
+    if dev.startswith("cuda"):
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if patience:
+        log(f"batched engine with early stop (patience {patience}) ...")
+        sync()
+        t0 = time.perf_counter()
+        early = LCER(LCERConfig(alpha=alpha, lam=lam, steps=steps, patience=patience)).explain(
+            rec, pairs, seed=seed
+        )
+        sync()
+        early_s = time.perf_counter() - t0
+        result.update(
+            {
+                "patience": patience,
+                "early_stop_s_per_pair": early_s / len(pairs),
+                "early_stop_speedup_over_batched": fast_s / early_s,
+                "metrics_early_stop": summarize(evaluate_pairs(rec, pairs, early)),
+            }
+        )
+    return result

@@ -1,0 +1,95 @@
+"""``lcer bench``: the performance benchmark (sequential reference loop against the batched engine)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import typer
+
+from lcer_core.cli.app import app
+
+
+def _clean(v):  # noqa: ANN001, ANN202
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    return v
+
+
+@app.command()
+def bench(
+    dataset: str = typer.Option(
+        "ml-100k", "--dataset", help="Dataset whose test users are explained."
+    ),
+    k: int = typer.Option(5, "--k"),
+    steps: int = typer.Option(3000, "--steps"),
+    users: int = typer.Option(None, "--users", help="Test users (default: all)."),
+    sample: int = typer.Option(5, "--sample", help="Pairs run through the sequential loop."),
+    full: bool = typer.Option(
+        False, "--full", help="Run the sequential loop over all pairs (slow)."
+    ),
+    patience: int = typer.Option(
+        0, "--patience", help="Also measure early stop with this patience."
+    ),
+    items: int = typer.Option(
+        None, "--synthetic-items", help="Use an untrained model over N items."
+    ),
+    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when visible)."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Seconds per pair of the reference's sequential loop and of the batched engine, and the speed-up."""
+    from lcer_core.bench import run_benchmark
+
+    log = (lambda msg: typer.echo(msg, err=True)) if as_json else typer.echo
+    res = _clean(
+        run_benchmark(
+            dataset=dataset,
+            k=k,
+            steps=steps,
+            n_users=users,
+            sample=sample,
+            full=full,
+            patience=patience,
+            synthetic_items=items,
+            device=device,
+            seed=seed,
+            log=log,
+        )
+    )
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    typer.echo(
+        f"device {res['device']} ({res['threads']} threads), {res['pairs']} pairs x {res['steps']} steps"
+    )
+    typer.echo(
+        f"sequential loop : {res['sequential_s_per_pair']:.3f} s/pair ({res['sequential_pairs']} pairs)"
+    )
+    typer.echo(
+        f"batched engine  : {res['batched_s_per_pair']:.4f} s/pair ({res['batched_total_s']:.1f} s in all)"
+    )
+    typer.echo(
+        f"speed-up        : {res['speedup']:.1f}x   ({res['gflop']:.0f} GFLOP, {res['gflop_per_s']:.1f} GFLOP/s)"
+    )
+    typer.echo(f"peak memory     : {res['peak_rss_mb']:.0f} MB")
+    for key in (
+        "metrics_sequential",
+        "metrics_batched_on_sample",
+        "metrics_batched",
+        "metrics_early_stop",
+    ):
+        if key in res:
+            m = res[key]
+            typer.echo(
+                f"{key:26}: "
+                + "  ".join(
+                    f"{x}={m[x]:.2f}" if isinstance(m[x], float) else f"{x}={m[x]}" for x in m
+                )
+            )
+    if "early_stop_s_per_pair" in res:
+        typer.echo(
+            f"early stop      : {res['early_stop_s_per_pair']:.4f} s/pair, {res['early_stop_speedup_over_batched']:.2f}x over batched"
+        )
