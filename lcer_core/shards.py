@@ -157,7 +157,8 @@ def explain_users(
     device: torch.device | str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> pl.DataFrame:
-    """Recommend top-K to ``users``, explain every pair with the run's method, evaluate; one row per pair."""
+    """Recommend top-K to ``users``, explain every pair with the run's method, evaluate; one row per pair
+    (with the recommendation's ``score`` and the ``device`` that explained it)."""
     if model.key != spec.model_key:
         raise MissingDataError(
             f"model {model.key} is not the model {spec.model_key} of run {spec.run_id}"
@@ -170,7 +171,7 @@ def explain_users(
     outcomes = api.evaluate(recommender, pairs, explanations)
     frame = api.explanation_frame(data, pairs, explanations, outcomes)
     recs = api.recommendation_frame(data, pairs, recommender)
-    return frame.with_columns(score=recs["score"])
+    return frame.with_columns(score=recs["score"], device=pl.lit(torch.device(recommender.device).type))
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import mlflow
 import numpy as np
 import psutil
 import torch
@@ -36,7 +37,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-import mlflow
 from lcer_core import paths
 
 __all__ = [

@@ -50,3 +50,34 @@ def lcer_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LCER_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def trained_home(tmp_path_factory: pytest.TempPathFactory, http_mirror: str) -> Path:
+    """An LCER_HOME with ML 100K prepared (over the loopback mirror) and a small Mult-VAE
+    trained (10 epochs): shared, read-mostly state for tests of the commands built on them."""
+    import os
+
+    from lcer_core import api
+    from lcer_core.recommender.multvae import MultVAEConfig
+
+    home = tmp_path_factory.mktemp("trained-home")
+    saved = {k: os.environ.get(k) for k in ("LCER_HOME", "LCER_MIRROR")}
+    os.environ["LCER_HOME"], os.environ["LCER_MIRROR"] = str(home), http_mirror
+    try:
+        data = api.ensure_dataset("ml-100k")
+        api.train_model(data, MultVAEConfig(epochs=10), seed=1, device="cpu")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return home
+
+
+@pytest.fixture()
+def in_trained_home(trained_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("LCER_HOME", str(trained_home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return trained_home

@@ -7,6 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import polars as pl
 import pytest
@@ -15,7 +16,6 @@ from mlflow.tracking import MlflowClient
 from mlflow_fixtures import mlflow_template_db_fixture, store_fixture  # noqa: F401
 from torch import nn
 
-import mlflow
 from lcer_core import paths
 from tasks import track
 

@@ -1,0 +1,61 @@
+"""Prefect tasks that turn explanations into the metrics of Table 2 (Val, Len, PS, PN, F_NS)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from lcer_core import api, shards
+from lcer_core.datasets import load_prepared
+from lcer_core.shards import RunSpec
+
+__all__ = ["RunResult", "evaluate_run", "reevaluate_run"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """An evaluated run: its rows in one Parquet file, its metrics, the device(s) that explained it."""
+
+    spec: RunSpec
+    path: str
+    metrics: dict[str, Any]
+    device: str | None
+
+
+def _fmt(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={'-' if v is None else format(v, '.4g')}" for k, v in metrics.items())
+
+
+@task(name="evaluate-run", cache_policy=NO_CACHE)
+def evaluate_run(spec: RunSpec, shard_paths: list[str]) -> RunResult:
+    """Concatenate the run's shard files into ``explanations.parquet`` and compute its metrics."""
+    frame = shards.read_shards(shard_paths)
+    path = shards.write_parquet_atomic(frame, shards.work_dir(spec.run_id) / "explanations.parquet")
+    metrics = api.summarize_frame(frame, spec.method)
+    devices = sorted(set(frame["device"].to_list())) if "device" in frame.columns else []
+    get_run_logger().info(
+        "%s %s k=%d alpha=%s lam=%s: %s", spec.dataset, spec.method, spec.k, spec.alpha, spec.lam, _fmt(metrics)
+    )
+    return RunResult(spec, str(path), metrics, ",".join(devices) or None)
+
+
+@task(name="reevaluate-run", cache_policy=NO_CACHE)
+def reevaluate_run(run: dict[str, Any], explanations: pl.DataFrame) -> dict[str, Any]:
+    """Metrics of a stored run's CEs against the dataset's current (latest trained) model."""
+    dataset, method, k = run["dataset"], run["method"], int(run["k"])
+    data = load_prepared(dataset)
+    model = api.load_model(dataset)
+    recommender = model.recommender(api.default_device())
+    pairs, ces = api.pairs_from_frame(data, recommender, explanations, k)
+    outcomes = api.evaluate(recommender, pairs, ces)
+    frame = api.explanation_frame(data, pairs, ces, outcomes)
+    metrics = api.summarize_frame(frame, method)
+    get_run_logger().info(
+        "re-evaluated run %s (%s %s k=%d) against model %s: %s",
+        run["run_id"], dataset, method, k, model.key, _fmt(metrics),
+    )
+    return {**metrics, "model_key": model.key}

@@ -1,0 +1,140 @@
+"""Prefect tasks around :mod:`tasks.track` (MLflow): explanation runs, sweeps, figures, stale runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from lcer_core import plots
+from lcer_core.paths import lcer_home
+from lcer_core.store import ResultStore
+from tasks import track
+from tasks.evaluate import RunResult
+
+__all__ = [
+    "fail_stale",
+    "track_run",
+    "open_sweep",
+    "close_sweep",
+    "item_figures",
+    "sweep_figures",
+]
+
+
+@task(name="fail-stale-mlflow-runs", cache_policy=NO_CACHE)
+def fail_stale(dataset: str) -> list[str]:
+    """Close as FAILED the MLflow runs of ``dataset`` left RUNNING by a killed process."""
+    track.configure()
+    track.ensure_experiment(dataset)
+    failed = track.fail_stale_runs(dataset)
+    if failed:
+        get_run_logger().warning("closed %d stale MLflow run(s) of %s as FAILED: %s", len(failed), dataset, failed)
+    return failed
+
+
+@task(name="track-run", cache_policy=NO_CACHE)
+def track_run(result: RunResult, params: dict[str, Any], parent_run_id: str | None = None) -> str:
+    """One MLflow run for the (method, k, α, λ): params, the five metrics, the explanations Parquet; its id."""
+    spec = result.spec
+    metrics = {k: result.metrics.get(k) for k in (*track.METRICS, "n_pairs")}
+    run_id = track.log_explain_run(
+        spec.dataset,
+        method=spec.method,
+        k=spec.k,
+        alpha=spec.alpha,
+        lam=spec.lam,
+        params={
+            "steps": spec.steps,
+            "seed": spec.seed,
+            "n_users": spec.n_users,
+            "model_key": spec.model_key,
+            "run_key": spec.run_id,
+            "device": result.device,
+            **params,
+        },
+        metrics=metrics,
+        explanations_parquet=Path(result.path),
+        parent_run_id=parent_run_id,
+        tags={"lcer.run_key": spec.run_id},
+    )
+    get_run_logger().info("MLflow run %s for %s %s k=%d", run_id, spec.dataset, spec.method, spec.k)
+    return run_id
+
+
+@task(name="open-sweep", cache_policy=NO_CACHE)
+def open_sweep(dataset: str, grid: dict[str, Any]) -> str:
+    """The RUNNING parent MLflow run of an α/λ sweep."""
+    track.configure()
+    track.ensure_experiment(dataset)
+    return track.start_sweep(dataset, grid)
+
+
+@task(name="close-sweep", cache_policy=NO_CACHE)
+def close_sweep(parent_run_id: str, status: str = "FINISHED") -> None:
+    """End the parent run of a sweep (FINISHED, or FAILED when a grid point failed)."""
+    track.end_run(parent_run_id, status)
+
+
+def _figure_dir(name: str) -> Path:
+    return lcer_home() / "work" / "figures" / name
+
+
+@task(name="item-figures", cache_policy=NO_CACHE)
+def item_figures(dataset: str) -> int:
+    """Figures 5–7 (per item: CE count, mean importance, recommendation count against popularity)
+    from DuckDB, attached to the MLflow run of each ``table2`` row of ``dataset``; how many runs got them."""
+    store = ResultStore()
+    runs = store.query(
+        "SELECT t.method, t.k, r.mlflow_run_id FROM table2 t JOIN runs r USING (run_id) "
+        "WHERE t.dataset = ? AND r.mlflow_run_id IS NOT NULL",
+        [dataset],
+    )
+    done = 0
+    for (k,), part in runs.group_by(["k"], maintain_order=True):
+        items = store.query("SELECT * FROM item_explanations WHERE dataset = ? AND k = ?", [dataset, k])
+        if items.height == 0:
+            continue
+        paths = plots.render_item_figures(items, _figure_dir(f"{dataset}-k{k}"))
+        for mlflow_run_id in part["mlflow_run_id"].to_list():
+            track.log_figures(mlflow_run_id, paths)
+            done += 1
+    get_run_logger().info("attached Figures 5-7 of %s to %d MLflow run(s)", dataset, done)
+    return done
+
+
+def _best_baseline(dataset: str, k: int) -> dict[str, float | None] | None:
+    rows = ResultStore().query(
+        "SELECT * FROM table2 WHERE dataset = ? AND k = ? AND method <> 'lcer' "
+        "ORDER BY fns_pct DESC NULLS LAST LIMIT 1",
+        [dataset, k],
+    )
+    if rows.height == 0:
+        return None
+    row = rows.row(0, named=True)
+    return {m: row[m] for m in ("val_pct", "len", "ps_pct", "pn_pct", "fns_pct")}
+
+
+@task(name="sweep-figures", cache_policy=NO_CACHE)
+def sweep_figures(parent_run_id: str, results: Sequence[RunResult]) -> list[str]:
+    """Figures 8 and 9 and the Pareto front of a sweep, attached to its parent run."""
+    if not results:
+        return []
+    spec = results[0].spec
+    sweep = pl.DataFrame(
+        [
+            {"alpha": r.spec.alpha, "lam": r.spec.lam, **{m: r.metrics.get(m) for m in plots.SWEEP_COLUMNS[2:]}}
+            for r in results
+        ],
+        schema={c: pl.Float64 for c in plots.SWEEP_COLUMNS},
+    )
+    paths = plots.render_sweep_figures(
+        sweep, _figure_dir(f"sweep-{parent_run_id}"), baseline=_best_baseline(spec.dataset, spec.k)
+    )
+    track.log_figures(parent_run_id, paths)
+    get_run_logger().info("attached %d sweep figures to MLflow run %s", len(paths), parent_run_id)
+    return [str(p) for p in paths]

@@ -1,0 +1,128 @@
+"""Prefect tasks for the recommender: train Mult-VAE (or reuse the checkpoint), register it in MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from lcer_core import api
+from lcer_core.datasets import load_prepared
+from lcer_core.recommender.multvae import MultVAEConfig
+from lcer_core.recommender.training import EpochReport
+from tasks import track
+
+__all__ = ["ModelInfo", "Registration", "train", "register"]
+
+_MODEL_KEY_TAG = "lcer.model_key"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A trained Mult-VAE as the flows pass it around: where it is and how it was made."""
+
+    dataset: str
+    key: str
+    trained_now: bool
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    path: str
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where the model is in the MLflow registry (``multvae-DATASET``)."""
+
+    run_id: str
+    model_uri: str
+    version: int
+    new: bool
+
+
+@task(name="train-multvae", cache_policy=NO_CACHE)
+def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelInfo:
+    """Train Mult-VAE on ``dataset``, or reuse the checkpoint trained on the same data with the same settings."""
+    logger = get_run_logger()
+    config = MultVAEConfig(epochs=epochs)
+    data = load_prepared(dataset)
+    history: dict[str, list[float]] = {"loss": [], "val_ndcg100": []}
+
+    def on_epoch(report: EpochReport) -> None:
+        history["loss"].append(report.loss)
+        history["val_ndcg100"].append(report.val_ndcg100)
+        logger.info(
+            "epoch %d/%d: loss %.2f, validation NDCG@100 %.4f (best epoch %d)",
+            report.epoch, epochs, report.loss, report.val_ndcg100, report.best_epoch,
+        )
+
+    model, trained_now = api.ensure_model(data, config, seed=seed, on_epoch=on_epoch)
+    if trained_now:
+        logger.info("trained model %s: %s", model.key, _fmt(model.metrics))
+    else:
+        logger.info("model %s already trained (%s): not training again", model.key, _fmt(model.metrics))
+    return ModelInfo(
+        dataset=dataset,
+        key=model.key,
+        trained_now=trained_now,
+        params={**model.config.dump(), "seed": seed, "data_fingerprint": data.fingerprint},
+        metrics=dict(model.metrics),
+        path=str(model.path),
+        history=history if trained_now else {},
+    )
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def _existing_registration(dataset: str, key: str) -> Registration | None:
+    """The registry entry of the model with ``key`` if an earlier run already logged it."""
+    c = track.client()
+    exp = c.get_experiment_by_name(dataset)
+    if exp is None:
+        return None
+    runs = c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{_MODEL_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    versions = c.search_model_versions(f"run_id = '{run_id}'")
+    if not versions:
+        return None
+    mv = max(versions, key=lambda v: int(v.version))
+    return Registration(run_id, mv.source, int(mv.version), new=False)
+
+
+@task(name="register-model", cache_policy=NO_CACHE)
+def register(info: ModelInfo) -> Registration:
+    """Log the model to MLflow (PyTorch flavour) and register it as ``multvae-DATASET``, once per model key."""
+    logger = get_run_logger()
+    track.configure()
+    track.ensure_experiment(info.dataset)
+    found = _existing_registration(info.dataset, info.key)
+    if found is not None:
+        logger.info("model %s already registered as version %d", info.key, found.version)
+        return found
+    model = api.load_model(info.dataset, info.key)
+    data = load_prepared(info.dataset)
+    _, example = data.matrix("test_tr", data.users_of("test")[:1])
+    out = track.log_model(
+        model.module,
+        info.dataset,
+        params={**info.params, "model_key": info.key},
+        metrics={**info.metrics, **info.history},
+        input_example=example.numpy(),
+        tags={_MODEL_KEY_TAG: info.key},
+    )
+    logger.info(
+        "registered %s version %s (MLflow run %s)",
+        track.registered_model_name(info.dataset), out["version"], out["run_id"],
+    )
+    return Registration(out["run_id"], out["model_uri"], int(out["version"]), new=True)
