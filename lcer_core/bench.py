@@ -75,8 +75,9 @@ def run_benchmark(
         source = f"synthetic-{synthetic_items}"
     else:
         data = api.ensure_dataset(dataset)
-        model, trained = api.ensure_model(data, device=dev)
-        if trained:
+        model = api.find_model(dataset)  # the latest trained model, as `lcer explain` uses
+        if model is None:
+            model, _ = api.ensure_model(data, device=dev)
             log(f"trained Mult-VAE {model.key} for {dataset}")
         rec = model.recommender(dev)
         pairs = api.make_pairs(rec, data, api.test_users(data, n_users), k)

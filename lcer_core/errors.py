@@ -21,6 +21,7 @@ __all__ = [
     "StoreLockedError",
     "NonFiniteScoresError",
     "LcerHomeError",
+    "OrchestrationError",
 ]
 
 
@@ -78,3 +79,7 @@ class NonFiniteScoresError(LcerError):
 
 class LcerHomeError(LcerError):
     """LCER_HOME (or a folder under it) cannot be written: permissions or a full disk."""
+
+
+class OrchestrationError(LcerError):
+    """A flow run that the pipeline waited for (e.g. explanations on another work pool) did not complete."""

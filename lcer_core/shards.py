@@ -45,6 +45,8 @@ __all__ = [
     "shard_is_complete",
     "read_shards",
     "split_run_frame",
+    "check_methods",
+    "plan_runs",
 ]
 
 #: Test users per explanation shard when the caller does not say.
@@ -166,12 +168,19 @@ def explain_users(
     recommender = model.recommender(device or api.default_device())
     pairs = api.make_pairs(recommender, data, list(users), spec.k)
     explanations = api.explain(
-        recommender, pairs, spec.method, seed=spec.seed, progress=progress, **spec.explainer_params()
+        recommender,
+        pairs,
+        spec.method,
+        seed=spec.seed,
+        progress=progress,
+        **spec.explainer_params(),
     )
     outcomes = api.evaluate(recommender, pairs, explanations)
     frame = api.explanation_frame(data, pairs, explanations, outcomes)
     recs = api.recommendation_frame(data, pairs, recommender)
-    return frame.with_columns(score=recs["score"], device=pl.lit(torch.device(recommender.device).type))
+    return frame.with_columns(
+        score=recs["score"], device=pl.lit(torch.device(recommender.device).type)
+    )
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
@@ -221,3 +230,59 @@ def split_run_frame(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     recs = frame.select([c for c in RECOMMENDATION_COLUMNS if c in frame.columns])
     expl = frame.select([c for c in EXPLANATION_COLUMNS if c in frame.columns])
     return recs, expl
+
+
+def check_methods(methods: Sequence[str]) -> list[str]:
+    """``methods`` with unknown names refused in one line (duplicates dropped, order kept)."""
+    out: list[str] = []
+    for method in methods:
+        if method not in METHODS:
+            raise UnknownMethodError(
+                f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}"
+            )
+        if method not in out:
+            out.append(method)
+    if not out:
+        raise InvalidParameterError("no method given")
+    return out
+
+
+def plan_runs(
+    *,
+    dataset: str,
+    methods: Sequence[str],
+    ks: Sequence[int],
+    alphas: Sequence[float],
+    lams: Sequence[float],
+    steps: int | None,
+    seed: int,
+    n_users: int | None,
+    model_key: str,
+) -> list[RunSpec]:
+    """Every run of the grid: LCER once per (k, α, λ), each baseline once per k (α/λ do not apply)."""
+    if not ks:
+        raise InvalidParameterError("no k given")
+    specs: dict[str, RunSpec] = {}
+    for method in check_methods(methods):
+        grid = (
+            [(a, lam) for a in alphas for lam in lams]
+            if _uses_lcer_params(method)
+            else [(None, None)]
+        )
+        if not grid:
+            raise InvalidParameterError("no alpha/lam given")
+        for k in ks:
+            for alpha, lam in grid:
+                spec = run_spec(
+                    dataset=dataset,
+                    method=method,
+                    k=k,
+                    alpha=alpha,
+                    lam=lam,
+                    steps=steps,
+                    seed=seed,
+                    n_users=n_users,
+                    model_key=model_key,
+                )
+                specs.setdefault(spec.run_id, spec)
+    return list(specs.values())

@@ -38,7 +38,13 @@ def evaluate_run(spec: RunSpec, shard_paths: list[str]) -> RunResult:
     metrics = api.summarize_frame(frame, spec.method)
     devices = sorted(set(frame["device"].to_list())) if "device" in frame.columns else []
     get_run_logger().info(
-        "%s %s k=%d alpha=%s lam=%s: %s", spec.dataset, spec.method, spec.k, spec.alpha, spec.lam, _fmt(metrics)
+        "%s %s k=%d alpha=%s lam=%s: %s",
+        spec.dataset,
+        spec.method,
+        spec.k,
+        spec.alpha,
+        spec.lam,
+        _fmt(metrics),
     )
     return RunResult(spec, str(path), metrics, ",".join(devices) or None)
 
@@ -56,6 +62,11 @@ def reevaluate_run(run: dict[str, Any], explanations: pl.DataFrame) -> dict[str,
     metrics = api.summarize_frame(frame, method)
     get_run_logger().info(
         "re-evaluated run %s (%s %s k=%d) against model %s: %s",
-        run["run_id"], dataset, method, k, model.key, _fmt(metrics),
+        run["run_id"],
+        dataset,
+        method,
+        k,
+        model.key,
+        _fmt(metrics),
     )
     return {**metrics, "model_key": model.key}

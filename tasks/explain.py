@@ -32,7 +32,9 @@ SHARD_CACHE_EXPIRATION = timedelta(days=30)
 def _shard_run_name() -> str:
     params = task_run.parameters
     spec: RunSpec = params["spec"]
-    extra = f"-a{spec.alpha:g}-l{spec.lam:g}" if spec.alpha is not None and spec.lam is not None else ""
+    extra = (
+        f"-a{spec.alpha:g}-l{spec.lam:g}" if spec.alpha is not None and spec.lam is not None else ""
+    )
     return f"explain-{spec.method}-k{spec.k}{extra}-shard-{params['index']:04d}"
 
 
@@ -48,7 +50,14 @@ def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str
     logger = get_run_logger()
     out = Path(path)
     if shards.shard_is_complete(out, users):
-        logger.info("shard %d of %s/%s k=%d already on disk: %s", index, spec.dataset, spec.method, spec.k, out)
+        logger.info(
+            "shard %d of %s/%s k=%d already on disk: %s",
+            index,
+            spec.dataset,
+            spec.method,
+            spec.k,
+            out,
+        )
         return str(out)
     start = time.perf_counter()
     device = api.default_device()
@@ -62,7 +71,14 @@ def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str
     shards.write_parquet_atomic(frame, out)
     logger.info(
         "shard %d of %s/%s k=%d: %d users, %d pairs, %d CEs found on %s in %.1f s",
-        index, spec.dataset, spec.method, spec.k, len(users), frame.height,
-        int(frame["found"].sum()), device.type, time.perf_counter() - start,
+        index,
+        spec.dataset,
+        spec.method,
+        spec.k,
+        len(users),
+        frame.height,
+        int(frame["found"].sum()),
+        device.type,
+        time.perf_counter() - start,
     )
     return str(out)

@@ -7,6 +7,7 @@ Ray cluster, nobody listens and :func:`emit` costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,10 +28,9 @@ def emit(event: str, **fields: Any) -> None:
     with _lock:
         listeners = list(_listeners)
     for listener in listeners:
-        try:
+        # A broken progress display must not break the pipeline.
+        with contextlib.suppress(Exception):
             listener(event, fields)
-        except Exception:  # a broken progress display must not break the pipeline
-            pass
 
 
 @contextmanager

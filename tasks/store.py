@@ -45,7 +45,12 @@ def _locked(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-_WRITE = {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": _locked}
+_WRITE = {
+    "cache_policy": NO_CACHE,
+    "retries": 2,
+    "retry_delay_seconds": 5,
+    "retry_condition_fn": _locked,
+}
 
 
 @task(name="store-dataset", **_WRITE)
@@ -90,7 +95,10 @@ def store_run(result: RunResult, params: dict[str, Any]) -> str:
     run = {**result.spec.as_row(), "device": result.device, "kind": "explain", "params": params}
     run_id = ResultStore().write_run(run, recommendations, explanations, result.metrics)
     get_run_logger().info(
-        "stored run %s: %d recommendations, %d explanations", run_id, recommendations.height, explanations.height
+        "stored run %s: %d recommendations, %d explanations",
+        run_id,
+        recommendations.height,
+        explanations.height,
     )
     return run_id
 
@@ -126,7 +134,8 @@ def latest_runs(datasets: Sequence[str] | None = None) -> list[dict[str, Any]]:
 def read_explanations(run_id: str) -> pl.DataFrame:
     """A stored run's explanation rows."""
     return ResultStore().query(
-        "SELECT uid, sid, rank, ce_items FROM explanations WHERE run_id = ? ORDER BY uid, rank", [run_id]
+        "SELECT uid, sid, rank, ce_items FROM explanations WHERE run_id = ? ORDER BY uid, rank",
+        [run_id],
     )
 
 

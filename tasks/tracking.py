@@ -33,15 +33,59 @@ def fail_stale(dataset: str) -> list[str]:
     track.ensure_experiment(dataset)
     failed = track.fail_stale_runs(dataset)
     if failed:
-        get_run_logger().warning("closed %d stale MLflow run(s) of %s as FAILED: %s", len(failed), dataset, failed)
+        get_run_logger().warning(
+            "closed %d stale MLflow run(s) of %s as FAILED: %s", len(failed), dataset, failed
+        )
     return failed
+
+
+_RUN_KEY_TAG = "lcer.run_key"
+
+
+def _same_metrics(logged: dict[str, float], metrics: dict[str, Any]) -> bool:
+    for name, value in metrics.items():
+        if value is None:
+            if name in logged:
+                return False
+        elif name not in logged or abs(logged[name] - float(value)) > 1e-9 * max(
+            1.0, abs(float(value))
+        ):
+            return False
+    return True
+
+
+def _tracked_already(dataset: str, run_key: str, metrics: dict[str, Any]) -> str | None:
+    """A FINISHED top-level MLflow run of the same run key with the same metrics (a re-run), or None."""
+    c = track.client()
+    exp = c.get_experiment_by_name(dataset)
+    if exp is None:
+        return None
+    runs = c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{_RUN_KEY_TAG}` = '{run_key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=20,
+    )
+    for run in runs:
+        if "mlflow.parentRunId" not in run.data.tags and _same_metrics(run.data.metrics, metrics):
+            return run.info.run_id
+    return None
 
 
 @task(name="track-run", cache_policy=NO_CACHE)
 def track_run(result: RunResult, params: dict[str, Any], parent_run_id: str | None = None) -> str:
-    """One MLflow run for the (method, k, α, λ): params, the five metrics, the explanations Parquet; its id."""
+    """One MLflow run for the (method, k, α, λ): params, the five metrics, the explanations Parquet; its id.
+
+    Outside a sweep, a re-run whose metrics are those of an earlier finished run of the same
+    run key reuses that run instead of logging a duplicate.
+    """
     spec = result.spec
     metrics = {k: result.metrics.get(k) for k in (*track.METRICS, "n_pairs")}
+    if parent_run_id is None:
+        earlier = _tracked_already(spec.dataset, spec.run_id, metrics)
+        if earlier is not None:
+            get_run_logger().info("run %s already tracked as MLflow run %s", spec.run_id, earlier)
+            return earlier
     run_id = track.log_explain_run(
         spec.dataset,
         method=spec.method,
@@ -60,7 +104,7 @@ def track_run(result: RunResult, params: dict[str, Any], parent_run_id: str | No
         metrics=metrics,
         explanations_parquet=Path(result.path),
         parent_run_id=parent_run_id,
-        tags={"lcer.run_key": spec.run_id},
+        tags={_RUN_KEY_TAG: spec.run_id},
     )
     get_run_logger().info("MLflow run %s for %s %s k=%d", run_id, spec.dataset, spec.method, spec.k)
     return run_id
@@ -96,7 +140,9 @@ def item_figures(dataset: str) -> int:
     )
     done = 0
     for (k,), part in runs.group_by(["k"], maintain_order=True):
-        items = store.query("SELECT * FROM item_explanations WHERE dataset = ? AND k = ?", [dataset, k])
+        items = store.query(
+            "SELECT * FROM item_explanations WHERE dataset = ? AND k = ?", [dataset, k]
+        )
         if items.height == 0:
             continue
         paths = plots.render_item_figures(items, _figure_dir(f"{dataset}-k{k}"))
@@ -127,7 +173,11 @@ def sweep_figures(parent_run_id: str, results: Sequence[RunResult]) -> list[str]
     spec = results[0].spec
     sweep = pl.DataFrame(
         [
-            {"alpha": r.spec.alpha, "lam": r.spec.lam, **{m: r.metrics.get(m) for m in plots.SWEEP_COLUMNS[2:]}}
+            {
+                "alpha": r.spec.alpha,
+                "lam": r.spec.lam,
+                **{m: r.metrics.get(m) for m in plots.SWEEP_COLUMNS[2:]},
+            }
             for r in results
         ],
         schema={c: pl.Float64 for c in plots.SWEEP_COLUMNS},

@@ -55,14 +55,20 @@ def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelI
         history["val_ndcg100"].append(report.val_ndcg100)
         logger.info(
             "epoch %d/%d: loss %.2f, validation NDCG@100 %.4f (best epoch %d)",
-            report.epoch, epochs, report.loss, report.val_ndcg100, report.best_epoch,
+            report.epoch,
+            epochs,
+            report.loss,
+            report.val_ndcg100,
+            report.best_epoch,
         )
 
     model, trained_now = api.ensure_model(data, config, seed=seed, on_epoch=on_epoch)
     if trained_now:
         logger.info("trained model %s: %s", model.key, _fmt(model.metrics))
     else:
-        logger.info("model %s already trained (%s): not training again", model.key, _fmt(model.metrics))
+        logger.info(
+            "model %s already trained (%s): not training again", model.key, _fmt(model.metrics)
+        )
     return ModelInfo(
         dataset=dataset,
         key=model.key,
@@ -123,6 +129,8 @@ def register(info: ModelInfo) -> Registration:
     )
     logger.info(
         "registered %s version %s (MLflow run %s)",
-        track.registered_model_name(info.dataset), out["version"], out["run_id"],
+        track.registered_model_name(info.dataset),
+        out["version"],
+        out["run_id"],
     )
     return Registration(out["run_id"], out["model_uri"], int(out["version"]), new=True)

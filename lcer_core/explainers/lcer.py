@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations, Progress
-from lcer_core.noise import hash_uniform, mix
+from lcer_core.noise import mix, stream_uniform
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
 
@@ -31,8 +31,8 @@ class LCERConfig(ExplainerConfig):
     #: Opt-in early stop: a pair is finished once its best loss has not improved for this
     #: many steps (0 = off, the paper's fixed number of steps).
     patience: int = 0
-    #: Pairs optimised together; bounds memory (P × L × hidden floats per chunk).
-    max_batch_entries: int = 4_000_000
+    #: Pairs optimised together at most; bounds memory (a few hidden-size vectors per pair).
+    max_pairs: int = 8192
 
     def __post_init__(self) -> None:
         if not (self.alpha >= 0 and self.alpha < 1e6):
@@ -55,17 +55,20 @@ def _pair_keys(pairs: PairBatch) -> Tensor:
     return mix(pairs.users, pairs.targets)
 
 
-def _gumbel(seed: int, keys: Tensor, step: int, items: Tensor) -> Tensor:  # reference loop only
-    """Gumbel noise [P, L, 2], a pure function of (seed, pair, step, item, slot)."""
-    slot = torch.arange(2, device=items.device)
-    u = hash_uniform(seed, keys[:, None, None], step, items[:, :, None], slot)
+def _streams(seed: int, keys: Tensor, items: Tensor) -> Tensor:
+    """One random stream per (seed, pair, interacted item, slot): [..., 2] hashes."""
+    return mix(seed, keys, items, torch.arange(2, device=items.device))
+
+
+def _gumbel(streams: Tensor, step: int) -> Tensor:
+    """Gumbel noise of ``step``, a pure function of (seed, pair, step, item, slot)."""
+    u = stream_uniform(streams, step)
     return -torch.log(_EPS - torch.log(u + _EPS))
 
 
-def _initial_logits(seed: int, keys: Tensor, items: Tensor) -> Tensor:
+def _initial_logits(streams: Tensor) -> Tensor:
     """Logits initialised uniformly in [0, 1), as the reference does."""
-    slot = torch.arange(2, device=items.device)
-    return hash_uniform(seed, keys[:, None, None], -1, items[:, :, None], slot)
+    return stream_uniform(streams, -1)
 
 
 class LCER(Explainer):
@@ -90,7 +93,7 @@ class LCER(Explainer):
         self, recommender: Recommender, pairs: PairBatch, *, seed: int, progress: Progress | None
     ) -> Explanations:
         cfg = self.config
-        chunk = max(1, cfg.max_batch_entries // max(int(pairs.mask.sum(1).float().mean()) * 600, 1))
+        chunk = cfg.max_pairs
         parts = []
         for start in range(0, len(pairs), chunk):
             sub = pairs.select(slice(start, start + chunk))
@@ -116,11 +119,10 @@ class LCER(Explainer):
         mask = pairs.mask
         flat_items = pairs.items[mask]  # [N]
         pair_of = torch.repeat_interleave(torch.arange(n_pairs, device=dev), mask.sum(1))  # [N]
-        flat_keys = _pair_keys(pairs)[pair_of]
+        streams = _streams(seed, _pair_keys(pairs)[pair_of, None], flat_items[:, None])  # [N, 2]
         thr = pairs.thresholds
-        slot = torch.arange(2, device=dev)
 
-        logits = hash_uniform(seed, flat_keys[:, None], -1, flat_items[:, None], slot)  # [N, 2]
+        logits = _initial_logits(streams)  # [N, 2]
         m = torch.zeros_like(logits)
         v = torch.zeros_like(logits)
         b1, b2, adam_eps = 0.9, 0.999, 1e-8
@@ -139,8 +141,7 @@ class LCER(Explainer):
 
         for step in range(cfg.steps):
             lg = (logits if everything else logits[ent]).requires_grad_(True)
-            u = hash_uniform(seed, flat_keys[ent, None], step, flat_items[ent, None], slot)
-            g = -torch.log(_EPS - torch.log(u + _EPS))
+            g = _gumbel(streams if everything else streams[ent], step)
             d = (lg[:, 0] - lg[:, 1] + g[:, 0] - g[:, 1]) / cfg.temperature
             soft = torch.sigmoid(d)  # the 2-way softmax's "remove" probability
             hard = (d >= 0).to(soft.dtype)  # argmax, ties to "remove" as argmax does
@@ -222,13 +223,13 @@ def lcer_reference_loop(
         x = torch.zeros(1, n_items, device=dev)
         own = pairs.items[p][pairs.mask[p]]
         x[0, own] = 1.0
-        key = keys[p : p + 1]
-        delta = _initial_logits(seed, key, all_items[None])[0].clone().requires_grad_(True)
+        streams = _streams(seed, keys[p : p + 1, None], all_items[:, None])  # [M, 2]
+        delta = _initial_logits(streams).clone().requires_grad_(True)
         opt = torch.optim.Adam([delta], lr=config.lr)
         best_loss, best_score, best_set, best_delta = float("inf"), float("inf"), None, None
         for step in range(config.steps):
             soft = F.softmax(
-                (delta + _gumbel(seed, key, step, all_items[None])[0]) / config.temperature, -1
+                (delta + _gumbel(streams, step)) / config.temperature, -1
             )
             hard = F.one_hot(soft.argmax(-1), 2).to(soft.dtype)
             e = (hard - soft).detach() + soft
@@ -238,7 +239,7 @@ def lcer_reference_loop(
                 + config.lam * (e[:, 0] * x[0]).sum()
             )
             if float(loss.detach()) < best_loss:
-                best_loss, best_score = float(loss), float(score)
+                best_loss, best_score = float(loss.detach()), float(score.detach())
                 best_set = (hard[:, 0] > 0.5) & (x[0] > 0)
                 best_delta = delta.detach().clone()
             opt.zero_grad()

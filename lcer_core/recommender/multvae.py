@@ -125,27 +125,72 @@ class MultVAERecommender(Recommender):
         return torch.einsum("ph,pth->pt", out, m.dec2.weight[targets]) + m.dec2.bias[targets]
 
     def set_scorer(self, items: Tensor, mask: Tensor, targets: Tensor) -> Callable[[Tensor], Tensor]:
-        """Fast path: the first layer as an embedding bag over the valid entries only (no
-        padding, no gathered copy of the weights), the last layer only at the targets."""
+        """Fast path of the explainers' inner loop: the first layer as small matrix products.
+
+        Pairs that share a history (the K pairs of one user) share the first layer's rows of
+        their items: per history, ``[K, L] @ [L, H]``, batched over histories of similar
+        length (a few length buckets bound the padding). The last layer is evaluated at the
+        targets only. The rows are gathered once per batch, not per call.
+        """
         m = self.model
-        n_pairs = items.shape[0]
-        flat_items = items[mask]
-        offsets = torch.zeros(n_pairs, dtype=torch.long, device=items.device)
-        offsets[1:] = torch.cumsum(mask.sum(1), 0)[:-1]
-        pair_of = torch.repeat_interleave(torch.arange(n_pairs, device=items.device), mask.sum(1))
-        table = self._table  # [M, H]
+        dev = items.device
+        n_pairs, width = items.shape
+        groups = _HistoryGroups(items, mask, self._table)
+        pair_of = torch.repeat_interleave(torch.arange(n_pairs, device=dev), mask.sum(1))
         w_mu, b_mu = m.enc2.weight[: m.latent], m.enc2.bias[: m.latent]
         cols = m.dec2.weight[targets].contiguous()  # [P, T, H]
         bias = m.dec2.bias[targets]
 
         def score(flat_weights: Tensor) -> Tensor:
-            sq = torch.zeros(n_pairs, dtype=flat_weights.dtype, device=flat_weights.device)
+            sq = torch.zeros(n_pairs, dtype=flat_weights.dtype, device=dev)
             norm = sq.index_add(0, pair_of, flat_weights * flat_weights).sqrt().clamp_min(1e-12)
-            pre = F.embedding_bag(
-                flat_items, table, offsets, mode="sum", per_sample_weights=flat_weights / norm[pair_of]
-            )
-            h = torch.tanh(pre + m.enc1.bias)
+            w = torch.zeros(n_pairs, width, dtype=flat_weights.dtype, device=dev).masked_scatter(mask, flat_weights)
+            h = torch.tanh(groups.first_layer(w / norm[:, None]) + m.enc1.bias)
             out = torch.tanh(m.dec1(F.linear(h, w_mu, b_mu)))
             return torch.bmm(cols, out.unsqueeze(2)).squeeze(2) + bias
 
         return score
+
+
+class _HistoryGroups:
+    """Pairs grouped by identical history and bucketed by length, for batched first layers."""
+
+    def __init__(self, items: Tensor, mask: Tensor, table: Tensor, buckets: int = 4) -> None:
+        dev = items.device
+        n_pairs = items.shape[0]
+        keyed = torch.where(mask, items, torch.full_like(items, -1))
+        uniq, inverse = torch.unique(keyed, dim=0, return_inverse=True)
+        n_groups = uniq.shape[0]
+        counts = torch.bincount(inverse, minlength=n_groups)
+        order = torch.argsort(inverse, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.empty(n_pairs, dtype=torch.long, device=dev)
+        slot[order] = torch.arange(n_pairs, device=dev) - starts[inverse[order]]
+        self.kmax = int(counts.max())
+        lengths = (uniq >= 0).sum(1)
+        by_len = torch.argsort(lengths, stable=True)
+        self.parts: list[tuple[Tensor, Tensor, Tensor, Tensor, int]] = []
+        pair_order = []
+        for chunk in torch.tensor_split(by_len, min(buckets, n_groups)):
+            if chunk.numel() == 0:
+                continue
+            width = max(int(lengths[chunk].max()), 1)
+            local = torch.full((n_groups,), -1, dtype=torch.long, device=dev)
+            local[chunk] = torch.arange(chunk.numel(), device=dev)
+            pairs_here = torch.nonzero(local[inverse] >= 0).squeeze(1)
+            ids = uniq[chunk, :width]
+            rows = table[ids.clamp_min(0)] * (ids >= 0).unsqueeze(2).to(table.dtype)  # [G_b, L_b, H]
+            self.parts.append((pairs_here, local[inverse[pairs_here]], slot[pairs_here], rows, width))
+            pair_order.append(pairs_here)
+        perm = torch.cat(pair_order)
+        self.restore = torch.empty_like(perm)
+        self.restore[perm] = torch.arange(n_pairs, device=dev)
+
+    def first_layer(self, weights: Tensor) -> Tensor:
+        """``[P, L]`` normalised weights -> ``[P, H]`` pre-activations of the first layer."""
+        outs = []
+        for pairs_here, group, slot, rows, width in self.parts:
+            grid = torch.zeros(rows.shape[0], self.kmax, width, dtype=weights.dtype, device=weights.device)
+            grid = grid.index_put((group, slot), weights[pairs_here, :width])
+            outs.append(torch.bmm(grid, rows)[group, slot])
+        return torch.cat(outs)[self.restore]

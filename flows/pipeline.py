@@ -1,0 +1,190 @@
+"""``lcer-pipeline``: per dataset prepare → train → register → explain (fan-out) → evaluate → store → track.
+
+Explanation runs are every (method, k, α, λ) of the grid, α and λ only for LCER (each
+baseline runs once per k). Each run fans out over shards of test users; each shard is a
+cached task writing one Parquet file, so a re-run after a crash only explains the shards
+that had not finished. Then, per run: evaluate (concatenate its shards, Table 2 metrics) →
+store (one DuckDB transaction) → track (one MLflow run), and the run's MLflow id goes back
+into DuckDB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.deployments import run_deployment
+
+from flows.env import check_environment
+from flows.explain import resolve_shards, submit_shards
+from flows.runner import default_task_runner
+from flows.train import DEFAULT_EPOCHS, prepare_and_train
+from lcer_core import api
+from lcer_core.datasets import get_spec
+from lcer_core.errors import OrchestrationError
+from lcer_core.explainers import METHODS
+from lcer_core.shards import (
+    DEFAULT_SHARD_SIZE,
+    RunSpec,
+    check_methods,
+    plan_runs,
+    shard_is_complete,
+    shard_path,
+    split_users,
+)
+from tasks.data import test_users
+from tasks.evaluate import evaluate_run
+from tasks.store import begin_runs, link_mlflow, mark_failed, store_run
+from tasks.tracking import item_figures, track_run
+
+__all__ = ["lcer_pipeline", "explain_runs", "DEFAULT_DATASETS", "DEFAULT_KS"]
+
+DEFAULT_DATASETS = ("ml-100k",)
+DEFAULT_KS = (5, 10)
+
+
+def _paths_from_deployment(
+    deployment: str, specs: Sequence[RunSpec], users: Sequence[int], shard_size: int
+) -> dict[str, list[str]]:
+    """Run the explanations as a flow run of ``deployment`` (the ``gpu`` pool) and find their shard files."""
+    flow_run = run_deployment(
+        deployment,
+        parameters={
+            "specs": [asdict(s) for s in specs],
+            "users": list(users),
+            "shard_size": shard_size,
+        },
+        timeout=None,
+        poll_interval=2,
+    )
+    state = flow_run.state
+    if state is None or not state.is_completed():
+        raise OrchestrationError(
+            f"explanation flow run {flow_run.name} of {deployment} ended {state.name if state else 'unknown'}"
+        )
+    chunks = split_users(list(users), shard_size)
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        paths = [shard_path(spec.run_id, i) for i in range(len(chunks))]
+        for path, chunk in zip(paths, chunks, strict=True):
+            if not shard_is_complete(path, chunk):
+                raise OrchestrationError(f"{deployment} finished but shard {path} is missing here")
+        out[spec.run_id] = [str(p) for p in paths]
+    return out
+
+
+def explain_runs(
+    specs: Sequence[RunSpec],
+    users: Sequence[int],
+    shard_size: int,
+    *,
+    params: dict[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    explain_deployment: str | None = None,
+) -> list[dict[str, Any]]:
+    """Explain, evaluate, store and track every run of ``specs``; one summary dict per run.
+
+    A run whose explanation fails is marked failed and the others go on; the first error is
+    raised at the end.
+    """
+    logger = get_run_logger()
+    run_params = {"shard_size": shard_size, **(params or {})}
+    begin_runs(specs, run_params)
+    paths: dict[str, list[str]] = {}
+    failures: dict[str, BaseException] = {}
+    if explain_deployment:
+        paths = _paths_from_deployment(explain_deployment, specs, users, shard_size)
+    else:
+        futures = submit_shards(specs, users, shard_size)
+        resolve_shards(futures)
+        for run_id, fs in futures.items():
+            try:
+                paths[run_id] = [f.result() for f in fs]
+            except Exception as exc:
+                failures[run_id] = exc
+    summaries: list[dict[str, Any]] = []
+    for spec in specs:
+        try:
+            if spec.run_id in failures:
+                raise failures[spec.run_id]
+            result = evaluate_run(spec, paths[spec.run_id])
+            store_run(result, run_params)
+            mlflow_run_id = track_run(result, run_params, parent_run_id)
+            link_mlflow(spec.run_id, mlflow_run_id)
+        except Exception as exc:
+            logger.error(
+                "run %s (%s %s k=%d) failed: %s",
+                spec.run_id,
+                spec.dataset,
+                spec.method,
+                spec.k,
+                exc,
+            )
+            failures.setdefault(spec.run_id, exc)
+            mark_failed(spec.run_id)
+            continue
+        summaries.append(
+            {
+                **spec.as_row(),
+                **result.metrics,
+                "device": result.device,
+                "mlflow_run_id": mlflow_run_id,
+                "explanations": result.path,
+            }
+        )
+    if failures:
+        raise next(iter(failures.values()))
+    return summaries
+
+
+@flow(name="lcer-pipeline", task_runner=default_task_runner())
+def lcer_pipeline(
+    datasets: list[str] | None = None,
+    methods: list[str] | None = None,
+    ks: list[int] | None = None,
+    alphas: list[float] | None = None,
+    lams: list[float] | None = None,
+    n_users: int | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    epochs: int = DEFAULT_EPOCHS,
+    explain_deployment: str | None = None,
+) -> list[dict[str, Any]]:
+    """Explain the top-K recommendations of the test users of ``datasets`` with ``methods``; Table 2 rows.
+
+    Defaults: ML 100K, every method, K in {5, 10}, the paper's α and λ for each dataset, all
+    test users, LCER's default number of steps. ``explain_deployment`` (e.g.
+    ``lcer-explain/lcer-explain``) sends the explanations to that deployment's work pool.
+    """
+    check_environment()
+    logger = get_run_logger()
+    datasets = list(datasets or DEFAULT_DATASETS)
+    for dataset in datasets:
+        get_spec(dataset)
+    methods = check_methods(methods or list(METHODS))
+    ks = list(ks or DEFAULT_KS)
+    api.validate_common(n_users=n_users, steps=steps, seed=seed)
+    split_users([], shard_size)  # refuses a bad shard size before any work
+    summaries: list[dict[str, Any]] = []
+    for dataset in datasets:
+        model, _ = prepare_and_train(dataset, epochs)
+        users = test_users(dataset, n_users)
+        defaults = api.default_params(dataset)
+        specs = plan_runs(
+            dataset=dataset,
+            methods=methods,
+            ks=ks,
+            alphas=alphas or [defaults["alpha"]],
+            lams=lams or [defaults["lam"]],
+            steps=steps,
+            seed=seed,
+            n_users=n_users,
+            model_key=model.key,
+        )
+        logger.info("%s: %d explanation runs over %d test users", dataset, len(specs), len(users))
+        summaries += explain_runs(specs, users, shard_size, explain_deployment=explain_deployment)
+        item_figures(dataset)
+    return summaries

@@ -1,0 +1,83 @@
+"""``lcer-sweep``: the α/λ grid of section 4.1 over one trained model, one MLflow child run per grid point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.env import check_environment
+from flows.pipeline import explain_runs
+from flows.runner import default_task_runner
+from flows.train import DEFAULT_EPOCHS, prepare_and_train
+from lcer_core.shards import DEFAULT_SHARD_SIZE, plan_runs
+from lcer_core.store import PAPER_ALPHAS, PAPER_LAMS
+from tasks.data import test_users
+from tasks.evaluate import RunResult
+from tasks.tracking import close_sweep, open_sweep, sweep_figures
+
+__all__ = ["lcer_sweep"]
+
+
+@flow(name="lcer-sweep", task_runner=default_task_runner())
+def lcer_sweep(
+    dataset: str = "ml-100k",
+    alphas: list[float] | None = None,
+    lams: list[float] | None = None,
+    k: int = 5,
+    n_users: int | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    epochs: int = DEFAULT_EPOCHS,
+) -> list[dict[str, Any]]:
+    """LCER at every (α, λ) of the grid (default: the paper's); one row per grid point.
+
+    The runs are stored in DuckDB like any other and tracked as children of one parent
+    MLflow run, which also gets Figures 8 and 9 and the Pareto front of F_NS against length.
+    """
+    check_environment()
+    alphas = list(alphas or PAPER_ALPHAS)
+    lams = list(lams or PAPER_LAMS)
+    model, _ = prepare_and_train(dataset, epochs)
+    users = test_users(dataset, n_users)
+    specs = plan_runs(
+        dataset=dataset,
+        methods=["lcer"],
+        ks=[k],
+        alphas=alphas,
+        lams=lams,
+        steps=steps,
+        seed=seed,
+        n_users=n_users,
+        model_key=model.key,
+    )
+    get_run_logger().info(
+        "%s: sweep of %d grid points over %d test users", dataset, len(specs), len(users)
+    )
+    grid = {
+        "method": "lcer",
+        "k": k,
+        "alphas": alphas,
+        "lams": lams,
+        "steps": specs[0].steps,
+        "seed": seed,
+        "n_users": n_users,
+        "model_key": model.key,
+    }
+    parent = open_sweep(dataset, grid)
+    try:
+        rows = explain_runs(
+            specs, users, shard_size, params={"sweep": parent}, parent_run_id=parent
+        )
+        by_key = {spec.run_id: spec for spec in specs}
+        results = [
+            RunResult(by_key[row["run_id"]], row["explanations"], row, row["device"])
+            for row in rows
+        ]
+        sweep_figures(parent, results)
+    except BaseException:
+        close_sweep(parent, "FAILED")
+        raise
+    close_sweep(parent, "FINISHED")
+    return rows

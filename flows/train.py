@@ -1,0 +1,49 @@
+"""``lcer-train``: prepare a dataset, train Mult-VAE (unless already trained), register it in MLflow and DuckDB."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.env import check_environment
+from lcer_core import api
+from tasks.data import prepare
+from tasks.store import store_dataset, store_model
+from tasks.tracking import fail_stale
+from tasks.train import ModelInfo, Registration, register, train
+
+__all__ = ["lcer_train", "prepare_and_train"]
+
+#: Mult-VAE's training epochs (the reference protocol's 200).
+DEFAULT_EPOCHS = 200
+
+
+def prepare_and_train(
+    dataset: str, epochs: int = DEFAULT_EPOCHS, seed: int = api.MODEL_SEED
+) -> tuple[ModelInfo, Registration]:
+    """The first steps of every flow: prepare → train (skipped when the model exists) → register."""
+    fail_stale(dataset)
+    prepare(dataset)
+    store_dataset(dataset)
+    info = train(dataset, epochs, seed)
+    registration = register(info)
+    store_model(info, registration)
+    return info, registration
+
+
+@flow(name="lcer-train")
+def lcer_train(
+    dataset: str = "ml-100k", epochs: int = DEFAULT_EPOCHS, seed: int = api.MODEL_SEED
+) -> dict[str, Any]:
+    """Train (or reuse) the Mult-VAE of ``dataset`` and register it; its key, metrics and whether it was trained now."""
+    check_environment()
+    info, registration = prepare_and_train(dataset, epochs, seed)
+    return {
+        "dataset": info.dataset,
+        "model_key": info.key,
+        "trained_now": info.trained_now,
+        "metrics": info.metrics,
+        "path": info.path,
+        "registered_model": f"{registration.model_uri} (version {registration.version})",
+    }

@@ -1,0 +1,320 @@
+"""``lcer run``, ``lcer sweep`` and ``lcer train``: the Prefect flows, started from the command line.
+
+With no ``PREFECT_API_URL`` the flows run in Prefect's embedded mode (a temporary local
+server whose database lies under ``PREFECT_HOME``, by default ``LCER_HOME/prefect-home``);
+with ``PREFECT_API_URL`` set they report to that server. Everything is validated before
+Prefect starts, so a bad option costs one line and no server.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from lcer_core import paths
+from lcer_core.cli.app import app
+from lcer_core.errors import InvalidParameterError, LcerHomeError
+
+if TYPE_CHECKING:
+    from prefect import Flow
+
+__all__ = ["run", "sweep", "train", "prefect_environment", "parse_list"]
+
+RUNNERS = ("threads", "ray")
+
+
+def parse_list(text: str | None, kind: Callable[[str], Any], option: str) -> list[Any] | None:
+    """``"5,10"`` as ``[5, 10]`` (None stays None); a bad item is a one-line error naming it."""
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(kind(part))
+        except ValueError:
+            raise InvalidParameterError(
+                f"{option}: {part!r} is not a valid {kind.__name__}"
+            ) from None
+    if not out:
+        raise InvalidParameterError(f"{option} is empty")
+    return out
+
+
+def prefect_environment() -> None:
+    """Keep Prefect's state under LCER_HOME unless the user configured it: PREFECT_HOME (embedded
+    server database) and PREFECT_LOCAL_STORAGE_PATH (persisted task results). Call before importing prefect."""
+    home = paths.lcer_home()
+    prefect_home = home / "prefect-home"
+    try:
+        prefect_home.mkdir(parents=True, exist_ok=True)
+        paths.prefect_results_dir().mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LcerHomeError(f"cannot write {prefect_home}: {exc.strerror or exc}") from exc
+    os.environ.setdefault("PREFECT_HOME", str(prefect_home))
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(paths.prefect_results_dir()))
+
+
+def _check_runner(runner: str, address: str | None) -> None:
+    if runner not in RUNNERS:
+        raise InvalidParameterError(f"--runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
+    if address and runner != "ray":
+        raise InvalidParameterError("--address only applies with --runner ray")
+
+
+def _with_runner(flow: Flow, runner: str, address: str | None) -> Flow:
+    from flows.runner import make_task_runner
+
+    return flow.with_options(task_runner=make_task_runner(runner, address))
+
+
+@contextmanager
+def _progress() -> Iterator[None]:
+    """A live line on a terminal: explanation shards done out of planned, steps of the latest shard."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tasks.progress import listen
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield
+        return
+    bar = Progress(
+        TextColumn("explaining"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("shards"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=True,
+    )
+    task_id = bar.add_task("", total=None)
+
+    def on_event(event: str, fields: dict[str, Any]) -> None:
+        if event == "planned":
+            total = (bar.tasks[0].total or 0) + fields["shards"]
+            bar.update(task_id, total=total)
+        elif event == "shard_done":
+            bar.advance(task_id)
+        elif event == "steps":
+            bar.update(task_id, description=f"step {fields['done']}/{fields['total']}")
+
+    with bar, listen(on_event):
+        yield
+
+
+def _print_results(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="explanation runs")
+    for col in (
+        "dataset",
+        "method",
+        "k",
+        "α",
+        "λ",
+        "pairs",
+        "Val %",
+        "Len",
+        "PS %",
+        "PN %",
+        "F_NS %",
+        "device",
+        "run_id",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("dataset", "method", "device", "run_id") else "right"
+        )
+
+    def num(v: Any, fmt: str = ".2f") -> str:
+        return "–" if v is None else format(v, fmt)
+
+    for r in rows:
+        table.add_row(
+            r["dataset"],
+            r["method"],
+            str(r["k"]),
+            num(r["alpha"], "g"),
+            num(r["lam"], "g"),
+            str(r["n_pairs"]),
+            num(r["val_pct"]),
+            num(r["len"], ".3f"),
+            num(r["ps_pct"]),
+            num(r["pn_pct"]),
+            num(r["fns_pct"]),
+            str(r.get("device") or ""),
+            r["run_id"],
+        )
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file: no terminal width to fit, keep rows whole
+        console = Console(width=200)
+    console.print(table)
+
+
+@app.command()
+def run(
+    datasets: Annotated[
+        list[str] | None, typer.Argument(help="Datasets (default: ml-100k).")
+    ] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated methods (default: all).")
+    ] = None,
+    k: Annotated[str, typer.Option("--k", help="Comma-separated list lengths K.")] = "5,10",
+    users: Annotated[
+        int | None, typer.Option(help="Explain the first N test users (default: all).")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="LCER optimisation steps (default: LCER's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the explanations.")] = 0,
+    alpha: Annotated[
+        float | None, typer.Option(help="LCER's α (default: the paper's for the dataset).")
+    ] = None,
+    lam: Annotated[
+        float | None, typer.Option(help="LCER's λ (default: the paper's for the dataset).")
+    ] = None,
+    shard_size: Annotated[int, typer.Option(help="Test users per explanation task.")] = 25,
+    epochs: Annotated[
+        int, typer.Option(help="Mult-VAE training epochs (when it must be trained).")
+    ] = 200,
+    runner: Annotated[str, typer.Option(help="Task runner: threads or ray.")] = "threads",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (with --runner ray).")
+    ] = None,
+) -> None:
+    """Run the whole Prefect pipeline: prepare, train, explain (fanned out), evaluate, store, track."""
+    from lcer_core import api
+    from lcer_core.datasets import get_spec
+    from lcer_core.explainers import METHODS
+    from lcer_core.shards import check_methods, split_users
+
+    names = list(datasets or ["ml-100k"])
+    for name in names:
+        get_spec(name)
+    method_list = check_methods(parse_list(methods, str, "--methods") or list(METHODS))
+    ks = parse_list(k, int, "--k") or []
+    for value in ks:
+        api.validate_common(k=value)
+    api.validate_common(alpha=alpha, lam=lam, steps=steps, n_users=users, seed=seed)
+    split_users([], shard_size)
+    if epochs < 1:
+        raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
+    _check_runner(runner, address)
+    prefect_environment()
+    from flows.pipeline import lcer_pipeline
+
+    flow = _with_runner(lcer_pipeline, runner, address)
+    with _progress():
+        rows = flow(
+            datasets=names,
+            methods=method_list,
+            ks=ks,
+            alphas=None if alpha is None else [alpha],
+            lams=None if lam is None else [lam],
+            n_users=users,
+            steps=steps,
+            seed=seed,
+            shard_size=shard_size,
+            epochs=epochs,
+        )
+    _print_results(rows)
+
+
+@app.command()
+def sweep(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    alphas: Annotated[
+        str | None, typer.Option(help="Comma-separated α values (default: the paper's grid).")
+    ] = None,
+    lams: Annotated[
+        str | None, typer.Option(help="Comma-separated λ values (default: the paper's grid).")
+    ] = None,
+    k: Annotated[int, typer.Option("--k", help="List length K.")] = 5,
+    users: Annotated[
+        int | None, typer.Option(help="Explain the first N test users (default: all).")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="LCER optimisation steps (default: LCER's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the explanations.")] = 0,
+    shard_size: Annotated[int, typer.Option(help="Test users per explanation task.")] = 25,
+    epochs: Annotated[
+        int, typer.Option(help="Mult-VAE training epochs (when it must be trained).")
+    ] = 200,
+    runner: Annotated[str, typer.Option(help="Task runner: threads or ray.")] = "threads",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (with --runner ray).")
+    ] = None,
+) -> None:
+    """The α/λ grid of LCER over one trained model: one MLflow child run per grid point under a parent run."""
+    from lcer_core import api
+    from lcer_core.datasets import get_spec
+    from lcer_core.shards import split_users
+
+    get_spec(dataset)
+    alpha_list = parse_list(alphas, float, "--alphas")
+    lam_list = parse_list(lams, float, "--lams")
+    for option, values in (("--alphas", alpha_list), ("--lams", lam_list)):
+        for value in values or []:
+            if not (math.isfinite(value) and value >= 0):
+                raise InvalidParameterError(f"{option}: {value:g} is not a finite number >= 0")
+    api.validate_common(k=k, steps=steps, n_users=users, seed=seed)
+    split_users([], shard_size)
+    if epochs < 1:
+        raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
+    _check_runner(runner, address)
+    prefect_environment()
+    from flows.sweep import lcer_sweep
+
+    flow = _with_runner(lcer_sweep, runner, address)
+    with _progress():
+        rows = flow(
+            dataset=dataset,
+            alphas=alpha_list,
+            lams=lam_list,
+            k=k,
+            n_users=users,
+            steps=steps,
+            seed=seed,
+            shard_size=shard_size,
+            epochs=epochs,
+        )
+    _print_results(rows)
+
+
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 200,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the model's initialisation and batches.")
+    ] = None,
+) -> None:
+    """Train Mult-VAE on DATASET (unless the same model exists) and register it in MLflow as multvae-DATASET."""
+    from lcer_core import api
+    from lcer_core.datasets import get_spec
+
+    get_spec(dataset)
+    if epochs < 1:
+        raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
+    model_seed = api.MODEL_SEED if seed is None else seed
+    api.validate_common(seed=model_seed)
+    prefect_environment()
+    from flows.train import lcer_train
+
+    out = lcer_train(dataset=dataset, epochs=epochs, seed=model_seed)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in out["metrics"].items() if k != "best_epoch")
+    verb = "trained" if out["trained_now"] else "already trained"
+    typer.echo(
+        f"{dataset}: model {out['model_key']} {verb} ({metrics}); registered {out['registered_model']}"
+    )

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# GPU check of the explanation engine, for the `device` tool (one H100/H200, no network there).
+#
+# Prepare here, once (nothing of it is committed):
+#   echo /.whl/ >> .git/info/exclude; echo /.device-data/ >> .git/info/exclude
+#   mkdir -p .device-data && cp ../shared/datasets/ml-100k.zip .device-data/
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl polars polars-runtime-32 httpx httpcore h11 anyio sniffio certifi idna typer click rich \
+#     markdown-it-py mdurl pygments shellingham typing-extensions duckdb psutil
+# Then run (about 2-3 minutes warm; give timeout_s=420 to leave room for one rerun):
+#   run(command="bash scripts/device_bench.sh", carry=[".whl", ".device-data"], timeout_s=420)
+set -euo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
+export LCER_HOME=/tmp/lcer-home LCER_MIRROR="file://$PWD/.device-data"
+nvidia-smi --query-gpu=name,memory.total --format=csv
+python3 - <<'PY'
+import json, os, sys
+from lcer_core.bench import run_benchmark
+out = os.environ.get("OUT", "/tmp")
+res = run_benchmark(device="cuda", sample=5, patience=200, log=lambda m: print(m, file=sys.stderr))
+print(json.dumps(res, indent=2, default=str))
+with open(os.path.join(out, "bench-cuda.json"), "w") as f:
+    json.dump(res, f, indent=2, default=str)
+PY

@@ -1,0 +1,277 @@
+"""The Prefect flows in-process (a temporary Prefect server via prefect_test_harness) on ML 100K.
+
+One LCER_HOME for the module: the first pipeline run trains a tiny Mult-VAE (2 epochs) and
+explains 4 test users in shards of 2 with every method; later tests reuse that model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from lcer_core import shards
+from lcer_core.errors import InvalidParameterError, UnknownMethodError
+from lcer_core.explainers import METHODS
+from lcer_core.store import ResultStore
+
+pytestmark = pytest.mark.slow
+
+TINY = {"ks": [5], "n_users": 4, "steps": 30, "shard_size": 2, "epochs": 2, "seed": 0}
+N_SHARDS = 2  # 4 users in shards of 2
+
+
+@pytest.fixture(scope="module")
+def flow_home(tmp_path_factory: pytest.TempPathFactory, http_mirror: str) -> Iterator[Path]:
+    """LCER_HOME, the mirror and a temporary Prefect server for every test of this module."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("flows") / "home"
+    home.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LCER_HOME", str(home))
+        mp.setenv("LCER_MIRROR", http_mirror)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("LCER_TASK_RUNNER", raising=False)
+        with prefect_test_harness(server_startup_timeout=90):
+            yield home
+
+
+def _task_runs(flow_run_id: Any, expected: int, prefix: str = "explain-") -> list[Any]:
+    """The flow run's task runs named ``prefix...`` once ``expected`` of them are final (bounded wait)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + 30
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        mine = [r for r in runs if r.name.startswith(prefix)]
+        if (len(mine) >= expected and all(r.state and r.state.is_final() for r in mine)) or (
+            time.monotonic() > deadline
+        ):
+            return mine
+        time.sleep(0.5)
+
+
+def _run(flow: Any, **params: Any) -> tuple[Any, list[dict[str, Any]]]:
+    state = flow(**params, return_state=True)
+    assert state.is_completed(), state
+    return state.state_details.flow_run_id, state.result()
+
+
+def _shard_files(home: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in sorted((home / "work").glob("*/shard-*.parquet"))}
+
+
+def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: Path) -> None:
+    from flows.pipeline import lcer_pipeline
+    from tasks import track
+
+    methods = sorted(METHODS)
+    flow_run_id, rows = _run(lcer_pipeline, datasets=["ml-100k"], methods=methods, **TINY)
+
+    # One row per method (baselines once per k, LCER at the paper's α/λ), 4 users x top-5.
+    assert sorted(r["method"] for r in rows) == methods
+    assert all(r["n_pairs"] == 20 for r in rows)
+    lcer = next(r for r in rows if r["method"] == "lcer")
+    assert (lcer["alpha"], lcer["lam"], lcer["steps"]) == (0.1, 0.01, 30)
+    assert all(r["alpha"] is None for r in rows if r["method"] != "lcer")
+
+    store = ResultStore()
+    table2 = store.table2("ml-100k")
+    assert sorted(table2["method"].to_list()) == methods
+    assert set(table2["run_id"].to_list()) == {r["run_id"] for r in rows}
+    runs = store.query("SELECT run_id, status, mlflow_run_id, device FROM runs")
+    assert runs.height == len(methods)
+    assert set(runs["status"].to_list()) == {"finished"}
+    assert set(runs["device"].to_list()) == {"cpu"}
+    counts = store.counts()
+    assert counts["recommendations"] == counts["explanations"] == 20 * len(methods)
+    assert store.query("SELECT count(*) AS n FROM models")["n"][0] == 1
+
+    # MLflow holds the same figures as DuckDB, and the explanations Parquet as an artifact.
+    client = track.client()
+    for row in table2.iter_rows(named=True):
+        mlflow_id = runs.filter(pl.col("run_id") == row["run_id"])["mlflow_run_id"][0]
+        logged = client.get_run(mlflow_id)
+        assert logged.data.params["method"] == row["method"]
+        assert logged.data.metrics["fns_pct"] == pytest.approx(row["fns_pct"])
+        artifacts = {a.path for a in client.list_artifacts(mlflow_id)}
+        assert {"explanations", "figures"} <= artifacts
+    assert client.get_registered_model("multvae-ml-100k") is not None
+
+    # The fan-out is real: one explanation task run per shard and method, with its own name.
+    task_runs = _task_runs(flow_run_id, N_SHARDS * len(methods))
+    assert len(task_runs) == N_SHARDS * len(methods)
+    assert {r.state.name for r in task_runs} == {"Completed"}
+    for method in methods:
+        names = sorted(r.name for r in task_runs if r.name.startswith(f"explain-{method}-"))
+        assert [n[-4:] for n in names] == ["0000", "0001"]
+    files = _shard_files(flow_home)
+    assert len(files) == N_SHARDS * len(methods)
+
+    # The same flow again: nothing recomputed (every shard a cache hit, files untouched),
+    # the model not trained again, every row count unchanged.
+    flow_run_2, rows_2 = _run(lcer_pipeline, datasets=["ml-100k"], methods=methods, **TINY)
+    again = _task_runs(flow_run_2, N_SHARDS * len(methods))
+    assert len(again) == N_SHARDS * len(methods)
+    assert {r.state.name for r in again} == {"Cached"}
+    assert _shard_files(flow_home) == files
+    assert store.counts() == counts
+    assert [r["fns_pct"] for r in rows_2] == [r["fns_pct"] for r in rows]
+    assert store.query("SELECT count(*) AS n FROM runs")["n"][0] == len(methods)
+    train_runs = _task_runs(flow_run_2, 1, prefix="train-multvae")
+    assert len(train_runs) == 1
+
+    # A shard whose file is gone is recomputed even though Prefect remembers its result;
+    # the others of that run stay cache hits.
+    fia = next(r for r in rows if r["method"] == "fia")
+    lost = shards.shard_path(fia["run_id"], 1)
+    lost.unlink()
+    flow_run_3, _ = _run(lcer_pipeline, datasets=["ml-100k"], methods=["fia"], **TINY)
+    third = {r.name[-4:]: r.state.name for r in _task_runs(flow_run_3, N_SHARDS)}
+    assert third == {"0000": "Cached", "0001": "Completed"}
+    assert lost.is_file()
+    assert store.counts() == counts
+
+
+def test_sweep_is_a_parent_mlflow_run_with_one_child_per_grid_point(flow_home: Path) -> None:
+    from flows.sweep import lcer_sweep
+    from tasks import track
+
+    _, rows = _run(
+        lcer_sweep,
+        dataset="ml-100k",
+        alphas=[0.05, 0.1],
+        lams=[0.01, 0.02],
+        k=5,
+        n_users=2,
+        steps=20,
+        shard_size=2,
+        epochs=2,
+    )
+    assert sorted((r["alpha"], r["lam"]) for r in rows) == [
+        (0.05, 0.01), (0.05, 0.02), (0.1, 0.01), (0.1, 0.02)
+    ]
+    client = track.client()
+    parents = {client.get_run(r["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for r in rows}
+    assert len(parents) == 1
+    parent = parents.pop()
+    assert client.get_run(parent).info.status == "FINISHED"
+    children = track.child_runs(parent)
+    assert len(children) == 4
+    for child in children:
+        assert {"alpha", "lam", "method", "k"} <= set(child.data.params)
+        assert set(track.METRICS) <= set(child.data.metrics)
+    figures = {Path(a.path).name for a in client.list_artifacts(parent, "figures")}
+    assert {"fig8_effect_lambda.png", "fig9_effect_alpha.png", "pareto_fns_len.png"} <= figures
+    stored = ResultStore().query(
+        "SELECT run_id FROM run_results WHERE run_id IN (SELECT unnest(?))", [[r["run_id"] for r in rows]]
+    )
+    assert stored.height == 4
+
+
+def test_reevaluate_adds_a_timestamped_metrics_row_per_table2_run(flow_home: Path) -> None:
+    from flows.reevaluate import lcer_reevaluate
+
+    store = ResultStore()
+    before = store.query("SELECT run_id, kind FROM metrics")
+    table2 = store.table2("ml-100k")
+    assert table2.height >= 1, "runs of the pipeline test are expected in this module's LCER_HOME"
+    _, rows = _run(lcer_reevaluate, datasets=["ml-100k"])
+    assert sorted(r["run_id"] for r in rows) == sorted(table2["run_id"].to_list())
+    after = store.query("SELECT run_id, kind, fns_pct FROM metrics")
+    added = after.filter(pl.col("kind") == "reevaluate")
+    assert after.height == before.height + table2.height
+    assert sorted(added["run_id"].to_list()) == sorted(table2["run_id"].to_list())
+    # Same model as the one that explained them: the figures do not move.
+    for row in rows:
+        original = table2.filter(pl.col("run_id") == row["run_id"])["fns_pct"][0]
+        assert row["fns_pct"] == pytest.approx(original)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_split_users_and_plan_runs() -> None:
+    assert shards.split_users([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
+    with pytest.raises(InvalidParameterError, match="shard-size"):
+        shards.split_users([1], 0)
+    specs = shards.plan_runs(
+        dataset="ml-100k",
+        methods=["lcer", "fia"],
+        ks=[5, 10],
+        alphas=[0.1, 0.2],
+        lams=[0.01],
+        steps=None,
+        seed=0,
+        n_users=4,
+        model_key="m",
+    )
+    lcer = [s for s in specs if s.method == "lcer"]
+    fia = [s for s in specs if s.method == "fia"]
+    assert len(lcer) == 4 and len(fia) == 2  # baselines once per k, whatever α/λ
+    assert all(s.steps is not None for s in lcer) and all(s.steps is None for s in fia)
+    assert len({s.run_id for s in specs}) == len(specs)
+    with pytest.raises(UnknownMethodError, match="nope"):
+        shards.check_methods(["lcer", "nope"])
+
+
+def test_shard_files_are_whole_or_absent(tmp_path: Path) -> None:
+    path = tmp_path / "work" / "r" / "shard-0000.parquet"
+    frame = pl.DataFrame({"uid": [3, 3, 4], "rank": [1, 2, 1]})
+    shards.write_parquet_atomic(frame, path)
+    assert shards.shard_is_complete(path, [3, 4])
+    assert not shards.shard_is_complete(path, [3, 4, 5])
+    assert not shards.shard_is_complete(tmp_path / "missing.parquet", [3])
+    path.write_bytes(b"not parquet")
+    assert not shards.shard_is_complete(path, [3, 4])
+    assert not list(path.parent.glob(".tmp-*"))
+
+
+def test_ray_runner_without_prefect_ray_is_one_clear_line() -> None:
+    import importlib.util
+
+    from flows.runner import make_task_runner
+
+    if importlib.util.find_spec("prefect_ray") is not None:
+        pytest.skip("prefect-ray is installed here")
+    with pytest.raises(InvalidParameterError, match=r"pip install 'lcer\[ray\]'"):
+        make_task_runner("ray", "ray://127.0.0.1:10001")
+    with pytest.raises(InvalidParameterError, match="threads, ray"):
+        make_task_runner("dask")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "nope"], "unknown dataset 'nope'"),
+        (["run", "--methods", "lcer,bogus"], "unknown method 'bogus'"),
+        (["run", "--k", "5,x"], "--k: 'x' is not a valid int"),
+        (["run", "--users", "0"], "--users must be a positive integer"),
+        (["run", "--shard-size", "0"], "--shard-size must be a positive integer"),
+        (["run", "--address", "ray://x:1"], "--address only applies with --runner ray"),
+        (["sweep", "ml-100k", "--alphas", "0.1,-1"], "--alphas: -1 is not a finite number >= 0"),
+        (["train", "ml-100k", "--epochs", "0"], "--epochs must be >= 1"),
+    ],
+)
+def test_cli_refuses_bad_options_in_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], lcer_home: Path
+) -> None:
+    import lcer_core.cli.pipeline  # noqa: F401  (registers run/sweep/train)
+    from lcer_core.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err
+    assert len(err.splitlines()) == 1
+    assert not (lcer_home / "prefect-home").exists()  # refused before Prefect started
