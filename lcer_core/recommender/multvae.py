@@ -116,7 +116,7 @@ class MultVAERecommender(Recommender):
 
     def scores_of_sets(self, items: Tensor, weights: Tensor, targets: Tensor | None = None) -> Tensor:
         m = self.model
-        norm = weights.pow(2).sum(1, keepdim=True).sqrt().clamp_min(1e-12)
+        norm = weights.pow(2).sum(1, keepdim=True).clamp_min(1e-12).sqrt()  # as tf.nn.l2_normalize: finite gradient at 0
         pre = F.embedding_bag(items, self._table, mode="sum", per_sample_weights=weights / norm)
         z = m.enc2(torch.tanh(pre + m.enc1.bias))[:, : m.latent]
         out = torch.tanh(m.dec1(z))
@@ -143,7 +143,7 @@ class MultVAERecommender(Recommender):
 
         def score(flat_weights: Tensor) -> Tensor:
             sq = torch.zeros(n_pairs, dtype=flat_weights.dtype, device=dev)
-            norm = sq.index_add(0, pair_of, flat_weights * flat_weights).sqrt().clamp_min(1e-12)
+            norm = sq.index_add(0, pair_of, flat_weights * flat_weights).clamp_min(1e-12).sqrt()
             w = torch.zeros(n_pairs, width, dtype=flat_weights.dtype, device=dev).masked_scatter(mask, flat_weights)
             h = torch.tanh(groups.first_layer(w / norm[:, None]) + m.enc1.bias)
             out = torch.tanh(m.dec1(F.linear(h, w_mu, b_mu)))
@@ -192,5 +192,5 @@ class _HistoryGroups:
         for pairs_here, group, slot, rows, width in self.parts:
             grid = torch.zeros(rows.shape[0], self.kmax, width, dtype=weights.dtype, device=weights.device)
             grid = grid.index_put((group, slot), weights[pairs_here, :width])
-            outs.append(torch.bmm(grid, rows)[group, slot])
+            outs.append(torch.einsum("gkl,glh->gkh", grid, rows)[group, slot])
         return torch.cat(outs)[self.restore]
