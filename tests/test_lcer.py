@@ -134,3 +134,15 @@ def test_k_must_leave_room():
     rec = random_linear(6, seed=0)
     with pytest.raises(InvalidParameterError):
         build_pairs(rec, histories_from_lists([0], [[0, 1, 2, 3]]), 2)
+
+
+def test_removing_every_item_keeps_the_optimisation_finite():
+    # A one-item history is emptied by half of the samples: the L2 normalisation of an empty
+    # input must not turn the gradient into NaN (it did once, silently).
+    from lcer_core.recommender.multvae import MultVAE, MultVAEConfig, MultVAERecommender
+
+    torch.manual_seed(0)
+    rec = MultVAERecommender(MultVAE(30, MultVAEConfig(hidden=16, latent=8)), "cpu")
+    pairs = build_pairs(rec, histories_from_lists([0, 1], [[3], [4, 5]]), 3)
+    expl = LCER(LCERConfig(steps=80)).explain(rec, pairs, seed=0)
+    assert torch.isfinite(expl.importance[pairs.mask]).all()
