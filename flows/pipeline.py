@@ -95,7 +95,10 @@ def explain_runs(
     paths: dict[str, list[str]] = {}
     failures: dict[str, BaseException] = {}
     if explain_deployment:
-        paths = _paths_from_deployment(explain_deployment, specs, users, shard_size)
+        try:
+            paths = _paths_from_deployment(explain_deployment, specs, users, shard_size)
+        except Exception as exc:
+            failures = {spec.run_id: exc for spec in specs}
     else:
         futures = submit_shards(specs, users, shard_size)
         resolve_shards(futures)

@@ -32,11 +32,14 @@ from lcer_core.store.paper import PAPER_LCER_PARAMS
 __all__ = [
     "TrainedModel",
     "default_device",
+    "resolve_device",
     "default_params",
     "ensure_dataset",
     "train_model",
+    "save_model",
     "find_model",
     "load_model",
+    "check_model_data",
     "ensure_model",
     "model_key",
     "test_users",
@@ -51,11 +54,38 @@ __all__ = [
 ]
 
 MODEL_SEED = 98765
+#: Upper bound of α and λ: beyond it the hinge or the length term swamps the other (and
+#: LCERConfig refuses it too).
+MAX_WEIGHT = 1e6
 
 
 def default_device() -> torch.device:
     """CUDA whenever it is visible, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """``name`` (``cpu``, ``cuda``, ``cuda:N``; None: :func:`default_device`) as a device that
+    exists here; anything else is a one-line error."""
+    if name is None:
+        return default_device()
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InvalidParameterError(
+            f"--device must be cpu or cuda[:N], got {str(name)!r}"
+        ) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise InvalidParameterError(f"--device must be cpu or cuda[:N], got {str(name)!r}")
+    if not torch.cuda.is_available():
+        raise InvalidParameterError(f"--device {name}: no CUDA device is visible here")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InvalidParameterError(
+            f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+        )
+    return dev
 
 
 def default_params(dataset: str) -> dict[str, float]:
@@ -75,10 +105,10 @@ def validate_common(
     """One-line errors for out-of-range options shared by several commands."""
     if k is not None and not (isinstance(k, int) and k >= 1):
         raise InvalidParameterError(f"--k must be a positive integer, got {k}")
-    if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
-        raise InvalidParameterError(f"--alpha must be a finite number >= 0, got {alpha}")
-    if lam is not None and not (math.isfinite(lam) and lam >= 0):
-        raise InvalidParameterError(f"--lam must be a finite number >= 0, got {lam}")
+    if alpha is not None and not (math.isfinite(alpha) and 0 <= alpha < MAX_WEIGHT):
+        raise InvalidParameterError(f"--alpha must be a finite number in [0, 1e6), got {alpha}")
+    if lam is not None and not (math.isfinite(lam) and 0 <= lam < MAX_WEIGHT):
+        raise InvalidParameterError(f"--lam must be a finite number in [0, 1e6), got {lam}")
     if steps is not None and not (isinstance(steps, int) and 1 <= steps <= 1_000_000):
         raise InvalidParameterError(f"--steps must be an integer in [1, 1000000], got {steps}")
     if n_users is not None and not (isinstance(n_users, int) and n_users >= 1):
@@ -107,6 +137,8 @@ class TrainedModel:
     module: MultVAE
     metrics: dict[str, float]
     path: Path
+    #: Content hash of the prepared data it was trained on (None for old checkpoints).
+    data_fingerprint: str | None = None
 
     def recommender(self, device: torch.device | str | None = None) -> MultVAERecommender:
         return MultVAERecommender(self.module, device or default_device())
@@ -122,14 +154,38 @@ def model_key(data: PreparedDataset, config: MultVAEConfig, seed: int) -> str:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    """Write ``obj`` with torch.save so that ``path`` is either complete or absent."""
+    tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
         os.close(fd)
         torch.save(obj, tmp)
         os.replace(tmp, path)
+        tmp = None
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+        raise LcerHomeError(f"cannot write {path}: {_io_reason(exc)}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _io_reason(exc: BaseException) -> str:
+    """The short reason of an I/O failure (``No space left on device``), on one line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
     except OSError as exc:
-        raise LcerHomeError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        tmp.unlink(missing_ok=True)
+        raise LcerHomeError(f"cannot write {path}: {_io_reason(exc)}") from None
 
 
 def train_model(
@@ -166,34 +222,63 @@ def train_model(
     _, tte = data.matrix("test_te", test)
     metrics = {**evaluate_ranking(module, ttr, tte), "best_epoch": float(best_epoch)}
     key = model_key(data, cfg, seed)
-    path = models_dir() / data.name / key / "model.pt"
+    model = TrainedModel(
+        data.name,
+        key,
+        cfg,
+        seed,
+        module,
+        metrics,
+        models_dir() / data.name / key / "model.pt",
+        data.fingerprint,
+    )
+    return save_model(model, data)
+
+
+def save_model(model: TrainedModel, data: PreparedDataset) -> TrainedModel:
+    """Write ``model``'s checkpoint under ``LCER_HOME/models/DATASET/KEY/`` (atomically) and make it
+    the dataset's latest; a write that fails (permissions, full disk) leaves no partial file."""
+    path = models_dir() / data.name / model.key / "model.pt"
     _atomic_save(
         {
-            "state_dict": module.state_dict(),
-            "config": cfg.dump(),
-            "seed": seed,
+            "state_dict": model.module.state_dict(),
+            "config": model.config.dump(),
+            "seed": model.seed,
             "n_items": data.n_items,
-            "metrics": metrics,
+            "metrics": model.metrics,
             "data_fingerprint": data.fingerprint,
             "dataset": data.name,
         },
         path,
     )
-    latest = path.parent.parent / "latest"
-    tmp = latest.with_suffix(".tmp")
-    tmp.write_text(key)
-    os.replace(tmp, latest)
-    return TrainedModel(data.name, key, cfg, seed, module, metrics, path)
+    _write_text_atomic(path.parent.parent / "latest", model.key)
+    model.path = path
+    model.data_fingerprint = data.fingerprint
+    return model
 
 
 def _load_checkpoint(dataset: str, key: str) -> TrainedModel:
     path = models_dir() / dataset / key / "model.pt"
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = MultVAEConfig(**blob["config"])
-    module = MultVAE(int(blob["n_items"]), cfg)
-    module.load_state_dict(blob["state_dict"])
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = MultVAEConfig(**blob["config"])
+        module = MultVAE(int(blob["n_items"]), cfg)
+        module.load_state_dict(blob["state_dict"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise MissingDataError(
+            f"the model checkpoint {path} cannot be read ({reason}): "
+            f"run `lcer train {dataset}` again"
+        ) from None
     return TrainedModel(
-        dataset, key, cfg, int(blob["seed"]), module.eval(), dict(blob["metrics"]), path
+        dataset,
+        key,
+        cfg,
+        int(blob["seed"]),
+        module.eval(),
+        dict(blob["metrics"]),
+        path,
+        blob.get("data_fingerprint"),
     )
 
 
@@ -219,6 +304,18 @@ def load_model(dataset: str, key: str | None = None) -> TrainedModel:
     return found
 
 
+def check_model_data(model: TrainedModel, data: PreparedDataset) -> None:
+    """A model trained on other data than ``data`` (re-prepared with another seed, another file)
+    would explain the wrong users: a one-line error that says to train again."""
+    if model.module.n_items != data.n_items or (
+        model.data_fingerprint is not None and model.data_fingerprint != data.fingerprint
+    ):
+        raise MissingDataError(
+            f"the latest model of {data.name!r} ({model.key}) was trained on data prepared "
+            f"differently from the current {data.name!r}: run `lcer train {data.name}` again"
+        )
+
+
 def ensure_model(
     data: PreparedDataset,
     config: MultVAEConfig | None = None,
@@ -238,11 +335,18 @@ def ensure_model(
 # --------------------------------------------------------------------------- explanations
 
 
-def test_users(data: PreparedDataset, n_users: int | None = None) -> list[int]:
-    """The first ``n_users`` test users (all by default), in ascending internal id."""
+def test_users(
+    data: PreparedDataset, n_users: int | None = None, *, strict: bool = False
+) -> list[int]:
+    """The first ``n_users`` test users (all by default), in ascending internal id; with
+    ``strict``, asking for more users than the dataset's test users is a one-line error."""
     users = data.users_of("test")
     if n_users is not None:
         validate_common(n_users=n_users)
+        if strict and n_users > len(users):
+            raise InvalidParameterError(
+                f"--users {n_users} is more than the {len(users)} test users of {data.name!r}"
+            )
         users = users[:n_users]
     return users
 

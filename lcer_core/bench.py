@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from lcer_core import api
+from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import LCER, LCERConfig, lcer_reference_loop
 from lcer_core.metrics import evaluate_pairs, summarize
 from lcer_core.pairs import PairBatch, build_pairs, histories_from_lists
@@ -38,8 +39,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+#: Synthetic histories reach 600 items: the catalogue must leave room for a top-K beside them.
+SYNTHETIC_ITEMS_RANGE = (1000, 1_000_000)
+
+
 def _synthetic(
-    n_items: int, n_users: int, seed: int, device: str
+    n_items: int, n_users: int, seed: int, device: str, k: int = 5
 ) -> tuple[MultVAERecommender, PairBatch, int]:
     """An untrained Mult-VAE over ``n_items`` and users with ML-100K-like history lengths."""
     gen = torch.Generator().manual_seed(seed)
@@ -48,7 +53,7 @@ def _synthetic(
         rec = MultVAERecommender(MultVAE(n_items, MultVAEConfig()), device)
     lengths = (torch.distributions.LogNormal(3.5, 0.8).sample((n_users,)).clamp(4, 600)).long()
     lists = [torch.randperm(n_items, generator=gen)[: int(n)].tolist() for n in lengths]
-    return rec, build_pairs(rec, histories_from_lists(list(range(n_users)), lists), 5), n_items
+    return rec, build_pairs(rec, histories_from_lists(list(range(n_users)), lists), k), n_items
 
 
 def run_benchmark(
@@ -68,10 +73,19 @@ def run_benchmark(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Time the sequential loop and the batched engine; return the fields of ``lcer bench --json``."""
-    dev = device or str(api.default_device())
-    api.validate_common(k=k, steps=steps, n_users=n_users, alpha=alpha, lam=lam)
-    if synthetic_items:
-        rec, pairs, n_items = _synthetic(synthetic_items, n_users or 100, seed, dev)
+    api.validate_common(k=k, steps=steps, n_users=n_users, alpha=alpha, lam=lam, seed=seed)
+    if not (isinstance(sample, int) and sample >= 1):
+        raise InvalidParameterError(f"--sample must be a positive integer, got {sample}")
+    if not (isinstance(patience, int) and patience >= 0):
+        raise InvalidParameterError(f"--patience must be an integer >= 0, got {patience}")
+    lo, hi = SYNTHETIC_ITEMS_RANGE
+    if synthetic_items is not None and not (lo <= synthetic_items <= hi):
+        raise InvalidParameterError(
+            f"--synthetic-items must be in [{lo}, {hi}], got {synthetic_items}"
+        )
+    dev = str(api.resolve_device(device))
+    if synthetic_items is not None:
+        rec, pairs, n_items = _synthetic(synthetic_items, n_users or 100, seed, dev, k)
         source = f"synthetic-{synthetic_items}"
     else:
         data = api.ensure_dataset(dataset)
@@ -79,8 +93,9 @@ def run_benchmark(
         if model is None:
             model, _ = api.ensure_model(data, device=dev)
             log(f"trained Mult-VAE {model.key} for {dataset}")
+        api.check_model_data(model, data)
         rec = model.recommender(dev)
-        pairs = api.make_pairs(rec, data, api.test_users(data, n_users), k)
+        pairs = api.make_pairs(rec, data, api.test_users(data, n_users, strict=True), k)
         n_items, source = data.n_items, dataset
     cfg = LCERConfig(alpha=alpha, lam=lam, steps=steps)
     n_seq = len(pairs) if full else min(sample, len(pairs))

@@ -34,12 +34,7 @@ def _download_failed(task: Any, task_run: Any, state: Any) -> bool:
 )
 def prepare(dataset: str) -> dict[str, Any]:
     """Download (or take from the mirror), filter and split ``dataset``; its Table 1 statistics."""
-    logger = get_run_logger()
-    result = prepare_dataset(dataset, log=logger.info)
-    if result.did_work:
-        logger.info("prepared %s into %s", dataset, result.path)
-    else:
-        logger.info("%s already prepared in %s", dataset, result.path)
+    result = prepare_dataset(dataset, progress=False, log=get_run_logger().info)
     return dict(result.stats)
 
 

@@ -158,7 +158,10 @@ def test_sweep_is_a_parent_mlflow_run_with_one_child_per_grid_point(flow_home: P
         epochs=2,
     )
     assert sorted((r["alpha"], r["lam"]) for r in rows) == [
-        (0.05, 0.01), (0.05, 0.02), (0.1, 0.01), (0.1, 0.02)
+        (0.05, 0.01),
+        (0.05, 0.02),
+        (0.1, 0.01),
+        (0.1, 0.02),
     ]
     client = track.client()
     parents = {client.get_run(r["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for r in rows}
@@ -173,7 +176,8 @@ def test_sweep_is_a_parent_mlflow_run_with_one_child_per_grid_point(flow_home: P
     figures = {Path(a.path).name for a in client.list_artifacts(parent, "figures")}
     assert {"fig8_effect_lambda.png", "fig9_effect_alpha.png", "pareto_fns_len.png"} <= figures
     stored = ResultStore().query(
-        "SELECT run_id FROM run_results WHERE run_id IN (SELECT unnest(?))", [[r["run_id"] for r in rows]]
+        "SELECT run_id FROM run_results WHERE run_id IN (SELECT unnest(?))",
+        [[r["run_id"] for r in rows]],
     )
     assert stored.height == 4
 

@@ -7,6 +7,7 @@ and is stopped in ``finally`` blocks, whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -46,11 +47,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> subprocess.Popen[bytes]:
+def _start(
+    cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
+) -> subprocess.Popen[bytes]:
     """A child in its own process group (so that stopping it stops its children too)."""
     out = log.open("ab")
     try:
-        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     finally:
         out.close()
 
@@ -58,15 +63,11 @@ def _start(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> 
 def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 10) -> None:
     """Signal the child's process group; SIGKILL what is left after ``grace`` seconds."""
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, sig)
             proc.wait(timeout=grace)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the group may hold children still
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=10)
 
 
@@ -88,7 +89,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, http_mirror: str) -> Iterat
     home.mkdir()
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LCER_", "MLFLOW_"))}
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LCER_", "MLFLOW_"))
+    }
     env = {
         **base,
         "PREFECT_HOME": str(root / "prefect-home"),
@@ -99,7 +102,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, http_mirror: str) -> Iterat
         "LCER_MIRROR": http_mirror,
     }
     log = root / "server.log"
-    proc = _start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log)
+    proc = _start(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log
+    )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -109,7 +114,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, http_mirror: str) -> Iterat
                     break
             except httpx.HTTPError:
                 pass
-            assert time.monotonic() < deadline, f"prefect server not healthy after 90 s:\n{_tail(log)}"
+            assert time.monotonic() < deadline, (
+                f"prefect server not healthy after 90 s:\n{_tail(log)}"
+            )
             time.sleep(0.5)
         yield {"api": api, "env": {**env, "PREFECT_API_URL": api}, "root": root, "home": home}
     finally:
@@ -124,7 +131,10 @@ def api_client(server: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Itera
 
     monkeypatch.setenv("LCER_HOME", str(server["home"]))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with temporary_settings(updates={PREFECT_API_URL: server["api"]}), get_client(sync_client=True) as client:
+    with (
+        temporary_settings(updates={PREFECT_API_URL: server["api"]}),
+        get_client(sync_client=True) as client,
+    ):
         yield client
 
 
@@ -135,14 +145,19 @@ def _wait_flow_run(client: Any, flow_run_id: UUID, timeout: float, logs: list[Pa
         if run.state is not None and run.state.is_final():
             return run
         if time.monotonic() > deadline:
-            pytest.fail(f"flow run {run.name} still {run.state.name} after {timeout} s\n" + "\n".join(_tail(p) for p in logs))
+            pytest.fail(
+                f"flow run {run.name} still {run.state.name} after {timeout} s\n"
+                + "\n".join(_tail(p) for p in logs)
+            )
         time.sleep(1)
 
 
 def _explain_task_runs(client: Any, flow_run_ids: list[UUID]) -> list[Any]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)))
+    runs = client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids))
+    )
     return [r for r in runs if r.name.startswith("explain-")]
 
 
@@ -161,7 +176,9 @@ def _settled_explain_runs(client: Any, flow_run_ids: list[UUID], expected: int) 
 def _pipeline_flow_runs(client: Any) -> dict[UUID, Any]:
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-    runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["lcer-pipeline"])))
+    runs = client.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=["lcer-pipeline"]))
+    )
     return {r.id: r for r in runs}
 
 
@@ -169,11 +186,17 @@ def _shards(home: Path, run_id: str) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (home / "work" / run_id).glob("shard-*.parquet")}
 
 
-def test_deployments_workers_fan_out_and_kill_resume(server: dict[str, Any], api_client: Any) -> None:
+def test_deployments_workers_fan_out_and_kill_resume(
+    server: dict[str, Any], api_client: Any
+) -> None:
     from prefect.deployments import run_deployment
 
     env, root, home = server["env"], server["root"], server["home"]
-    worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
+    worker_env = {
+        **env,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+    }
     logs = [root / "worker-cpu.log", root / "worker-gpu.log"]
     workers: list[subprocess.Popen[bytes]] = []
     try:
@@ -181,7 +204,13 @@ def test_deployments_workers_fan_out_and_kill_resume(server: dict[str, Any], api
             _check([PREFECT, "work-pool", "create", pool, "--type", "process"], env)
         _check([PREFECT, "--no-prompt", "deploy", "--all"], env, timeout=180)
         for pool, log in zip(("cpu", "gpu"), logs, strict=True):
-            workers.append(_start([PREFECT, "worker", "start", "--pool", pool, "--type", "process"], worker_env, log))
+            workers.append(
+                _start(
+                    [PREFECT, "worker", "start", "--pool", pool, "--type", "process"],
+                    worker_env,
+                    log,
+                )
+            )
 
         # The schedule of lcer-reevaluate is stored with the deployment.
         reevaluate = api_client.read_deployment_by_name("lcer-reevaluate/lcer-reevaluate")
@@ -195,7 +224,9 @@ def test_deployments_workers_fan_out_and_kill_resume(server: dict[str, Any], api
             timeout=0,
         )
         finished = _wait_flow_run(api_client, flow_run.id, 240, logs)
-        assert finished.state.is_completed(), f"{finished.state}\n" + "\n".join(_tail(p) for p in logs)
+        assert finished.state.is_completed(), f"{finished.state}\n" + "\n".join(
+            _tail(p) for p in logs
+        )
 
         table2 = ResultStore().table2("ml-100k")
         assert sorted(table2["method"].to_list()) == ["fia", "lcer"]
@@ -206,7 +237,9 @@ def test_deployments_workers_fan_out_and_kill_resume(server: dict[str, Any], api
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
         children = api_client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run.id]))
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run.id])
+            )
         )
         explain_runs = [c for c in children if c.deployment_id is not None]
         assert len(explain_runs) == 1 and explain_runs[0].state.is_completed()
@@ -245,7 +278,9 @@ def test_deployments_workers_fan_out_and_kill_resume(server: dict[str, Any], api
     assert 2 <= len(finished_before_kill) < 4, finished_before_kill
     [killed_run] = set(_pipeline_flow_runs(api_client)) - before
     done_in_killed = {
-        r.name[-4:] for r in _explain_task_runs(api_client, [killed_run]) if r.state and r.state.is_completed()
+        r.name[-4:]
+        for r in _explain_task_runs(api_client, [killed_run])
+        if r.state and r.state.is_completed()
     }
 
     again = subprocess.run(argv, env=run_env, cwd=REPO, capture_output=True, text=True, timeout=180)

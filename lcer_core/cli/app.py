@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer.exceptions import Abort, TyperException
 
 from lcer_core.errors import LcerError
 
@@ -30,15 +31,40 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _usage_line(exc: TyperException) -> str:
+    """A usage error (bad option type, missing argument, unknown command) as one line."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return message
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lcer`` command."""
     # Importing the command modules registers their commands on ``app``.
     from lcer_core.cli import commands  # noqa: F401
 
     try:
-        app(args=argv, standalone_mode=True)
+        # Not standalone: usage errors come back as exceptions, so that they print as one line
+        # (standalone Typer draws a multi-line box).
+        code = app(args=argv, standalone_mode=False)
     except LcerError as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `lcer`: the help, as before
+            typer.echo(exc.format_message())
+            raise SystemExit(exc.exit_code) from None
+        typer.echo(f"error: {_usage_line(exc)}", err=True)
+        raise SystemExit(exc.exit_code) from None
+    except Abort:
+        typer.echo("aborted", err=True)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    # As in Typer's standalone mode: always leave through SystemExit, with Exit's code if any.
+    status = code if isinstance(code, int) else 0
+    if status == 130:
+        typer.echo("interrupted", err=True)
+    raise SystemExit(status)

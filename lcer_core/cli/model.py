@@ -11,14 +11,19 @@ from lcer_core.cli.app import app
 
 
 def _progress_bar(label: str):  # noqa: ANN202
+    """A transient bar on stderr, only on a terminal: stdout stays clean for --json and pipes."""
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)
     bar = Progress(
         TextColumn(label),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeRemainingColumn(),
         transient=True,
+        console=console,
+        disable=not console.is_terminal,
     )
     return bar
 
@@ -45,8 +50,9 @@ def explain(
 ) -> None:
     """Explain recommendations with METHOD on the stored model (train it first with `lcer train`)."""
     from lcer_core import api
+    from lcer_core.datasets import get_spec
     from lcer_core.errors import UnknownMethodError
-    from lcer_core.explainers import METHODS
+    from lcer_core.explainers import METHODS, get_explainer
 
     if method not in METHODS:
         raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
@@ -58,9 +64,18 @@ def explain(
         from lcer_core.errors import InvalidParameterError
 
         raise InvalidParameterError("--item needs --user")
-    data = api.ensure_dataset(dataset)
-    model = api.load_model(dataset)
     hyper = {"alpha": alpha, "lam": lam, "steps": steps} if method == "lcer" else {}
+    get_explainer(method, **hyper)  # its own checks, before any work
+    get_spec(dataset)  # an unknown name fails here
+    model = api.load_model(dataset)  # a missing model too, before any download
+    data = api.ensure_dataset(dataset)
+    api.check_model_data(model, data)
+    if user is not None:  # unknown ids fail here, before the progress bar starts
+        data.uid_of(user)
+        if item is not None:
+            data.sid_of(item)
+    else:
+        test_users = api.test_users(data, users, strict=True)
     bar = _progress_bar(f"{method} {dataset}")
     with bar:
         task = bar.add_task("explain", total=1)
@@ -84,7 +99,7 @@ def explain(
             )
         else:
             rec = model.recommender()
-            pairs = api.make_pairs(rec, data, api.test_users(data, users), k)
+            pairs = api.make_pairs(rec, data, test_users, k)
             expl = api.explain(rec, pairs, method, seed=seed, progress=progress, **hyper)
             out = api.evaluate(rec, pairs, expl)
             metrics = api.summarize_frame(api.explanation_frame(data, pairs, expl, out), method)

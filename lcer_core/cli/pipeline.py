@@ -106,7 +106,8 @@ def _progress() -> Iterator[None]:
         elif event == "shard_done":
             bar.advance(task_id)
         elif event == "steps":
-            bar.update(task_id, description=f"step {fields['done']}/{fields['total']}")
+            share = 100 * fields["done"] // max(1, fields["total"])
+            bar.update(task_id, description=f"current shard {share}%")
 
     with bar, listen(on_event):
         yield
@@ -116,8 +117,9 @@ def _print_results(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="explanation runs")
-    for col in (
+    devices = sorted({str(r["device"]) for r in rows if r.get("device")})
+    table = Table(title=f"explanation runs (on {', '.join(devices) or 'no device'})")
+    columns = (
         "dataset",
         "method",
         "k",
@@ -129,12 +131,11 @@ def _print_results(rows: list[dict[str, Any]]) -> None:
         "PS %",
         "PN %",
         "F_NS %",
-        "device",
         "run_id",
-    ):
-        table.add_column(
-            col, justify="left" if col in ("dataset", "method", "device", "run_id") else "right"
-        )
+    )
+    for col in columns:
+        left = col in ("dataset", "method", "run_id")
+        table.add_column(col, justify="left" if left else "right", no_wrap=left)
 
     def num(v: Any, fmt: str = ".2f") -> str:
         return "–" if v is None else format(v, fmt)
@@ -152,7 +153,6 @@ def _print_results(rows: list[dict[str, Any]]) -> None:
             num(r["ps_pct"]),
             num(r["pn_pct"]),
             num(r["fns_pct"]),
-            str(r.get("device") or ""),
             r["run_id"],
         )
     console = Console()

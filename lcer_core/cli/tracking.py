@@ -7,12 +7,15 @@ logged through the server land under ``LCER_HOME/mlflow/artifacts``.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -22,7 +25,7 @@ import typer
 
 from lcer_core import paths
 from lcer_core.cli.app import app
-from lcer_core.errors import InvalidParameterError, LcerError
+from lcer_core.errors import InvalidParameterError, LcerError, LcerHomeError
 
 __all__ = [
     "server_command",
@@ -47,7 +50,15 @@ def _check_port(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((host, port))
+        except socket.gaierror as exc:
+            raise InvalidParameterError(
+                f"--host {host!r} is not an address of this machine ({exc.strerror})"
+            ) from None
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise InvalidParameterError(
+                    f"--host {host!r} is not an address of this machine ({exc.strerror})"
+                ) from None
             raise InvalidParameterError(
                 f"port {port} on {host} is not free ({exc.strerror}); choose another with --port"
             ) from exc
@@ -140,14 +151,25 @@ def ui(
     if uri.startswith(("http://", "https://")):
         typer.echo(f"MLFLOW_TRACKING_URI points at a running server: open {uri}")
         return
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if port < 0 or port > 65535:
         raise InvalidParameterError(f"port must be in 0..65535, not {port}")
+    if not (math.isfinite(ready_timeout) and ready_timeout > 0):
+        raise InvalidParameterError(
+            f"--ready-timeout must be a positive number of seconds, got {ready_timeout}"
+        )
+    _check_port(host, port)  # with port 0, this checks the host
     port = port or free_port(host)
-    _check_port(host, port)
     artifacts = paths.mlflow_dir() / "artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
+    folders = [artifacts]
+    if uri.startswith("sqlite:///"):
+        folders.append(Path(uri.removeprefix("sqlite:///")).parent)
+    for folder in folders:  # the server would fail later, and less clearly
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise LcerHomeError(f"cannot write {folder}: {exc.strerror or exc}") from None
     base = f"http://{host}:{port}"
     typer.echo(f"starting mlflow server on {base} (store {uri})", err=True)
     proc = subprocess.Popen(server_command(uri, host, port, artifacts, workers), env=server_env())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -24,7 +25,15 @@ from lcer_core.errors import DataFormatError, InvalidParameterError, LcerHomeErr
 
 from .download import copy_into, sha256_file
 from .parse import RawInteractions
-from .prepare import PrepareResult, _meta, build, dataset_lock, prepare_dataset, write_prepared
+from .prepare import (
+    PrepareResult,
+    _meta,
+    build,
+    check_seed,
+    dataset_lock,
+    prepare_dataset,
+    write_prepared,
+)
 from .registry import (
     BUILTIN,
     CUSTOM_HELDOUT_DEFAULT,
@@ -246,6 +255,9 @@ def register_and_prepare(
         raise InvalidParameterError(
             f"{name!r} is a built-in dataset: choose another name for your data"
         )
+    check_seed(seed)
+    if threshold is not None and not math.isfinite(threshold):
+        raise InvalidParameterError(f"--threshold must be a finite number, got {threshold}")
     if threshold is not None and rating_col is None:
         raise InvalidParameterError(
             "--threshold needs --rating-col (without ratings every row is kept)"

@@ -43,6 +43,7 @@ __all__ = [
     "write_prepared",
     "fingerprint",
     "dataset_lock",
+    "check_seed",
 ]
 
 log_ = logging.getLogger("lcer.datasets")
@@ -92,6 +93,12 @@ def dataset_lock() -> Iterator[None]:
                 _lock_state.depth = 0
         finally:
             os.close(fd)  # closing releases the flock
+
+
+def check_seed(seed: int) -> None:
+    """The split's seed must be one numpy's RandomState takes, and the CLI's other seeds too."""
+    if not (isinstance(seed, int) and 0 <= seed < 2**31):
+        raise InvalidParameterError(f"--seed must be an integer in [0, 2^31), got {seed}")
 
 
 def fingerprint(result: SplitResult) -> str:
@@ -218,6 +225,7 @@ def prepare_dataset(
 ) -> PrepareResult:
     """Prepare ``name`` unless it already is with the same settings; say which happened."""
     say = log or log_.info
+    check_seed(seed)
     spec = get_spec(name)
     n_heldout = spec.heldout_users if heldout is None else heldout
     if n_heldout < 1:

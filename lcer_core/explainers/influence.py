@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lcer_core.errors import NonFiniteScoresError
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
 
@@ -157,6 +158,10 @@ def evaluate_removals(
     """
     weights = keep.float()
     scores = recommender.scores_of_sets(items, weights)
+    if not bool(torch.isfinite(scores).all()):
+        raise NonFiniteScoresError(
+            "the recommender produced non-finite scores for an input with items removed"
+        )
     n_items = recommender.n_items
     exclude = torch.zeros(items.shape[0], n_items + 1, dtype=torch.bool, device=items.device)
     exclude = exclude.scatter_(1, items.masked_fill(~keep, n_items), True)[:, :n_items]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lcer_core.errors import InvalidParameterError
+from lcer_core.errors import InvalidParameterError, NonFiniteScoresError
 from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations, Progress
 from lcer_core.noise import mix, stream_uniform
 from lcer_core.pairs import PairBatch
@@ -192,11 +192,27 @@ class LCER(Explainer):
             if t % 50 == 0 or t == cfg.steps:
                 progress(t, cfg.steps)
 
+        _check_finite(best_loss, logits, pair_of, pairs)
         found = best_score < thr
         removed = torch.zeros_like(mask).masked_scatter(mask, best_removed) & found[:, None]
         importance = torch.full(mask.shape, float("nan"), device=dev)
         importance = importance.masked_scatter(mask, torch.sigmoid(logits[:, 0] - logits[:, 1]))
         return Explanations(removed, importance)
+
+
+def _check_finite(best_loss: Tensor, logits: Tensor, pair_of: Tensor, pairs: PairBatch) -> None:
+    """Fail loudly if the recommender gave a non-finite score on the way: a pair whose loss was
+    never finite, or whose logits a NaN gradient poisoned, has no meaningful CE or importance."""
+    bad_entries = (~torch.isfinite(logits)).any(1).long()
+    poisoned = torch.zeros_like(best_loss, dtype=torch.long).index_add(0, pair_of, bad_entries)
+    bad = ~torch.isfinite(best_loss) | (poisoned > 0)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise NonFiniteScoresError(
+            f"the recommender produced non-finite scores while explaining {int(bad.sum())} of "
+            f"{bad.shape[0]} pair(s) (first: user {int(pairs.users[first])}, item "
+            f"{int(pairs.targets[first])}, internal ids)"
+        )
 
 
 def lcer_reference_loop(

@@ -28,6 +28,9 @@ def table2_report(store: ResultStore, dataset: str) -> pl.DataFrame:
     """
     ours = store.table2(dataset)
     if ours.height == 0:
+        from lcer_core.datasets.registry import get_spec
+
+        get_spec(dataset)  # an unknown name: say so, with the known ones
         raise MissingDataError(
             f"no finished runs for dataset {dataset!r} in {store.path}: run `lcer run {dataset}` first"
         )
