@@ -97,3 +97,16 @@ def test_training_is_reproducible_and_learns():
         assert torch.equal(a, b)
     assert r1[-1].val_ndcg100 > 0.5  # the clusters are learnt
     assert r1[0].loss > r1[-1].loss
+
+
+def test_fused_gradient_equals_autograd(rec):
+    from lcer_core.recommender.base import AutogradSetScorer
+
+    items, mask = _sets()
+    targets = torch.tensor([7, 2, 1])
+    fused = rec.set_scorer_vjp(items, mask, targets)
+    generic = AutogradSetScorer(rec.set_scorer(items, mask, targets[:, None]))
+    for w in (torch.rand(int(mask.sum())), (torch.rand(int(mask.sum())) > 0.5).float(), torch.zeros(int(mask.sum()))):
+        up = torch.tensor([1.0, 0.0, 2.0])
+        assert torch.allclose(fused(w), generic(w), atol=1e-5)
+        assert torch.allclose(fused.vjp(up), generic.vjp(up), atol=1e-5)

@@ -109,6 +109,7 @@ class LCER(Explainer):
         width = pairs.items.shape[1]
         return Explanations(out.removed[:, :width], out.importance[:, :width])
 
+    @torch.no_grad()
     def _optimise(
         self, recommender: Recommender, pairs: PairBatch, seed: int, progress: Progress
     ) -> Explanations:
@@ -122,9 +123,14 @@ class LCER(Explainer):
         streams = _streams(seed, _pair_keys(pairs)[pair_of, None], flat_items[:, None])  # [N, 2]
         thr = pairs.thresholds
 
-        logits = _initial_logits(streams)  # [N, 2]
-        m = torch.zeros_like(logits)
-        v = torch.zeros_like(logits)
+        # Only the difference of an item's two logits matters (to the sample and to the
+        # importance), and Adam gives the two logits opposite updates of equal size: keep
+        # diff = logit_remove - logit_keep and one Adam state per entry.
+        init = _initial_logits(streams)  # [N, 2]
+        diff = init[:, 0] - init[:, 1]
+        noise = torch.empty_like(diff)
+        m = torch.zeros_like(diff)
+        v = torch.zeros_like(diff)
         b1, b2, adam_eps = 0.9, 0.999, 1e-8
 
         best_loss = torch.full((n_pairs,), float("inf"), device=dev)
@@ -136,74 +142,74 @@ class LCER(Explainer):
         act = torch.arange(n_pairs, device=dev)
         ent = torch.arange(flat_items.shape[0], device=dev)
         local = pair_of
-        scorer = recommender.set_scorer(pairs.items, mask, pairs.targets[:, None])
+        scorer = recommender.set_scorer_vjp(pairs.items, mask, pairs.targets)
         everything = True
+        tau = cfg.temperature
 
         for step in range(cfg.steps):
-            lg = (logits if everything else logits[ent]).requires_grad_(True)
+            dd = diff if everything else diff[ent]
             g = _gumbel(streams if everything else streams[ent], step)
-            d = (lg[:, 0] - lg[:, 1] + g[:, 0] - g[:, 1]) / cfg.temperature
+            torch.sub(g[:, 0], g[:, 1], out=noise if everything else None)
+            d = (dd + (noise if everything else g[:, 0] - g[:, 1])) / tau
             soft = torch.sigmoid(d)  # the 2-way softmax's "remove" probability
-            hard = (d >= 0).to(soft.dtype)  # argmax, ties to "remove" as argmax does
-            e = hard - soft.detach() + soft  # straight-through estimator
-            score = scorer(1.0 - e)[:, 0]
-            length = torch.zeros(act.shape[0], device=dev, dtype=e.dtype).index_add(0, local, e)
-            loss = F.relu(cfg.alpha + score - thr[act]) + cfg.lam * length
-            (grad,) = torch.autograd.grad(loss.sum(), lg)
+            hard = d >= 0  # argmax, ties to "remove" as argmax does
+            e = hard.to(soft.dtype)  # straight-through: forward value hard, gradient through soft
+            score = scorer(1.0 - e)
+            length = torch.zeros(act.shape[0], device=dev, dtype=e.dtype).index_add_(0, local, e)
+            hinge = cfg.alpha + score - thr[act]
+            loss = hinge.clamp_min(0) + cfg.lam * length
+            # dL/de = -dL/dkeep + λ; de/dsoft = 1; dsoft/d(diff) = soft (1 - soft) / τ.
+            grad_keep = scorer.vjp((hinge > 0).to(score.dtype))
+            grad = (cfg.lam - grad_keep) * soft * (1 - soft) / tau
 
-            with torch.no_grad():
-                lv = loss.detach()
-                better = lv < best_loss[act]
-                if cfg.patience:
-                    better &= since_best[act] < cfg.patience  # a finished pair keeps its state
-                best_loss[act] = torch.where(better, lv, best_loss[act])
-                best_score[act] = torch.where(better, score.detach(), best_score[act])
-                since_best[act] = torch.where(better, 0, since_best[act] + 1)
-                eb = better[local]
-                best_removed[ent] = torch.where(eb, hard > 0.5, best_removed[ent])
-                # Adam, written out so that finished pairs can be dropped from the batch.
-                t = step + 1
-                lr_t = cfg.lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
-                if everything:
-                    m.mul_(b1).add_(grad, alpha=1 - b1)
-                    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                    logits = lg.detach() - lr_t * m / (v.sqrt() + adam_eps)
-                else:
-                    m[ent] = b1 * m[ent] + (1 - b1) * grad
-                    v[ent] = b2 * v[ent] + (1 - b2) * grad * grad
-                    logits[ent] = lg.detach() - lr_t * m[ent] / (v[ent].sqrt() + adam_eps)
-                if cfg.patience and t % 10 == 0:
-                    live = since_best[act] < cfg.patience
-                    if not bool(live.any()):
-                        progress(cfg.steps, cfg.steps)
-                        break
-                    if int(live.sum()) <= 0.8 * act.shape[0]:  # compact: rebuild for the live pairs
-                        act = act[live]
-                        keep_pair = torch.zeros(n_pairs, dtype=torch.bool, device=dev)
-                        keep_pair[act] = True
-                        ent = torch.nonzero(keep_pair[pair_of]).squeeze(1)
-                        remap = torch.full((n_pairs,), -1, dtype=torch.long, device=dev)
-                        remap[act] = torch.arange(act.shape[0], device=dev)
-                        local = remap[pair_of[ent]]
-                        scorer = recommender.set_scorer(
-                            pairs.items[act], mask[act], pairs.targets[act, None]
-                        )
-                        everything = False
+            better = loss < best_loss[act]
+            if cfg.patience:
+                better &= since_best[act] < cfg.patience  # a finished pair keeps its state
+            best_loss[act] = torch.where(better, loss, best_loss[act])
+            best_score[act] = torch.where(better, score, best_score[act])
+            since_best[act] = torch.where(better, 0, since_best[act] + 1)
+            best_removed[ent] = torch.where(better[local], hard, best_removed[ent])
+            # Adam on both logits, written on their difference (hence the factor 2).
+            t = step + 1
+            lr_t = cfg.lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
+            if everything:
+                m.mul_(b1).add_(grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                diff.sub_(2 * lr_t * m / (v.sqrt() + adam_eps))
+            else:
+                m[ent] = b1 * m[ent] + (1 - b1) * grad
+                v[ent] = b2 * v[ent] + (1 - b2) * grad * grad
+                diff[ent] = dd - 2 * lr_t * m[ent] / (v[ent].sqrt() + adam_eps)
+            if cfg.patience and t % 10 == 0:
+                live = since_best[act] < cfg.patience
+                if not bool(live.any()):
+                    progress(cfg.steps, cfg.steps)
+                    break
+                if int(live.sum()) <= 0.8 * act.shape[0]:  # compact: rebuild for the live pairs
+                    act = act[live]
+                    keep_pair = torch.zeros(n_pairs, dtype=torch.bool, device=dev)
+                    keep_pair[act] = True
+                    ent = torch.nonzero(keep_pair[pair_of]).squeeze(1)
+                    remap = torch.full((n_pairs,), -1, dtype=torch.long, device=dev)
+                    remap[act] = torch.arange(act.shape[0], device=dev)
+                    local = remap[pair_of[ent]]
+                    scorer = recommender.set_scorer_vjp(pairs.items[act], mask[act], pairs.targets[act])
+                    everything = False
             if t % 50 == 0 or t == cfg.steps:
                 progress(t, cfg.steps)
 
-        _check_finite(best_loss, logits, pair_of, pairs)
+        _check_finite(best_loss, diff, pair_of, pairs)
         found = best_score < thr
         removed = torch.zeros_like(mask).masked_scatter(mask, best_removed) & found[:, None]
         importance = torch.full(mask.shape, float("nan"), device=dev)
-        importance = importance.masked_scatter(mask, torch.sigmoid(logits[:, 0] - logits[:, 1]))
+        importance = importance.masked_scatter(mask, torch.sigmoid(diff))
         return Explanations(removed, importance)
 
 
 def _check_finite(best_loss: Tensor, logits: Tensor, pair_of: Tensor, pairs: PairBatch) -> None:
     """Fail loudly if the recommender gave a non-finite score on the way: a pair whose loss was
     never finite, or whose logits a NaN gradient poisoned, has no meaningful CE or importance."""
-    bad_entries = (~torch.isfinite(logits)).any(1).long()
+    bad_entries = (~torch.isfinite(logits)).reshape(logits.shape[0], -1).any(1).long()
     poisoned = torch.zeros_like(best_loss, dtype=torch.long).index_add(0, pair_of, bad_entries)
     bad = ~torch.isfinite(best_loss) | (poisoned > 0)
     if bool(bad.any()):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["Recommender", "dense_from_sets", "topk_excluding", "rank_of"]
+__all__ = ["Recommender", "SetScorer", "AutogradSetScorer", "dense_from_sets", "topk_excluding", "rank_of"]
 
 
 def dense_from_sets(items: Tensor, weights: Tensor, n_items: int) -> Tensor:
@@ -18,6 +18,42 @@ def dense_from_sets(items: Tensor, weights: Tensor, n_items: int) -> Tensor:
     """
     x = torch.zeros(items.shape[0], n_items, dtype=weights.dtype, device=weights.device)
     return x.scatter_add(1, items, weights)
+
+
+class SetScorer(ABC):
+    """Scores one target per pair for flat item weights, and the gradient of the last call.
+
+    ``scorer(w)`` takes the weights ``w: [N]`` of the entries ``items[mask]`` (row-major) and
+    returns ``[P]`` scores; ``scorer.vjp(up)`` then returns ``d(sum(up * scores)) / dw: [N]``.
+    The explainers' inner loop runs on this pair of calls, so a recommender can give a fused,
+    hand-written backward pass instead of autograd's.
+    """
+
+    @abstractmethod
+    def __call__(self, flat_weights: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def vjp(self, upstream: Tensor) -> Tensor: ...
+
+
+class AutogradSetScorer(SetScorer):
+    """The generic :class:`SetScorer`: any differentiable ``score(w) -> [P, 1]`` through autograd."""
+
+    def __init__(self, score: Callable[[Tensor], Tensor]) -> None:
+        self._score = score
+        self._w: Tensor | None = None
+        self._out: Tensor | None = None
+
+    def __call__(self, flat_weights: Tensor) -> Tensor:
+        with torch.enable_grad():
+            self._w = flat_weights.detach().requires_grad_(True)
+            self._out = self._score(self._w)[:, 0]
+        return self._out.detach()
+
+    def vjp(self, upstream: Tensor) -> Tensor:
+        assert self._w is not None and self._out is not None, "call the scorer first"
+        (grad,) = torch.autograd.grad(self._out, self._w, upstream)
+        return grad
 
 
 class Recommender(ABC):
@@ -61,6 +97,10 @@ class Recommender(ABC):
             return self.scores_of_sets(items, weights, targets)
 
         return score
+
+    def set_scorer_vjp(self, items: Tensor, mask: Tensor, targets: Tensor) -> SetScorer:
+        """A :class:`SetScorer` for one target per pair (``targets: [P]``); autograd by default."""
+        return AutogradSetScorer(self.set_scorer(items, mask, targets[:, None]))
 
 
 def topk_excluding(scores: Tensor, exclude: Tensor, k: int) -> tuple[Tensor, Tensor]:

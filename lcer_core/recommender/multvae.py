@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lcer_core.recommender.base import Recommender
+from lcer_core.recommender.base import Recommender, SetScorer
 
 __all__ = ["MultVAE", "MultVAEConfig", "MultVAERecommender"]
 
@@ -152,6 +152,53 @@ class MultVAERecommender(Recommender):
         return score
 
 
+    def set_scorer_vjp(self, items: Tensor, mask: Tensor, targets: Tensor) -> SetScorer:
+        """The fused scorer of LCER's inner loop: the same computation as :meth:`set_scorer`,
+        with a hand-written backward pass (no autograd graph, no weight gradients)."""
+        return _MultVAESetScorer(self, items, mask, targets)
+
+
+class _MultVAESetScorer(SetScorer):
+    """Forward and input-gradient of Mult-VAE's score of one target per pair."""
+
+    def __init__(self, rec: MultVAERecommender, items: Tensor, mask: Tensor, targets: Tensor) -> None:
+        m = rec.model
+        dev = items.device
+        self.mask = mask
+        self.n_pairs, self.width = items.shape
+        self.groups = _HistoryGroups(items, mask, rec._table)
+        self.pair_of = torch.repeat_interleave(torch.arange(self.n_pairs, device=dev), mask.sum(1))
+        self.b1 = m.enc1.bias
+        self.w_mu, self.b_mu = m.enc2.weight[: m.latent], m.enc2.bias[: m.latent]  # [d, H], [d]
+        self.w_d1, self.b_d1 = m.dec1.weight, m.dec1.bias  # [H, d], [H]
+        self.cols = m.dec2.weight[targets].contiguous()  # [P, H]
+        self.bias = m.dec2.bias[targets]
+
+    def __call__(self, flat_weights: Tensor) -> Tensor:
+        w = flat_weights.detach()
+        sq = torch.zeros(self.n_pairs, dtype=w.dtype, device=w.device).index_add_(0, self.pair_of, w * w)
+        self.live = sq >= 1e-12  # tf.nn.l2_normalize: max(sum of squares, 1e-12)
+        self.norm = sq.clamp_min(1e-12).sqrt()
+        self.w = w
+        grid = torch.zeros(self.n_pairs, self.width, dtype=w.dtype, device=w.device)
+        grid.masked_scatter_(self.mask, w / self.norm[self.pair_of])
+        self.h1 = torch.tanh(self.groups.first_layer(grid) + self.b1)
+        mu = torch.addmm(self.b_mu, self.h1, self.w_mu.t())
+        self.h2 = torch.tanh(torch.addmm(self.b_d1, mu, self.w_d1.t()))
+        return (self.h2 * self.cols).sum(1) + self.bias
+
+    def vjp(self, upstream: Tensor) -> Tensor:
+        g = self.cols * upstream[:, None]
+        g = g.mul_(1 - self.h2 * self.h2)  # through tanh of the decoder
+        g = (g @ self.w_d1) @ self.w_mu  # through dec1 and the mean of enc2
+        g = g.mul_(1 - self.h1 * self.h1)  # through tanh of the encoder
+        g_norm = self.groups.first_layer_t(g, self.width)[self.mask]  # d/d(w / norm), [N]
+        inv = 1.0 / self.norm
+        dot = torch.zeros_like(self.norm).index_add_(0, self.pair_of, g_norm * self.w)
+        coef = torch.where(self.live, dot * inv * inv * inv, torch.zeros_like(dot))
+        return g_norm * inv[self.pair_of] - self.w * coef[self.pair_of]
+
+
 class _HistoryGroups:
     """Pairs grouped by identical history and bucketed by length, for batched first layers."""
 
@@ -185,6 +232,15 @@ class _HistoryGroups:
         perm = torch.cat(pair_order)
         self.restore = torch.empty_like(perm)
         self.restore[perm] = torch.arange(n_pairs, device=dev)
+
+    def first_layer_t(self, grad: Tensor, width: int) -> Tensor:
+        """The transpose of :meth:`first_layer`: ``[P, H]`` -> ``[P, width]``."""
+        out = torch.zeros(grad.shape[0], width, dtype=grad.dtype, device=grad.device)
+        for pairs_here, group, slot, rows, w in self.parts:
+            grid = torch.zeros(rows.shape[0], self.kmax, rows.shape[2], dtype=grad.dtype, device=grad.device)
+            grid[group, slot] = grad[pairs_here]
+            out[pairs_here, :w] = torch.einsum("gkh,glh->gkl", grid, rows)[group, slot]
+        return out
 
     def first_layer(self, weights: Tensor) -> Tensor:
         """``[P, L]`` normalised weights -> ``[P, H]`` pre-activations of the first layer."""
