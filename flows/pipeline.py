@@ -6,6 +6,12 @@ cached task writing one Parquet file, so a re-run after a crash only explains th
 that had not finished. Then, per run: evaluate (concatenate its shards, Table 2 metrics) →
 store (one DuckDB transaction) → track (one MLflow run), and the run's MLflow id goes back
 into DuckDB.
+
+Killed at any point (kill -9), a re-run of the same flow redoes only what had not finished:
+the model is trained unless its checkpoint (written whole or not at all) exists, finished
+shards are reused, a run's rows are replaced in one transaction (never duplicated, never
+half-written), and MLflow runs left RUNNING by the dead process are closed as FAILED. An
+explanation run's MLflow run is opened before its shards are computed for that reason.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from lcer_core.shards import (
 from tasks.data import test_users
 from tasks.evaluate import evaluate_run
 from tasks.store import begin_runs, link_mlflow, mark_failed, store_run
-from tasks.tracking import item_figures, track_run
+from tasks.tracking import fail_tracked, item_figures, open_runs, track_run
 
 __all__ = ["lcer_pipeline", "explain_runs", "DEFAULT_DATASETS", "DEFAULT_KS"]
 
@@ -91,7 +97,13 @@ def explain_runs(
     """
     logger = get_run_logger()
     run_params = {"shard_size": shard_size, **(params or {})}
-    begin_runs(specs, run_params)
+    begun = set(begin_runs(specs, run_params))
+    # A run finished before (a re-run) is tracked already: track_run finds its MLflow run.
+    tracked = open_runs(
+        [s for s in specs if parent_run_id is not None or s.run_id in begun],
+        run_params,
+        parent_run_id,
+    )
     paths: dict[str, list[str]] = {}
     failures: dict[str, BaseException] = {}
     if explain_deployment:
@@ -114,7 +126,7 @@ def explain_runs(
                 raise failures[spec.run_id]
             result = evaluate_run(spec, paths[spec.run_id])
             store_run(result, run_params)
-            mlflow_run_id = track_run(result, run_params, parent_run_id)
+            mlflow_run_id = track_run(result, run_params, parent_run_id, tracked.get(spec.run_id))
             link_mlflow(spec.run_id, mlflow_run_id)
         except Exception as exc:
             logger.error(
@@ -127,6 +139,8 @@ def explain_runs(
             )
             failures.setdefault(spec.run_id, exc)
             mark_failed(spec.run_id)
+            if spec.run_id in tracked:
+                fail_tracked(tracked[spec.run_id], f"{type(exc).__name__}: {exc}")
             continue
         summaries.append(
             {

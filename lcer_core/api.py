@@ -6,6 +6,7 @@ MLflow. A step that is asked for an invalid value raises an :class:`~lcer_core.e
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -19,8 +20,9 @@ import polars as pl
 import torch
 
 from lcer_core.datasets import PreparedDataset, load_prepared, prepare
-from lcer_core.errors import InvalidParameterError, LcerHomeError, MissingDataError
+from lcer_core.errors import InvalidParameterError, MissingDataError
 from lcer_core.explainers import METHODS, Explanations, get_explainer
+from lcer_core.fsio import ensure_writable, home_error
 from lcer_core.keys import content_key
 from lcer_core.metrics import PairOutcomes, evaluate_pairs, summarize
 from lcer_core.pairs import PairBatch, build_pairs
@@ -155,27 +157,23 @@ def model_key(data: PreparedDataset, config: MultVAEConfig, seed: int) -> str:
 
 def _atomic_save(obj: Any, path: Path) -> None:
     """Write ``obj`` with torch.save so that ``path`` is either complete or absent."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)  # to memory first: torch reports a failed file write opaquely
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-        os.close(fd)
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buf.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
         tmp = None
-    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
-        raise LcerHomeError(f"cannot write {path}: {_io_reason(exc)}") from None
+    except OSError as exc:
+        raise home_error(path, exc) from None
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-
-
-def _io_reason(exc: BaseException) -> str:
-    """The short reason of an I/O failure (``No space left on device``), on one line."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -185,7 +183,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise LcerHomeError(f"cannot write {path}: {_io_reason(exc)}") from None
+        raise home_error(path, exc) from None
 
 
 def train_model(
@@ -201,6 +199,7 @@ def train_model(
     cfg = config or MultVAEConfig()
     if cfg.epochs < 1:
         raise InvalidParameterError(f"epochs must be >= 1, got {cfg.epochs}")
+    ensure_writable(models_dir() / data.name)
     dev = device or default_device()
     _, train = data.matrix("train", data.users_of("train"))
     val_users = data.users_of("val")

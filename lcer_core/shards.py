@@ -24,11 +24,11 @@ from lcer_core import api
 from lcer_core.datasets import PreparedDataset
 from lcer_core.errors import (
     InvalidParameterError,
-    LcerHomeError,
     MissingDataError,
     UnknownMethodError,
 )
 from lcer_core.explainers import METHODS, LCERConfig
+from lcer_core.fsio import home_error, parquet_bytes
 from lcer_core.keys import run_key
 from lcer_core.paths import lcer_home
 from lcer_core.store.schema import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
@@ -185,20 +185,21 @@ def explain_users(
 
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
     """Write ``frame`` to ``path`` so that the file either is complete or does not exist."""
+    data = parquet_bytes(frame)  # written by us: a full disk is then an OSError
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
-        os.close(fd)
         try:
-            frame.write_parquet(tmp)
-            with open(tmp, "rb") as fh:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as exc:
-        raise LcerHomeError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise home_error(path, exc) from None
     return path
 
 

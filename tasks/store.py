@@ -7,7 +7,9 @@ waited for by :class:`~lcer_core.store.ResultStore`, then retried here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import polars as pl
@@ -77,14 +79,41 @@ def store_model(info: ModelInfo, registration: Registration | None = None) -> No
 
 
 @task(name="begin-runs", **_WRITE)
-def begin_runs(specs: Sequence[RunSpec], params: dict[str, Any]) -> None:
+def begin_runs(specs: Sequence[RunSpec], params: dict[str, Any]) -> list[str]:
     """Mark the runs about to be explained as ``running``; a run already finished keeps its status
-    (and its rows stay in ``table2``) until the new copy replaces it."""
+    (and its rows stay in ``table2``) until the new copy replaces it. The ids of the runs marked."""
     store = ResultStore()
+    begun = []
     for spec in specs:
         earlier = store.run(spec.run_id)
         if earlier is None or earlier["status"] != "finished":
             store.begin_run({**spec.as_row(), "params": params})
+            begun.append(spec.run_id)
+    return begun
+
+
+#: Test-only: seconds every ``store-run`` holds its transaction open before COMMIT (all rows
+#: written, none committed), so that a test can kill the process in the middle of the write.
+SLOW_WRITE_ENV = "LCER_TEST_SLOW_WRITE"
+
+
+def _slow_write_hook(run_id: str) -> Callable[[], None] | None:
+    """The sleep of :data:`SLOW_WRITE_ENV` (announced in the log), or None when it is not set."""
+    text = os.environ.get(SLOW_WRITE_ENV, "").strip()
+    if not text:
+        return None
+    seconds = float(text)
+
+    def hold() -> None:
+        get_run_logger().warning(
+            "%s: holding the write transaction of run %s open for %g s (test hook)",
+            SLOW_WRITE_ENV,
+            run_id,
+            seconds,
+        )
+        time.sleep(seconds)
+
+    return hold
 
 
 @task(name="store-run", **_WRITE)
@@ -93,7 +122,13 @@ def store_run(result: RunResult, params: dict[str, Any]) -> str:
     frame = read_shards([result.path])
     recommendations, explanations = split_run_frame(frame)
     run = {**result.spec.as_row(), "device": result.device, "kind": "explain", "params": params}
-    run_id = ResultStore().write_run(run, recommendations, explanations, result.metrics)
+    run_id = ResultStore().write_run(
+        run,
+        recommendations,
+        explanations,
+        result.metrics,
+        before_commit=_slow_write_hook(result.spec.run_id),
+    )
     get_run_logger().info(
         "stored run %s: %d recommendations, %d explanations",
         run_id,

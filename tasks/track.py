@@ -54,6 +54,9 @@ __all__ = [
     "start_run",
     "end_run",
     "tracked_run",
+    "fail_run",
+    "start_explain_run",
+    "finish_explain_run",
     "log_explain_run",
     "start_sweep",
     "sweep_run",
@@ -225,12 +228,37 @@ def tracked_run(
     try:
         yield run_id
     except BaseException as exc:
-        message = f"{type(exc).__name__}: {exc}"[:5000]
-        try:
-            c = client()
-            _retry(lambda: c.set_tag(run_id, "lcer.error", message))
-        finally:
-            end_run(run_id, "FAILED")
+        fail_run(run_id, exc)
+        raise
+    end_run(run_id, "FINISHED")
+
+
+def fail_run(run_id: str, error: BaseException | str) -> None:
+    """Close a run as FAILED with the error (type and message) in its ``lcer.error`` tag."""
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    try:
+        c = client()
+        _retry(lambda: c.set_tag(run_id, "lcer.error", message[:5000]))
+    finally:
+        end_run(run_id, "FAILED")
+
+
+@contextmanager
+def _continued_run(
+    run_id: str, *, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None
+) -> Iterator[str]:
+    """An already open run (see :func:`start_run`), closed like :func:`tracked_run`: FINISHED when
+    the body returns, FAILED when it raises. Params it already holds are not logged again."""
+    try:
+        c = client()
+        if params:
+            held = _retry(lambda: c.get_run(run_id)).data.params
+            _log_params(c, run_id, {k: v for k, v in params.items() if str(k) not in held})
+        for key, value in (tags or {}).items():
+            _retry(lambda k=key, v=value: c.set_tag(run_id, k, str(v)))
+        yield run_id
+    except BaseException as exc:
+        fail_run(run_id, exc)
         raise
     end_run(run_id, "FINISHED")
 
@@ -277,6 +305,54 @@ def _fmt(value: Any) -> str:
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def start_explain_run(
+    dataset: str,
+    *,
+    method: str,
+    k: int,
+    alpha: float | None,
+    lam: float | None,
+    params: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> str:
+    """Open the RUNNING run of one (method, k, α, λ) before its explanations exist; its id.
+
+    Close it with :func:`finish_explain_run` (or :func:`fail_run`); should the process die
+    first, :func:`fail_stale_runs` closes it as FAILED at the next start.
+    """
+    return start_run(
+        dataset,
+        run_name=run_name or f"{method}-k{k}-a{_fmt(alpha)}-l{_fmt(lam)}",
+        parent_run_id=parent_run_id,
+        params={"method": method, "k": k, "alpha": alpha, "lam": lam, **(params or {})},
+        tags={_TAG_KIND: "explain", **(tags or {})},
+    )
+
+
+def finish_explain_run(
+    run_id: str,
+    *,
+    metrics: Mapping[str, Any],
+    params: Mapping[str, Any] | None = None,
+    explanations_parquet: Path | None = None,
+    figures: Iterable[Path] = (),
+) -> str:
+    """Log metrics (and params known only now), the explanations Parquet and figures into an open
+    explanation run, then close it FINISHED (FAILED if logging fails); returns its id."""
+    with _continued_run(run_id, params=params):
+        c = client()
+        _log_metrics(c, run_id, metrics)
+        if explanations_parquet is not None:
+            p = Path(explanations_parquet)
+            if not p.is_file():
+                raise FileNotFoundError(f"explanations file not found: {p}")
+            _retry(lambda: c.log_artifact(run_id, str(p), artifact_path="explanations"))
+        log_figures(run_id, figures)
+    return run_id
+
+
 def log_explain_run(
     dataset: str,
     *,
@@ -297,24 +373,20 @@ def log_explain_run(
     ``alpha``/``lam`` are None for methods without them (logged as the string ``None``); a
     metric given as None (``val_pct`` of FIA) is left out rather than logged as a number.
     """
-    name = run_name or f"{method}-k{k}-a{_fmt(alpha)}-l{_fmt(lam)}"
-    all_params = {"method": method, "k": k, "alpha": alpha, "lam": lam, **(params or {})}
-    with tracked_run(
+    run_id = start_explain_run(
         dataset,
-        run_name=name,
+        method=method,
+        k=k,
+        alpha=alpha,
+        lam=lam,
+        params=params,
         parent_run_id=parent_run_id,
-        params=all_params,
-        tags={_TAG_KIND: "explain", **(tags or {})},
-    ) as run_id:
-        c = client()
-        _log_metrics(c, run_id, metrics)
-        if explanations_parquet is not None:
-            p = Path(explanations_parquet)
-            if not p.is_file():
-                raise FileNotFoundError(f"explanations file not found: {p}")
-            _retry(lambda: c.log_artifact(run_id, str(p), artifact_path="explanations"))
-        log_figures(run_id, figures)
-    return run_id
+        run_name=run_name,
+        tags=tags,
+    )
+    return finish_explain_run(
+        run_id, metrics=metrics, explanations_parquet=explanations_parquet, figures=figures
+    )
 
 
 def start_sweep(
@@ -454,8 +526,12 @@ def log_model(
     input_example: np.ndarray,
     run_name: str = TRAIN_RUN_NAME,
     tags: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """Log a trained Mult-VAE (PyTorch flavour, signature, input example) and register a new version.
+
+    With ``run_id``, the model goes into that open run (the training run, opened with
+    :func:`start_run` before training), which is then closed, instead of a new run.
 
     ``metrics`` values may be scalars or per-epoch lists (logged with step = epoch). The
     model is exported from a CPU copy in eval mode with ``torch.export`` (MLflow's safe
@@ -477,12 +553,14 @@ def log_model(
         out = out[0]
     signature = infer_signature(example, out.detach().numpy())
     name = registered_model_name(dataset)
-    with tracked_run(
-        dataset,
-        run_name=run_name,
-        params={"dataset": dataset, **params},
-        tags={_TAG_KIND: "train", **(tags or {})},
-    ) as run_id:
+    all_params = {"dataset": dataset, **params}
+    all_tags = {_TAG_KIND: "train", **(tags or {})}
+    opened = (
+        tracked_run(dataset, run_name=run_name, params=all_params, tags=all_tags)
+        if run_id is None
+        else _continued_run(run_id, params=all_params, tags=all_tags)
+    )
+    with opened as run_id:
         c = client()
         _log_metrics(c, run_id, metrics)
         nested = mlflow.active_run() is not None

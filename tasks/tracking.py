@@ -1,4 +1,9 @@
-"""Prefect tasks around :mod:`tasks.track` (MLflow): explanation runs, sweeps, figures, stale runs."""
+"""Prefect tasks around :mod:`tasks.track` (MLflow): explanation runs, sweeps, figures, stale runs.
+
+An explanation run's MLflow run is opened (RUNNING) before its shards are computed and closed
+when it is tracked, so a pipeline killed on the way leaves it RUNNING; the next flow's
+:func:`fail_stale` closes it as FAILED (its owner process is gone).
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,15 @@ from prefect.cache_policies import NO_CACHE
 
 from lcer_core import plots
 from lcer_core.paths import lcer_home
+from lcer_core.shards import RunSpec
 from lcer_core.store import ResultStore
 from tasks import track
 from tasks.evaluate import RunResult
 
 __all__ = [
     "fail_stale",
+    "open_runs",
+    "fail_tracked",
     "track_run",
     "open_sweep",
     "close_sweep",
@@ -40,6 +48,45 @@ def fail_stale(dataset: str) -> list[str]:
 
 
 _RUN_KEY_TAG = "lcer.run_key"
+
+
+def _open_params(spec: RunSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """An explanation run's MLflow params known before it runs (``device`` comes at the end)."""
+    return {
+        "steps": spec.steps,
+        "seed": spec.seed,
+        "n_users": spec.n_users,
+        "model_key": spec.model_key,
+        "run_key": spec.run_id,
+        **params,
+    }
+
+
+@task(name="open-mlflow-runs", cache_policy=NO_CACHE)
+def open_runs(
+    specs: Sequence[RunSpec], params: dict[str, Any], parent_run_id: str | None = None
+) -> dict[str, str]:
+    """Open one RUNNING MLflow run per explanation run about to be computed; MLflow ids by run id."""
+    opened: dict[str, str] = {}
+    for spec in specs:
+        opened[spec.run_id] = track.start_explain_run(
+            spec.dataset,
+            method=spec.method,
+            k=spec.k,
+            alpha=spec.alpha,
+            lam=spec.lam,
+            params=_open_params(spec, params),
+            parent_run_id=parent_run_id,
+            tags={_RUN_KEY_TAG: spec.run_id},
+        )
+    return opened
+
+
+@task(name="fail-mlflow-run", cache_policy=NO_CACHE)
+def fail_tracked(mlflow_run_id: str, error: str) -> None:
+    """Close an explanation run's MLflow run as FAILED with ``error``, unless it has already ended."""
+    if track.client().get_run(mlflow_run_id).info.status == "RUNNING":
+        track.fail_run(mlflow_run_id, error)
 
 
 def _same_metrics(logged: dict[str, float], metrics: dict[str, Any]) -> bool:
@@ -73,14 +120,31 @@ def _tracked_already(dataset: str, run_key: str, metrics: dict[str, Any]) -> str
 
 
 @task(name="track-run", cache_policy=NO_CACHE)
-def track_run(result: RunResult, params: dict[str, Any], parent_run_id: str | None = None) -> str:
+def track_run(
+    result: RunResult,
+    params: dict[str, Any],
+    parent_run_id: str | None = None,
+    mlflow_run_id: str | None = None,
+) -> str:
     """One MLflow run for the (method, k, α, λ): params, the five metrics, the explanations Parquet; its id.
 
-    Outside a sweep, a re-run whose metrics are those of an earlier finished run of the same
+    ``mlflow_run_id`` is the run :func:`open_runs` opened for it, closed here; without one,
+    outside a sweep, a re-run whose metrics are those of an earlier finished run of the same
     run key reuses that run instead of logging a duplicate.
     """
     spec = result.spec
     metrics = {k: result.metrics.get(k) for k in (*track.METRICS, "n_pairs")}
+    if mlflow_run_id is not None:
+        track.finish_explain_run(
+            mlflow_run_id,
+            metrics=metrics,
+            params={**_open_params(spec, params), "device": result.device},
+            explanations_parquet=Path(result.path),
+        )
+        get_run_logger().info(
+            "MLflow run %s for %s %s k=%d", mlflow_run_id, spec.dataset, spec.method, spec.k
+        )
+        return mlflow_run_id
     if parent_run_id is None:
         earlier = _tracked_already(spec.dataset, spec.run_id, metrics)
         if earlier is not None:
@@ -92,15 +156,7 @@ def track_run(result: RunResult, params: dict[str, Any], parent_run_id: str | No
         k=spec.k,
         alpha=spec.alpha,
         lam=spec.lam,
-        params={
-            "steps": spec.steps,
-            "seed": spec.seed,
-            "n_users": spec.n_users,
-            "model_key": spec.model_key,
-            "run_key": spec.run_id,
-            "device": result.device,
-            **params,
-        },
+        params={**_open_params(spec, params), "device": result.device},
         metrics=metrics,
         explanations_parquet=Path(result.path),
         parent_run_id=parent_run_id,

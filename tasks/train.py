@@ -1,4 +1,10 @@
-"""Prefect tasks for the recommender: train Mult-VAE (or reuse the checkpoint), register it in MLflow."""
+"""Prefect tasks for the recommender: train Mult-VAE (or reuse the checkpoint), register it in MLflow.
+
+A training opens its MLflow run (``train-multvae``, RUNNING) before the first epoch and
+:func:`register` logs the model into it and closes it: a process killed mid-training leaves
+that run RUNNING until the next flow closes it as FAILED (``fail_stale_runs``), and no
+checkpoint, since checkpoints are written whole or not at all.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ class ModelInfo:
     metrics: dict[str, float]
     path: str
     history: dict[str, list[float]] = field(default_factory=dict)
+    #: The open MLflow run of a training done now (``register`` closes it); None when reused.
+    mlflow_run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,13 +70,34 @@ def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelI
             report.best_epoch,
         )
 
-    model, trained_now = api.ensure_model(data, config, seed=seed, on_epoch=on_epoch)
-    if trained_now:
-        logger.info("trained model %s: %s", model.key, _fmt(model.metrics))
-    else:
+    key = api.model_key(data, config, seed)
+    model = api.find_model(dataset, key)
+    trained_now, run_id = model is None, None
+    if model is not None:
         logger.info(
             "model %s already trained (%s): not training again", model.key, _fmt(model.metrics)
         )
+    else:
+        track.configure()
+        run_id = track.start_run(
+            dataset,
+            run_name=track.TRAIN_RUN_NAME,
+            params={
+                "dataset": dataset,
+                **config.dump(),
+                "seed": seed,
+                "data_fingerprint": data.fingerprint,
+                "model_key": key,
+            },
+            tags={"lcer.kind": "train", _MODEL_KEY_TAG: key},
+        )
+        logger.info("training model %s (MLflow run %s)", key, run_id)
+        try:
+            model = api.train_model(data, config, seed=seed, on_epoch=on_epoch)
+        except BaseException as exc:
+            track.fail_run(run_id, exc)
+            raise
+        logger.info("trained model %s: %s", model.key, _fmt(model.metrics))
     return ModelInfo(
         dataset=dataset,
         key=model.key,
@@ -77,6 +106,7 @@ def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelI
         metrics=dict(model.metrics),
         path=str(model.path),
         history=history if trained_now else {},
+        mlflow_run_id=run_id,
     )
 
 
@@ -115,6 +145,8 @@ def register(info: ModelInfo) -> Registration:
     found = _existing_registration(info.dataset, info.key)
     if found is not None:
         logger.info("model %s already registered as version %d", info.key, found.version)
+        if info.mlflow_run_id is not None:  # trained again (checkpoint lost): close its run
+            track.end_run(info.mlflow_run_id, "FINISHED")
         return found
     model = api.load_model(info.dataset, info.key)
     data = load_prepared(info.dataset)
@@ -126,6 +158,7 @@ def register(info: ModelInfo) -> Registration:
         metrics={**info.metrics, **info.history},
         input_example=example.numpy(),
         tags={_MODEL_KEY_TAG: info.key},
+        run_id=info.mlflow_run_id,
     )
     logger.info(
         "registered %s version %s (MLflow run %s)",

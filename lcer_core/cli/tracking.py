@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -25,7 +24,8 @@ import typer
 
 from lcer_core import paths
 from lcer_core.cli.app import app
-from lcer_core.errors import InvalidParameterError, LcerError, LcerHomeError
+from lcer_core.errors import InvalidParameterError, LcerError
+from lcer_core.fsio import ensure_writable
 
 __all__ = [
     "server_command",
@@ -164,12 +164,7 @@ def ui(
     if uri.startswith("sqlite:///"):
         folders.append(Path(uri.removeprefix("sqlite:///")).parent)
     for folder in folders:  # the server would fail later, and less clearly
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as exc:
-            raise LcerHomeError(f"cannot write {folder}: {exc.strerror or exc}") from None
+        ensure_writable(folder)
     base = f"http://{host}:{port}"
     typer.echo(f"starting mlflow server on {base} (store {uri})", err=True)
     proc = subprocess.Popen(server_command(uri, host, port, artifacts, workers), env=server_env())

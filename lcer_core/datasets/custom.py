@@ -21,7 +21,8 @@ from pathlib import Path
 
 import polars as pl
 
-from lcer_core.errors import DataFormatError, InvalidParameterError, LcerHomeError
+from lcer_core.errors import DataFormatError, InvalidParameterError
+from lcer_core.fsio import home_error
 
 from .download import copy_into, sha256_file
 from .parse import RawInteractions
@@ -322,7 +323,7 @@ def register_and_prepare(
         except OSError as exc:
             if not existed:
                 shutil.rmtree(folder, ignore_errors=True)
-            raise LcerHomeError(f"cannot write {folder}: {exc.strerror or exc}") from None
+            raise home_error(folder, exc) from None
         except BaseException:
             if not existed:
                 shutil.rmtree(folder, ignore_errors=True)

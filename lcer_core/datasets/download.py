@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bz2
 import contextlib
-import errno
 import hashlib
 import os
 import shutil
@@ -38,6 +37,7 @@ from lcer_core.errors import (
     LcerHomeError,
     MissingDataError,
 )
+from lcer_core.fsio import home_error
 from lcer_core.paths import mirror_base
 
 from .registry import DatasetSpec
@@ -297,14 +297,21 @@ def _fetch_file(url: str, out, advance) -> None:
     src = Path(unquote(urlparse(url).path))
     if not src.is_file():
         raise _Final(f"no such file {src}")
-    total = src.stat().st_size
     try:
-        with open(src, "rb") as fh:
-            for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                out.write(chunk)
-                advance(len(chunk), total)
+        total = src.stat().st_size
+        fh = open(src, "rb")  # noqa: SIM115  (closed below; only its opening is retried)
     except OSError as exc:
         raise _Retryable(f"cannot read {src}: {exc}") from None
+    with fh:
+        while True:
+            try:
+                chunk = fh.read(_CHUNK)
+            except OSError as exc:
+                raise _Retryable(f"cannot read {src}: {exc}") from None
+            if not chunk:
+                break
+            out.write(chunk)  # a failed write is LCER_HOME's problem: no retry
+            advance(len(chunk), total)
 
 
 def _file_mode() -> int:
@@ -315,8 +322,7 @@ def _file_mode() -> int:
 
 
 def _home_error(path: Path, exc: OSError) -> LcerHomeError:
-    what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return LcerHomeError(f"cannot write {path}: {what}")
+    return home_error(path, exc)
 
 
 def download(

@@ -23,10 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
 from lcer_core import __version__
 from lcer_core.errors import InvalidParameterError, LcerHomeError
+from lcer_core.fsio import ensure_writable, home_error, io_reason, parquet_bytes
 from lcer_core.paths import dataset_dir, lcer_home
 
 from .download import DownloadSettings, fetch, sha256_file
@@ -83,7 +82,7 @@ def dataset_lock() -> Iterator[None]:
             home.mkdir(parents=True, exist_ok=True)
             fd = os.open(home, os.O_RDONLY)
         except OSError as exc:
-            raise LcerHomeError(f"cannot use LCER_HOME {home}: {exc.strerror or exc}") from None
+            raise LcerHomeError(f"cannot use LCER_HOME {home}: {io_reason(exc)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             _lock_state.depth = 1
@@ -177,23 +176,19 @@ def write_prepared(folder: Path, result: SplitResult, meta: dict[str, Any]) -> N
         folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=folder))
     except OSError as exc:
-        raise LcerHomeError(f"cannot write {folder}: {exc.strerror or exc}") from None
+        raise home_error(folder, exc) from None
     try:
         tables = {**result.parts, "users": result.users, "items": result.items}
         for name in TABLES:
-            tables[name].write_parquet(tmp / f"{name}.parquet")
+            # Through bytes: a full disk is then an OSError, not an opaque Parquet error.
+            (tmp / f"{name}.parquet").write_bytes(parquet_bytes(tables[name]))
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
         (folder / META).unlink(missing_ok=True)  # from here on the folder reads as incomplete
         for name in TABLES:
             os.replace(tmp / f"{name}.parquet", folder / f"{name}.parquet")
         os.replace(tmp / META, folder / META)
     except OSError as exc:
-        raise LcerHomeError(f"cannot write {folder}: {exc.strerror or exc}") from None
-    except (
-        pl.exceptions.PolarsError
-    ) as exc:  # parquet writer I/O errors (a full disk) arrive wrapped
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LcerHomeError(f"cannot write {folder}: {first}") from None
+        raise home_error(folder, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -242,6 +237,7 @@ def prepare_dataset(
             return PrepareResult(name, folder, False, dict(meta["stats"]), seed)
         existed = folder.exists()
         try:
+            ensure_writable(folder)  # before the download and the parsing
             archive = fetch(spec, progress=progress, settings=settings)
             raw = _load_raw(spec, archive)
             result = build(spec, raw, seed=seed, heldout=n_heldout)

@@ -12,15 +12,30 @@ alone is a migration too (with no statement), so that old databases get the new 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime
 
 import duckdb
 
-from lcer_core.errors import StoreError
+from lcer_core.errors import LcerHomeError, StoreError
 from lcer_core.store.schema import V1_DDL, V2_DDL
 from lcer_core.store.views import create_views
 
-__all__ = ["SCHEMA_VERSION", "MIGRATIONS", "current_version", "apply_migrations"]
+__all__ = ["SCHEMA_VERSION", "MIGRATIONS", "current_version", "apply_migrations", "disk_trouble"]
+
+#: How DuckDB words the failures of the file system under it (they are LCER_HOME's problem).
+_DISK_MARKERS = (
+    "No space left on device",
+    "Read-only file system",
+    "Permission denied",
+    "File too large",
+    "Disk quota exceeded",
+)
+
+
+def disk_trouble(message: str) -> bool:
+    """Whether a DuckDB error message is a full disk, a read-only mount or a permission problem."""
+    return any(m in message for m in _DISK_MARKERS)
 
 
 def _run_all(statements: tuple[str, ...]) -> Callable[[duckdb.DuckDBPyConnection], None]:
@@ -91,9 +106,9 @@ def apply_migrations(
             create_views(con)
         con.execute("COMMIT")
     except duckdb.Error as exc:
-        con.execute("ROLLBACK")
+        with suppress(duckdb.Error):  # a failed COMMIT has no transaction left to roll back
+            con.execute("ROLLBACK")
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StoreError(
-            f"cannot migrate {where} from version {before} to {upto}: {first}"
-        ) from None
+        error = LcerHomeError if disk_trouble(first) else StoreError
+        raise error(f"cannot migrate {where} from version {before} to {upto}: {first}") from None
     return before

@@ -15,7 +15,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -31,7 +31,12 @@ from lcer_core.errors import (
     StoreError,
     StoreLockedError,
 )
-from lcer_core.store.migrations import SCHEMA_VERSION, apply_migrations, current_version
+from lcer_core.store.migrations import (
+    SCHEMA_VERSION,
+    apply_migrations,
+    current_version,
+    disk_trouble,
+)
 from lcer_core.store.schema import (
     EXPLANATION_COLUMNS,
     ITEM_COLUMNS,
@@ -315,9 +320,9 @@ class ResultStore:
             except duckdb.Error as exc:
                 message = str(exc)
                 if not (any(m in message for m in _LOCK_MARKERS) or _CONFIG_MARKER in message):
-                    if "Permission denied" in message or "Read-only file system" in message:
+                    if disk_trouble(message):
                         raise LcerHomeError(
-                            f"cannot open the results database {self.path}: permission denied"
+                            f"cannot open the results database {self.path}: {_first_line(exc)}"
                         ) from None
                     raise StoreError(
                         f"cannot open the results database {self.path}: {_first_line(exc)}"
@@ -346,12 +351,16 @@ class ResultStore:
             raise LcerHomeError(
                 f"cannot create {self.path.parent}: {exc.strerror or type(exc).__name__}"
             ) from None
+        created = not self.path.exists()
         con = self._connect_raw(read_only=False)
         try:
             if current_version(con) != SCHEMA_VERSION:
                 apply_migrations(con, where=f"the results database {self.path}")
         except BaseException:
             con.close()
+            if created:  # a database this call began and could not finish: leave no husk
+                for leftover in (self.path, self.path.with_name(self.path.name + ".wal")):
+                    leftover.unlink(missing_ok=True)
             raise
         return con
 
@@ -407,7 +416,8 @@ class ResultStore:
                 raise
             con.execute("COMMIT")
         except duckdb.Error as exc:
-            raise StoreError(f"cannot {action} in {self.path}: {_first_line(exc)}") from None
+            error = LcerHomeError if disk_trouble(str(exc)) else StoreError
+            raise error(f"cannot {action} in {self.path}: {_first_line(exc)}") from None
         try:
             con.execute("CHECKPOINT")
         except duckdb.Error as exc:
@@ -472,6 +482,8 @@ class ResultStore:
         recommendations: pl.DataFrame,
         explanations: pl.DataFrame,
         metrics: Mapping[str, Any],
+        *,
+        before_commit: Callable[[], None] | None = None,
     ) -> str:
         """Store a finished run as a whole, replacing any earlier rows of the same run id.
 
@@ -480,6 +492,8 @@ class ResultStore:
         :data:`~lcer_core.store.schema.RECOMMENDATION_COLUMNS` and
         :data:`~lcer_core.store.schema.EXPLANATION_COLUMNS`; ``metrics`` the keys of Table 2.
         One transaction: a crash leaves the previous rows of the run in place.
+        ``before_commit`` is called inside the transaction, all rows written, just before
+        COMMIT (a test hook: a process killed there must leave the database as it was).
         """
         row = _run_row(run, status="finished")
         row["finished_at"] = row["finished_at"] or _utcnow()
@@ -515,6 +529,8 @@ class ResultStore:
                         [run_id],
                     )
                     self._insert_metrics(con, row, metric, evaluated_at, "explain")
+                    if before_commit is not None:
+                        before_commit()
             finally:
                 con.unregister("_lcer_recs")
                 con.unregister("_lcer_expl")
