@@ -60,6 +60,8 @@ def prefect_environment() -> None:
         raise LcerHomeError(f"cannot write {prefect_home}: {exc.strerror or exc}") from exc
     os.environ.setdefault("PREFECT_HOME", str(prefect_home))
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(paths.prefect_results_dir()))
+    # The embedded server can take longer than Prefect's default 20 s to start on a busy 2-core box.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 def _check_runner(runner: str, address: str | None) -> None:
