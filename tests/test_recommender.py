@@ -110,3 +110,16 @@ def test_fused_gradient_equals_autograd(rec):
         up = torch.tensor([1.0, 0.0, 2.0])
         assert torch.allclose(fused(w), generic(w), atol=1e-5)
         assert torch.allclose(fused.vjp(up), generic.vjp(up), atol=1e-5)
+
+
+def test_fused_scorer_with_uneven_runs_of_shared_histories(rec):
+    # Runs of 2, 1 and 3 pairs sharing a history: the irregular (scatter) path of the fused scorer.
+    hist = histories_from_lists(list(range(6)), [[0, 3], [0, 3], [1, 2, 4], [5], [5], [5]])
+    targets = torch.tensor([7, 8, 9, 10, 11, 12])
+    fused = rec.set_scorer_vjp(hist.items, hist.mask, targets)
+    x = torch.zeros(6, rec.n_items).scatter_add(1, hist.items, hist.mask.float())
+    w = torch.rand(int(hist.mask.sum()))
+    dense_x = torch.zeros(6, hist.items.shape[1]).masked_scatter(hist.mask, w)
+    want = rec.scores_of_sets(hist.items, dense_x, targets[:, None])[:, 0]
+    assert torch.allclose(fused(w), want, atol=1e-5)
+    assert torch.allclose(fused(torch.ones(int(hist.mask.sum()))), rec.scores(x).gather(1, targets[:, None])[:, 0], atol=1e-5)

@@ -93,21 +93,24 @@ class LCER(Explainer):
         self, recommender: Recommender, pairs: PairBatch, *, seed: int, progress: Progress | None
     ) -> Explanations:
         cfg = self.config
-        chunk = cfg.max_pairs
+        # Pairs of similar history length side by side (stable: a user's K pairs stay together),
+        # so the recommender's batched first layer pads little; the answer does not depend on it.
+        order = torch.argsort(pairs.lengths, stable=True)
+        ordered = pairs.select(order)
         parts = []
-        for start in range(0, len(pairs), chunk):
-            sub = pairs.select(slice(start, start + chunk))
+        for start in range(0, len(pairs), cfg.max_pairs):
+            sub = ordered.select(slice(start, start + cfg.max_pairs))
 
-            def report(
-                done: int, _total: int, base: int = start * cfg.steps, n: int = len(sub)
-            ) -> None:
+            def report(done: int, _total: int, base: int = start * cfg.steps, n: int = len(sub)) -> None:
                 if progress is not None:
                     progress(base + done * n, len(pairs) * cfg.steps)
 
             parts.append(self._optimise(recommender, sub, seed, report))
         out = Explanations.cat(parts)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(pairs), device=order.device)
         width = pairs.items.shape[1]
-        return Explanations(out.removed[:, :width], out.importance[:, :width])
+        return Explanations(out.removed[inverse][:, :width], out.importance[inverse][:, :width])
 
     @torch.no_grad()
     def _optimise(
@@ -147,6 +150,9 @@ class LCER(Explainer):
         tau = cfg.temperature
 
         for step in range(cfg.steps):
+            # While every pair is live, index with a full slice: views, not gathered copies.
+            sel = slice(None) if everything else act
+            sel_e = slice(None) if everything else ent
             dd = diff if everything else diff[ent]
             g = _gumbel(streams if everything else streams[ent], step)
             torch.sub(g[:, 0], g[:, 1], out=noise if everything else None)
@@ -156,19 +162,19 @@ class LCER(Explainer):
             e = hard.to(soft.dtype)  # straight-through: forward value hard, gradient through soft
             score = scorer(1.0 - e)
             length = torch.zeros(act.shape[0], device=dev, dtype=e.dtype).index_add_(0, local, e)
-            hinge = cfg.alpha + score - thr[act]
+            hinge = cfg.alpha + score - thr[sel]
             loss = hinge.clamp_min(0) + cfg.lam * length
             # dL/de = -dL/dkeep + λ; de/dsoft = 1; dsoft/d(diff) = soft (1 - soft) / τ.
             grad_keep = scorer.vjp((hinge > 0).to(score.dtype))
             grad = (cfg.lam - grad_keep) * soft * (1 - soft) / tau
 
-            better = loss < best_loss[act]
+            better = loss < best_loss[sel]
             if cfg.patience:
-                better &= since_best[act] < cfg.patience  # a finished pair keeps its state
-            best_loss[act] = torch.where(better, loss, best_loss[act])
-            best_score[act] = torch.where(better, score, best_score[act])
-            since_best[act] = torch.where(better, 0, since_best[act] + 1)
-            best_removed[ent] = torch.where(better[local], hard, best_removed[ent])
+                better &= since_best[sel] < cfg.patience  # a finished pair keeps its state
+            best_loss[sel] = torch.where(better, loss, best_loss[sel])
+            best_score[sel] = torch.where(better, score, best_score[sel])
+            since_best[sel] = torch.where(better, 0, since_best[sel] + 1)
+            best_removed[sel_e] = torch.where(better[local], hard, best_removed[sel_e])
             # Adam on both logits, written on their difference (hence the factor 2).
             t = step + 1
             lr_t = cfg.lr * (1 - b2**t) ** 0.5 / (1 - b1**t)

@@ -200,53 +200,70 @@ class _MultVAESetScorer(SetScorer):
 
 
 class _HistoryGroups:
-    """Pairs grouped by identical history and bucketed by length, for batched first layers."""
+    """Runs of consecutive pairs with the same history (the K pairs of one user), cut into a few
+    contiguous buckets, for batched first layers.
 
-    def __init__(self, items: Tensor, mask: Tensor, table: Tensor, buckets: int = 4) -> None:
+    Within a bucket whose runs all have K pairs, the weights of its pairs are a zero-copy
+    ``[G, K, L]`` view; otherwise they are scattered into such a grid. Sorting pairs by history
+    length beforehand (LCER does) makes the buckets' padding small.
+    """
+
+    def __init__(self, items: Tensor, mask: Tensor, table: Tensor, buckets: int = 16) -> None:
         dev = items.device
         n_pairs = items.shape[0]
         keyed = torch.where(mask, items, torch.full_like(items, -1))
-        uniq, inverse = torch.unique(keyed, dim=0, return_inverse=True)
-        n_groups = uniq.shape[0]
-        counts = torch.bincount(inverse, minlength=n_groups)
-        order = torch.argsort(inverse, stable=True)
-        starts = torch.cumsum(counts, 0) - counts
-        slot = torch.empty(n_pairs, dtype=torch.long, device=dev)
-        slot[order] = torch.arange(n_pairs, device=dev) - starts[inverse[order]]
-        self.kmax = int(counts.max())
-        lengths = (uniq >= 0).sum(1)
-        by_len = torch.argsort(lengths, stable=True)
-        self.parts: list[tuple[Tensor, Tensor, Tensor, Tensor, int]] = []
-        pair_order = []
-        for chunk in torch.tensor_split(by_len, min(buckets, n_groups)):
-            if chunk.numel() == 0:
-                continue
-            width = max(int(lengths[chunk].max()), 1)
-            local = torch.full((n_groups,), -1, dtype=torch.long, device=dev)
-            local[chunk] = torch.arange(chunk.numel(), device=dev)
-            pairs_here = torch.nonzero(local[inverse] >= 0).squeeze(1)
-            ids = uniq[chunk, :width]
-            rows = table[ids.clamp_min(0)] * (ids >= 0).unsqueeze(2).to(table.dtype)  # [G_b, L_b, H]
-            self.parts.append((pairs_here, local[inverse[pairs_here]], slot[pairs_here], rows, width))
-            pair_order.append(pairs_here)
-        perm = torch.cat(pair_order)
-        self.restore = torch.empty_like(perm)
-        self.restore[perm] = torch.arange(n_pairs, device=dev)
-
-    def first_layer_t(self, grad: Tensor, width: int) -> Tensor:
-        """The transpose of :meth:`first_layer`: ``[P, H]`` -> ``[P, width]``."""
-        out = torch.zeros(grad.shape[0], width, dtype=grad.dtype, device=grad.device)
-        for pairs_here, group, slot, rows, w in self.parts:
-            grid = torch.zeros(rows.shape[0], self.kmax, rows.shape[2], dtype=grad.dtype, device=grad.device)
-            grid[group, slot] = grad[pairs_here]
-            out[pairs_here, :w] = torch.einsum("gkh,glh->gkl", grid, rows)[group, slot]
-        return out
+        new_run = torch.ones(n_pairs, dtype=torch.bool, device=dev)
+        if n_pairs > 1:
+            new_run[1:] = (keyed[1:] != keyed[:-1]).any(1)
+        run_of = torch.cumsum(new_run.long(), 0) - 1  # [P]
+        starts = torch.nonzero(new_run).squeeze(1).tolist()
+        ends = starts[1:] + [n_pairs]
+        lengths = mask.sum(1)
+        # Cut the runs into contiguous buckets of about equal numbers of pairs.
+        bounds = [0]
+        per_bucket = max(1, -(-n_pairs // max(1, buckets)))
+        for start in starts[1:]:
+            if start - bounds[-1] >= per_bucket:
+                bounds.append(start)
+        bounds.append(n_pairs)
+        self.parts: list[tuple[int, int, Tensor | None, Tensor | None, int, int, Tensor]] = []
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            run_ids = list(range(int(run_of[lo]), int(run_of[hi - 1]) + 1))
+            sizes = [ends[r] - starts[r] for r in run_ids]
+            kmax = max(sizes)
+            width = max(int(lengths[lo:hi].max()), 1)
+            first = torch.tensor([starts[r] for r in run_ids], device=dev)
+            ids = keyed[first, :width]
+            rows = table[ids.clamp_min(0)] * (ids >= 0).unsqueeze(2).to(table.dtype)  # [G, L, H]
+            if all(size == kmax for size in sizes):
+                group = slot = None  # regular: a reshape
+            else:
+                group = run_of[lo:hi] - run_of[lo]
+                slot = torch.arange(lo, hi, device=dev) - torch.tensor(starts, device=dev)[run_of[lo:hi]]
+            self.parts.append((lo, hi, group, slot, kmax, width, rows))
 
     def first_layer(self, weights: Tensor) -> Tensor:
         """``[P, L]`` normalised weights -> ``[P, H]`` pre-activations of the first layer."""
         outs = []
-        for pairs_here, group, slot, rows, width in self.parts:
-            grid = torch.zeros(rows.shape[0], self.kmax, width, dtype=weights.dtype, device=weights.device)
-            grid = grid.index_put((group, slot), weights[pairs_here, :width])
-            outs.append(torch.einsum("gkl,glh->gkh", grid, rows)[group, slot])
-        return torch.cat(outs)[self.restore]
+        for lo, hi, group, slot, kmax, width, rows in self.parts:
+            w = weights[lo:hi, :width]
+            if group is None:
+                outs.append(torch.bmm(w.reshape(rows.shape[0], kmax, width), rows).reshape(hi - lo, -1))
+            else:
+                grid = torch.zeros(rows.shape[0], kmax, width, dtype=w.dtype, device=w.device)
+                grid = grid.index_put((group, slot), w)
+                outs.append(torch.bmm(grid, rows)[group, slot])
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    def first_layer_t(self, grad: Tensor, width: int) -> Tensor:
+        """The transpose of :meth:`first_layer`: ``[P, H]`` -> ``[P, width]``."""
+        out = torch.zeros(grad.shape[0], width, dtype=grad.dtype, device=grad.device)
+        for lo, hi, group, slot, kmax, w, rows in self.parts:
+            g = grad[lo:hi]
+            if group is None:
+                out[lo:hi, :w] = torch.bmm(g.reshape(rows.shape[0], kmax, -1), rows.transpose(1, 2)).reshape(hi - lo, w)
+            else:
+                grid = torch.zeros(rows.shape[0], kmax, rows.shape[2], dtype=g.dtype, device=g.device)
+                grid[group, slot] = g
+                out[lo:hi, :w] = torch.bmm(grid, rows.transpose(1, 2))[group, slot]
+        return out
