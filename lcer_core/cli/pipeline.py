@@ -62,6 +62,9 @@ def prefect_environment() -> None:
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(paths.prefect_results_dir()))
     # The embedded server can take longer than Prefect's default 20 s to start on a busy 2-core box.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    # No telemetry from an offline machine; its write at start-up races the server's own
+    # SQLite writes and prints a "database is locked" traceback (prefect#19771).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _check_runner(runner: str, address: str | None) -> None:
