@@ -46,6 +46,6 @@ def hash_uniform(*keys: Tensor | int) -> Tensor:
 def stream_uniform(base: Tensor, counter: int) -> Tensor:
     """Uniform floats in [0, 1) for draw number ``counter`` of the streams keyed by ``base``
     (a tensor of :func:`mix` hashes): one hash round per draw, cheap enough for every step."""
-    return (_lowbias32(base ^ _lowbias32(torch.tensor(counter + 0x9E3779B9, dtype=torch.long))) >> 8).float() * (
-        1.0 / (1 << 24)
-    )
+    return (
+        _lowbias32(base ^ _lowbias32(torch.tensor(counter + 0x9E3779B9, dtype=torch.long))) >> 8
+    ).float() * (1.0 / (1 << 24))

@@ -63,7 +63,10 @@ class PairBatch:
 
     def to(self, device: torch.device | str) -> PairBatch:
         return PairBatch(
-            **{f.name: (getattr(self, f.name).to(device) if f.name != "k" else self.k) for f in fields(self)}
+            **{
+                f.name: (getattr(self, f.name).to(device) if f.name != "k" else self.k)
+                for f in fields(self)
+            }
         )
 
     def select(self, index: Tensor | slice) -> PairBatch:

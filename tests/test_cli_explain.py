@@ -44,9 +44,15 @@ def test_bad_input_is_one_line_and_status_2(in_trained_home, capsys, args, needl
 
 
 def test_one_user_in_words_and_json_match_the_recommender(in_trained_home, capsys):
-    data = api.load_prepared("ml-100k") if hasattr(api, "load_prepared") else api.ensure_dataset("ml-100k")
+    data = (
+        api.load_prepared("ml-100k")
+        if hasattr(api, "load_prepared")
+        else api.ensure_dataset("ml-100k")
+    )
     raw_user = data.users.filter(data.users["split"] == "test")["raw_id"][0]
-    code, out, err = run_cli(["explain", "ml-100k", "--user", raw_user, "--k", "5", "--steps", "300", "--json"], capsys)
+    code, out, err = run_cli(
+        ["explain", "ml-100k", "--user", raw_user, "--k", "5", "--steps", "300", "--json"], capsys
+    )
     assert code == 0, err
     res = json.loads(out)
     assert res["user"] == raw_user and len(res["recommendations"]) == 5
@@ -70,8 +76,13 @@ def test_one_user_in_words_and_json_match_the_recommender(in_trained_home, capsy
         rank = int((scores > scores[r["sid"]]).sum()) + 1
         assert rank == r["rank_after"]
     assert found_any
-    code, text, err = run_cli(["explain", "ml-100k", "--user", raw_user, "--k", "5", "--steps", "300"], capsys)
+    code, text, err = run_cli(
+        ["explain", "ml-100k", "--user", raw_user, "--k", "5", "--steps", "300"], capsys
+    )
     assert code == 0, err
     first = next(r for r in res["recommendations"] if r["found"] and r["necessary"])
-    assert f"would not be recommended to you (it would fall from rank {first['rank']} to rank {first['rank_after']})" in text
+    assert (
+        f"would not be recommended to you (it would fall from rank {first['rank']} to rank {first['rank_after']})"
+        in text
+    )
     assert first["title"] in text

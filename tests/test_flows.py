@@ -262,7 +262,10 @@ def test_ray_runner_without_prefect_ray_is_one_clear_line() -> None:
         (["run", "--users", "0"], "--users must be a positive integer"),
         (["run", "--shard-size", "0"], "--shard-size must be a positive integer"),
         (["run", "--address", "ray://x:1"], "--address only applies with --runner ray"),
-        (["sweep", "ml-100k", "--alphas", "0.1,-1"], "--alphas: -1 is not a finite number in [0, 1e6)"),
+        (
+            ["sweep", "ml-100k", "--alphas", "0.1,-1"],
+            "--alphas: -1 is not a finite number in [0, 1e6)",
+        ),
         (["train", "ml-100k", "--epochs", "0"], "--epochs must be >= 1"),
     ],
 )

@@ -45,7 +45,14 @@ def test_finds_the_single_cause_and_metrics_count_it():
     assert out.necessary.tolist() == [True] and out.sufficient.tolist() == [True]
     assert out.rank_after.tolist() == [2]
     m = summarize(out)
-    assert m == {"n_pairs": 1, "val_pct": 100.0, "len": 1.0, "ps_pct": 100.0, "pn_pct": 100.0, "fns_pct": 100.0}
+    assert m == {
+        "n_pairs": 1,
+        "val_pct": 100.0,
+        "len": 1.0,
+        "ps_pct": 100.0,
+        "pn_pct": 100.0,
+        "fns_pct": 100.0,
+    }
     # The cause is the most important item.
     assert int(torch.argmax(torch.nan_to_num(expl.importance[0], nan=-1))) == 0
 
@@ -85,7 +92,9 @@ def test_same_seed_same_answer_and_batching_does_not_matter():
     assert torch.equal(a.removed, b.removed)
     assert torch.allclose(a.importance, b.importance, equal_nan=True)
     # Explaining pairs one at a time gives the same sets: the noise is a function of the pair.
-    single = [LCER(cfg).explain(rec, pairs.select(slice(i, i + 1)), seed=7) for i in range(len(pairs))]
+    single = [
+        LCER(cfg).explain(rec, pairs.select(slice(i, i + 1)), seed=7) for i in range(len(pairs))
+    ]
     for i, s in enumerate(single):
         n = int(pairs.mask[i].sum())
         assert torch.equal(s.removed[0, :n], a.removed[i, :n])
@@ -105,7 +114,10 @@ def test_reference_loop_agrees_with_the_batched_engine():
 
 def test_every_found_ce_satisfies_the_threshold():
     rec = random_linear(50, seed=5, bias_scale=0.3)
-    lists = [sorted(torch.randperm(50, generator=torch.Generator().manual_seed(u))[:10].tolist()) for u in range(8)]
+    lists = [
+        sorted(torch.randperm(50, generator=torch.Generator().manual_seed(u))[:10].tolist())
+        for u in range(8)
+    ]
     pairs = build_pairs(rec, histories_from_lists(list(range(8)), lists), 5)
     expl = LCER(LCERConfig(alpha=0.1, lam=0.01, steps=300)).explain(rec, pairs, seed=0)
     assert expl.found.float().mean() > 0.5

@@ -31,8 +31,12 @@ def test_table_of_hand_computed_outcomes():
 
 
 def test_nothing_found_is_undefined_not_zero():
-    out = PairOutcomes(*(torch.zeros(3, dtype=torch.bool) for _ in range(2)),
-                       torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.long))
+    out = PairOutcomes(
+        *(torch.zeros(3, dtype=torch.bool) for _ in range(2)),
+        torch.zeros(3, dtype=torch.bool),
+        torch.zeros(3, dtype=torch.bool),
+        torch.zeros(3, dtype=torch.long),
+    )
     m = summarize(out)
     assert m["val_pct"] == 0.0 and math.isnan(m["len"]) and math.isnan(m["fns_pct"])
 
@@ -64,12 +68,22 @@ def test_f_ns_is_a_harmonic_mean(p, n):
     assert math.isclose(v, f_ns(n, p))
 
 
-@given(st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans(), st.integers(1, 9)), min_size=1, max_size=40))
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.booleans(), st.booleans(), st.integers(1, 9)),
+        min_size=1,
+        max_size=40,
+    )
+)
 def test_summary_bounds(rows):
     found = torch.tensor([r[0] for r in rows])
-    out = PairOutcomes(found, torch.tensor([r[3] if r[0] else 0 for r in rows]),
-                       torch.tensor([r[1] for r in rows]) & found, torch.tensor([r[2] for r in rows]) & found,
-                       torch.zeros(len(rows), dtype=torch.long))
+    out = PairOutcomes(
+        found,
+        torch.tensor([r[3] if r[0] else 0 for r in rows]),
+        torch.tensor([r[1] for r in rows]) & found,
+        torch.tensor([r[2] for r in rows]) & found,
+        torch.zeros(len(rows), dtype=torch.long),
+    )
     m = summarize(out)
     assert 0 <= m["val_pct"] <= 100
     if found.any():

@@ -36,7 +36,9 @@ def test_set_paths_agree_with_dense_scores(rec):
     dense = rec.scores(x)
     assert torch.allclose(rec.scores_of_sets(items, mask.float()), dense, atol=1e-5)
     targets = torch.tensor([[7, 9], [2, 3], [0, 1]])
-    assert torch.allclose(rec.scores_of_sets(items, mask.float(), targets), dense.gather(1, targets), atol=1e-5)
+    assert torch.allclose(
+        rec.scores_of_sets(items, mask.float(), targets), dense.gather(1, targets), atol=1e-5
+    )
     scorer = rec.set_scorer(items, mask, targets)
     assert torch.allclose(scorer(torch.ones(int(mask.sum()))), dense.gather(1, targets), atol=1e-5)
 
@@ -106,7 +108,11 @@ def test_fused_gradient_equals_autograd(rec):
     targets = torch.tensor([7, 2, 1])
     fused = rec.set_scorer_vjp(items, mask, targets)
     generic = AutogradSetScorer(rec.set_scorer(items, mask, targets[:, None]))
-    for w in (torch.rand(int(mask.sum())), (torch.rand(int(mask.sum())) > 0.5).float(), torch.zeros(int(mask.sum()))):
+    for w in (
+        torch.rand(int(mask.sum())),
+        (torch.rand(int(mask.sum())) > 0.5).float(),
+        torch.zeros(int(mask.sum())),
+    ):
         up = torch.tensor([1.0, 0.0, 2.0])
         assert torch.allclose(fused(w), generic(w), atol=1e-5)
         assert torch.allclose(fused.vjp(up), generic.vjp(up), atol=1e-5)
@@ -122,4 +128,8 @@ def test_fused_scorer_with_uneven_runs_of_shared_histories(rec):
     dense_x = torch.zeros(6, hist.items.shape[1]).masked_scatter(hist.mask, w)
     want = rec.scores_of_sets(hist.items, dense_x, targets[:, None])[:, 0]
     assert torch.allclose(fused(w), want, atol=1e-5)
-    assert torch.allclose(fused(torch.ones(int(hist.mask.sum()))), rec.scores(x).gather(1, targets[:, None])[:, 0], atol=1e-5)
+    assert torch.allclose(
+        fused(torch.ones(int(hist.mask.sum()))),
+        rec.scores(x).gather(1, targets[:, None])[:, 0],
+        atol=1e-5,
+    )

@@ -272,7 +272,9 @@ def sweep(
     for option, values in (("--alphas", alpha_list), ("--lams", lam_list)):
         for value in values or []:
             if not (math.isfinite(value) and 0 <= value < 1e6):
-                raise InvalidParameterError(f"{option}: {value:g} is not a finite number in [0, 1e6)")
+                raise InvalidParameterError(
+                    f"{option}: {value:g} is not a finite number in [0, 1e6)"
+                )
     api.validate_common(k=k, steps=steps, n_users=users, seed=seed)
     split_users([], shard_size)
     if epochs < 1:

@@ -88,7 +88,13 @@ class PreparedDataset:
         return users, x
 
     def _split_users(self, part: str) -> list[int]:
-        split = {"train": "train", "val_tr": "val", "val_te": "val", "test_tr": "test", "test_te": "test"}[part]
+        split = {
+            "train": "train",
+            "val_tr": "val",
+            "val_te": "val",
+            "test_tr": "test",
+            "test_te": "test",
+        }[part]
         return self.users_of(split)
 
     @cached_property
@@ -113,13 +119,17 @@ class PreparedDataset:
         """Internal id of a user given the id of the raw file."""
         hit = self.users.filter(pl.col("raw_id") == str(raw_id))
         if hit.height == 0:
-            raise UnknownUserError(f"user {raw_id!r} is not in dataset {self.name!r} (after filtering)")
+            raise UnknownUserError(
+                f"user {raw_id!r} is not in dataset {self.name!r} (after filtering)"
+            )
         return int(hit["uid"][0])
 
     def sid_of(self, raw_id: str | int) -> int:
         hit = self.items.filter(pl.col("raw_id") == str(raw_id))
         if hit.height == 0:
-            raise UnknownUserError(f"item {raw_id!r} is not in dataset {self.name!r} (after filtering)")
+            raise UnknownUserError(
+                f"item {raw_id!r} is not in dataset {self.name!r} (after filtering)"
+            )
         return int(hit["sid"][0])
 
     def titles(self, sids: list[int]) -> list[str]:
@@ -138,7 +148,9 @@ def load_prepared(name: str) -> PreparedDataset:
     folder = dataset_dir(name)
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
-        raise MissingDataError(f"dataset {name!r} is not prepared yet: run `lcer prepare {name}` first")
+        raise MissingDataError(
+            f"dataset {name!r} is not prepared yet: run `lcer prepare {name}` first"
+        )
     meta = json.loads(meta_path.read_text())
     parts = {p: pl.read_parquet(folder / f"{p}.parquet") for p in PARTS}
     return PreparedDataset(

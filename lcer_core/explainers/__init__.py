@@ -30,7 +30,12 @@ __all__ = [
 
 
 #: Every explanation method by its name in the CLI, the flows and the results store.
-METHODS: dict[str, type[Explainer]] = {"lcer": LCER, "fia": FIA, "accent": Accent, "kaffes": KaffesCE}
+METHODS: dict[str, type[Explainer]] = {
+    "lcer": LCER,
+    "fia": FIA,
+    "accent": Accent,
+    "kaffes": KaffesCE,
+}
 
 
 def get_explainer(method: str, **params: Any) -> Explainer:
@@ -43,5 +48,9 @@ def get_explainer(method: str, **params: Any) -> Explainer:
     shared = {"alpha", "lam", "steps", "patience"}
     unknown = set(params) - fields - shared
     if unknown:
-        raise InvalidParameterError(f"method {method!r} has no parameter(s) {', '.join(sorted(unknown))}")
-    return cls(cls.config_type(**{k: v for k, v in params.items() if k in fields and v is not None}))
+        raise InvalidParameterError(
+            f"method {method!r} has no parameter(s) {', '.join(sorted(unknown))}"
+        )
+    return cls(
+        cls.config_type(**{k: v for k, v in params.items() if k in fields and v is not None})
+    )

@@ -95,7 +95,9 @@ class Explainer(ABC):
         if pairs.items.shape != pairs.mask.shape:
             raise InvalidParameterError("pairs.items and pairs.mask must have the same shape")
         if len(pairs) == 0:
-            empty = torch.zeros(0, pairs.items.shape[1], dtype=torch.bool, device=pairs.items.device)
+            empty = torch.zeros(
+                0, pairs.items.shape[1], dtype=torch.bool, device=pairs.items.device
+            )
             return Explanations(empty, empty.float().fill_(float("nan")))
         pairs = pairs.to(recommender.device)
         out = self._explain(recommender, pairs, seed=seed, progress=progress)

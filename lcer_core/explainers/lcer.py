@@ -101,7 +101,9 @@ class LCER(Explainer):
         for start in range(0, len(pairs), cfg.max_pairs):
             sub = ordered.select(slice(start, start + cfg.max_pairs))
 
-            def report(done: int, _total: int, base: int = start * cfg.steps, n: int = len(sub)) -> None:
+            def report(
+                done: int, _total: int, base: int = start * cfg.steps, n: int = len(sub)
+            ) -> None:
                 if progress is not None:
                     progress(base + done * n, len(pairs) * cfg.steps)
 
@@ -199,7 +201,9 @@ class LCER(Explainer):
                     remap = torch.full((n_pairs,), -1, dtype=torch.long, device=dev)
                     remap[act] = torch.arange(act.shape[0], device=dev)
                     local = remap[pair_of[ent]]
-                    scorer = recommender.set_scorer_vjp(pairs.items[act], mask[act], pairs.targets[act])
+                    scorer = recommender.set_scorer_vjp(
+                        pairs.items[act], mask[act], pairs.targets[act]
+                    )
                     everything = False
             if t % 50 == 0 or t == cfg.steps:
                 progress(t, cfg.steps)
@@ -256,9 +260,7 @@ def lcer_reference_loop(
         opt = torch.optim.Adam([delta], lr=config.lr)
         best_loss, best_score, best_set, best_delta = float("inf"), float("inf"), None, None
         for step in range(config.steps):
-            soft = F.softmax(
-                (delta + _gumbel(streams, step)) / config.temperature, -1
-            )
+            soft = F.softmax((delta + _gumbel(streams, step)) / config.temperature, -1)
             hard = F.one_hot(soft.argmax(-1), 2).to(soft.dtype)
             e = (hard - soft).detach() + soft
             score = recommender.scores(e[:, 1] * x)[0, pairs.targets[p]]

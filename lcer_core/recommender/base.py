@@ -8,7 +8,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["Recommender", "SetScorer", "AutogradSetScorer", "dense_from_sets", "topk_excluding", "rank_of"]
+__all__ = [
+    "Recommender",
+    "SetScorer",
+    "AutogradSetScorer",
+    "dense_from_sets",
+    "topk_excluding",
+    "rank_of",
+]
 
 
 def dense_from_sets(items: Tensor, weights: Tensor, n_items: int) -> Tensor:
@@ -75,7 +82,9 @@ class Recommender(ABC):
     def scores(self, x: Tensor) -> Tensor:
         """Scores ``[B, M]`` for interaction vectors ``[B, M]``; deterministic (no dropout, no sampling)."""
 
-    def scores_of_sets(self, items: Tensor, weights: Tensor, targets: Tensor | None = None) -> Tensor:
+    def scores_of_sets(
+        self, items: Tensor, weights: Tensor, targets: Tensor | None = None
+    ) -> Tensor:
         """Scores for inputs ``x[p, items[p, l]] = weights[p, l]`` (weights 0 at padding).
 
         Returns ``[P, M]``, or ``[P, T]`` gathered at ``targets: [P, T]`` when given.
@@ -83,7 +92,9 @@ class Recommender(ABC):
         s = self.scores(dense_from_sets(items, weights, self.n_items))
         return s if targets is None else s.gather(1, targets)
 
-    def set_scorer(self, items: Tensor, mask: Tensor, targets: Tensor) -> Callable[[Tensor], Tensor]:
+    def set_scorer(
+        self, items: Tensor, mask: Tensor, targets: Tensor
+    ) -> Callable[[Tensor], Tensor]:
         """A function ``flat_weights [N] -> scores [P, T]`` for fixed ``items``/``mask``/``targets``.
 
         ``flat_weights`` are the weights of the valid entries ``items[mask]`` in row-major

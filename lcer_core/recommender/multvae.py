@@ -114,9 +114,13 @@ class MultVAERecommender(Recommender):
             self._table_cache = cached
         return cached
 
-    def scores_of_sets(self, items: Tensor, weights: Tensor, targets: Tensor | None = None) -> Tensor:
+    def scores_of_sets(
+        self, items: Tensor, weights: Tensor, targets: Tensor | None = None
+    ) -> Tensor:
         m = self.model
-        norm = weights.pow(2).sum(1, keepdim=True).clamp_min(1e-12).sqrt()  # as tf.nn.l2_normalize: finite gradient at 0
+        norm = (
+            weights.pow(2).sum(1, keepdim=True).clamp_min(1e-12).sqrt()
+        )  # as tf.nn.l2_normalize: finite gradient at 0
         pre = F.embedding_bag(items, self._table, mode="sum", per_sample_weights=weights / norm)
         z = m.enc2(torch.tanh(pre + m.enc1.bias))[:, : m.latent]
         out = torch.tanh(m.dec1(z))
@@ -124,7 +128,9 @@ class MultVAERecommender(Recommender):
             return m.dec2(out)
         return torch.einsum("ph,pth->pt", out, m.dec2.weight[targets]) + m.dec2.bias[targets]
 
-    def set_scorer(self, items: Tensor, mask: Tensor, targets: Tensor) -> Callable[[Tensor], Tensor]:
+    def set_scorer(
+        self, items: Tensor, mask: Tensor, targets: Tensor
+    ) -> Callable[[Tensor], Tensor]:
         """Fast path of the explainers' inner loop: the first layer as small matrix products.
 
         Pairs that share a history (the K pairs of one user) share the first layer's rows of
@@ -144,13 +150,14 @@ class MultVAERecommender(Recommender):
         def score(flat_weights: Tensor) -> Tensor:
             sq = torch.zeros(n_pairs, dtype=flat_weights.dtype, device=dev)
             norm = sq.index_add(0, pair_of, flat_weights * flat_weights).clamp_min(1e-12).sqrt()
-            w = torch.zeros(n_pairs, width, dtype=flat_weights.dtype, device=dev).masked_scatter(mask, flat_weights)
+            w = torch.zeros(n_pairs, width, dtype=flat_weights.dtype, device=dev).masked_scatter(
+                mask, flat_weights
+            )
             h = torch.tanh(groups.first_layer(w / norm[:, None]) + m.enc1.bias)
             out = torch.tanh(m.dec1(F.linear(h, w_mu, b_mu)))
             return torch.bmm(cols, out.unsqueeze(2)).squeeze(2) + bias
 
         return score
-
 
     def set_scorer_vjp(self, items: Tensor, mask: Tensor, targets: Tensor) -> SetScorer:
         """The fused scorer of LCER's inner loop: the same computation as :meth:`set_scorer`,
@@ -161,7 +168,9 @@ class MultVAERecommender(Recommender):
 class _MultVAESetScorer(SetScorer):
     """Forward and input-gradient of Mult-VAE's score of one target per pair."""
 
-    def __init__(self, rec: MultVAERecommender, items: Tensor, mask: Tensor, targets: Tensor) -> None:
+    def __init__(
+        self, rec: MultVAERecommender, items: Tensor, mask: Tensor, targets: Tensor
+    ) -> None:
         m = rec.model
         dev = items.device
         self.mask = mask
@@ -176,7 +185,9 @@ class _MultVAESetScorer(SetScorer):
 
     def __call__(self, flat_weights: Tensor) -> Tensor:
         w = flat_weights.detach()
-        sq = torch.zeros(self.n_pairs, dtype=w.dtype, device=w.device).index_add_(0, self.pair_of, w * w)
+        sq = torch.zeros(self.n_pairs, dtype=w.dtype, device=w.device).index_add_(
+            0, self.pair_of, w * w
+        )
         self.live = sq >= 1e-12  # tf.nn.l2_normalize: max(sum of squares, 1e-12)
         self.norm = sq.clamp_min(1e-12).sqrt()
         self.w = w
@@ -239,7 +250,10 @@ class _HistoryGroups:
                 group = slot = None  # regular: a reshape
             else:
                 group = run_of[lo:hi] - run_of[lo]
-                slot = torch.arange(lo, hi, device=dev) - torch.tensor(starts, device=dev)[run_of[lo:hi]]
+                slot = (
+                    torch.arange(lo, hi, device=dev)
+                    - torch.tensor(starts, device=dev)[run_of[lo:hi]]
+                )
             self.parts.append((lo, hi, group, slot, kmax, width, rows))
 
     def first_layer(self, weights: Tensor) -> Tensor:
@@ -248,7 +262,9 @@ class _HistoryGroups:
         for lo, hi, group, slot, kmax, width, rows in self.parts:
             w = weights[lo:hi, :width]
             if group is None:
-                outs.append(torch.bmm(w.reshape(rows.shape[0], kmax, width), rows).reshape(hi - lo, -1))
+                outs.append(
+                    torch.bmm(w.reshape(rows.shape[0], kmax, width), rows).reshape(hi - lo, -1)
+                )
             else:
                 grid = torch.zeros(rows.shape[0], kmax, width, dtype=w.dtype, device=w.device)
                 grid = grid.index_put((group, slot), w)
@@ -261,9 +277,13 @@ class _HistoryGroups:
         for lo, hi, group, slot, kmax, w, rows in self.parts:
             g = grad[lo:hi]
             if group is None:
-                out[lo:hi, :w] = torch.bmm(g.reshape(rows.shape[0], kmax, -1), rows.transpose(1, 2)).reshape(hi - lo, w)
+                out[lo:hi, :w] = torch.bmm(
+                    g.reshape(rows.shape[0], kmax, -1), rows.transpose(1, 2)
+                ).reshape(hi - lo, w)
             else:
-                grid = torch.zeros(rows.shape[0], kmax, rows.shape[2], dtype=g.dtype, device=g.device)
+                grid = torch.zeros(
+                    rows.shape[0], kmax, rows.shape[2], dtype=g.dtype, device=g.device
+                )
                 grid[group, slot] = g
                 out[lo:hi, :w] = torch.bmm(grid, rows.transpose(1, 2))[group, slot]
         return out

@@ -48,7 +48,9 @@ def recall_at(scores: Tensor, heldout: Tensor, k: int) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate_ranking(model: MultVAE, fold_in: Tensor, heldout: Tensor, batch: int = 2000) -> dict[str, float]:
+def evaluate_ranking(
+    model: MultVAE, fold_in: Tensor, heldout: Tensor, batch: int = 2000
+) -> dict[str, float]:
     """NDCG@100, Recall@20 and Recall@50 averaged over users with held-out items."""
     was = model.training
     model.eval()
@@ -101,7 +103,11 @@ def fit_multvae(
             torch.manual_seed(seed * 1000 + epoch)
             for start in range(0, n, cfg.batch_size):
                 x = train[order[start : start + cfg.batch_size]].to(device)
-                beta = min(cfg.anneal_cap, updates / cfg.total_anneal_steps) if cfg.total_anneal_steps else cfg.anneal_cap
+                beta = (
+                    min(cfg.anneal_cap, updates / cfg.total_anneal_steps)
+                    if cfg.total_anneal_steps
+                    else cfg.anneal_cap
+                )
                 loss = model.loss(x, beta)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
