@@ -116,6 +116,20 @@ def client() -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def finished_runs_tagged(dataset: str, tag: str, value: str, *, max_results: int = 20) -> list[Any]:
+    """FINISHED runs of the dataset's experiment whose ``tag`` equals ``value``, newest first."""
+    c = client()
+    exp = c.get_experiment_by_name(dataset)
+    if exp is None:
+        return []
+    return c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=max_results,
+    )
+
+
 def _retry(fn: Callable[[], _T], *, attempts: int = 6) -> _T:
     """Call ``fn``, retrying while SQLite reports a lock (parallel writers on one file)."""
     for i in range(attempts):

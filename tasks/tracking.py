@@ -103,16 +103,7 @@ def _same_metrics(logged: dict[str, float], metrics: dict[str, Any]) -> bool:
 
 def _tracked_already(dataset: str, run_key: str, metrics: dict[str, Any]) -> str | None:
     """A FINISHED top-level MLflow run of the same run key with the same metrics (a re-run), or None."""
-    c = track.client()
-    exp = c.get_experiment_by_name(dataset)
-    if exp is None:
-        return None
-    runs = c.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.`{_RUN_KEY_TAG}` = '{run_key}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=20,
-    )
+    runs = track.finished_runs_tagged(dataset, _RUN_KEY_TAG, run_key)
     for run in runs:
         if "mlflow.parentRunId" not in run.data.tags and _same_metrics(run.data.metrics, metrics):
             return run.info.run_id

@@ -116,20 +116,11 @@ def _fmt(metrics: dict[str, float]) -> str:
 
 def _existing_registration(dataset: str, key: str) -> Registration | None:
     """The registry entry of the model with ``key`` if an earlier run already logged it."""
-    c = track.client()
-    exp = c.get_experiment_by_name(dataset)
-    if exp is None:
-        return None
-    runs = c.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.`{_MODEL_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    runs = track.finished_runs_tagged(dataset, _MODEL_KEY_TAG, key, max_results=1)
     if not runs:
         return None
     run_id = runs[0].info.run_id
-    versions = c.search_model_versions(f"run_id = '{run_id}'")
+    versions = track.client().search_model_versions(f"run_id = '{run_id}'")
     if not versions:
         return None
     mv = max(versions, key=lambda v: int(v.version))
