@@ -108,7 +108,8 @@ def run_benchmark(
             torch.cuda.synchronize()
 
     log(f"sequential reference loop: {len(seq_pairs)} pairs x {steps} steps ...")
-    sync()
+    lcer_reference_loop(rec, seq_pairs.select(slice(0, 1)), LCERConfig(steps=20), seed=seed)
+    sync()  # warmed up, as the batched engine is
     t0 = time.perf_counter()
     seq = lcer_reference_loop(rec, seq_pairs, cfg, seed=seed)
     sync()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["hash_uniform", "mix", "stream_uniform"]
+__all__ = ["hash_uniform", "mix", "stream_logistic", "stream_uniform"]
 
 _M32 = 0xFFFFFFFF
 
@@ -43,9 +43,21 @@ def hash_uniform(*keys: Tensor | int) -> Tensor:
     return (mix(*keys) >> 8).float() * (1.0 / (1 << 24))
 
 
+def _draw(base: Tensor, counter: int) -> Tensor:
+    """24-bit integers of draw number ``counter`` of the streams keyed by ``base``."""
+    return _lowbias32(base ^ _lowbias32(torch.tensor(counter + 0x9E3779B9, dtype=torch.long))) >> 8
+
+
 def stream_uniform(base: Tensor, counter: int) -> Tensor:
     """Uniform floats in [0, 1) for draw number ``counter`` of the streams keyed by ``base``
     (a tensor of :func:`mix` hashes): one hash round per draw, cheap enough for every step."""
-    return (
-        _lowbias32(base ^ _lowbias32(torch.tensor(counter + 0x9E3779B9, dtype=torch.long))) >> 8
-    ).float() * (1.0 / (1 << 24))
+    return _draw(base, counter).float() * (1.0 / (1 << 24))
+
+
+def stream_logistic(base: Tensor, counter: int) -> Tensor:
+    """Standard logistic noise (the difference of two independent Gumbel(0, 1) draws) for draw
+    ``counter`` of the streams ``base``: log(u / (1 − u)) with u = (j + ½)/2^23 on a 23-bit
+    grid, where j + ½ and 2^23 − j − ½ are both exact in float32, so the value is always finite
+    (|noise| < 16) and symmetric."""
+    j = (_draw(base, counter) >> 1).float()
+    return torch.log(j + 0.5) - torch.log((1 << 23) - 0.5 - j)

@@ -106,11 +106,22 @@ def test_accent_finds_a_prefix_longer_than_its_first_round() -> None:
 
 
 def test_kaffes_finds_the_pair_that_pushes_the_target_out(basic: LinearRecommender) -> None:
-    out = KaffesCE(KaffesConfig(beam=2)).explain(basic, one_pair(basic))
+    out = KaffesCE(KaffesConfig(beam=2, criterion="topk")).explain(basic, one_pair(basic))
     # no singleton works (margins 0.5, 2, 3.5 over the best competitor); {0, 1} gives 1 < 1.5
     assert out.removed.tolist() == [[True, True, False]]
     # importance: the normalised margin drop 1 - m({j}) / m(x), with m(x) = 6 - 2.5
     assert torch.allclose(out.importance, torch.tensor([[3 / 3.5, 1.5 / 3.5, 0.0]]))
+
+
+def test_kaffes_finds_the_pair_that_flips_the_target_under_the_threshold(
+    basic: LinearRecommender,
+) -> None:
+    out = KaffesCE(KaffesConfig(beam=2)).explain(basic, one_pair(basic))
+    # the bar is the factual score of the replacement, g_5(x) = 2.5; singletons leave
+    # g_3 = 3, 4, 5 and {0, 1} leaves 1 < 2.5
+    assert out.removed.tolist() == [[True, True, False]]
+    # importance 1 - m({j}) / m(x) with m = g_3 - 2.5: (1 - 0.5/3.5, 1 - 1.5/3.5, 1 - 2.5/3.5)
+    assert torch.allclose(out.importance, torch.tensor([[3 / 3.5, 2 / 3.5, 1 / 3.5]]))
 
 
 def test_kaffes_finds_a_shorter_ce_than_accent_when_another_competitor_rises() -> None:
@@ -118,8 +129,11 @@ def test_kaffes_finds_a_shorter_ce_than_accent_when_another_competitor_rises() -
     rec = three_item_model([1.0, -6.0, 1.0], bias=[0.0, 5.0, 0.5])
     pairs = one_pair(rec)
     assert (pairs.targets.item(), pairs.replacements.item()) == (3, 5)
-    kaffes = KaffesCE().explain(rec, pairs)
+    kaffes = KaffesCE(KaffesConfig(criterion="topk")).explain(rec, pairs)
     assert kaffes.removed.tolist() == [[False, False, True]]
+    # under the paper's flip test the rise of item 4 does not count: g_3(x \ {2}) = 5 >= 2.5
+    paper = KaffesCE().explain(rec, pairs)
+    assert paper.removed.tolist() == [[True, True, False]]
     accent = Accent().explain(rec, pairs)
     assert accent.removed.tolist() == [[True, True, False]]
     topk = Accent(AccentConfig(criterion="topk")).explain(rec, pairs)
@@ -152,7 +166,7 @@ def test_kaffes_budget_holds_for_every_pair_of_a_batch() -> None:
         assert counting.rows <= budget * len(pairs)
 
 
-def brute_force_shortest(rec: Recommender, pairs: PairBatch) -> list[int]:
+def brute_force_shortest(rec: Recommender, pairs: PairBatch, criterion: str) -> list[int]:
     """Length of the shortest CE of each pair by trying every subset (0: none)."""
     best = []
     for p in range(len(pairs)):
@@ -163,7 +177,7 @@ def brute_force_shortest(rec: Recommender, pairs: PairBatch) -> list[int]:
             for combo in itertools.combinations(range(n), size):
                 removed = torch.zeros_like(one.mask)
                 removed[0, list(combo)] = True
-                if int(rerank(rec, one, removed)) > one.k:
+                if flipped(rec, one, removed, criterion):
                     length = size
                     break
             if length:
@@ -172,15 +186,24 @@ def brute_force_shortest(rec: Recommender, pairs: PairBatch) -> list[int]:
     return best
 
 
-def test_kaffes_with_an_exhaustive_beam_finds_a_shortest_ce() -> None:
+def flipped(rec: Recommender, one: PairBatch, removed: torch.Tensor, criterion: str) -> bool:
+    if criterion == "topk":
+        return int(rerank(rec, one, removed)) > one.k
+    s = rec.scores(one.dense_inputs(rec.n_items, keep=~removed))
+    return bool(s[0, one.targets[0]] < one.thresholds[0])
+
+
+@pytest.mark.parametrize("criterion", ["threshold", "topk"])
+def test_kaffes_with_an_exhaustive_beam_finds_a_shortest_ce(criterion: str) -> None:
     rec = random_linear(14, seed=6, bias_scale=3.0)
     gen = torch.Generator().manual_seed(6)
     lists = [torch.randperm(14, generator=gen)[:5].tolist() for _ in range(6)]
     pairs = build_pairs(rec, histories_from_lists(list(range(6)), lists), 2)
-    out = KaffesCE(KaffesConfig(beam=10)).explain(rec, pairs)  # C(5, 2) = 10 sets per depth
-    assert out.lengths.tolist() == brute_force_shortest(rec, pairs)
-    # the case exercises no CE and CEs of lengths 1, 2 and 3
-    assert set(out.lengths.tolist()) == {0, 1, 2, 3}
+    # C(5, 2) = 10 sets per depth
+    out = KaffesCE(KaffesConfig(beam=10, criterion=criterion)).explain(rec, pairs)
+    assert out.lengths.tolist() == brute_force_shortest(rec, pairs, criterion)
+    # the case exercises no CE and CEs of lengths 1 and 2 (and 3 under the top-K test)
+    assert {0, 1, 2} <= set(out.lengths.tolist())
 
 
 # ---- influence -----------------------------------------------------------------------------
@@ -232,6 +255,7 @@ EXPLAINERS = {
     "accent": lambda **kw: Accent(AccentConfig(**kw)),
     "accent-topk": lambda **kw: Accent(AccentConfig(criterion="topk", **kw)),
     "kaffes": lambda **kw: KaffesCE(KaffesConfig(**kw)),
+    "kaffes-topk": lambda **kw: KaffesCE(KaffesConfig(criterion="topk", **kw)),
 }
 
 
@@ -274,11 +298,14 @@ def test_contract_every_ce_really_flips_the_recommendation(
     if method == "fia":
         assert explained.lengths[pairs.lengths > 0].eq(1).all()
         return
-    ranks = rerank(rec, pairs, explained.removed)
     if method == "accent":
         assert (gap_after(rec, pairs, explained.removed)[found] < 0).all()
-    else:
-        assert (ranks[found] > pairs.k).all()
+    elif method == "kaffes":  # the paper's flip: g_i(x minus C) below g_{K+1}(x)
+        s = rec.scores(pairs.dense_inputs(rec.n_items, keep=~explained.removed))
+        after = s.gather(1, pairs.targets[:, None])[:, 0]
+        assert (after[found] < pairs.thresholds[found]).all()
+    else:  # the top-K variants
+        assert (rerank(rec, pairs, explained.removed)[found] > pairs.k).all()
 
 
 def test_contract_deterministic_and_independent_of_chunking(
@@ -341,6 +368,7 @@ def test_configs_reject_bad_values() -> None:
         lambda: FIAConfig(chunk_mb=0),
         lambda: AccentConfig(criterion="nearest"),  # type: ignore[arg-type]
         lambda: KaffesConfig(max_queries=0),
+        lambda: KaffesConfig(criterion="rank"),
         lambda: KaffesConfig(beam=0),
         lambda: KaffesConfig(max_length=0),
     ):

@@ -118,6 +118,31 @@ def test_fused_gradient_equals_autograd(rec):
         assert torch.allclose(fused.vjp(up), generic.vjp(up), atol=1e-5)
 
 
+def test_fused_scorer_on_removed_entries_equals_autograd(rec):
+    # LCER's path: 0/1 inputs given as the removed entries, backward only where upstream != 0
+    from lcer_core.recommender.base import AutogradSetScorer
+
+    items, mask = _sets()
+    targets = torch.tensor([7, 2, 1])
+    fused = rec.set_scorer_vjp(items, mask, targets)
+    generic = AutogradSetScorer(rec.set_scorer(items, mask, targets[:, None]))
+    n = int(mask.sum())
+    gen = torch.Generator().manual_seed(0)
+    nothing_kept = torch.zeros(n, dtype=torch.bool)
+    nothing_kept[: int(mask[0].sum())] = True  # every item of the first pair removed
+    for removed in (
+        torch.rand(n, generator=gen) > 0.5,
+        torch.zeros(n, dtype=torch.bool),
+        nothing_kept,
+    ):
+        w = (~removed).float()
+        for up in (torch.tensor([1.0, 0.0, 2.0]), torch.zeros(3), torch.ones(3)):
+            assert torch.allclose(fused.score_removed(removed), generic(w), atol=1e-5)
+            grad = fused.vjp(up)
+            assert torch.isfinite(grad).all()
+            assert torch.allclose(grad, generic.vjp(up), atol=1e-5)
+
+
 def test_fused_scorer_with_uneven_runs_of_shared_histories(rec):
     # Runs of 2, 1 and 3 pairs sharing a history: the irregular (scatter) path of the fused scorer.
     hist = histories_from_lists(list(range(6)), [[0, 3], [0, 3], [1, 2, 4], [5], [5], [5]])

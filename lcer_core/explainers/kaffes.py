@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -14,6 +14,7 @@ from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations, 
 from lcer_core.explainers.influence import (
     DEFAULT_CHUNK_MB,
     QueryCounter,
+    RemovalScores,
     evaluate_sets,
     leave_one_out,
 )
@@ -30,17 +31,28 @@ _INF = float("inf")
 class KaffesConfig(ExplainerConfig):
     """``max_queries``: recommender queries allowed per pair (the factual one included).
 
+    ``criterion``: when a removal set counts as a CE. ``"threshold"`` (the default, the
+    paper's definition of a flip, eq. 9, which LCER is held to as well): the target's score
+    falls below the factual score of the (K+1)-th item, g_i(x \\ C) < g_{K+1}(x).
+    ``"topk"``: the target leaves the top-K of the re-ranked list, which is exactly the PN
+    test, so every CE found is necessary by construction (a stronger oracle than LCER has).
+
     ``beam``: sets kept at each depth and extended by one item; ``max_length``: the
     largest set tried (None: no bound but the budget); ``chunk_mb`` bounds the memory
     of one recommender call.
     """
 
+    criterion: Literal["threshold", "topk"] = "threshold"
     max_queries: int = 1000
     beam: int = 5
     max_length: int | None = None
     chunk_mb: float = DEFAULT_CHUNK_MB
 
     def __post_init__(self) -> None:
+        if self.criterion not in ("threshold", "topk"):
+            raise InvalidParameterError(
+                f"criterion must be 'threshold' or 'topk', got {self.criterion!r}"
+            )
         if not (isinstance(self.max_queries, int) and self.max_queries >= 1):
             raise InvalidParameterError(
                 f"max_queries must be a positive integer, got {self.max_queries}"
@@ -66,10 +78,11 @@ class KaffesCE(Explainer):
 
         f(C) = |C| / |N_u|  +  impotence(C),   impotence(C) = m(x \\ C) / m(x),
 
-    where m is the margin of the target i over its K-th best competitor in the re-ranked
-    list (which excludes the items still in the input): impotence 1 means the removal did
-    nothing, 0 that i is about to leave the top-K, and a negative value that it left it
-    (C is a CE). The factual query m(x) counts against the budget.
+    where m is the target's margin over what it must fall below (``criterion``): the factual
+    score of the (K+1)-th item g_{K+1}(x) (``"threshold"``), or its K-th best competitor in
+    the re-ranked list, which excludes the items still in the input (``"topk"``). Impotence
+    1 means the removal did nothing, 0 that the target is about to flip, and a negative
+    value that it flipped (C is a CE). The factual query m(x) counts against the budget.
 
     Strategy (our reading; the paper describes the guidance, not a batched algorithm): a
     breadth-ordered beam search. Depth 1 queries every singleton (the first
@@ -108,10 +121,15 @@ class KaffesCE(Explainer):
         loo = leave_one_out(
             recommender, pairs, max_positions=cap, chunk_mb=cfg.chunk_mb, progress=counter.phase
         )
-        m0 = loo.base.margin
+        margin = _margin_fn(self.config.criterion, pairs.thresholds)
+        m0 = margin(loo.base, None)
         scale = torch.where(m0 > 0, m0, torch.ones_like(m0))
         evaluated = pairs.mask & (torch.arange(width, device=dev) < cap)
-        imp1 = (loo.loo.margin / scale[:, None]).nan_to_num(nan=_INF).masked_fill(~evaluated, _INF)
+        imp1 = (
+            (margin(loo.loo, None) / scale[:, None])
+            .nan_to_num(nan=_INF)
+            .masked_fill(~evaluated, _INF)
+        )
         importance = (1 - imp1).masked_fill(~evaluated, float("nan"))
         used = 1 + evaluated.sum(1)
 
@@ -130,7 +148,7 @@ class KaffesCE(Explainer):
                 idx = todo[lo : lo + step]
                 sets = self._search(
                     recommender, pairs, idx, imp1[idx], evaluated[idx], used[idx],
-                    scale[idx], keys, max_len, counter.add,
+                    scale[idx], keys, max_len, counter.add, margin,
                 )  # fmt: skip
                 removed[idx] = sets
         counter.finish()
@@ -148,6 +166,7 @@ class KaffesCE(Explainer):
         keys: Tensor,
         max_len: int,
         tick: Callable[[int], None],
+        margin: _Margin,
     ) -> Tensor:
         """Depths 2.. of the beam search for the pairs ``idx``; returns their CE masks ``[n, L]``."""
         cfg = self.config
@@ -208,7 +227,7 @@ class KaffesCE(Explainer):
                 recommender, pairs, idx[e_row], make_removed, chunk_mb=cfg.chunk_mb, progress=tick
             )
             imp = torch.full((n, n_cols), _INF, device=dev)
-            imp[e_row, e_col] = (res.margin / scale[e_row]).nan_to_num(nan=_INF)
+            imp[e_row, e_col] = (margin(res, idx[e_row]) / scale[e_row]).nan_to_num(nan=_INF)
             used = used + take
 
             ce = sel & (imp < 0)
@@ -233,6 +252,25 @@ class KaffesCE(Explainer):
             beam_imp = imp.gather(1, order)
             beam_ok = new_ok
         return result
+
+
+_Margin = Callable[[RemovalScores, Tensor | None], Tensor]
+
+
+def _margin_fn(criterion: str, threshold: Tensor) -> _Margin:
+    """``margin(scores, pairs)``: the target's margin under ``criterion``; negative means a flip.
+
+    ``threshold`` is g_{K+1}(x) per pair; ``pairs`` indexes it for entry-wise scores (None:
+    scores are per pair, ``[P]`` or ``[P, L]``).
+    """
+
+    def margin(res: RemovalScores, pairs: Tensor | None) -> Tensor:
+        if criterion == "topk":
+            return res.margin
+        thr = threshold if pairs is None else threshold[pairs]
+        return res.target - (thr if thr.dim() == res.target.dim() else thr[:, None])
+
+    return margin
 
 
 def _item_keys(width: int, device: torch.device) -> Tensor:

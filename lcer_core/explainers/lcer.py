@@ -10,13 +10,11 @@ from torch import Tensor
 
 from lcer_core.errors import InvalidParameterError, NonFiniteScoresError
 from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations, Progress
-from lcer_core.noise import mix, stream_uniform
+from lcer_core.noise import mix, stream_logistic, stream_uniform
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
 
 __all__ = ["LCER", "LCERConfig", "lcer_reference_loop"]
-
-_EPS = 1e-10
 
 
 @dataclass(frozen=True)
@@ -60,10 +58,11 @@ def _streams(seed: int, keys: Tensor, items: Tensor) -> Tensor:
     return mix(seed, keys, items, torch.arange(2, device=items.device))
 
 
-def _gumbel(streams: Tensor, step: int) -> Tensor:
-    """Gumbel noise of ``step``, a pure function of (seed, pair, step, item, slot)."""
-    u = stream_uniform(streams, step)
-    return -torch.log(_EPS - torch.log(u + _EPS))
+def _noise(slot0: Tensor, step: int) -> Tensor:
+    """The Gumbel-softmax noise of ``step`` on the logit difference (remove − keep), a pure
+    function of (seed, pair, step, item): the difference of the two logits' Gumbel(0, 1) draws
+    is a standard logistic variable, drawn directly from the streams of slot 0."""
+    return stream_logistic(slot0, step)
 
 
 def _initial_logits(streams: Tensor) -> Tensor:
@@ -133,7 +132,7 @@ class LCER(Explainer):
         # diff = logit_remove - logit_keep and one Adam state per entry.
         init = _initial_logits(streams)  # [N, 2]
         diff = init[:, 0] - init[:, 1]
-        noise = torch.empty_like(diff)
+        slot0 = streams[:, 0].contiguous()
         m = torch.zeros_like(diff)
         v = torch.zeros_like(diff)
         b1, b2, adam_eps = 0.9, 0.999, 1e-8
@@ -156,14 +155,14 @@ class LCER(Explainer):
             sel = slice(None) if everything else act
             sel_e = slice(None) if everything else ent
             dd = diff if everything else diff[ent]
-            g = _gumbel(streams if everything else streams[ent], step)
-            torch.sub(g[:, 0], g[:, 1], out=noise if everything else None)
-            d = (dd + (noise if everything else g[:, 0] - g[:, 1])) / tau
+            d = (dd + _noise(slot0 if everything else slot0[ent], step)) / tau
             soft = torch.sigmoid(d)  # the 2-way softmax's "remove" probability
             hard = d >= 0  # argmax, ties to "remove" as argmax does
-            e = hard.to(soft.dtype)  # straight-through: forward value hard, gradient through soft
-            score = scorer(1.0 - e)
-            length = torch.zeros(act.shape[0], device=dev, dtype=e.dtype).index_add_(0, local, e)
+            # straight-through: the forward value is the hard sample, the gradient goes through soft
+            score = scorer.score_removed(hard)
+            length = torch.zeros(act.shape[0], device=dev, dtype=soft.dtype).index_add_(
+                0, local, hard.to(soft.dtype)
+            )
             hinge = cfg.alpha + score - thr[sel]
             loss = hinge.clamp_min(0) + cfg.lam * length
             # dL/de = -dL/dkeep + λ; de/dsoft = 1; dsoft/d(diff) = soft (1 - soft) / τ.
@@ -257,10 +256,11 @@ def lcer_reference_loop(
         x[0, own] = 1.0
         streams = _streams(seed, keys[p : p + 1, None], all_items[:, None])  # [M, 2]
         delta = _initial_logits(streams).clone().requires_grad_(True)
-        opt = torch.optim.Adam([delta], lr=config.lr)
-        best_loss, best_score, best_set, best_delta = float("inf"), float("inf"), None, None
+        opt = torch.optim.Adam([delta], lr=config.lr, fused=True)
+        best_loss, best_score, best_set = float("inf"), float("inf"), None
         for step in range(config.steps):
-            soft = F.softmax((delta + _gumbel(streams, step)) / config.temperature, -1)
+            gumbel = F.pad(_noise(streams[:, 0], step)[:, None], (0, 1))  # [M, 2]: (logistic, 0)
+            soft = F.softmax((delta + gumbel) / config.temperature, -1)
             hard = F.one_hot(soft.argmax(-1), 2).to(soft.dtype)
             e = (hard - soft).detach() + soft
             score = recommender.scores(e[:, 1] * x)[0, pairs.targets[p]]
@@ -271,13 +271,12 @@ def lcer_reference_loop(
             if float(loss.detach()) < best_loss:
                 best_loss, best_score = float(loss.detach()), float(score.detach())
                 best_set = (hard[:, 0] > 0.5) & (x[0] > 0)
-                best_delta = delta.detach().clone()
             opt.zero_grad()
             loss.backward()
             opt.step()
-        assert best_set is not None and best_delta is not None
+        assert best_set is not None
         n = int(own.numel())
         if best_score < float(pairs.thresholds[p]):
             removed[p, :n] = best_set[own]
-        importance[p, :n] = F.softmax(best_delta, -1)[own, 0]
+        importance[p, :n] = F.softmax(delta.detach(), -1)[own, 0]  # at the end, as LCER
     return Explanations(removed, importance)

@@ -42,6 +42,14 @@ class SetScorer(ABC):
     @abstractmethod
     def vjp(self, upstream: Tensor) -> Tensor: ...
 
+    def score_removed(self, removed: Tensor) -> Tensor:
+        """Scores once the entries flagged in ``removed: [N] bool`` are taken out (weights 1 - removed).
+
+        The same as ``scorer(1 - removed)``; binary inputs let a recommender work on the
+        removed entries only (LCER's forward values are hard 0/1 indicators).
+        """
+        return self(1.0 - removed.float())
+
 
 class AutogradSetScorer(SetScorer):
     """The generic :class:`SetScorer`: any differentiable ``score(w) -> [P, 1]`` through autograd."""

@@ -165,8 +165,21 @@ class MultVAERecommender(Recommender):
         return _MultVAESetScorer(self, items, mask, targets)
 
 
+def _tanh_(x: Tensor) -> Tensor:
+    """tanh in place as 2·sigmoid(2x) − 1: a third of ``torch.tanh``'s time on CPU, error ~1e-7."""
+    return torch.sigmoid_(x.mul_(2)).mul_(2).sub_(1)
+
+
 class _MultVAESetScorer(SetScorer):
-    """Forward and input-gradient of Mult-VAE's score of one target per pair."""
+    """Forward and input-gradient of Mult-VAE's score of one target per pair.
+
+    The explainers' hot loop. What it does beyond the plain computation, all exact up to
+    floating-point rounding: :meth:`score_removed` computes the first layer from the removed
+    entries only (the sum over the whole history minus the removed rows, an embedding bag,
+    since LCER's forward inputs are 0/1); :meth:`vjp` runs the dense backward only for the
+    pairs whose upstream gradient is non-zero (LCER: the pairs whose hinge is active, about
+    a quarter of them), and the weights are kept transposed for row-major products.
+    """
 
     def __init__(
         self, rec: MultVAERecommender, items: Tensor, mask: Tensor, targets: Tensor
@@ -175,13 +188,26 @@ class _MultVAESetScorer(SetScorer):
         dev = items.device
         self.mask = mask
         self.n_pairs, self.width = items.shape
-        self.groups = _HistoryGroups(items, mask, rec._table)
-        self.pair_of = torch.repeat_interleave(torch.arange(self.n_pairs, device=dev), mask.sum(1))
+        self.table = rec._table
+        self.groups = _HistoryGroups(items, mask, self.table)
+        self.counts = mask.sum(1)
+        self.pair_of = torch.repeat_interleave(torch.arange(self.n_pairs, device=dev), self.counts)
+        self.flat_items = items[mask]
         self.b1 = m.enc1.bias
         self.w_mu, self.b_mu = m.enc2.weight[: m.latent], m.enc2.bias[: m.latent]  # [d, H], [d]
+        self.w_mu_t = self.w_mu.t().contiguous()  # [H, d]
         self.w_d1, self.b_d1 = m.dec1.weight, m.dec1.bias  # [H, d], [H]
+        self.w_d1_t = self.w_d1.t().contiguous()  # [d, H]
         self.cols = m.dec2.weight[targets].contiguous()  # [P, H]
         self.bias = m.dec2.bias[targets]
+        self._total: Tensor | None = None  # first-layer sums over whole histories, lazily
+
+    def _finish(self, pre: Tensor) -> Tensor:
+        """Layers 2.. from the first layer's pre-activation ``[P, H]`` (consumed)."""
+        self.h1 = _tanh_(pre.add_(self.b1))
+        mu = torch.addmm(self.b_mu, self.h1, self.w_mu_t)
+        self.h2 = _tanh_(torch.addmm(self.b_d1, mu, self.w_d1_t))
+        return (self.h2 * self.cols).sum(1) + self.bias
 
     def __call__(self, flat_weights: Tensor) -> Tensor:
         w = flat_weights.detach()
@@ -193,17 +219,38 @@ class _MultVAESetScorer(SetScorer):
         self.w = w
         grid = torch.zeros(self.n_pairs, self.width, dtype=w.dtype, device=w.device)
         grid.masked_scatter_(self.mask, w / self.norm[self.pair_of])
-        self.h1 = torch.tanh(self.groups.first_layer(grid) + self.b1)
-        mu = torch.addmm(self.b_mu, self.h1, self.w_mu.t())
-        self.h2 = torch.tanh(torch.addmm(self.b_d1, mu, self.w_d1.t()))
-        return (self.h2 * self.cols).sum(1) + self.bias
+        return self._finish(self.groups.first_layer(grid))
+
+    def score_removed(self, removed: Tensor) -> Tensor:
+        dev = removed.device
+        if self._total is None:
+            self._total = self.groups.first_layer(self.mask.to(self.table.dtype))
+        n_removed = torch.zeros_like(self.counts).index_add_(0, self.pair_of, removed.long())
+        kept = (self.counts - n_removed).to(self.table.dtype)
+        self.live = kept > 0
+        self.norm = kept.clamp_min(1e-12).sqrt()  # the norm of a 0/1 vector
+        self.w = (~removed).to(self.table.dtype)
+        offsets = torch.cumsum(n_removed, 0) - n_removed
+        gone = F.embedding_bag(
+            self.flat_items[removed], self.table, offsets.to(dev), mode="sum"
+        )  # [P, H]: the rows taken out
+        pre = (self._total - gone).div_(self.norm[:, None])
+        if not bool(self.live.all()):
+            pre.masked_fill_(~self.live[:, None], 0.0)  # nothing kept: x_cf = 0 exactly
+        return self._finish(pre)
 
     def vjp(self, upstream: Tensor) -> Tensor:
-        g = self.cols * upstream[:, None]
-        g = g.mul_(1 - self.h2 * self.h2)  # through tanh of the decoder
+        on = (upstream != 0).nonzero().squeeze(1)
+        if on.numel() == 0:
+            return torch.zeros_like(self.w)
+        h1, h2 = self.h1[on], self.h2[on]
+        g = self.cols[on] * upstream[on, None]
+        g = g.mul_(1 - h2 * h2)  # through tanh of the decoder
         g = (g @ self.w_d1) @ self.w_mu  # through dec1 and the mean of enc2
-        g = g.mul_(1 - self.h1 * self.h1)  # through tanh of the encoder
-        g_norm = self.groups.first_layer_t(g, self.width)[self.mask]  # d/d(w / norm), [N]
+        g = g.mul_(1 - h1 * h1)  # through tanh of the encoder
+        full = torch.zeros(self.n_pairs, g.shape[1], dtype=g.dtype, device=g.device)
+        full.index_copy_(0, on, g)
+        g_norm = self.groups.first_layer_t(full, self.width)[self.mask]  # d/d(w / norm), [N]
         inv = 1.0 / self.norm
         dot = torch.zeros_like(self.norm).index_add_(0, self.pair_of, g_norm * self.w)
         coef = torch.where(self.live, dot * inv * inv * inv, torch.zeros_like(dot))
