@@ -65,6 +65,7 @@ def run_benchmark(
     sample: int = 5,
     full: bool = False,
     patience: int = 0,
+    min_delta: float = 0.0,
     synthetic_items: int | None = None,
     device: str | None = None,
     seed: int = 0,
@@ -78,6 +79,8 @@ def run_benchmark(
         raise InvalidParameterError(f"--sample must be a positive integer, got {sample}")
     if not (isinstance(patience, int) and patience >= 0):
         raise InvalidParameterError(f"--patience must be an integer >= 0, got {patience}")
+    if not (min_delta >= 0 and min_delta < 1e6):
+        raise InvalidParameterError(f"--min-delta must be a number >= 0, got {min_delta}")
     lo, hi = SYNTHETIC_ITEMS_RANGE
     if synthetic_items is not None and not (lo <= synthetic_items <= hi):
         raise InvalidParameterError(
@@ -161,17 +164,18 @@ def run_benchmark(
     if dev.startswith("cuda"):
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if patience:
-        log(f"batched engine with early stop (patience {patience}) ...")
+        log(f"batched engine with early stop (patience {patience}, min delta {min_delta}) ...")
         sync()
         t0 = time.perf_counter()
-        early = LCER(LCERConfig(alpha=alpha, lam=lam, steps=steps, patience=patience)).explain(
-            rec, pairs, seed=seed
-        )
+        early = LCER(
+            LCERConfig(alpha=alpha, lam=lam, steps=steps, patience=patience, min_delta=min_delta)
+        ).explain(rec, pairs, seed=seed)
         sync()
         early_s = time.perf_counter() - t0
         result.update(
             {
                 "patience": patience,
+                "min_delta": min_delta,
                 "early_stop_s_per_pair": early_s / len(pairs),
                 "early_stop_speedup_over_batched": fast_s / early_s,
                 "metrics_early_stop": summarize(evaluate_pairs(rec, pairs, early)),

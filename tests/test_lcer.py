@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_recommenders import LinearRecommender, random_linear
+from tiny_recommenders import CountingRecommender, LinearRecommender, random_linear
 
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import LCER, LCERConfig, get_explainer, lcer_reference_loop
@@ -133,9 +133,39 @@ def test_early_stop_keeps_the_answer_on_easy_pairs():
     assert pairs.items[0][expl.removed[0]].tolist() == [0]
 
 
+@pytest.mark.parametrize("min_delta", [0.0, 0.01])
+def test_early_stop_does_not_depend_on_batching_and_saves_steps(min_delta):
+    # Pairs finish at different steps; the live ones are compacted several times. Each pair's
+    # answer (set and importance) must be what it gets when explained alone.
+    rec = random_linear(40, seed=2, bias_scale=0.5)
+    lists = [list(range(u, u + 6 + 3 * (u % 4))) for u in range(10)]
+    pairs = build_pairs(rec, histories_from_lists(list(range(10)), lists), 3)
+    cfg = LCERConfig(alpha=0.05, lam=0.02, steps=600, patience=40, min_delta=min_delta)
+    calls = []
+    counting = CountingRecommender(rec)
+    a = LCER(cfg).explain(counting, pairs, seed=5, progress=lambda d, t: calls.append(d))
+    assert counting.rows < 0.8 * len(pairs) * 600  # finished pairs are no longer scored
+    for i in range(len(pairs)):
+        one = LCER(cfg).explain(rec, pairs.select(slice(i, i + 1)), seed=5)
+        n = int(pairs.mask[i].sum())
+        assert torch.equal(one.removed[0, :n], a.removed[i, :n])
+        assert torch.allclose(one.importance[0, :n], a.importance[i, :n], atol=1e-6)
+    full = LCER(LCERConfig(alpha=0.05, lam=0.02, steps=600)).explain(rec, pairs, seed=5)
+    assert a.found.sum() >= full.found.sum() - 3  # the answers stay about as good
+    assert calls[-1] == len(pairs) * 600  # progress completes even when stopping early
+
+
 @pytest.mark.parametrize(
     "params",
-    [{"alpha": -0.1}, {"lam": -1.0}, {"steps": 0}, {"alpha": float("nan")}, {"steps": 10**9}],
+    [
+        {"alpha": -0.1},
+        {"lam": -1.0},
+        {"steps": 0},
+        {"alpha": float("nan")},
+        {"steps": 10**9},
+        {"patience": -1},
+        {"min_delta": -0.5},
+    ],
 )
 def test_invalid_hyperparameters_are_refused(params):
     with pytest.raises(InvalidParameterError):

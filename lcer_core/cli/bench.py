@@ -33,6 +33,9 @@ def bench(
     patience: int = typer.Option(
         0, "--patience", help="Also measure early stop with this patience."
     ),
+    min_delta: float = typer.Option(
+        0.0, "--min-delta", help="Early stop: smallest loss drop that restarts the count."
+    ),
     items: int = typer.Option(
         None, "--synthetic-items", help="Use an untrained model over N items."
     ),
@@ -53,6 +56,7 @@ def bench(
             sample=sample,
             full=full,
             patience=patience,
+            min_delta=min_delta,
             synthetic_items=items,
             device=device,
             seed=seed,

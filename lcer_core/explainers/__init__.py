@@ -45,7 +45,7 @@ def get_explainer(method: str, **params: Any) -> Explainer:
     if cls is None:
         raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
     fields = set(cls.config_type.__dataclass_fields__)
-    shared = {"alpha", "lam", "steps", "patience"}
+    shared = {"alpha", "lam", "steps", "patience", "min_delta"}
     unknown = set(params) - fields - shared
     if unknown:
         raise InvalidParameterError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,9 @@ class LCERConfig(ExplainerConfig):
     #: Opt-in early stop: a pair is finished once its best loss has not improved for this
     #: many steps (0 = off, the paper's fixed number of steps).
     patience: int = 0
+    #: With early stop, only a drop of the loss by more than this restarts the count (the
+    #: state with the lowest loss is kept either way); e.g. λ/2, half the cost of one item.
+    min_delta: float = 0.0
     #: Pairs optimised together at most; bounds memory (a few hidden-size vectors per pair).
     max_pairs: int = 8192
 
@@ -47,6 +51,8 @@ class LCERConfig(ExplainerConfig):
             raise InvalidParameterError(f"temperature must be positive, got {self.temperature}")
         if self.patience < 0:
             raise InvalidParameterError(f"patience must be >= 0, got {self.patience}")
+        if not (self.min_delta >= 0 and self.min_delta < 1e6):
+            raise InvalidParameterError(f"min_delta must be >= 0, got {self.min_delta}")
 
 
 def _pair_keys(pairs: PairBatch) -> Tensor:
@@ -117,7 +123,12 @@ class LCER(Explainer):
     def _optimise(
         self, recommender: Recommender, pairs: PairBatch, seed: int, progress: Progress
     ) -> Explanations:
-        """Optimise all pairs of ``pairs`` together, over their valid entries only (flat [N])."""
+        """Optimise all pairs of ``pairs`` together, over their valid entries only (flat [N]).
+
+        With early stopping, the pairs still running are compacted into fresh, contiguous
+        state arrays (and a scorer of their own) whenever a fifth of them has finished, so
+        every step works on live pairs only and never gathers through index lists.
+        """
         cfg = self.config
         dev = pairs.items.device
         n_pairs = len(pairs)
@@ -125,94 +136,127 @@ class LCER(Explainer):
         flat_items = pairs.items[mask]  # [N]
         pair_of = torch.repeat_interleave(torch.arange(n_pairs, device=dev), mask.sum(1))  # [N]
         streams = _streams(seed, _pair_keys(pairs)[pair_of, None], flat_items[:, None])  # [N, 2]
-        thr = pairs.thresholds
-
         # Only the difference of an item's two logits matters (to the sample and to the
         # importance), and Adam gives the two logits opposite updates of equal size: keep
         # diff = logit_remove - logit_keep and one Adam state per entry.
         init = _initial_logits(streams)  # [N, 2]
-        diff = init[:, 0] - init[:, 1]
-        slot0 = streams[:, 0].contiguous()
-        m = torch.zeros_like(diff)
-        v = torch.zeros_like(diff)
-        b1, b2, adam_eps = 0.9, 0.999, 1e-8
-
-        best_loss = torch.full((n_pairs,), float("inf"), device=dev)
-        best_score = torch.full((n_pairs,), float("inf"), device=dev)
-        best_removed = torch.zeros(flat_items.shape[0], dtype=torch.bool, device=dev)
-        since_best = torch.zeros(n_pairs, dtype=torch.long, device=dev)
-
-        # The live set: pairs still optimised (all, unless early stopping drops some).
-        act = torch.arange(n_pairs, device=dev)
-        ent = torch.arange(flat_items.shape[0], device=dev)
-        local = pair_of
+        out = _State(
+            diff=init[:, 0] - init[:, 1],
+            m=torch.zeros(flat_items.shape[0], device=dev),
+            v=torch.zeros(flat_items.shape[0], device=dev),
+            slot0=streams[:, 0].contiguous(),
+            best_removed=torch.zeros(flat_items.shape[0], dtype=torch.bool, device=dev),
+            best_loss=torch.full((n_pairs,), float("inf"), device=dev),
+            best_score=torch.full((n_pairs,), float("inf"), device=dev),
+            ref_loss=torch.full((n_pairs,), float("inf"), device=dev),
+            since_best=torch.zeros(n_pairs, dtype=torch.long, device=dev),
+            thr=pairs.thresholds.clone(),
+            local=pair_of,
+        )
+        live_pairs = torch.arange(n_pairs, device=dev)  # global ids of the live pairs
+        live_ents = torch.arange(flat_items.shape[0], device=dev)
+        st = out  # the live state; ``out`` itself while every pair is live
         scorer = recommender.set_scorer_vjp(pairs.items, mask, pairs.targets)
-        everything = True
+        b1, b2, adam_eps = 0.9, 0.999, 1e-8
         tau = cfg.temperature
 
         for step in range(cfg.steps):
-            # While every pair is live, index with a full slice: views, not gathered copies.
-            sel = slice(None) if everything else act
-            sel_e = slice(None) if everything else ent
-            dd = diff if everything else diff[ent]
-            d = (dd + _noise(slot0 if everything else slot0[ent], step)) / tau
+            d = (st.diff + _noise(st.slot0, step)) / tau
             soft = torch.sigmoid(d)  # the 2-way softmax's "remove" probability
             hard = d >= 0  # argmax, ties to "remove" as argmax does
             # straight-through: the forward value is the hard sample, the gradient goes through soft
             score = scorer.score_removed(hard)
-            length = torch.zeros(act.shape[0], device=dev, dtype=soft.dtype).index_add_(
-                0, local, hard.to(soft.dtype)
-            )
-            hinge = cfg.alpha + score - thr[sel]
+            length = torch.zeros_like(score).index_add_(0, st.local, hard.to(score.dtype))
+            hinge = cfg.alpha + score - st.thr
             loss = hinge.clamp_min(0) + cfg.lam * length
             # dL/de = -dL/dkeep + λ; de/dsoft = 1; dsoft/d(diff) = soft (1 - soft) / τ.
             grad_keep = scorer.vjp((hinge > 0).to(score.dtype))
             grad = (cfg.lam - grad_keep) * soft * (1 - soft) / tau
 
-            better = loss < best_loss[sel]
-            if cfg.patience:
-                better &= since_best[sel] < cfg.patience  # a finished pair keeps its state
-            best_loss[sel] = torch.where(better, loss, best_loss[sel])
-            best_score[sel] = torch.where(better, score, best_score[sel])
-            since_best[sel] = torch.where(better, 0, since_best[sel] + 1)
-            best_removed[sel_e] = torch.where(better[local], hard, best_removed[sel_e])
+            better = loss < st.best_loss
+            if cfg.patience:  # a finished pair keeps its state until it is compacted away
+                running = st.since_best < cfg.patience
+                better &= running
+            st.best_loss = torch.where(better, loss, st.best_loss)
+            st.best_score = torch.where(better, score, st.best_score)
+            st.best_removed = torch.where(better[st.local], hard, st.best_removed)
+            if cfg.patience:  # only a drop of more than min_delta restarts the count
+                gain = loss < st.ref_loss - cfg.min_delta
+                st.ref_loss = torch.where(gain, loss, st.ref_loss)
+                st.since_best = torch.where(gain, 0, st.since_best + 1)
             # Adam on both logits, written on their difference (hence the factor 2).
             t = step + 1
             lr_t = cfg.lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
-            if everything:
-                m.mul_(b1).add_(grad, alpha=1 - b1)
-                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                diff.sub_(2 * lr_t * m / (v.sqrt() + adam_eps))
-            else:
-                m[ent] = b1 * m[ent] + (1 - b1) * grad
-                v[ent] = b2 * v[ent] + (1 - b2) * grad * grad
-                diff[ent] = dd - 2 * lr_t * m[ent] / (v[ent].sqrt() + adam_eps)
-            if cfg.patience and t % 10 == 0:
-                live = since_best[act] < cfg.patience
-                if not bool(live.any()):
-                    progress(cfg.steps, cfg.steps)
+            st.m.mul_(b1).add_(grad, alpha=1 - b1)
+            st.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            update = 2 * lr_t * st.m / (st.v.sqrt() + adam_eps)
+            if cfg.patience:
+                update.mul_(running[st.local])
+            st.diff.sub_(update)
+            if cfg.patience and t % 10 == 0 and t < cfg.steps:
+                running = st.since_best < cfg.patience
+                n_run = int(running.sum())
+                if n_run == 0:
                     break
-                if int(live.sum()) <= 0.8 * act.shape[0]:  # compact: rebuild for the live pairs
-                    act = act[live]
-                    keep_pair = torch.zeros(n_pairs, dtype=torch.bool, device=dev)
-                    keep_pair[act] = True
-                    ent = torch.nonzero(keep_pair[pair_of]).squeeze(1)
-                    remap = torch.full((n_pairs,), -1, dtype=torch.long, device=dev)
-                    remap[act] = torch.arange(act.shape[0], device=dev)
-                    local = remap[pair_of[ent]]
-                    scorer = recommender.set_scorer_vjp(
-                        pairs.items[act], mask[act], pairs.targets[act]
-                    )
-                    everything = False
+                if n_run <= 0.8 * running.shape[0]:
+                    if st is not out:
+                        st.write_to(out, live_pairs, live_ents)
+                    keep_ent = running[st.local]
+                    st = st.select(running, keep_ent)
+                    live_pairs, live_ents = live_pairs[running], live_ents[keep_ent]
+                    sub = pairs.select(live_pairs)
+                    scorer = recommender.set_scorer_vjp(sub.items, sub.mask, sub.targets)
             if t % 50 == 0 or t == cfg.steps:
                 progress(t, cfg.steps)
+        if st is not out:
+            st.write_to(out, live_pairs, live_ents)
+        progress(cfg.steps, cfg.steps)
 
-        _check_finite(best_loss, diff, pair_of, pairs)
-        found = best_score < thr
-        removed = torch.zeros_like(mask).masked_scatter(mask, best_removed) & found[:, None]
+        _check_finite(out.best_loss, out.diff, pair_of, pairs)
+        found = out.best_score < pairs.thresholds
+        removed = torch.zeros_like(mask).masked_scatter(mask, out.best_removed) & found[:, None]
         importance = torch.full(mask.shape, float("nan"), device=dev)
-        importance = importance.masked_scatter(mask, torch.sigmoid(diff))
+        importance = importance.masked_scatter(mask, torch.sigmoid(out.diff))
         return Explanations(removed, importance)
+
+
+@dataclass
+class _State:
+    """LCER's optimisation state: per entry (flat over the pairs' interacted items) and per pair.
+
+    ``local`` maps each entry to its pair's row in this state.
+    """
+
+    diff: Tensor
+    m: Tensor
+    v: Tensor
+    slot0: Tensor
+    best_removed: Tensor
+    best_loss: Tensor
+    best_score: Tensor
+    ref_loss: Tensor
+    since_best: Tensor
+    thr: Tensor
+    local: Tensor
+
+    _ENTRY: ClassVar[tuple[str, ...]] = ("diff", "m", "v", "slot0", "best_removed")
+    _PAIR: ClassVar[tuple[str, ...]] = ("best_loss", "best_score", "ref_loss", "since_best", "thr")
+
+    def select(self, pairs: Tensor, entries: Tensor) -> _State:
+        """The state of the pairs flagged in ``pairs`` (bool), whose entries are ``entries``."""
+        remap = torch.cumsum(pairs.long(), 0) - 1
+        return _State(
+            **{f: getattr(self, f)[entries] for f in self._ENTRY},
+            **{f: getattr(self, f)[pairs] for f in self._PAIR},
+            local=remap[self.local[entries]],
+        )
+
+    def write_to(self, out: _State, pairs: Tensor, entries: Tensor) -> None:
+        """Copy this state back into ``out`` at global pair ids ``pairs`` and entries ``entries``."""
+        for f in self._ENTRY:
+            getattr(out, f)[entries] = getattr(self, f)
+        for f in self._PAIR:
+            getattr(out, f)[pairs] = getattr(self, f)
 
 
 def _check_finite(best_loss: Tensor, logits: Tensor, pair_of: Tensor, pairs: PairBatch) -> None:
