@@ -30,7 +30,7 @@ from flows.train import DEFAULT_EPOCHS, prepare_and_train
 from lcer_core import api
 from lcer_core.datasets import get_spec
 from lcer_core.errors import OrchestrationError
-from lcer_core.explainers import METHODS
+from lcer_core.explainers import PAPER_METHODS
 from lcer_core.shards import (
     DEFAULT_SHARD_SIZE,
     RunSpec,
@@ -181,7 +181,7 @@ def lcer_pipeline(
     datasets = list(datasets or DEFAULT_DATASETS)
     for dataset in datasets:
         get_spec(dataset)
-    methods = check_methods(methods or list(METHODS))
+    methods = check_methods(methods or list(PAPER_METHODS))
     ks = list(ks or DEFAULT_KS)
     api.validate_common(n_users=n_users, steps=steps, seed=seed)
     split_users([], shard_size)  # refuses a bad shard size before any work

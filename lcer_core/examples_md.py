@@ -15,7 +15,13 @@ from lcer_core.errors import DataFormatError
 __all__ = ["METHOD_LABELS", "render_examples"]
 
 #: How methods are named in the page (as in the paper); other names are shown as given.
-METHOD_LABELS = {"lcer": "LCER", "kaffes": "KaffesCE", "accent": "Accent", "fia": "FIA"}
+METHOD_LABELS = {
+    "lcer": "LCER",
+    "kaffes": "KaffesCE",
+    "kaffes-topk": "KaffesCE (top-K test)",
+    "accent": "Accent",
+    "fia": "FIA",
+}
 
 _ESCAPES = str.maketrans({c: "\\" + c for c in "\\|*_`[]<>#"})
 

@@ -9,6 +9,7 @@ import torch
 from tiny_recommenders import CountingRecommender, LinearRecommender, random_linear
 
 from lcer_core.errors import InvalidParameterError
+from lcer_core.explainers import get_explainer
 from lcer_core.explainers.accent import Accent, AccentConfig
 from lcer_core.explainers.base import Explainer, Explanations
 from lcer_core.explainers.fia import FIA, FIAConfig
@@ -140,6 +141,13 @@ def test_kaffes_finds_a_shorter_ce_than_accent_when_another_competitor_rises() -
     assert topk.removed.tolist() == [[True, True, False]]
 
 
+def test_the_top_k_variant_is_registered_under_its_own_name() -> None:
+    explainer = get_explainer("kaffes-topk", beam=3)
+    assert explainer.dump_config()["method"] == "kaffes-topk"
+    assert explainer.dump_config()["criterion"] == "topk"
+    assert get_explainer("kaffes").dump_config()["criterion"] == "threshold"
+
+
 def test_kaffes_spends_at_most_its_query_budget(basic: LinearRecommender) -> None:
     pairs = one_pair(basic)
     counting = CountingRecommender(basic)
@@ -255,7 +263,7 @@ EXPLAINERS = {
     "accent": lambda **kw: Accent(AccentConfig(**kw)),
     "accent-topk": lambda **kw: Accent(AccentConfig(criterion="topk", **kw)),
     "kaffes": lambda **kw: KaffesCE(KaffesConfig(**kw)),
-    "kaffes-topk": lambda **kw: KaffesCE(KaffesConfig(criterion="topk", **kw)),
+    "kaffes-topk": lambda **kw: get_explainer("kaffes-topk", **kw),
 }
 
 

@@ -172,7 +172,10 @@ def run(
         list[str] | None, typer.Argument(help="Datasets (default: ml-100k).")
     ] = None,
     methods: Annotated[
-        str | None, typer.Option(help="Comma-separated methods (default: all).")
+        str | None,
+        typer.Option(
+            help="Comma-separated methods (default: the paper's lcer,fia,accent,kaffes; also kaffes-topk)."
+        ),
     ] = None,
     k: Annotated[str, typer.Option("--k", help="Comma-separated list lengths K.")] = "5,10",
     users: Annotated[
@@ -200,13 +203,13 @@ def run(
     """Run the whole Prefect pipeline: prepare, train, explain (fanned out), evaluate, store, track."""
     from lcer_core import api
     from lcer_core.datasets import get_spec
-    from lcer_core.explainers import METHODS
+    from lcer_core.explainers import PAPER_METHODS
     from lcer_core.shards import check_methods, split_users
 
     names = list(datasets or ["ml-100k"])
     for name in names:
         get_spec(name)
-    method_list = check_methods(parse_list(methods, str, "--methods") or list(METHODS))
+    method_list = check_methods(parse_list(methods, str, "--methods") or list(PAPER_METHODS))
     ks = parse_list(k, int, "--k") or []
     for value in ks:
         api.validate_common(k=value)

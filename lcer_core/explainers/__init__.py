@@ -8,7 +8,7 @@ from lcer_core.errors import InvalidParameterError, UnknownMethodError
 from lcer_core.explainers.accent import Accent, AccentConfig
 from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations
 from lcer_core.explainers.fia import FIA, FIAConfig
-from lcer_core.explainers.kaffes import KaffesCE, KaffesConfig
+from lcer_core.explainers.kaffes import KaffesCE, KaffesConfig, KaffesTopK, KaffesTopKConfig
 from lcer_core.explainers.lcer import LCER, LCERConfig, lcer_reference_loop
 
 __all__ = [
@@ -24,7 +24,10 @@ __all__ = [
     "AccentConfig",
     "KaffesCE",
     "KaffesConfig",
+    "KaffesTopK",
+    "KaffesTopKConfig",
     "METHODS",
+    "PAPER_METHODS",
     "get_explainer",
 ]
 
@@ -35,7 +38,11 @@ METHODS: dict[str, type[Explainer]] = {
     "fia": FIA,
     "accent": Accent,
     "kaffes": KaffesCE,
+    "kaffes-topk": KaffesTopK,
 }
+
+#: The paper's four methods: what the pipeline runs when no methods are given.
+PAPER_METHODS: tuple[str, ...] = ("lcer", "fia", "accent", "kaffes")
 
 
 def get_explainer(method: str, **params: Any) -> Explainer:
