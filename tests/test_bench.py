@@ -20,6 +20,8 @@ def test_bench_json_fields_and_agreement(in_trained_home, capsys):
             "3",
             "--patience",
             "10",
+            "--min-delta",
+            "0.005",
             "--device",
             "cpu",
         ],
@@ -47,6 +49,7 @@ def test_bench_json_fields_and_agreement(in_trained_home, capsys):
     assert res["same_sets_on_sample_pct"] == 100.0
     assert res["metrics_sequential"] == res["metrics_batched_on_sample"]
     assert set(res["metrics_early_stop"]) == set(res["metrics_batched"])
+    assert (res["patience"], res["min_delta"]) == (10, 0.005)
 
 
 def test_bench_on_a_synthetic_catalogue(in_trained_home, capsys):
