@@ -301,9 +301,10 @@ def lcer_reference_loop(
         streams = _streams(seed, keys[p : p + 1, None], all_items[:, None])  # [M, 2]
         delta = _initial_logits(streams).clone().requires_grad_(True)
         opt = torch.optim.Adam([delta], lr=config.lr, fused=True)
+        slot0 = streams[:, 0].contiguous()
         best_loss, best_score, best_set = float("inf"), float("inf"), None
         for step in range(config.steps):
-            gumbel = F.pad(_noise(streams[:, 0], step)[:, None], (0, 1))  # [M, 2]: (logistic, 0)
+            gumbel = F.pad(_noise(slot0, step)[:, None], (0, 1))  # [M, 2]: (logistic, 0)
             soft = F.softmax((delta + gumbel) / config.temperature, -1)
             hard = F.one_hot(soft.argmax(-1), 2).to(soft.dtype)
             e = (hard - soft).detach() + soft
