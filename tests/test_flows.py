@@ -112,7 +112,7 @@ def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: P
     assert len(task_runs) == N_SHARDS * len(methods)
     assert {r.state.name for r in task_runs} == {"Completed"}
     for method in methods:
-        names = sorted(r.name for r in task_runs if r.name.startswith(f"explain-{method}-"))
+        names = sorted(r.name for r in task_runs if r.name.startswith(f"explain-{method}-k"))
         assert [n[-4:] for n in names] == ["0000", "0001"]
     files = _shard_files(flow_home)
     assert len(files) == N_SHARDS * len(methods)
