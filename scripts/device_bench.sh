@@ -6,8 +6,9 @@
 #   mkdir -p .device-data && cp ../shared/datasets/ml-100k.zip .device-data/
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl polars polars-runtime-32 httpx httpcore h11 anyio sniffio certifi idna typer click rich \
-#     markdown-it-py mdurl pygments shellingham typing-extensions duckdb psutil
+#     -d .whl polars==2.1.0 polars-runtime-32==2.1.0
+#   (the image there has torch, httpx, rich, typer; DuckDB is not needed: the science core
+#   imports it lazily, and polars + DuckDB together would pass the 64 MiB the tool carries)
 # Then run (about 2-3 minutes warm; give timeout_s=420 to leave room for one rerun):
 #   run(command="bash scripts/device_bench.sh", carry=[".whl", ".device-data"], timeout_s=420)
 set -euo pipefail

@@ -20,29 +20,59 @@ Which items appear most often in LCER's CEs, and how popular they are::
     WHERE dataset = 'ml-100k' AND method = 'lcer' AND k = 5 ORDER BY explanation_count DESC;
 """
 
-from lcer_core.store.formatting import FORMATS, print_frame, render, to_csv, to_json, to_rich_table
-from lcer_core.store.migrations import SCHEMA_VERSION, apply_migrations, current_version
-from lcer_core.store.paper import (
-    PAPER_ALPHAS,
-    PAPER_LAMS,
-    PAPER_LCER_PARAMS,
-    PAPER_TABLE2,
-    PAPER_TABLE3,
-    paper_table2,
-    paper_table3,
-)
-from lcer_core.store.report import REPORT_METRICS, table2_report, table3_report
-from lcer_core.store.schema import (
-    EXPLANATION_COLUMNS,
-    ITEM_COLUMNS,
-    KINDS,
-    METRIC_KEYS,
-    RECOMMENDATION_COLUMNS,
-    STATUSES,
-    TABLES,
-)
-from lcer_core.store.store import DEFAULT_LOCK_TIMEOUT, ResultStore
-from lcer_core.store.views import METHOD_ORDER, TABLE2_COLUMNS, TABLE3_COLUMNS, VIEWS
+import importlib
+from typing import Any
+
+# Names load on first use (PEP 562): importing ``lcer_core.store.paper`` (the paper's numbers,
+# which the explainers' defaults use) must not pull in DuckDB, so that the science core runs
+# where only torch and polars are installed (the GPU benchmark's machine, for one).
+_HOMES = {
+    "lcer_core.store.formatting": (
+        "FORMATS",
+        "print_frame",
+        "render",
+        "to_csv",
+        "to_json",
+        "to_rich_table",
+    ),
+    "lcer_core.store.migrations": ("SCHEMA_VERSION", "apply_migrations", "current_version"),
+    "lcer_core.store.paper": (
+        "PAPER_ALPHAS",
+        "PAPER_LAMS",
+        "PAPER_LCER_PARAMS",
+        "PAPER_TABLE2",
+        "PAPER_TABLE3",
+        "paper_table2",
+        "paper_table3",
+    ),
+    "lcer_core.store.report": ("REPORT_METRICS", "table2_report", "table3_report"),
+    "lcer_core.store.schema": (
+        "EXPLANATION_COLUMNS",
+        "ITEM_COLUMNS",
+        "KINDS",
+        "METRIC_KEYS",
+        "RECOMMENDATION_COLUMNS",
+        "STATUSES",
+        "TABLES",
+    ),
+    "lcer_core.store.store": ("DEFAULT_LOCK_TIMEOUT", "ResultStore"),
+    "lcer_core.store.views": ("METHOD_ORDER", "TABLE2_COLUMNS", "TABLE3_COLUMNS", "VIEWS"),
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "ResultStore",
