@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_recommenders import CountingRecommender, LinearRecommender, random_linear
+from tiny_recommenders import (
+    CountingRecommender,
+    LinearRecommender,
+    RecordingRecommender,
+    random_linear,
+)
 
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import LCER, LCERConfig, get_explainer, lcer_reference_loop
@@ -153,6 +158,49 @@ def test_early_stop_does_not_depend_on_batching_and_saves_steps(min_delta):
     full = LCER(LCERConfig(alpha=0.05, lam=0.02, steps=600)).explain(rec, pairs, seed=5)
     assert a.found.sum() >= full.found.sum() - 3  # the answers stay about as good
     assert calls[-1] == len(pairs) * 600  # progress completes even when stopping early
+
+
+def _stopped_by_the_rule(rec, pairs, cfg: LCERConfig, seed: int) -> torch.Tensor:
+    """The removed sets early stop must give, worked out from a run without it: each pair's
+    losses step by step, its stop step by the documented rule, its best set before that."""
+    recorder = RecordingRecommender(rec)
+    LCER(LCERConfig(alpha=cfg.alpha, lam=cfg.lam, steps=cfg.steps)).explain(
+        recorder, pairs, seed=seed
+    )
+    scores, removed = torch.stack(recorder.scored), torch.stack(recorder.removed)  # [T, P], [T, N]
+    mask = pairs.mask
+    pair_of = torch.repeat_interleave(torch.arange(len(pairs)), mask.sum(1))
+    lengths = torch.zeros_like(scores).index_add_(1, pair_of, removed.float())
+    losses = (cfg.alpha + scores - pairs.thresholds).clamp_min(0) + cfg.lam * lengths
+    expected = torch.zeros_like(mask)
+    for p in range(len(pairs)):
+        ref, since, stop = float("inf"), 0, cfg.steps
+        for t, loss in enumerate(losses[:, p].tolist()):
+            if loss < ref - cfg.min_delta:
+                ref, since = loss, 0
+            else:
+                since += 1
+            if since >= cfg.patience:
+                stop = t + 1
+                break
+        best = int(losses[:stop, p].argmin())
+        if scores[best, p] < pairs.thresholds[p]:
+            expected[p, : int(mask[p].sum())] = removed[best][pair_of == p]
+    return expected
+
+
+@pytest.mark.parametrize(("patience", "min_delta"), [(15, 0.0), (25, 0.01), (40, 0.05)])
+def test_early_stop_follows_its_rule_exactly(patience, min_delta):
+    # A pair stops for good once `patience` steps pass without its loss dropping by more than
+    # `min_delta`; its answer is the best state before that. Finished pairs wait a few steps
+    # for compaction: they must neither move nor come back to life meanwhile.
+    rec = random_linear(30, seed=4, bias_scale=0.5)
+    lists = sorted(([*range(u, u + 4 + 2 * (u % 5))] for u in range(12)), key=len)
+    pairs = build_pairs(rec, histories_from_lists(list(range(12)), lists), 3)
+    assert bool((pairs.lengths[1:] >= pairs.lengths[:-1]).all())  # LCER's own order
+    cfg = LCERConfig(alpha=0.05, lam=0.02, steps=400, patience=patience, min_delta=min_delta)
+    got = LCER(cfg).explain(rec, pairs, seed=7)
+    assert torch.equal(got.removed, _stopped_by_the_rule(rec, pairs, cfg, seed=7))
 
 
 @pytest.mark.parametrize(

@@ -180,8 +180,9 @@ class LCER(Explainer):
             st.best_loss = torch.where(better, loss, st.best_loss)
             st.best_score = torch.where(better, score, st.best_score)
             st.best_removed = torch.where(better[st.local], hard, st.best_removed)
-            if cfg.patience:  # only a drop of more than min_delta restarts the count
-                gain = loss < st.ref_loss - cfg.min_delta
+            if cfg.patience:  # only a drop of more than min_delta restarts the count, and a
+                # finished pair (frozen until it is compacted away) never restarts
+                gain = (loss < st.ref_loss - cfg.min_delta) & running
                 st.ref_loss = torch.where(gain, loss, st.ref_loss)
                 st.since_best = torch.where(gain, 0, st.since_best + 1)
             # Adam on both logits, written on their difference (hence the factor 2).
