@@ -178,6 +178,11 @@ def run_benchmark(
                 "min_delta": min_delta,
                 "early_stop_s_per_pair": early_s / len(pairs),
                 "early_stop_speedup_over_batched": fast_s / early_s,
+                # the work early stop saves, before what it costs to realise: pair-steps run,
+                # as a share of the full run's
+                "early_stop_pair_steps_pct": 100.0 * float(early.steps.sum()) / (len(pairs) * steps)
+                if early.steps is not None
+                else None,
                 "metrics_early_stop": summarize(evaluate_pairs(rec, pairs, early)),
             }
         )

@@ -49,6 +49,7 @@ def test_bench_json_fields_and_agreement(in_trained_home, capsys):
     assert res["same_sets_on_sample_pct"] == 100.0
     assert res["metrics_sequential"] == res["metrics_batched_on_sample"]
     assert set(res["metrics_early_stop"]) == set(res["metrics_batched"])
+    assert 0 < res["early_stop_pair_steps_pct"] <= 100
     assert (res["patience"], res["min_delta"]) == (10, 0.005)
 
 

@@ -156,13 +156,15 @@ def test_early_stop_does_not_depend_on_batching_and_saves_steps(min_delta):
         assert torch.equal(one.removed[0, :n], a.removed[i, :n])
         assert torch.allclose(one.importance[0, :n], a.importance[i, :n], atol=1e-6)
     full = LCER(LCERConfig(alpha=0.05, lam=0.02, steps=600)).explain(rec, pairs, seed=5)
+    assert full.steps is not None and bool((full.steps == 600).all())
+    assert a.steps is not None and int(a.steps.sum()) < 0.8 * len(pairs) * 600
     assert a.found.sum() >= full.found.sum() - 3  # the answers stay about as good
     assert calls[-1] == len(pairs) * 600  # progress completes even when stopping early
 
 
-def _stopped_by_the_rule(rec, pairs, cfg: LCERConfig, seed: int) -> torch.Tensor:
-    """The removed sets early stop must give, worked out from a run without it: each pair's
-    losses step by step, its stop step by the documented rule, its best set before that."""
+def _stopped_by_the_rule(rec, pairs, cfg: LCERConfig, seed: int) -> tuple[torch.Tensor, list]:
+    """The removed sets and step counts early stop must give, worked out from a run without it:
+    each pair's losses step by step, its stop step by the documented rule, its best set before."""
     recorder = RecordingRecommender(rec)
     LCER(LCERConfig(alpha=cfg.alpha, lam=cfg.lam, steps=cfg.steps)).explain(
         recorder, pairs, seed=seed
@@ -172,7 +174,7 @@ def _stopped_by_the_rule(rec, pairs, cfg: LCERConfig, seed: int) -> torch.Tensor
     pair_of = torch.repeat_interleave(torch.arange(len(pairs)), mask.sum(1))
     lengths = torch.zeros_like(scores).index_add_(1, pair_of, removed.float())
     losses = (cfg.alpha + scores - pairs.thresholds).clamp_min(0) + cfg.lam * lengths
-    expected = torch.zeros_like(mask)
+    expected, stops = torch.zeros_like(mask), []
     for p in range(len(pairs)):
         ref, since, stop = float("inf"), 0, cfg.steps
         for t, loss in enumerate(losses[:, p].tolist()):
@@ -183,10 +185,11 @@ def _stopped_by_the_rule(rec, pairs, cfg: LCERConfig, seed: int) -> torch.Tensor
             if since >= cfg.patience:
                 stop = t + 1
                 break
+        stops.append(stop)
         best = int(losses[:stop, p].argmin())
         if scores[best, p] < pairs.thresholds[p]:
             expected[p, : int(mask[p].sum())] = removed[best][pair_of == p]
-    return expected
+    return expected, stops
 
 
 @pytest.mark.parametrize(("patience", "min_delta"), [(15, 0.0), (25, 0.01), (40, 0.05)])
@@ -200,7 +203,10 @@ def test_early_stop_follows_its_rule_exactly(patience, min_delta):
     assert bool((pairs.lengths[1:] >= pairs.lengths[:-1]).all())  # LCER's own order
     cfg = LCERConfig(alpha=0.05, lam=0.02, steps=400, patience=patience, min_delta=min_delta)
     got = LCER(cfg).explain(rec, pairs, seed=7)
-    assert torch.equal(got.removed, _stopped_by_the_rule(rec, pairs, cfg, seed=7))
+    removed, stops = _stopped_by_the_rule(rec, pairs, cfg, seed=7)
+    assert torch.equal(got.removed, removed)
+    assert got.steps is not None and got.steps.tolist() == stops
+    assert min(stops) < max(stops) < cfg.steps  # pairs stopped, at different steps
 
 
 @pytest.mark.parametrize(

@@ -96,4 +96,5 @@ def bench(
     if "early_stop_s_per_pair" in res:
         typer.echo(
             f"early stop      : {res['early_stop_s_per_pair']:.4f} s/pair, {res['early_stop_speedup_over_batched']:.2f}x over batched"
+            f" ({res['early_stop_pair_steps_pct']:.1f}% of the pair-steps run)"
         )

@@ -31,7 +31,9 @@ def _progress_bar(label: str):  # noqa: ANN202
 @app.command()
 def explain(
     dataset: str = typer.Argument(..., help="Dataset name, e.g. ml-100k."),
-    method: str = typer.Option("lcer", "--method", "-m", help="lcer, fia, accent, kaffes or kaffes-topk."),
+    method: str = typer.Option(
+        "lcer", "--method", "-m", help="lcer, fia, accent, kaffes or kaffes-topk."
+    ),
     k: int = typer.Option(5, "--k", help="Length of the recommendation list."),
     alpha: float = typer.Option(
         None, "--alpha", help="LCER hinge margin α (default: the paper's)."

@@ -32,6 +32,9 @@ class Explanations:
 
     removed: Tensor  # [P, L] bool: the counterfactual set C (False at padding)
     importance: Tensor  # [P, L] float: per-item importance, NaN where the method has none
+    #: [P] long: optimisation steps each pair ran (LCER; fewer than configured with early
+    #: stop), None for methods without steps.
+    steps: Tensor | None = None
 
     @property
     def found(self) -> Tensor:
@@ -43,16 +46,19 @@ class Explanations:
         return self.removed.sum(1)
 
     def to(self, device: torch.device | str) -> Explanations:
-        return Explanations(self.removed.to(device), self.importance.to(device))
+        steps = None if self.steps is None else self.steps.to(device)
+        return Explanations(self.removed.to(device), self.importance.to(device), steps)
 
     @staticmethod
     def cat(parts: list[Explanations]) -> Explanations:
         """Concatenate along pairs, padding the item axis to the widest part."""
         width = max(p.removed.shape[1] for p in parts)
         pad = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
+        steps = [p.steps for p in parts]
         return Explanations(
             torch.cat([pad(p.removed, False) for p in parts]),
             torch.cat([pad(p.importance, float("nan")) for p in parts]),
+            None if any(s is None for s in steps) else torch.cat(steps),  # type: ignore[arg-type]
         )
 
 
@@ -103,7 +109,7 @@ class Explainer(ABC):
         out = self._explain(recommender, pairs, seed=seed, progress=progress)
         removed = out.removed & pairs.mask
         importance = out.importance.masked_fill(~pairs.mask, float("nan"))
-        return Explanations(removed, importance)
+        return Explanations(removed, importance, out.steps)
 
     @abstractmethod
     def _explain(

@@ -117,7 +117,11 @@ class LCER(Explainer):
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(pairs), device=order.device)
         width = pairs.items.shape[1]
-        return Explanations(out.removed[inverse][:, :width], out.importance[inverse][:, :width])
+        return Explanations(
+            out.removed[inverse][:, :width],
+            out.importance[inverse][:, :width],
+            None if out.steps is None else out.steps[inverse],
+        )
 
     @torch.no_grad()
     def _optimise(
@@ -150,6 +154,7 @@ class LCER(Explainer):
             best_score=torch.full((n_pairs,), float("inf"), device=dev),
             ref_loss=torch.full((n_pairs,), float("inf"), device=dev),
             since_best=torch.zeros(n_pairs, dtype=torch.long, device=dev),
+            steps_run=torch.zeros(n_pairs, dtype=torch.long, device=dev),
             thr=pairs.thresholds.clone(),
             local=pair_of,
         )
@@ -193,6 +198,7 @@ class LCER(Explainer):
             update = 2 * lr_t * st.m / (st.v.sqrt() + adam_eps)
             if cfg.patience:
                 update.mul_(running[st.local])
+                st.steps_run += running
             st.diff.sub_(update)
             if cfg.patience and t % 10 == 0 and t < cfg.steps:
                 running = st.since_best < cfg.patience
@@ -218,7 +224,8 @@ class LCER(Explainer):
         removed = torch.zeros_like(mask).masked_scatter(mask, out.best_removed) & found[:, None]
         importance = torch.full(mask.shape, float("nan"), device=dev)
         importance = importance.masked_scatter(mask, torch.sigmoid(out.diff))
-        return Explanations(removed, importance)
+        steps_run = out.steps_run if cfg.patience else torch.full_like(out.steps_run, cfg.steps)
+        return Explanations(removed, importance, steps_run)
 
 
 @dataclass
@@ -237,11 +244,19 @@ class _State:
     best_score: Tensor
     ref_loss: Tensor
     since_best: Tensor
+    steps_run: Tensor
     thr: Tensor
     local: Tensor
 
     _ENTRY: ClassVar[tuple[str, ...]] = ("diff", "m", "v", "slot0", "best_removed")
-    _PAIR: ClassVar[tuple[str, ...]] = ("best_loss", "best_score", "ref_loss", "since_best", "thr")
+    _PAIR: ClassVar[tuple[str, ...]] = (
+        "best_loss",
+        "best_score",
+        "ref_loss",
+        "since_best",
+        "steps_run",
+        "thr",
+    )
 
     def select(self, pairs: Tensor, entries: Tensor) -> _State:
         """The state of the pairs flagged in ``pairs`` (bool), whose entries are ``entries``."""
