@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_recommenders import (
-    CountingRecommender,
-    LinearRecommender,
-    RecordingRecommender,
-    random_linear,
-)
+from tiny_recommenders import CountingRecommender, LinearRecommender, random_linear
 
+from lcer_core.early_stop import record_run
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import LCER, LCERConfig, get_explainer, lcer_reference_loop
 from lcer_core.metrics import evaluate_pairs, summarize
 from lcer_core.pairs import build_pairs, histories_from_lists
+from lcer_core.recommender.recording import RecordingRecommender
 
 
 def _one_cause() -> LinearRecommender:
@@ -207,6 +204,14 @@ def test_early_stop_follows_its_rule_exactly(patience, min_delta):
     assert torch.equal(got.removed, removed)
     assert got.steps is not None and got.steps.tolist() == stops
     assert min(stops) < max(stops) < cfg.steps  # pairs stopped, at different steps
+    # The replay tool reads the rule the same way, from one recorded run.
+    run = record_run(rec, pairs, cfg, seed=7)
+    replayed = run.explanations(run.stop_steps(cfg.patience, cfg.min_delta))
+    assert torch.equal(replayed.removed, removed) and replayed.steps.tolist() == stops
+    full = LCER(LCERConfig(alpha=0.05, lam=0.02, steps=400)).explain(rec, pairs, seed=7)
+    assert torch.equal(run.explanations().removed, full.removed)
+    oracle = run.explanations(run.oracle_steps())  # the last improvement keeps every answer
+    assert torch.equal(oracle.removed, full.removed) and bool((run.oracle_steps() <= 400).all())
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,7 @@
 
 ``LinearRecommender`` scores ``x @ W + b``: removing interacted item j lowers the score of
 item c by exactly ``W[j, c]``. ``CountingRecommender`` wraps any recommender and counts
-the inputs it scores, to check query budgets; ``RecordingRecommender`` records what LCER's
-set scorers were asked, step by step.
+the inputs it scores, to check query budgets.
 """
 
 from __future__ import annotations
@@ -11,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lcer_core.recommender.base import Recommender, SetScorer
+from lcer_core.recommender.base import Recommender
 
-__all__ = ["CountingRecommender", "LinearRecommender", "RecordingRecommender", "random_linear"]
+__all__ = ["CountingRecommender", "LinearRecommender", "random_linear"]
 
 
 class LinearRecommender(Recommender):
@@ -72,40 +71,3 @@ def random_linear(n_items: int, seed: int = 0, bias_scale: float = 1.0) -> Linea
     bias = torch.randn(n_items, generator=gen) * bias_scale
     return LinearRecommender(weight, bias)
 
-
-class RecordingRecommender(Recommender):
-    """Delegates to ``inner``; every set scorer it hands out records, per call of
-    ``score_removed``, the removed flags it was given and the scores it returned."""
-
-    def __init__(self, inner: Recommender) -> None:
-        self.inner = inner
-        self.n_items = inner.n_items
-        self.removed: list[Tensor] = []
-        self.scored: list[Tensor] = []
-
-    @property
-    def device(self) -> torch.device:
-        return self.inner.device
-
-    def scores(self, x: Tensor) -> Tensor:
-        return self.inner.scores(x)
-
-    def set_scorer_vjp(self, items: Tensor, mask: Tensor, targets: Tensor) -> SetScorer:
-        return _RecordingScorer(self.inner.set_scorer_vjp(items, mask, targets), self)
-
-
-class _RecordingScorer(SetScorer):
-    def __init__(self, inner: SetScorer, log: RecordingRecommender) -> None:
-        self.inner, self.log = inner, log
-
-    def __call__(self, flat_weights: Tensor) -> Tensor:
-        return self.inner(flat_weights)
-
-    def vjp(self, upstream: Tensor) -> Tensor:
-        return self.inner.vjp(upstream)
-
-    def score_removed(self, removed: Tensor) -> Tensor:
-        out = self.inner.score_removed(removed)
-        self.log.removed.append(removed.clone())
-        self.log.scored.append(out.clone())
-        return out
