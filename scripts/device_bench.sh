@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU check of the explanation engine, for the `device` tool (one H100/H200, no network there).
+# GPU check of the explanation engine, for the `device` tool (one H100/H200, no network there):
+# the CUDA tests, then `lcer bench` on CUDA twice.
 #
 # Prepare here, once (nothing of it is committed):
 #   echo /.whl/ >> .git/info/exclude; echo /.device-data/ >> .git/info/exclude
@@ -16,6 +17,11 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 export LCER_HOME=/tmp/lcer-home LCER_MIRROR="file://$PWD/.device-data"
 nvidia-smi --query-gpu=name,memory.total --format=csv
+# The tests that run every explainer on CUDA and compare with the CPU (skipped where there is
+# no GPU), and the noise tests (the same draws on every device).
+python3 -m pytest -q -p no:cacheprovider tests/test_baselines.py tests/test_noise.py -k "device or noise" \
+  2>&1 | tee "${OUT:-/tmp}/pytest-cuda.txt" | tail -5
+[ "${1:-}" = tests ] && exit 0  # `bash scripts/device_bench.sh tests`: the tests alone
 python3 - <<'PY'
 import json, os, sys
 from lcer_core.bench import run_benchmark
