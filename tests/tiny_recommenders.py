@@ -70,4 +70,3 @@ def random_linear(n_items: int, seed: int = 0, bias_scale: float = 1.0) -> Linea
     weight = torch.randn(n_items, n_items, generator=gen)
     bias = torch.randn(n_items, generator=gen) * bias_scale
     return LinearRecommender(weight, bias)
-
