@@ -12,6 +12,7 @@ and the bound of an oracle that stops each pair right after its last improvement
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -19,6 +20,7 @@ from torch import Tensor
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import LCER, LCERConfig
 from lcer_core.explainers.base import Explanations
+from lcer_core.explainers.lcer import lcer_loss, patience_update
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
 from lcer_core.recommender.recording import RecordingRecommender
@@ -29,7 +31,8 @@ __all__ = ["RecordedRun", "record_run"]
 @dataclass(frozen=True)
 class RecordedRun:
     """Every step of one LCER run: ``scores: [T, P]``, ``removed: [T, N]`` (flat over
-    ``pairs.mask``), for ``pairs`` in the order LCER optimised them (by history length)."""
+    ``pairs.mask``), for ``pairs`` in the order LCER optimised them (by history length);
+    all on the CPU."""
 
     pairs: PairBatch
     scores: Tensor
@@ -37,26 +40,24 @@ class RecordedRun:
     alpha: float
     lam: float
 
+    @cached_property
     def losses(self) -> Tensor:
         """``[T, P]``: each pair's loss at each step, as LCER computes it."""
         lengths = torch.zeros_like(self.scores).index_add_(1, self._pair_of(), self.removed.float())
-        hinge = (self.alpha + self.scores - self.pairs.thresholds).clamp_min(0)
-        return hinge + self.lam * lengths
+        return lcer_loss(self.scores, lengths, self.pairs.thresholds, self.alpha, self.lam)[1]
 
     def stop_steps(self, patience: int, min_delta: float = 0.0) -> Tensor:
         """``[P]``: steps each pair runs under the rule (all of them where it never fires)."""
         if patience < 1:
             raise InvalidParameterError(f"patience must be >= 1, got {patience}")
-        losses = self.losses()
+        losses = self.losses
         n_steps, n_pairs = losses.shape
-        ref = torch.full((n_pairs,), float("inf"), device=losses.device)
-        since = torch.zeros(n_pairs, dtype=torch.long, device=losses.device)
-        stop = torch.full((n_pairs,), n_steps, dtype=torch.long, device=losses.device)
-        done = torch.zeros(n_pairs, dtype=torch.bool, device=losses.device)
+        ref = torch.full((n_pairs,), float("inf"))
+        since = torch.zeros(n_pairs, dtype=torch.long)
+        stop = torch.full((n_pairs,), n_steps, dtype=torch.long)
+        done = torch.zeros(n_pairs, dtype=torch.bool)
         for t in range(n_steps):  # vectorised over pairs; the rule is sequential in steps
-            gain = (losses[t] < ref - min_delta) & ~done
-            ref = torch.where(gain, losses[t], ref)
-            since = torch.where(gain, 0, since + 1)
+            ref, since = patience_update(losses[t], ref, since, ~done, min_delta)
             newly = (since >= patience) & ~done
             stop[newly] = t + 1
             done |= newly
@@ -65,16 +66,16 @@ class RecordedRun:
     def oracle_steps(self) -> Tensor:
         """``[P]``: steps up to and including each pair's last improvement (hindsight): the
         least any rule could run and still return every pair's full-run answer."""
-        return self.losses().argmin(0) + 1  # argmin gives the first minimum, as LCER keeps
+        return self.losses.argmin(0) + 1  # argmin gives the first minimum, as LCER keeps
 
     def explanations(self, stops: Tensor | None = None) -> Explanations:
         """What each pair returns when it runs ``stops`` steps (all of them by default);
         importance is not recorded (NaN)."""
-        losses = self.losses()
+        losses = self.losses
         n_steps, n_pairs = losses.shape
         if stops is None:
-            stops = torch.full((n_pairs,), n_steps, dtype=torch.long, device=losses.device)
-        steps = torch.arange(n_steps, device=losses.device)[:, None]
+            stops = torch.full((n_pairs,), n_steps, dtype=torch.long)
+        steps = torch.arange(n_steps)[:, None]
         best = torch.where(steps < stops[None], losses, float("inf")).argmin(0)  # [P]
         flat = self.removed[best[self._pair_of()], torch.arange(self.removed.shape[1])]
         found = self.scores[best, torch.arange(n_pairs)] < self.pairs.thresholds

@@ -15,7 +15,7 @@ from lcer_core.noise import mix, stream_logistic, stream_uniform
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
 
-__all__ = ["LCER", "LCERConfig", "lcer_reference_loop"]
+__all__ = ["LCER", "LCERConfig", "lcer_loss", "lcer_reference_loop", "patience_update"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,24 @@ class LCERConfig(ExplainerConfig):
             raise InvalidParameterError(f"patience must be >= 0, got {self.patience}")
         if not (self.min_delta >= 0 and self.min_delta < 1e6):
             raise InvalidParameterError(f"min_delta must be >= 0, got {self.min_delta}")
+
+
+def lcer_loss(
+    score: Tensor, length: Tensor, threshold: Tensor, alpha: float, lam: float
+) -> tuple[Tensor, Tensor]:
+    """LCER's hinge α + g_i(x_cf) − g_{K+1}(x_f) and loss max(0, hinge) + λ·|C|."""
+    hinge = alpha + score - threshold
+    return hinge, hinge.clamp_min(0) + lam * length
+
+
+def patience_update(
+    loss: Tensor, ref: Tensor, since: Tensor, running: Tensor, min_delta: float
+) -> tuple[Tensor, Tensor]:
+    """One step of the early-stop rule: a running pair whose loss drops more than ``min_delta``
+    below its reference takes that loss as its reference and restarts its count; every other
+    count goes on (a finished pair never restarts). Returns the new (reference, count)."""
+    gain = (loss < ref - min_delta) & running
+    return torch.where(gain, loss, ref), torch.where(gain, 0, since + 1)
 
 
 def _pair_keys(pairs: PairBatch) -> Tensor:
@@ -172,8 +190,7 @@ class LCER(Explainer):
             # straight-through: the forward value is the hard sample, the gradient goes through soft
             score = scorer.score_removed(hard)
             length = torch.zeros_like(score).index_add_(0, st.local, hard.to(score.dtype))
-            hinge = cfg.alpha + score - st.thr
-            loss = hinge.clamp_min(0) + cfg.lam * length
+            hinge, loss = lcer_loss(score, length, st.thr, cfg.alpha, cfg.lam)
             # dL/de = -dL/dkeep + λ; de/dsoft = 1; dsoft/d(diff) = soft (1 - soft) / τ.
             grad_keep = scorer.vjp((hinge > 0).to(score.dtype))
             grad = (cfg.lam - grad_keep) * soft * (1 - soft) / tau
@@ -185,11 +202,10 @@ class LCER(Explainer):
             st.best_loss = torch.where(better, loss, st.best_loss)
             st.best_score = torch.where(better, score, st.best_score)
             st.best_removed = torch.where(better[st.local], hard, st.best_removed)
-            if cfg.patience:  # only a drop of more than min_delta restarts the count, and a
-                # finished pair (frozen until it is compacted away) never restarts
-                gain = (loss < st.ref_loss - cfg.min_delta) & running
-                st.ref_loss = torch.where(gain, loss, st.ref_loss)
-                st.since_best = torch.where(gain, 0, st.since_best + 1)
+            if cfg.patience:
+                st.ref_loss, st.since_best = patience_update(
+                    loss, st.ref_loss, st.since_best, running, cfg.min_delta
+                )
             # Adam on both logits, written on their difference (hence the factor 2).
             t = step + 1
             lr_t = cfg.lr * (1 - b2**t) ** 0.5 / (1 - b1**t)

@@ -222,7 +222,6 @@ class _MultVAESetScorer(SetScorer):
         return self._finish(self.groups.first_layer(grid))
 
     def score_removed(self, removed: Tensor) -> Tensor:
-        dev = removed.device
         if self._total is None:
             self._total = self.groups.first_layer(self.mask.to(self.table.dtype))
         n_removed = torch.zeros_like(self.counts).index_add_(0, self.pair_of, removed.long())
@@ -232,7 +231,7 @@ class _MultVAESetScorer(SetScorer):
         self.w = (~removed).to(self.table.dtype)
         offsets = torch.cumsum(n_removed, 0) - n_removed
         gone = F.embedding_bag(
-            self.flat_items[removed], self.table, offsets.to(dev), mode="sum"
+            self.flat_items[removed], self.table, offsets, mode="sum"
         )  # [P, H]: the rows taken out
         pre = (self._total - gone).div_(self.norm[:, None])
         if not bool(self.live.all()):

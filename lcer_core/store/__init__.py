@@ -59,6 +59,7 @@ _HOMES = {
     "lcer_core.store.views": ("METHOD_ORDER", "TABLE2_COLUMNS", "TABLE3_COLUMNS", "VIEWS"),
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = sorted(_MODULE_OF)  # the names of _HOMES, the one list of them
 
 
 def __getattr__(name: str) -> Any:
@@ -72,39 +73,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
-
-
-__all__ = [
-    "ResultStore",
-    "DEFAULT_LOCK_TIMEOUT",
-    "SCHEMA_VERSION",
-    "apply_migrations",
-    "current_version",
-    "TABLES",
-    "VIEWS",
-    "STATUSES",
-    "KINDS",
-    "METRIC_KEYS",
-    "RECOMMENDATION_COLUMNS",
-    "EXPLANATION_COLUMNS",
-    "ITEM_COLUMNS",
-    "TABLE2_COLUMNS",
-    "TABLE3_COLUMNS",
-    "METHOD_ORDER",
-    "FORMATS",
-    "render",
-    "print_frame",
-    "to_json",
-    "to_csv",
-    "to_rich_table",
-    "PAPER_TABLE2",
-    "PAPER_TABLE3",
-    "PAPER_LCER_PARAMS",
-    "PAPER_ALPHAS",
-    "PAPER_LAMS",
-    "paper_table2",
-    "paper_table3",
-    "REPORT_METRICS",
-    "table2_report",
-    "table3_report",
-]
