@@ -18,7 +18,6 @@ __all__ = [
     "mlflow_dir",
     "mlflow_tracking_uri",
     "models_dir",
-    "prefect_results_dir",
     "mirror_base",
 ]
 
@@ -44,11 +43,6 @@ def results_db() -> Path:
 def models_dir() -> Path:
     """Trained recommender checkpoints, one folder per model key."""
     return lcer_home() / "models"
-
-
-def prefect_results_dir() -> Path:
-    """Prefect's persisted task results (pinned here so they do not land in ~/.prefect)."""
-    return lcer_home() / "prefect-results"
 
 
 def mlflow_dir() -> Path:
