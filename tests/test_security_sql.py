@@ -325,8 +325,8 @@ def test_a_planted_pickle_record_is_never_read_by_lcer_run(
     shards_before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in shard_files}
 
     again = lcer(argv, env, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
     assert not marker.exists(), "a planted pickle record was unpickled"
+    assert again.returncode == 0, again.stderr[-3000:]
     assert tree_digest(records) == planted
     # The finished shards were reused from their files (same bytes, same mtime), not recomputed.
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in shard_files} == shards_before
@@ -436,7 +436,6 @@ def test_kill_9_of_lcer_ui_frees_its_port(tmp_path: Path) -> None:
         server = _children(proc.pid)
         assert server, "lcer ui has no server child"
         environ = Path(f"/proc/{server[0]}/environ").read_bytes().split(b"\0")
-        assert b"MLFLOW_DISABLE_TELEMETRY=true" in environ
 
         os.kill(proc.pid, signal.SIGKILL)  # the process we started, and only it
         proc.wait(timeout=10)
@@ -448,6 +447,7 @@ def test_kill_9_of_lcer_ui_frees_its_port(tmp_path: Path) -> None:
         while any(_alive(pid) for pid in server):
             assert time.monotonic() < deadline, "the mlflow server outlived lcer ui"
             time.sleep(0.2)
+        assert b"MLFLOW_DISABLE_TELEMETRY=true" in environ  # and it sent no usage data
     finally:  # whatever is left of what this test started: its group and the server's
         for group in (proc.pid, *server):
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -80,7 +80,6 @@ READ_ONLY_CONFIG: dict[str, str | bool] = {
 _REFUSED_MARKERS = (
     "Permission Error",
     "the configuration has been locked",
-    "attached in read-only mode",
     "in read-only mode",
 )
 
