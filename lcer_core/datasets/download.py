@@ -213,10 +213,8 @@ def _zip_member(zf: zipfile.ZipFile, base: str) -> str | None:
     return min(hits, key=len) if hits else None
 
 
-def _too_big(label: str, member: str, what: str, cap: int, var: str) -> DataFormatError:
-    return DataFormatError(
-        f"{label}: {member} {what}, more than the cap of {cap:,} bytes ({var}); not read further"
-    )
+_MEMBER_CAP = "the cap per member (LCER_MAX_MEMBER_BYTES)"
+_TOTAL_CAP = "the cap for all members of an archive (twice LCER_MAX_MEMBER_BYTES)"
 
 
 class _Budget:
@@ -227,48 +225,33 @@ class _Budget:
 
     def check_declared(self, member: str, size: int) -> None:
         """Refuse a member whose declared size is over a cap, before reading it."""
-        if size > self.limits.member_bytes:
-            raise _too_big(
-                self.label,
-                member,
-                f"declares {size:,} bytes uncompressed",
-                self.limits.member_bytes,
-                "LCER_MAX_MEMBER_BYTES",
+        cap, total_cap = self.limits.member_bytes, self.limits.total_bytes
+        if size > cap:
+            raise DataFormatError(
+                f"{self.label}: {member} declares {size:,} bytes uncompressed, more than "
+                f"{cap:,}, {_MEMBER_CAP}; not read"
             )
-        if self.total + size > self.limits.total_bytes:
-            raise _too_big(
-                self.label,
-                "its members",
-                f"declare {self.total + size:,} bytes together",
-                self.limits.total_bytes,
-                "twice LCER_MAX_MEMBER_BYTES",
+        self.total += size
+        if self.total > total_cap:
+            raise DataFormatError(
+                f"{self.label}: the members to read declare {self.total:,} bytes together, "
+                f"more than {total_cap:,}, {_TOTAL_CAP}; not read"
             )
 
     def stream(self, member: str, fh: IO[bytes], keep: bool) -> tuple[bytes | None, str, int]:
         """Read ``fh`` in chunks, hashing as it goes; (content if ``keep``, sha256, size)."""
+        cap = self.limits.member_bytes
         h, parts, n = hashlib.sha256(), [], 0
         while chunk := fh.read(_CHUNK):
             n += len(chunk)
-            if n > self.limits.member_bytes:
-                raise _too_big(
-                    self.label,
-                    member,
-                    "expands to more bytes",
-                    self.limits.member_bytes,
-                    "LCER_MAX_MEMBER_BYTES",
-                )
-            if self.total + n > self.limits.total_bytes:
-                raise _too_big(
-                    self.label,
-                    "its members",
-                    "expand to more bytes together",
-                    self.limits.total_bytes,
-                    "twice LCER_MAX_MEMBER_BYTES",
+            if n > cap:
+                raise DataFormatError(
+                    f"{self.label}: {member} expands to more than {cap:,} bytes, {_MEMBER_CAP}; "
+                    "stopped reading it"
                 )
             h.update(chunk)
             if keep:
                 parts.append(chunk)
-        self.total += n
         return (b"".join(parts) if keep else None), h.hexdigest(), n
 
 
