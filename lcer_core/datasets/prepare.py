@@ -142,7 +142,7 @@ def build(
 
 
 def source_record(
-    spec: DatasetSpec, fetched: FetchedArchive, members: dict[str, str]
+    spec: DatasetSpec, archive_sha256: str, members: dict[str, str]
 ) -> dict[str, Any]:
     """Which exact bytes a preparation read: the archive's and each member's sha256, and
     which of them were checked against a digest published in the registry."""
@@ -150,7 +150,7 @@ def source_record(
         "format": spec.raw_format,
         "archive": spec.archive,
         "url": spec.url,
-        "archive_sha256": fetched.sha256,
+        "archive_sha256": archive_sha256,
         "members_sha256": dict(sorted(members.items())),
         "published_sha256": sorted(n for n in members if n in spec.checksums),
     }
@@ -218,10 +218,10 @@ def _load_raw(
     if spec.raw_format == "custom":
         from .custom import read_custom
 
-        return read_custom(spec), source_record(spec, fetched, fetched.members)
+        return read_custom(spec), source_record(spec, fetched.sha256, fetched.members)
     contents = read_members(spec, fetched.path)  # capped and checked again, as parsed
     raw = parse_members(spec, contents.data, fetched.path.name)
-    return raw, source_record(spec, fetched, contents.sha256)
+    return raw, source_record(spec, fetched.sha256, contents.sha256)
 
 
 def prepare_dataset(
