@@ -263,14 +263,21 @@ def _check_digest(spec: DatasetSpec, name: str, got: str, where: str) -> None:
         )
 
 
-def _zip_entries(path: Path) -> int | None:
-    """How many entries the zip's end record declares (None if it cannot be told)."""
+#: Most bytes a zip's central directory may take (10,000 entries of 400 bytes): ZipFile
+#: parses it whole into memory, and its entry count alone may lie.
+_MAX_CENTRAL_DIRECTORY = 4_000_000
+
+
+def _zip_directory(path: Path) -> tuple[int, int] | None:
+    """(entries, central directory bytes) as the zip's end record declares them, if it can be told."""
     end_record = getattr(zipfile, "_EndRecData", None)
     if end_record is None:  # a future Python without it: ZipFile's own checks remain
         return None
     with open(path, "rb") as fh:
         rec = end_record(fh)
-    return None if not rec else int(rec[zipfile._ECD_ENTRIES_TOTAL])
+    if not rec:
+        return None
+    return int(rec[zipfile._ECD_ENTRIES_TOTAL]), int(rec[zipfile._ECD_SIZE])
 
 
 def _read_zip(
@@ -282,11 +289,14 @@ def _read_zip(
     out: ArchiveContents,
 ) -> None:
     label = spec.archive
-    entries = _zip_entries(path)
-    if entries is not None and entries > limits.zip_entries:
-        raise DataFormatError(
-            f"{label} lists {entries:,} entries, more than the {limits.zip_entries:,} allowed; not read"
-        )
+    directory = _zip_directory(path)
+    if directory is not None:
+        entries, size = directory
+        if entries > limits.zip_entries or size > _MAX_CENTRAL_DIRECTORY:
+            raise DataFormatError(
+                f"{label} lists {entries:,} entries in {size:,} bytes, more than the "
+                f"{limits.zip_entries:,} entries (or {_MAX_CENTRAL_DIRECTORY:,} bytes) allowed; not read"
+            )
     budget = _Budget(label, limits)
     with zipfile.ZipFile(path) as zf:
         if len(zf.infolist()) > limits.zip_entries:
