@@ -406,11 +406,6 @@ def extract_members(
     return read_members(spec, path, names, optional=()).data
 
 
-def optional_member(spec: DatasetSpec, path: Path, name: str) -> bytes | None:
-    """A file of an archive that may be absent (for example ``u.genre``), capped and checked."""
-    return read_members(spec, path, (), optional=(name,)).data.get(name)
-
-
 def verify_archive(spec: DatasetSpec, path: Path) -> dict[str, str]:
     """Check the archive opens, holds the spec's files, within the caps, with the registered
     sha256 where one is known; the sha256 of every member read, by base name."""
