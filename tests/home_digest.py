@@ -14,6 +14,8 @@ def tree_digest(path: Path | str) -> dict[str, str]:
     ``dir``, or a symlink's target; links are not followed, so nothing outside is read."""
     root = Path(path)
     out: dict[str, str] = {}
+    if not root.exists():
+        return out
     for folder, dirs, files in os.walk(root, followlinks=False):
         for name in sorted(dirs + files):
             entry = Path(folder) / name

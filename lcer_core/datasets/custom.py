@@ -33,6 +33,7 @@ from .prepare import (
     check_seed,
     dataset_lock,
     prepare_dataset,
+    source_record,
     write_prepared,
 )
 from .registry import (
@@ -317,9 +318,8 @@ def register_and_prepare(
                 for stale in {old.file, old.items_file} - set(originals) - {None}:
                     (spec.raw_dir() / stale).unlink(missing_ok=True)
             _write_json_atomic(source_json_path(name), src.to_json())
-            write_prepared(
-                folder, result, _meta(spec, result, seed, n_heldout, spec.archive_path())
-            )
+            source = source_record(spec, src.sha256, dict(spec.checksums))
+            write_prepared(folder, result, _meta(spec, result, seed, n_heldout, source))
         except OSError as exc:
             if not existed:
                 shutil.rmtree(folder, ignore_errors=True)

@@ -28,8 +28,8 @@ from lcer_core.errors import InvalidParameterError, LcerHomeError
 from lcer_core.fsio import ensure_writable, home_error, io_reason, parquet_bytes
 from lcer_core.paths import dataset_dir, lcer_home
 
-from .download import DownloadSettings, fetch, sha256_file
-from .parse import GivenSplit, RawInteractions, read_raw
+from .download import DownloadSettings, FetchedArchive, fetch_archive, read_members
+from .parse import GivenSplit, RawInteractions, parse_members
 from .prepared import PARTS
 from .preprocess import TEST_PROP, SplitResult, from_given_split, split_mult_vae
 from .registry import DEFAULT_SEED, DatasetSpec, get_spec
@@ -43,6 +43,7 @@ __all__ = [
     "fingerprint",
     "dataset_lock",
     "check_seed",
+    "source_record",
 ]
 
 log_ = logging.getLogger("lcer.datasets")
@@ -140,8 +141,23 @@ def build(
     )
 
 
+def source_record(
+    spec: DatasetSpec, archive_sha256: str, members: dict[str, str]
+) -> dict[str, Any]:
+    """Which exact bytes a preparation read: the archive's and each member's sha256, and
+    which of them were checked against a digest published in the registry."""
+    return {
+        "format": spec.raw_format,
+        "archive": spec.archive,
+        "url": spec.url,
+        "archive_sha256": archive_sha256,
+        "members_sha256": dict(sorted(members.items())),
+        "published_sha256": sorted(n for n in members if n in spec.checksums),
+    }
+
+
 def _meta(
-    spec: DatasetSpec, result: SplitResult, seed: int, heldout: int, archive: Path
+    spec: DatasetSpec, result: SplitResult, seed: int, heldout: int, source: dict[str, Any]
 ) -> dict[str, Any]:
     return {
         "dataset": spec.name,
@@ -150,12 +166,7 @@ def _meta(
         "heldout_users": heldout,
         "fingerprint": fingerprint(result),
         "settings": _settings(spec, seed, heldout),
-        "source": {
-            "format": spec.raw_format,
-            "archive": spec.archive,
-            "url": spec.url,
-            "archive_sha256": sha256_file(archive),
-        },
+        "source": source,
         "table1_paper": None
         if spec.table1 is None
         else {
@@ -200,12 +211,17 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def _load_raw(spec: DatasetSpec, archive: Path) -> RawInteractions | GivenSplit:
+def _load_raw(
+    spec: DatasetSpec, fetched: FetchedArchive
+) -> tuple[RawInteractions | GivenSplit, dict[str, Any]]:
+    """The parsed raw data and the record of the bytes it was parsed from."""
     if spec.raw_format == "custom":
         from .custom import read_custom
 
-        return read_custom(spec)
-    return read_raw(spec, archive)
+        return read_custom(spec), source_record(spec, fetched.sha256, fetched.members)
+    contents = read_members(spec, fetched.path)  # capped and checked again, as parsed
+    raw = parse_members(spec, contents.data, fetched.path.name)
+    return raw, source_record(spec, fetched.sha256, contents.sha256)
 
 
 def prepare_dataset(
@@ -238,10 +254,10 @@ def prepare_dataset(
         existed = folder.exists()
         try:
             ensure_writable(folder)  # before the download and the parsing
-            archive = fetch(spec, progress=progress, settings=settings)
-            raw = _load_raw(spec, archive)
+            fetched = fetch_archive(spec, progress=progress, settings=settings)
+            raw, source = _load_raw(spec, fetched)
             result = build(spec, raw, seed=seed, heldout=n_heldout)
-            write_prepared(folder, result, _meta(spec, result, seed, n_heldout, archive))
+            write_prepared(folder, result, _meta(spec, result, seed, n_heldout, source))
         except BaseException:
             if not existed:
                 shutil.rmtree(folder, ignore_errors=True)

@@ -84,8 +84,10 @@ class CustomSource:
 class DatasetSpec:
     """One dataset: where its archive comes from, how it is parsed, and how it is filtered and split.
 
-    ``files`` are the base names the archive must contain (found under any folder);
-    ``checksums`` map some of them to the sha256 of their extracted content.
+    ``files`` are the base names the archive must contain (found under any folder),
+    ``optional_files`` those read when present; ``checksums`` map them to the sha256 of
+    their extracted content where it is published (a member with one is never read
+    unchecked).
     """
 
     name: str
@@ -94,6 +96,7 @@ class DatasetSpec:
     archive: str  # file name under data/NAME/raw/ and under LCER_MIRROR
     raw_format: str  # "ml-100k", "ml-1m", "epinions", "alishop", "custom"
     files: tuple[str, ...]
+    optional_files: tuple[str, ...] = ()
     checksums: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     threshold: float | None = 3.5  # keep ratings strictly above; None keeps all
     min_user_interactions: int = 5
@@ -128,10 +131,12 @@ BUILTIN: Mapping[str, DatasetSpec] = MappingProxyType(
             archive="ml-100k.zip",
             raw_format="ml-100k",
             files=("u.data", "u.item"),
+            optional_files=("u.genre",),  # the genre names of u.item's flags
             checksums=_frozen(
                 {
                     "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
                     "u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701",
+                    "u.genre": "9757e0d3e6b298159a80dd48eaf938114690e911e39af97a76949ef1663610bb",
                 }
             ),
             threshold=3.5,

@@ -659,8 +659,11 @@ class ResultStore:
         items: pl.DataFrame | None = None,
         *,
         dataset: str | None = None,
+        source: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record a prepared dataset's Table 1 statistics and (replacing them) its items."""
+        """Record a prepared dataset's Table 1 statistics, the digests of the bytes it was
+        prepared from (``source``: ``archive_sha256``, ``members_sha256``, ...) and (replacing
+        them) its items."""
         name = dataset or stats.get("dataset")
         if not isinstance(name, str) or not name:
             raise InvalidParameterError("upsert_dataset needs a dataset name (stats['dataset'])")
@@ -670,6 +673,11 @@ class ResultStore:
         row["density_pct"] = _number(stats.get("density_pct"), "density_pct", float)
         row["stats_json"] = json.dumps(dict(stats), sort_keys=True, default=str)
         row["prepared_at"] = _timestamp(stats.get("prepared_at"), "prepared_at") or _utcnow()
+        digest = (source or {}).get("archive_sha256")
+        row["archive_sha256"] = digest if isinstance(digest, str) else None
+        row["source_json"] = (
+            None if source is None else json.dumps(dict(source), sort_keys=True, default=str)
+        )
         frame = None
         if items is not None:
             frame = _conform(items, ITEM_COLUMNS, "items")
