@@ -31,14 +31,20 @@ def prepare(
         str, typer.Argument(help="Dataset name: ml-100k, ml-1m, alishop, epinions, or yours.")
     ],
     seed: Annotated[
-        int, typer.Option(help="Seed of the user shuffle and the 80/20 fold-in split.")
-    ] = DEFAULT_SEED,
+        int | None,
+        typer.Option(
+            help=f"Seed of the user shuffle and the 80/20 fold-in split (default: the stored "
+            f"one, else {DEFAULT_SEED})."
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Prepare again even if already prepared.")
     ] = False,
     heldout: Annotated[
         int | None,
-        typer.Option(help="Validation users, and as many test users (default: the registry's)."),
+        typer.Option(
+            help="Validation users, and as many test users (default: the stored number, else the registry's)."
+        ),
     ] = None,
     from_: Annotated[
         Path | None,

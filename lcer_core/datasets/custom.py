@@ -33,6 +33,7 @@ from .prepare import (
     check_seed,
     dataset_lock,
     prepare_dataset,
+    stored_settings,
     write_prepared,
 )
 from .registry import (
@@ -242,7 +243,7 @@ def register_and_prepare(
     genres_col: str | None = None,
     heldout: int | None = None,
     sep: str = ",",
-    seed: int = DEFAULT_SEED,
+    seed: int | None = None,
     force: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> PrepareResult:
@@ -256,7 +257,8 @@ def register_and_prepare(
         raise InvalidParameterError(
             f"{name!r} is a built-in dataset: choose another name for your data"
         )
-    check_seed(seed)
+    if seed is not None:
+        check_seed(seed)
     if threshold is not None and not math.isfinite(threshold):
         raise InvalidParameterError(f"--threshold must be a finite number, got {threshold}")
     if threshold is not None and rating_col is None:
@@ -302,6 +304,8 @@ def register_and_prepare(
             raise InvalidParameterError(
                 f"dataset {name!r} is already registered from {old.original}: pass --force to replace it"
             )
+        if seed is None:  # a new registration keeps the seed of the one it replaces
+            seed = (stored_settings(name) or (DEFAULT_SEED, 0))[0]
         # Validate and split in memory first: a bad file writes nothing.
         originals = {src.file: file} | (
             {items_copy: items_path} if items_copy and items_path else {}
