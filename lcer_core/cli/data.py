@@ -70,7 +70,10 @@ def prepare(
     genres_col: Annotated[
         str | None, typer.Option(help="With --items: its genres/category column.")
     ] = None,
-    sep: Annotated[str, typer.Option(help="With --from: the CSV separator.")] = ",",
+    sep: Annotated[
+        str | None,
+        typer.Option(help="With --from: the CSV separator (default: tab for .tsv, else comma)."),
+    ] = None,
 ) -> None:
     """Download (or take from LCER_MIRROR), filter and split DATASET; a second call does no work."""
     if from_ is None:
