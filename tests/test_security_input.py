@@ -218,17 +218,19 @@ def test_titles_with_control_characters_are_printed_escaped(home: Path, tmp_path
     script = (
         "from lcer_core import api; from lcer_core.datasets import load_prepared;"
         "from lcer_core.recommender.multvae import MultVAEConfig as C;"
-        "api.train_model(load_prepared('byo'), C(hidden=16, latent=8, epochs=1), seed=0, device='cpu')"
+        "d = load_prepared('byo');"
+        "api.train_model(d, C(hidden=16, latent=8, epochs=1), seed=0, device='cpu');"
+        "print(d.users.filter(d.users['split'] == 'test')['raw_id'][0])"
     )
     env = os.environ | {"LCER_HOME": str(home)}
-    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=300)
-    test_user = pl.read_parquet(
-        home
-        / "data"
-        / "byo"
-        / (home / "data" / "byo" / "current").read_text().strip()
-        / "users.parquet"
-    ).filter(pl.col("split") == "test")["raw_id"][0]
+    test_user = subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        env=env,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     proc = lcer(["explain", "byo", "--user", test_user, "--k", "2", "--steps", "5"], home)
     assert proc.returncode == 0, proc.stderr
     assert "Film" in proc.stdout

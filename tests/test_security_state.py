@@ -60,7 +60,8 @@ def stats(home: Path, name: str) -> dict:
 
 def current_dir(home: Path, name: str) -> Path:
     folder = home / "data" / name
-    return folder / (folder / "current").read_text().strip()
+    pointer = folder / "current"
+    return folder / pointer.read_text().strip() if pointer.exists() else folder  # flat: old layout
 
 
 @pytest.fixture(scope="module")
@@ -270,3 +271,19 @@ def test_truncated_prepared_file_is_one_line_and_lcer_prepare_repairs_it(
     again = stats(home, "byo")
     assert again["fingerprint"] == good["fingerprint"] and again["seed"] == 7
     ok(lcer(["explain", "byo", "--steps", "5", "--users", "1"], home))
+
+
+def test_flat_layout_of_earlier_versions_is_moved_with_its_settings(
+    byo_trained: dict, tmp_path: Path
+) -> None:
+    home = _copy(byo_trained, tmp_path)
+    good = stats(home, "byo")
+    folder, version = home / "data" / "byo", current_dir(home, "byo")
+    for f in version.iterdir():  # as earlier versions laid it out: the files in data/NAME/
+        f.rename(folder / f.name)
+    version.rmdir()
+    (folder / "current").unlink()
+    again = stats(home, "byo")
+    assert again["fingerprint"] == good["fingerprint"] and again["seed"] == 7
+    assert not (folder / "meta.json").exists() and not (folder / "train.parquet").exists()
+    ok(lcer(["explain", "byo", "--steps", "5", "--users", "1"], home))  # the model still fits

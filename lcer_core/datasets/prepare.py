@@ -276,9 +276,15 @@ def _load_raw(spec: DatasetSpec, archive: Path) -> RawInteractions | GivenSplit:
 
 
 def stored_settings(name: str) -> tuple[int, int] | None:
-    """(seed, held-out users) of the current preparation of ``name``, or None."""
+    """(seed, held-out users) of the current preparation of ``name`` (or of one in the flat
+    layout of earlier versions, which the next preparation replaces), or None."""
     meta = _read_meta(name)
-    if meta is None:
+    if meta is None and prepared_dir(name) is None:
+        try:
+            meta = json.loads((dataset_dir(name) / META).read_text())
+        except (OSError, ValueError):
+            meta = None
+    if not isinstance(meta, dict):
         return None
     try:
         return int(meta["seed"]), int(meta["heldout_users"])
