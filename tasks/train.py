@@ -72,7 +72,7 @@ def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelI
         )
 
     key = api.model_key(data, config, seed)
-    model = api.find_model(dataset, key)
+    model = api.find_model(dataset, key, damaged_as_absent=True)  # a damaged one is retrained
     trained_now, run_id = model is None, None
     if model is not None:
         logger.info(

@@ -63,6 +63,12 @@ def namespaces_usable() -> str | None:
     return None
 
 
+def _prepared(home: Path) -> Path:
+    """The current preparation's folder of ML 100K under ``home``."""
+    folder = home / "data" / "ml-100k"
+    return folder / (folder / "current").read_text().strip()
+
+
 def _drop_dac_capabilities() -> None:
     """Run in the child before exec: root then obeys file permissions like anyone else."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -140,7 +146,7 @@ def copy_trained(trained_home: Path, home: Path, *, models: bool = True) -> Path
 
 
 def a_test_user(home: Path) -> str:
-    users = pl.read_parquet(home / "data" / "ml-100k" / "users.parquet")
+    users = pl.read_parquet(_prepared(home) / "users.parquet")
     return str(users.filter(pl.col("split") == "test")["raw_id"][0])
 
 

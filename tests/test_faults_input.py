@@ -123,6 +123,12 @@ CASES = [
 ]  # fmt: skip
 
 
+def _prepared(home: Path) -> Path:
+    """The current preparation's folder of ML 100K under ``home``."""
+    folder = home / "data" / "ml-100k"
+    return folder / (folder / "current").read_text().strip()
+
+
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     try:
         main(argv)
@@ -145,7 +151,7 @@ def assert_refused(code: int, out: str, err: str, needle: str) -> None:
 
 @pytest.fixture(scope="module")
 def test_user(trained_home: Path) -> str:
-    users = pl.read_parquet(trained_home / "data" / "ml-100k" / "users.parquet")
+    users = pl.read_parquet(_prepared(trained_home) / "users.parquet")
     return str(users.filter(pl.col("split") == "test")["raw_id"][0])
 
 

@@ -38,7 +38,7 @@ __all__ = [
 DEFAULT_SEED = 98765  # the seed of the Mult-VAE reference notebook
 CUSTOM_HELDOUT_DEFAULT = 100  # held-out users (each of val and test) of a custom dataset
 SOURCE_JSON = "source.json"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # with fullmatch: no "$" before a newline
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class CustomSource:
     rating_col: str | None = None
     threshold: float | None = None
     heldout_users: int = CUSTOM_HELDOUT_DEFAULT
-    sep: str = ","
+    sep: str | None = ","  # None: by each file's type (a tab for .tsv)
     items_file: str | None = None
     items_original: str | None = None
     items_sha256: str | None = None
@@ -200,7 +200,7 @@ def builtin_datasets() -> list[str]:
 
 def validate_name(name: str) -> str:
     """A dataset name usable as a folder and an MLflow experiment name, or InvalidParameterError."""
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidParameterError(
             f"invalid dataset name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
         )
@@ -214,7 +214,7 @@ def source_json_path(name: str) -> Path:
 def read_custom_source(name: str) -> CustomSource | None:
     """The registration of custom dataset ``name``, or None if there is none."""
     path = source_json_path(name)
-    if name in BUILTIN or not _NAME_RE.match(name) or not path.is_file():
+    if name in BUILTIN or not _NAME_RE.fullmatch(name) or not path.is_file():
         return None
     try:
         return CustomSource.from_json(json.loads(path.read_text()))
@@ -230,7 +230,7 @@ def custom_datasets() -> list[str]:
     return sorted(
         p.parent.name
         for p in root.glob(f"*/{SOURCE_JSON}")
-        if p.parent.name not in BUILTIN and _NAME_RE.match(p.parent.name)
+        if p.parent.name not in BUILTIN and _NAME_RE.fullmatch(p.parent.name)
     )
 
 
