@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+if not SHARED_DATASETS.is_dir() and os.environ.get("LCER_MIRROR", "").startswith("file://"):
+    SHARED_DATASETS = Path(
+        os.environ["LCER_MIRROR"].removeprefix("file://")
+    )  # a worktree elsewhere
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
