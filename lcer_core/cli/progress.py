@@ -38,7 +38,7 @@ from rich.text import Text
 from lcer_core import paths
 from lcer_core.errors import LcerHomeError
 
-__all__ = ["Session", "session", "epoch_bar", "new_log_path", "stderr_is_terminal"]
+__all__ = ["Session", "session", "epoch_bar", "stage_bars", "new_log_path", "stderr_is_terminal"]
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s%(run)s: %(message)s"
 
@@ -311,3 +311,51 @@ def epoch_bar(label: str, epochs: int) -> Iterator[Any]:
             bar.update(task, completed=report.epoch, info=f"val NDCG@100 {report.val_ndcg100:.4f}")
 
         yield on_epoch
+
+
+@contextmanager
+def stage_bars(*, enabled: bool = True) -> Iterator[tuple[Any, Any, Any]]:
+    """``(say, on_epoch, progress)`` for ``lcer bench``: transient bars for training epochs and
+    each stage's steps on a terminal, with ``say`` printing lines above them; plain lines otherwise."""
+    console = Console(stderr=True)
+    if not (enabled and console.is_terminal):
+        yield typer_echo, None, None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=30),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[what]}"),
+        _RateColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def say(message: str) -> None:
+        console.print(Text(message), soft_wrap=True)
+
+    def on_epoch(report: Any) -> None:
+        if "train" not in tasks:
+            tasks["train"] = bar.add_task("train Mult-VAE", total=None, what="epochs", info="")
+        bar.update(
+            tasks["train"], completed=report.epoch, info=f"val NDCG@100 {report.val_ndcg100:.4f}"
+        )
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total, what="steps", info="")
+        bar.update(tasks[stage], completed=done, total=total)
+
+    with bar:
+        yield say, on_epoch, progress
+
+
+def typer_echo(message: str) -> None:
+    """A plain line on stdout."""
+    import typer
+
+    typer.echo(message)
