@@ -14,9 +14,19 @@ __all__ = ["html_report"]
 
 
 @task(name="html-report", cache_policy=NO_CACHE)
-def html_report(dataset: str) -> str:
+def html_report(dataset: str) -> str | None:
     """Write ``dataset``'s HTML page under ``LCER_HOME/work/reports`` and attach it (as
-    ``report/DATASET.html``) to the MLflow run of each of its ``table2`` rows; the page's path."""
+    ``report/DATASET.html``) to the MLflow run of each of its ``table2`` rows; the page's path.
+
+    A page that cannot be made is a warning, not a failed pipeline: the results are stored."""
+    try:
+        return _html_report(dataset)
+    except Exception as exc:
+        get_run_logger().warning("no HTML report for %s: %s: %s", dataset, type(exc).__name__, exc)
+        return None
+
+
+def _html_report(dataset: str) -> str:
     store = ResultStore()
     folder = lcer_home() / "work" / "reports"
     folder.mkdir(parents=True, exist_ok=True)

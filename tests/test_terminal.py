@@ -58,6 +58,11 @@ def test_run_on_a_terminal_shows_bars_and_logs_everything_to_a_file(
                    "attached Figures 5-7 of ml-100k", "Finished in state Completed"):  # fmt: skip
         assert needle in record, needle
     assert "\x1b" not in record
+    # The run's one-page report, kept and attached to both MLflow runs.
+    page = (home / "work" / "reports" / "ml-100k.html").read_text()
+    assert "Table 2" in page and "data:image/png;base64," in page
+    attached = list((home / "mlflow" / "artifacts" / "ml-100k").rglob("report/ml-100k.html"))
+    assert len(attached) == 2 and all(p.read_text() == page for p in attached)
 
     # The same command piped (a script, CI): plain lines, today's stream, no control characters.
     piped = subprocess.run(
@@ -81,4 +86,4 @@ def test_verbose_restores_the_log_stream_on_a_terminal(tmp_path: Path, http_mirr
     text = "\n".join(screen.lines)
     assert screen.returncode == 0, text
     assert "epoch 2/2: loss" in text and "Beginning flow run" in text
-    assert "full log: " in screen.lines[-1]
+    assert any(line.startswith("done in ") and "full log: " in line for line in screen.lines)
