@@ -20,6 +20,19 @@ class Screen:
     lines: list[str]
     raw: bytes
     returncode: int
+    columns: int
+
+    def logical_lines(self) -> list[str]:
+        """The lines as printed: a row filled to the last column continues on the next one."""
+        out: list[str] = []
+        joining = False
+        for row in self.lines:
+            if joining:
+                out[-1] += row
+            else:
+                out.append(row)
+            joining = len(row) == self.columns
+        return out
 
 
 def run_in_pty(
@@ -76,7 +89,7 @@ def run_in_pty(
     lines = [line.rstrip() for line in history + list(screen.display)]
     while lines and not lines[-1]:
         lines.pop()
-    return Screen(lines, bytes(raw), code)
+    return Screen(lines, bytes(raw), code, columns)
 
 
 def _tail(raw: bytearray) -> str:

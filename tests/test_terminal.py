@@ -47,9 +47,13 @@ def test_run_on_a_terminal_shows_bars_and_logs_everything_to_a_file(
     for noise in ("INFO", "Starting temporary server", "dedicated Prefect server", "epoch 1/3",
                   "Successfully registered", "anonymous usage data"):  # fmt: skip
         assert noise not in text, text
-    found = re.search(r"2 explanation runs in \d+ s; full log: (\S+\.log)$", screen.lines[-1])
-    assert found, screen.lines[-1]
-    log = Path(found.group(1))
+    found = re.search(
+        r"2 explanation runs in \d+ s; page: (\S+\.html); full log: (\S+\.log)$",
+        screen.logical_lines()[-1],
+    )
+    assert found, screen.logical_lines()[-1]
+    assert Path(found.group(1)) == home / "work" / "reports" / "ml-100k.html"
+    log = Path(found.group(2))
     assert log.parent == home / "logs" and log.is_file()
     record = log.read_text()
     for needle in ("Starting temporary server", "Beginning flow run", "epoch 1/3", "epoch 3/3",
@@ -86,4 +90,6 @@ def test_verbose_restores_the_log_stream_on_a_terminal(tmp_path: Path, http_mirr
     text = "\n".join(screen.lines)
     assert screen.returncode == 0, text
     assert "epoch 2/2: loss" in text and "Beginning flow run" in text
-    assert any(line.startswith("done in ") and "full log: " in line for line in screen.lines)
+    assert any(
+        line.startswith("done in ") and "full log: " in line for line in screen.logical_lines()
+    )

@@ -185,7 +185,13 @@ def run(
         verbose=verbose,
     )
     _print_results(rows)
-    typer.echo(shown.summary(f"{len(rows)} explanation runs"), err=True)
+    pages = [
+        paths.lcer_home() / "work" / "reports" / f"{d}.html"
+        for d in dict.fromkeys(datasets or ["ml-100k"])
+    ]
+    typer.echo(
+        shown.summary(f"{len(rows)} explanation runs", [p for p in pages if p.is_file()]), err=True
+    )
 
 
 def run_pipeline(

@@ -217,11 +217,12 @@ class Session:
     bars: bool
     started: float = field(default_factory=time.monotonic)
 
-    def summary(self, what: str) -> str:
-        """One closing line: what was done, how long it took, where the full log is."""
+    def summary(self, what: str, pages: list[Path] | None = None) -> str:
+        """One closing line: what was done, how long it took, its HTML pages, where the full log is."""
         secs = time.monotonic() - self.started
         took = f"{secs:.0f} s" if secs < 120 else f"{secs // 60:.0f} min {secs % 60:.0f} s"
-        return f"{what} in {took}; full log: {self.log_path}"
+        shown = "".join(f"; page: {p}" for p in pages or [])
+        return f"{what} in {took}{shown}; full log: {self.log_path}"
 
 
 def _console_handlers() -> list[logging.Handler]:
