@@ -14,8 +14,7 @@ from prefect.futures import PrefectFuture, as_completed
 
 from flows.env import check_environment
 from flows.runner import default_task_runner, explain_placement
-from lcer_core.paths import prefect_results_dir
-from lcer_core.shards import DEFAULT_SHARD_SIZE, RunSpec, shard_is_complete, shard_path, split_users
+from lcer_core.shards import DEFAULT_SHARD_SIZE, RunSpec, shard_path, split_users
 from tasks import progress
 from tasks.explain import explain_shard
 
@@ -36,12 +35,10 @@ def _label(spec: RunSpec) -> str:
 def submit_shards(specs: Sequence[RunSpec], users: Sequence[int], shard_size: int) -> ShardFutures:
     """Submit one explanation task per (run, shard); futures by run id, in shard order.
 
-    Results live under ``$LCER_HOME/prefect-results`` whatever Prefect's settings say; a shard
-    whose file is gone is recomputed even if Prefect remembers its result.
+    A task whose complete shard file is found returns it without work (the file is the record).
     """
     logger = get_run_logger()
     chunks = split_users(list(users), shard_size)
-    storage = prefect_results_dir()
     futures: ShardFutures = {}
     progress.emit("planned", shards=len(specs) * len(chunks), runs=len(specs))
     for spec in specs:
@@ -56,11 +53,7 @@ def submit_shards(specs: Sequence[RunSpec], users: Sequence[int], shard_size: in
             futures[spec.run_id] = []
             for index, chunk in enumerate(chunks):
                 path = shard_path(spec.run_id, index)
-                options = {"result_storage": storage}
-                if not shard_is_complete(path, chunk):
-                    options["refresh_cache"] = True
-                task = explain_shard.with_options(**options)
-                futures[spec.run_id].append(task.submit(spec, index, chunk, str(path)))
+                futures[spec.run_id].append(explain_shard.submit(spec, index, chunk, str(path)))
     logger.info(
         "submitted %d explanation tasks (%d runs x %d shards of up to %d users) to %s",
         len(specs) * len(chunks),

@@ -2,7 +2,7 @@
 
 Explanation runs are every (method, k, α, λ) of the grid, α and λ only for LCER (each
 baseline runs once per k). Each run fans out over shards of test users; each shard is a
-cached task writing one Parquet file, so a re-run after a crash only explains the shards
+task writing one Parquet file (the file, keyed in its metadata, is its record), so a re-run after a crash only explains the shards
 that had not finished. Then, per run: evaluate (concatenate its shards, Table 2 metrics) →
 store (one DuckDB transaction) → track (one MLflow run), and the run's MLflow id goes back
 into DuckDB.
@@ -37,6 +37,7 @@ from lcer_core.shards import (
     check_methods,
     plan_runs,
     shard_is_complete,
+    shard_key,
     shard_path,
     split_users,
 )
@@ -75,8 +76,8 @@ def _paths_from_deployment(
     out: dict[str, list[str]] = {}
     for spec in specs:
         paths = [shard_path(spec.run_id, i) for i in range(len(chunks))]
-        for path, chunk in zip(paths, chunks, strict=True):
-            if not shard_is_complete(path, chunk):
+        for index, (path, chunk) in enumerate(zip(paths, chunks, strict=True)):
+            if not shard_is_complete(path, chunk, shard_key(spec, index, chunk)):
                 raise OrchestrationError(f"{deployment} finished but shard {path} is missing here")
         out[spec.run_id] = [str(p) for p in paths]
     return out

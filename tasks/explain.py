@@ -1,32 +1,28 @@
 """The explanation task: one shard of test users, one run (method, k, α, λ), one Parquet file.
 
-Its cache key is its inputs and its source (not the flow run), with results persisted under
-``$LCER_HOME/prefect-results``: a new flow run after a crash finds the finished shards in the
-cache and does not compute them again. The flow asks for a refresh when a shard's file has
-gone missing, and the task itself skips the work when a complete file is already there.
+The shard file is the task's only record: Prefect caches nothing and persists no result (a
+persisted result is a pickle whose file names its own serializer, so one planted under
+LCER_HOME would run code when read). A task that finds a complete file holding its key
+(:func:`lcer_core.shards.shard_key`) returns it at once, in a ``Cached`` state; a new flow run
+after a crash thus computes only the shards that had not finished.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
+from prefect.states import Completed, State
 
 from lcer_core import api, shards
 from lcer_core.datasets import load_prepared
 from lcer_core.shards import RunSpec
 from tasks import progress
 
-__all__ = ["SHARD_CACHE_POLICY", "SHARD_CACHE_EXPIRATION", "explain_shard"]
-
-#: Inputs and source, not the flow run: what makes a finished shard reusable by a new run.
-SHARD_CACHE_POLICY = INPUTS + TASK_SOURCE
-#: Persisted shard results older than this are recomputed (and Prefect's files can be pruned).
-SHARD_CACHE_EXPIRATION = timedelta(days=30)
+__all__ = ["explain_shard"]
 
 
 def _shard_run_name() -> str:
@@ -41,15 +37,15 @@ def _shard_run_name() -> str:
 @task(
     name="explain-shard",
     task_run_name=_shard_run_name,
-    cache_policy=SHARD_CACHE_POLICY,
-    cache_expiration=SHARD_CACHE_EXPIRATION,
-    persist_result=True,
+    cache_policy=NO_CACHE,
+    persist_result=False,
 )
-def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str:
+def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str | State:
     """Explain the top-K pairs of ``users`` with the run's method and write them to ``path``; the path."""
     logger = get_run_logger()
     out = Path(path)
-    if shards.shard_is_complete(out, users):
+    key = shards.shard_key(spec, index, users)
+    if shards.shard_is_complete(out, users, key):
         logger.info(
             "shard %d of %s/%s k=%d already on disk: %s",
             index,
@@ -58,7 +54,7 @@ def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str
             spec.k,
             out,
         )
-        return str(out)
+        return Completed(name="Cached", message=f"complete shard file {out}", data=str(out))
     start = time.perf_counter()
     device = api.default_device()
     data = load_prepared(spec.dataset)
@@ -68,7 +64,7 @@ def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str
         progress.emit("steps", run=spec.run_id, index=index, done=done, total=total)
 
     frame = shards.explain_users(data, model, spec, users, device=device, progress=report)
-    shards.write_parquet_atomic(frame, out)
+    shards.write_parquet_atomic(frame, out, metadata={shards.SHARD_KEY_FIELD: key})
     logger.info(
         "shard %d of %s/%s k=%d: %d users, %d pairs, %d CEs found on %s in %.1f s",
         index,

@@ -8,15 +8,18 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO.parent / "shared" / "datasets"
-if not SHARED_DATASETS.is_dir() and os.environ.get("LCER_MIRROR", "").startswith("file://"):
-    SHARED_DATASETS = Path(
-        os.environ["LCER_MIRROR"].removeprefix("file://")
-    )  # a worktree elsewhere
+_MIRROR = os.environ.get("LCER_MIRROR", "")
+# The mirror folder: LCER_MIRROR when it is a file:// URL (a worktree elsewhere), else ../shared.
+SHARED_DATASETS = (
+    Path(unquote(urlparse(_MIRROR).path))
+    if _MIRROR.startswith("file://")
+    else REPO.parent / "shared" / "datasets"
+)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

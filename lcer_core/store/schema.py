@@ -210,3 +210,10 @@ V2_DDL = (
     "UPDATE metrics SET kind = 'explain' WHERE kind IS NULL",
     "ALTER TABLE explanations ADD COLUMN IF NOT EXISTS rank_after INTEGER",
 )
+
+# Version 3: which exact bytes a dataset was prepared from (the sha256 of the downloaded
+# archive, and of each member read, as JSON), so every number traces to them.
+V3_DDL = (
+    "ALTER TABLE datasets ADD COLUMN IF NOT EXISTS archive_sha256 VARCHAR",
+    "ALTER TABLE datasets ADD COLUMN IF NOT EXISTS source_json VARCHAR",
+)
