@@ -23,6 +23,15 @@ __all__ = ["submit_shards", "resolve_shards", "lcer_explain"]
 ShardFutures = dict[str, list[PrefectFuture[str]]]
 
 
+def _label(spec: RunSpec) -> str:
+    grid = (
+        f" α={spec.alpha:g} λ={spec.lam:g}"
+        if spec.alpha is not None and spec.lam is not None
+        else ""
+    )
+    return f"{spec.dataset} {spec.method} k={spec.k}{grid}"
+
+
 def submit_shards(specs: Sequence[RunSpec], users: Sequence[int], shard_size: int) -> ShardFutures:
     """Submit one explanation task per (run, shard); futures by run id, in shard order.
 
@@ -32,6 +41,13 @@ def submit_shards(specs: Sequence[RunSpec], users: Sequence[int], shard_size: in
     chunks = split_users(list(users), shard_size)
     futures: ShardFutures = {}
     progress.emit("planned", shards=len(specs) * len(chunks), runs=len(specs))
+    for spec in specs:
+        progress.emit(
+            "run_planned",
+            run=spec.run_id,
+            label=_label(spec),
+            shard_pairs=[len(chunk) * spec.k for chunk in chunks],
+        )
     with explain_placement() as where:
         for spec in specs:
             futures[spec.run_id] = []
