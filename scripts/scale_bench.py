@@ -96,18 +96,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--synth", action="store_true", help="use `lcer synth DATASET` data")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument(
+        "--train-batches",
+        type=int,
+        default=0,
+        help="time this many training batches and extrapolate to an epoch (instead of --epochs)",
+    )
     ap.add_argument("--users", type=int, default=100)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--methods", default="lcer,fia,accent,kaffes")
     ap.add_argument("--ks", default="5,10")
     ap.add_argument("--device", default=None)
+    ap.add_argument(
+        "--reuse", action="store_true", help="keep prepared data and the latest model if present"
+    )
+    ap.add_argument("--no-explain", action="store_true", help="stop after training")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
     import torch
 
     from lcer_core import api
-    from lcer_core.datasets import load_prepared, prepare_dataset
+    from lcer_core.datasets import is_prepared, load_prepared, prepare_dataset
     from lcer_core.datasets.custom import register_and_prepare
     from lcer_core.datasets.synth import write_synth
     from lcer_core.metrics import summarize
@@ -117,6 +127,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name = args.dataset
     if args.synth:
         name = f"syn-{args.dataset}"
+    if args.reuse and is_prepared(name):
+        pass
+    elif args.synth:
         out = Path(tempfile.mkdtemp(prefix="lcer-synth-")) / f"{args.dataset}.parquet"
         with stage("synth", rows=None) as row:
             row["rows"] = write_synth(args.dataset, out, seed=args.seed).height
@@ -139,14 +152,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         epoch_times.append(now - last[0])
         last[0] = now
 
-    with stage("train", epochs=args.epochs, items=data.n_items) as row:
-        last[0] = time.perf_counter()
-        model = api.train_model(
-            data, MultVAEConfig(epochs=args.epochs), device=dev, on_epoch=on_epoch
-        )
-        row["s_per_epoch"] = round(min(epoch_times), 2)
-        row["epoch_s"] = [round(t, 2) for t in epoch_times]
-        row["s_for_200_epochs"] = round(200 * min(epoch_times))
+    model = api.find_model(name) if args.reuse else None
+    if model is not None:
+        pass
+    elif args.train_batches:
+        with stage("train", batches=args.train_batches, items=data.n_items) as row:
+            model = _time_batches(api, data, args.train_batches, dev, row)
+    else:
+        with stage("train", epochs=args.epochs, items=data.n_items) as row:
+            last[0] = time.perf_counter()
+            model = api.train_model(
+                data, MultVAEConfig(epochs=args.epochs), device=dev, on_epoch=on_epoch
+            )
+            row["s_per_epoch"] = round(min(epoch_times), 2)
+            row["epoch_s"] = [round(t, 2) for t in epoch_times]
+            row["s_for_200_epochs"] = round(200 * min(epoch_times))
+    if args.no_explain:
+        return _finish(args, {"dataset": name, "items": data.n_items, "device": str(dev)})
     rec = model.recommender(dev)
     users = api.test_users(data, args.users)
     params = api.default_params(args.dataset)  # syn-epinions: Epinions' α and λ
@@ -167,12 +189,57 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["s_per_pair"] = round(row["wall_s"] / len(pairs), 5)
             with stage("evaluate", method=method, k=k) as row:
                 row |= summarize(api.evaluate(rec, pairs, expl))
+    return _finish(args, summary)
+
+
+def _finish(args: argparse.Namespace, summary: dict[str, Any]) -> dict[str, Any]:
     summary["stages"] = ROWS
-    summary["peak_rss_mib"] = max(r["peak_rss_mib"] for r in ROWS)
+    summary["peak_rss_mib"] = max((r["peak_rss_mib"] for r in ROWS), default=None)
     summary["cpu_count"] = os.cpu_count()
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _time_batches(api: Any, data: Any, n_batches: int, dev: Any, row: dict[str, Any]) -> Any:
+    """Train on ``n_batches`` batches exactly as ``fit_multvae`` does (sparse rows, one dense
+    batch); seconds per batch after the first, times batches per epoch; save that model."""
+    import torch
+
+    from lcer_core.recommender.multvae import MultVAE, MultVAEConfig
+
+    cfg = MultVAEConfig(epochs=1)
+    train = data.rows("train", data.users_of("train"))
+    torch.manual_seed(api.MODEL_SEED)
+    module = MultVAE(train.shape[1], cfg).to(dev)
+    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+    order = torch.randperm(train.shape[0])
+    per_epoch = -(-train.shape[0] // cfg.batch_size)
+    times = []
+    module.train()
+    for b in range(min(n_batches, per_epoch)):
+        t0 = time.perf_counter()
+        x = train[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]].to(dev)
+        loss = module.loss(x, 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    s_batch = sorted(times[1:] or times)[len(times[1:] or times) // 2]  # median, warm
+    row |= {
+        "batches_per_epoch": per_epoch,
+        "s_per_batch": round(s_batch, 3),
+        "s_per_epoch": round(s_batch * per_epoch, 1),
+        "s_for_200_epochs": round(200 * s_batch * per_epoch),
+        "extrapolated": True,
+    }
+    key = api.model_key(data, cfg, api.MODEL_SEED)
+    model = api.TrainedModel(
+        data.name, key, cfg, api.MODEL_SEED, module.cpu().eval(), {}, Path("."), data.fingerprint
+    )
+    return api.save_model(model, data)
 
 
 def _print(summary: dict[str, Any], out: Callable[[str], None] = print) -> None:
