@@ -75,11 +75,14 @@ def stage(name: str, **extra: Any) -> Iterator[dict[str, Any]]:
     peak = Peak()
     peak.start()
     row: dict[str, Any] = {"stage": name, **extra}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         yield row
     finally:
         row["wall_s"] = round(time.perf_counter() - t0, 3)
+        # CPU seconds of this process (all threads): on a machine shared with other jobs the
+        # wall time measures the others too; this does not (much).
+        row["cpu_s"] = round(time.process_time() - c0, 3)
         row["peak_rss_mib"] = round(peak.stop() / 2**20, 1)
         if _cuda():
             import torch
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--reuse", action="store_true", help="keep prepared data and the latest model if present"
     )
     ap.add_argument("--no-explain", action="store_true", help="stop after training")
+    ap.add_argument("--retrain", action="store_true", help="with --reuse: train all the same")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         epoch_times.append(now - last[0])
         last[0] = now
 
-    model = api.find_model(name) if args.reuse else None
+    model = api.find_model(name) if args.reuse and not args.retrain else None
     if model is not None:
         pass
     elif args.train_batches:
@@ -187,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
             row["s_per_pair"] = round(row["wall_s"] / len(pairs), 5)
+            row["cpu_s_per_pair"] = round(row["cpu_s"] / len(pairs), 5)
             with stage("evaluate", method=method, k=k) as row:
                 row |= summarize(api.evaluate(rec, pairs, expl))
     return _finish(args, summary)
@@ -215,10 +220,10 @@ def _time_batches(api: Any, data: Any, n_batches: int, dev: Any, row: dict[str, 
     opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
     order = torch.randperm(train.shape[0])
     per_epoch = -(-train.shape[0] // cfg.batch_size)
-    times = []
+    times, cpu = [], []
     module.train()
     for b in range(min(n_batches, per_epoch)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         x = train[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]].to(dev)
         loss = module.loss(x, 0.0)
         opt.zero_grad(set_to_none=True)
@@ -227,12 +232,16 @@ def _time_batches(api: Any, data: Any, n_batches: int, dev: Any, row: dict[str, 
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     s_batch = sorted(times[1:] or times)[len(times[1:] or times) // 2]  # median, warm
+    c_batch = sorted(cpu[1:] or cpu)[len(cpu[1:] or cpu) // 2]
     row |= {
         "batches_per_epoch": per_epoch,
         "s_per_batch": round(s_batch, 3),
         "s_per_epoch": round(s_batch * per_epoch, 1),
         "s_for_200_epochs": round(200 * s_batch * per_epoch),
+        "cpu_s_per_batch": round(c_batch, 3),
+        "cpu_s_per_epoch": round(c_batch * per_epoch, 1),
         "extrapolated": True,
     }
     key = api.model_key(data, cfg, api.MODEL_SEED)
