@@ -205,10 +205,9 @@ def train_model(
         raise InvalidParameterError(f"epochs must be >= 1, got {cfg.epochs}")
     ensure_writable(models_dir() / data.name)
     dev = device or default_device()
-    _, train = data.matrix("train", data.users_of("train"))
+    train = data.rows("train", data.users_of("train"))  # sparse: one dense batch at a time
     val_users = data.users_of("val")
-    _, vtr = data.matrix("val_tr", val_users)
-    _, vte = data.matrix("val_te", val_users)
+    vtr, vte = data.rows("val_tr", val_users), data.rows("val_te", val_users)
     gen = fit_multvae(train, vtr, vte, config=cfg, seed=seed, device=dev)
     best_epoch = 0
     while True:
@@ -221,8 +220,7 @@ def train_model(
         if on_epoch is not None:
             on_epoch(report)
     test = data.users_of("test")
-    _, ttr = data.matrix("test_tr", test)
-    _, tte = data.matrix("test_te", test)
+    ttr, tte = data.rows("test_tr", test), data.rows("test_te", test)
     metrics = {**evaluate_ranking(module, ttr, tte), "best_epoch": float(best_epoch)}
     key = model_key(data, cfg, seed)
     model = TrainedModel(
