@@ -64,7 +64,7 @@ class LCERPlusConfig(LCERConfig):
     #: Add the shortest passing prefix of the items by learned importance (bisection).
     prefix: bool = True
     #: Sets whose items alone keep the item in the top-K count this many items shorter.
-    sufficiency: float = 2.0
+    sufficiency: float = 4.0
     #: Put items of the chosen set back while it still passes (1-minimal answer).
     prune: bool = True
     #: Independent initialisations optimised together (each one LCER run).
