@@ -13,7 +13,7 @@ from rich.table import Table
 from lcer_core.cli.app import app
 from lcer_core.store import ResultStore, print_frame, table2_report, table3_report
 from lcer_core.store.formatting import format_value, plain
-from lcer_core.store.report import REPORT_METRICS, seed_rows
+from lcer_core.store.report import REPORT_METRICS, lam_report, seed_rows
 from lcer_core.store.views import METHOD_ORDER
 
 __all__ = ["sql", "report"]
@@ -108,6 +108,29 @@ def _table2_view(frame: pl.DataFrame, dataset: str, k: int, *, paper: bool) -> T
     return table
 
 
+def _lam_view(frame: pl.DataFrame, dataset: str) -> Table:
+    table = Table(
+        title=f"LCER by λ · {dataset}  (mean ± std over seeds; * closest to the paper's row)",
+        header_style="bold",
+    )
+    for header in ("k", "α", "λ", "seeds"):
+        table.add_column(header, justify="right")
+    for metric in REPORT_METRICS:
+        table.add_column(_HEADERS[metric], justify="right")
+        table.add_column("paper", justify="right", style="dim")
+    table.add_column("distance", justify="right")
+    for row in frame.iter_rows(named=True):
+        cells = [str(row["k"]), format_value(row["alpha"], "–"), format_value(row["lam"], "–")]
+        cells.append(str(row["n_seeds"]))
+        for metric in REPORT_METRICS:
+            spec = _SPECS[metric]
+            cells += [_cell(row, metric, spec), format_value(row[f"paper_{metric}"], "–", spec)]
+        mark = " *" if row["closest"] else ""
+        cells.append(format_value(row["distance"], "–", ".3f") + mark)
+        table.add_row(*cells)
+    return table
+
+
 def _seed_view(frame: pl.DataFrame, dataset: str) -> Table:
     table = Table(title=f"Per seed · {dataset}", header_style="bold")
     for header in ("k", "Method", "seed", "α", "λ", "pairs"):
@@ -170,11 +193,13 @@ def report(
         table2 = table2_report(store, dataset)
         table3, paper3 = table3_report(store, dataset)
         seeds = seed_rows(store, dataset)
+        lams = lam_report(store, dataset)
     if format is ReportFormat.json:
         payload = {
             "dataset": dataset,
             "table2": [plain(r) for r in table2.to_dicts()],
             **({"per_seed": [plain(r) for r in seeds.to_dicts()]} if per_seed else {}),
+            "lcer_by_lam": [plain(r) for r in lams.to_dicts()],
             "table3": [plain(r) for r in table3.to_dicts()],
             "paper_table3": [plain(r) for r in paper3.to_dicts()],
         }
@@ -188,6 +213,8 @@ def report(
                 console.print(view)
     if per_seed:
         console.print(_seed_view(seeds, dataset))
+    if lams.height:
+        console.print(_lam_view(lams, dataset))
     if table3.height or paper3.height:
         console.print(_table3_view(table3, paper3, dataset))
     else:

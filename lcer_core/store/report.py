@@ -9,7 +9,14 @@ from lcer_core.store.paper import paper_table2, paper_table3
 from lcer_core.store.store import ResultStore
 from lcer_core.store.views import METHOD_ORDER
 
-__all__ = ["REPORT_METRICS", "COST_METRICS", "seed_rows", "table2_report", "table3_report"]
+__all__ = [
+    "REPORT_METRICS",
+    "COST_METRICS",
+    "lam_report",
+    "seed_rows",
+    "table2_report",
+    "table3_report",
+]
 
 #: The metric columns compared with the paper, in Table 2's order.
 REPORT_METRICS = ("val_pct", "len", "ps_pct", "pn_pct", "fns_pct")
@@ -83,3 +90,48 @@ def table2_report(store: ResultStore, dataset: str) -> pl.DataFrame:
 def table3_report(store: ResultStore, dataset: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Our ``table3`` rows of ``dataset`` and the paper's Table 3 rows for it (often none)."""
     return store.table3(dataset), paper_table3(dataset)
+
+
+def lam_report(store: ResultStore, dataset: str) -> pl.DataFrame:
+    """LCER per (k, α, λ): means over seeds beside the paper's row, and which λ is closest.
+
+    Runs with the α, steps and users of ``table2``'s LCER row; per seed the latest run.
+    ``distance`` is the mean relative difference from the paper's Val, Len, PS, PN and F_NS;
+    ``closest`` flags the smallest per k. Empty when LCER ran with one λ only.
+    """
+    runs = store.query(
+        """
+        WITH cfg AS (
+            SELECT t.dataset, t.k, t.alpha, r.steps, r.n_users
+            FROM table2 t JOIN run_results r ON r.run_id = t.run_id
+            WHERE t.method = 'lcer' AND t.dataset = ?
+        )
+        SELECT * EXCLUDE (rn) FROM (
+            SELECT rr.*, row_number() OVER (
+                PARTITION BY rr.k, rr.lam, rr.seed ORDER BY rr.finished_at DESC, rr.run_id
+            ) AS rn
+            FROM run_results rr JOIN cfg c
+              ON rr.dataset = c.dataset AND rr.k = c.k AND rr.method = 'lcer'
+             AND rr.alpha IS NOT DISTINCT FROM c.alpha AND rr.steps IS NOT DISTINCT FROM c.steps
+             AND rr.n_users IS NOT DISTINCT FROM c.n_users
+        ) WHERE rn = 1
+        """,
+        [dataset],
+    )
+    if runs.height == 0 or runs.group_by("k").agg(pl.col("lam").n_unique()).max()[0, 1] < 2:
+        return pl.DataFrame()
+    runs = runs.with_columns(pl.col("k").cast(pl.Int32))
+    means = runs.group_by(["dataset", "k", "alpha", "lam"]).agg(
+        pl.len().alias("n_seeds"),
+        *[pl.col(m).mean().alias(m) for m in REPORT_METRICS],
+        *[pl.col(m).std().alias(f"{m}_std") for m in REPORT_METRICS],
+    )
+    paper = paper_table2(dataset).filter(pl.col("method") == "lcer").drop("method")
+    paper = paper.rename({m: f"paper_{m}" for m in REPORT_METRICS})
+    out = means.join(paper, on=["dataset", "k"], how="left")
+    distance = pl.mean_horizontal(
+        *[((pl.col(m) - pl.col(f"paper_{m}")) / pl.col(f"paper_{m}")).abs() for m in REPORT_METRICS]
+    )
+    out = out.with_columns(distance=distance)
+    out = out.with_columns(closest=pl.col("distance") == pl.col("distance").min().over("k"))
+    return out.sort(["k", "lam"])
