@@ -40,6 +40,13 @@ def prepare(
         int | None,
         typer.Option(help="Validation users, and as many test users (default: the registry's)."),
     ] = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="reference (Mult-VAE's protocol) or authors-notebook (the LCER authors' "
+            "notebook as it ran: shuffled numbers 0..n-1 used as raw user ids)."
+        ),
+    ] = "reference",
     from_: Annotated[
         Path | None,
         typer.Option(
@@ -83,8 +90,12 @@ def prepare(
             raise InvalidParameterError(f"{', '.join(stray)} only apply with --from FILE")
         from lcer_core.datasets import prepare_dataset
 
-        result = prepare_dataset(dataset, seed=seed, force=force, heldout=heldout, log=_err)
+        result = prepare_dataset(
+            dataset, seed=seed, force=force, heldout=heldout, log=_err, split=split
+        )
     else:
+        if split != "reference":
+            raise InvalidParameterError("--split applies to registry datasets, not with --from")
         if not user_col or not item_col:
             missing = [
                 k for k, v in {"--user-col": user_col, "--item-col": item_col}.items() if not v

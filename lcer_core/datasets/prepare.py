@@ -31,7 +31,7 @@ from lcer_core.paths import dataset_dir, lcer_home
 from .download import DownloadSettings, fetch, sha256_file
 from .parse import GivenSplit, RawInteractions, read_raw
 from .prepared import PARTS
-from .preprocess import TEST_PROP, SplitResult, from_given_split, split_mult_vae
+from .preprocess import SPLITS, TEST_PROP, SplitResult, from_given_split, split_mult_vae
 from .registry import DEFAULT_SEED, DatasetSpec, get_spec
 
 __all__ = [
@@ -110,9 +110,12 @@ def fingerprint(result: SplitResult) -> str:
     return h.hexdigest()
 
 
-def _settings(spec: DatasetSpec, seed: int, heldout: int) -> dict[str, Any]:
+def _settings(
+    spec: DatasetSpec, seed: int, heldout: int, split: str = "reference"
+) -> dict[str, Any]:
     """What determines the prepared content: equal settings mean there is nothing to redo."""
-    return {
+    # the split is named only when it is not the reference protocol (older folders match)
+    return ({"split": split} if split != "reference" else {}) | {
         "format": spec.raw_format,
         "seed": seed,
         "heldout_users": heldout,
@@ -124,7 +127,12 @@ def _settings(spec: DatasetSpec, seed: int, heldout: int) -> dict[str, Any]:
 
 
 def build(
-    spec: DatasetSpec, raw: RawInteractions | GivenSplit, *, seed: int, heldout: int
+    spec: DatasetSpec,
+    raw: RawInteractions | GivenSplit,
+    *,
+    seed: int,
+    heldout: int,
+    split: str = "reference",
 ) -> SplitResult:
     """The prepared dataset in memory, from parsed raw data (no file is written)."""
     if isinstance(raw, GivenSplit):
@@ -137,11 +145,17 @@ def build(
         min_user_interactions=spec.min_user_interactions,
         heldout_users=heldout,
         seed=seed,
+        split=split,
     )
 
 
 def _meta(
-    spec: DatasetSpec, result: SplitResult, seed: int, heldout: int, archive: Path
+    spec: DatasetSpec,
+    result: SplitResult,
+    seed: int,
+    heldout: int,
+    archive: Path,
+    split: str = "reference",
 ) -> dict[str, Any]:
     return {
         "dataset": spec.name,
@@ -149,7 +163,7 @@ def _meta(
         "seed": seed,
         "heldout_users": heldout,
         "fingerprint": fingerprint(result),
-        "settings": _settings(spec, seed, heldout),
+        "settings": _settings(spec, seed, heldout, split),
         "source": {
             "format": spec.raw_format,
             "archive": spec.archive,
@@ -217,10 +231,16 @@ def prepare_dataset(
     progress: bool | None = None,
     settings: DownloadSettings | None = None,
     log: Callable[[str], None] | None = None,
+    split: str = "reference",
 ) -> PrepareResult:
-    """Prepare ``name`` unless it already is with the same settings; say which happened."""
+    """Prepare ``name`` unless it already is with the same settings; say which happened.
+
+    ``split``: ``"reference"`` (Mult-VAE's protocol) or ``"authors-notebook"`` (the LCER
+    authors' notebook as it ran; see :mod:`lcer_core.datasets.preprocess`)."""
     say = log or log_.info
     check_seed(seed)
+    if split not in SPLITS:
+        raise InvalidParameterError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     spec = get_spec(name)
     n_heldout = spec.heldout_users if heldout is None else heldout
     if n_heldout < 1:
@@ -231,7 +251,7 @@ def prepare_dataset(
         if (
             not force
             and meta is not None
-            and meta.get("settings") == _settings(spec, seed, n_heldout)
+            and meta.get("settings") == _settings(spec, seed, n_heldout, split)
         ):
             say(f"{name} is already prepared (seed {seed}) in {folder}: nothing to do")
             return PrepareResult(name, folder, False, dict(meta["stats"]), seed)
@@ -240,8 +260,9 @@ def prepare_dataset(
             ensure_writable(folder)  # before the download and the parsing
             archive = fetch(spec, progress=progress, settings=settings)
             raw = _load_raw(spec, archive)
-            result = build(spec, raw, seed=seed, heldout=n_heldout)
-            write_prepared(folder, result, _meta(spec, result, seed, n_heldout, archive))
+            result = build(spec, raw, seed=seed, heldout=n_heldout, split=split)
+            meta = _meta(spec, result, seed, n_heldout, archive, split)
+            write_prepared(folder, result, meta)
         except BaseException:
             if not existed:
                 shutil.rmtree(folder, ignore_errors=True)
