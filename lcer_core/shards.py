@@ -28,7 +28,7 @@ from lcer_core.errors import (
     MissingDataError,
     UnknownMethodError,
 )
-from lcer_core.explainers import LCER_METHODS, METHODS, LCERConfig
+from lcer_core.explainers import LCER_METHODS, METHODS, LCERConfig, get_explainer
 from lcer_core.fsio import home_error, parquet_bytes
 from lcer_core.keys import run_key
 from lcer_core.paths import lcer_home
@@ -77,6 +77,10 @@ class RunSpec:
             for k, v in {"alpha": self.alpha, "lam": self.lam, "steps": self.steps}.items()
             if v is not None
         }
+
+    def explainer_config(self) -> dict[str, Any]:
+        """The explainer's whole configuration for this run (``dump_config()``), stored with it."""
+        return get_explainer(self.method, **self.explainer_params()).dump_config()
 
     def as_row(self) -> dict[str, Any]:
         """The run's columns of the ``runs`` table."""

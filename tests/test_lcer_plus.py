@@ -156,3 +156,16 @@ def test_registered_with_lcer_params_and_bad_values_refused():
     ):
         with pytest.raises(InvalidParameterError):
             LCERPlusConfig(**bad)
+
+
+def test_its_whole_configuration_travels_with_the_run():
+    from lcer_core.shards import run_spec
+
+    common = dict(dataset="ml-100k", k=5, steps=50, seed=1, n_users=3, model_key="m1")
+    spec = run_spec(method="lcer-plus", alpha=0.1, lam=0.04, **common)
+    config = spec.explainer_config()
+    assert config["method"] == "lcer-plus" and config["lam"] == 0.04 and config["steps"] == 50
+    assert config["select"] == "topk" and config["sufficiency"] == 4.0 and config["prune"]
+    other = run_spec(method="lcer-plus", alpha=0.1, lam=0.05, **common)
+    assert other.run_id != spec.run_id  # λ is part of the run's key, as for lcer
+    assert run_spec(method="kaffes-topk", alpha=0.1, lam=0.04, **common).alpha is None
