@@ -84,3 +84,21 @@ def test_lam_report_says_which_lam_matches_the_paper(tmp_path: Path) -> None:
     assert frame["lam"].to_list() == [0.01, 0.04, 0.05]
     assert frame.filter("closest")["lam"].to_list() == [0.04]
     assert frame["n_seeds"].to_list() == [2, 2, 2]
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--seeds", "1,x"], "error: --seeds: 'x' is not a valid int"),
+        (["--seeds", "1", "--seed", "3"], "error: --seed and --seeds cannot be combined"),
+        (["--lam", "0.1,nan"], "error: --lam must be a finite number in [0, 1e6), got nan"),
+    ],
+)
+def test_run_refuses_bad_seeds_and_lams_in_one_line(
+    lcer_home: Path, capsys: pytest.CaptureFixture[str], argv: list[str], line: str
+) -> None:
+    from lcer_core.cli import pipeline  # noqa: F401  (registers `run`)
+
+    code, out, err = _cli(["run", "ml-100k", *argv], capsys)
+    assert code == 2 and err.strip().startswith(line) and len(err.strip().splitlines()) == 1
+    assert not any(lcer_home.iterdir())  # refused before any work

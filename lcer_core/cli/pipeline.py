@@ -224,6 +224,8 @@ def run(
     seed_list = parse_list(seeds, int, "--seeds") if seeds is not None else None
     if seeds is not None and not seed_list:
         raise InvalidParameterError("--seeds must name at least one seed")
+    if seed_list and seed != 0:
+        raise InvalidParameterError("--seed and --seeds cannot be combined (--seeds sets both)")
     lam_list = parse_list(lam, float, "--lam") if lam is not None else None
     for value in lam_list or [None]:
         api.validate_common(lam=value)
