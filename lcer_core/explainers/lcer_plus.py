@@ -25,6 +25,7 @@ the shard; ``Explanations.forward_calls`` counts the recommender inputs scored p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -143,7 +144,12 @@ class LCERPlus(Explainer):
 
     @torch.no_grad()
     def _optimise(
-        self, recommender: Recommender, pairs: PairBatch, keys: Tensor, seed: int, progress
+        self,
+        recommender: Recommender,
+        pairs: PairBatch,
+        keys: Tensor,
+        seed: int,
+        progress: Callable[[int], None],
     ) -> tuple[Tensor, Tensor, Tensor]:
         """LCER's loop on ``pairs`` (keys ``keys``), keeping the ``candidates`` lowest-loss
         distinct sampled sets per pair: ``(sets [P, C, L], scores [P, C], importance [P, L])``."""
@@ -216,7 +222,14 @@ class _Pool:
     importance: Tensor  # [R*P, L]
 
     @staticmethod
-    def gather(parts: list, n_rows: int, width: int, n_cand: int, dev: torch.device) -> _Pool:
+    def gather(
+        parts: list[tuple[Tensor, tuple[Tensor, Tensor, Tensor]]],
+        n_rows: int,
+        width: int,
+        n_cand: int,
+        dev: torch.device,
+    ) -> _Pool:
+        """Scatter the optimised chunks (row indices, results) into one pool."""
         sets = torch.zeros(n_rows, n_cand, width, dtype=torch.bool, device=dev)
         scores = torch.full((n_rows, n_cand), _INF, device=dev)
         importance = torch.full((n_rows, width), float("nan"), device=dev)
@@ -255,6 +268,7 @@ class _Selector:
         return res.margin >= 0
 
     def run(self, sets: Tensor, scores: Tensor, importance: Tensor) -> Explanations:
+        """Choose one set per pair among ``sets [P, C, L]`` (scores ``[P, C]`` from the optimisation)."""
         cfg, pairs = self.cfg, self.pairs
         dev = sets.device
         n_pairs, n_cand, width = sets.shape
