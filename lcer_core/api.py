@@ -548,7 +548,12 @@ def summarize_frame(frame: pl.DataFrame, method: str) -> dict[str, float | int |
         necessary=torch.tensor(frame["necessary"].to_list(), dtype=torch.bool),
         rank_after=torch.tensor(frame["rank_after"].fill_null(0).to_list(), dtype=torch.long),
     )
-    return summarize(outcomes, reports_validity=METHODS[method].reports_validity)
+    out = summarize(outcomes, reports_validity=METHODS[method].reports_validity)
+    # what the run cost per pair, when the shards recorded it (see shards.explain_users)
+    for key, column in (("calls_per_pair", "forward_calls"), ("s_per_pair", "explain_s")):
+        if column in frame.columns and frame.height and frame[column].null_count() == 0:
+            out[key] = float(frame[column].mean())  # type: ignore[arg-type]
+    return out
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "STATUSES",
     "KINDS",
     "METRIC_KEYS",
+    "COST_KEYS",
     "RUN_COLUMNS",
     "RECOMMENDATION_COLUMNS",
     "EXPLANATION_COLUMNS",
@@ -39,6 +40,8 @@ STATUSES = ("running", "finished", "failed")
 KINDS = ("explain", "reevaluate")
 #: The metrics of one evaluation, as in Table 2 of the paper (``len`` in items, the rest 0–100).
 METRIC_KEYS = ("n_pairs", "val_pct", "len", "ps_pct", "pn_pct", "fns_pct")
+#: What an explanation run cost, per pair: recommender inputs scored and seconds (optional).
+COST_KEYS = ("calls_per_pair", "s_per_pair")
 
 #: Columns of ``runs`` a caller may give (besides ``params``, a dict stored as JSON).
 RUN_COLUMNS = (
@@ -216,4 +219,10 @@ V2_DDL = (
 V3_DDL = (
     "ALTER TABLE datasets ADD COLUMN IF NOT EXISTS archive_sha256 VARCHAR",
     "ALTER TABLE datasets ADD COLUMN IF NOT EXISTS source_json VARCHAR",
+)
+
+# Version 4: what a run cost per pair (recommender inputs scored, seconds of explanation).
+V4_DDL = (
+    "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS calls_per_pair DOUBLE",
+    "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS s_per_pair DOUBLE",
 )
