@@ -149,7 +149,9 @@ def test_two_trainings_at_once_train_once_and_register_one_version(byo_trained: 
     verbs = sorted("already trained" in out for _, out, _ in outs)
     assert verbs == [False, True], [out for _, out, _ in outs]
     home = byo_trained["home"]
-    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    # The registry URI too: otherwise one set globally by an earlier in-process test is used.
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = client.search_model_versions("name = 'multvae-byo'")
     assert len(versions) == 1, [v.version for v in versions]
     keys = [p.name for p in (home / "models" / "byo").iterdir() if p.is_dir()]
