@@ -8,34 +8,50 @@ pipeline whose other steps run on ``cpu`` (both pools must see the same ``LCER_H
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.env import check_environment
-from flows.runner import default_task_runner, explain_placement
+from flows.runner import check_cluster, default_task_runner, explain_placement, is_ray_runner
+from lcer_core import api, remote
+from lcer_core.datasets import load_prepared
 from lcer_core.paths import prefect_results_dir
-from lcer_core.shards import DEFAULT_SHARD_SIZE, RunSpec, shard_is_complete, shard_path, split_users
+from lcer_core.shards import (
+    DEFAULT_SHARD_SIZE,
+    RunSpec,
+    shard_is_complete,
+    shard_path,
+    split_users,
+    write_parquet_atomic,
+)
 from tasks import progress
-from tasks.explain import explain_shard
+from tasks.explain import ShardOutput, explain_shard, explain_shard_remote
 
-__all__ = ["submit_shards", "resolve_shards", "lcer_explain"]
+__all__ = ["submit_shards", "resolve_shards", "shard_file", "shard_paths", "lcer_explain"]
 
-ShardFutures = dict[str, list[PrefectFuture[str]]]
+#: Per run id, in shard order: a future, or the path of a shard file complete before the run.
+ShardFutures = dict[str, list[PrefectFuture[Any] | str]]
 
 
 def submit_shards(specs: Sequence[RunSpec], users: Sequence[int], shard_size: int) -> ShardFutures:
     """Submit one explanation task per (run, shard); futures by run id, in shard order.
 
-    Results live under ``$LCER_HOME/prefect-results`` whatever Prefect's settings say; a shard
-    whose file is gone is recomputed even if Prefect remembers its result.
+    On threads, results live under ``$LCER_HOME/prefect-results`` whatever Prefect's settings
+    say; a shard whose file is gone is recomputed even if Prefect remembers its result. On Ray,
+    the model and data go to the cluster once per model (``ray.put``) and each task sends its
+    shard back (:func:`shard_file` writes it); shards complete on disk are not submitted.
     """
+    if is_ray_runner():
+        return _submit_remote(specs, users, shard_size)
     logger = get_run_logger()
     chunks = split_users(list(users), shard_size)
     storage = prefect_results_dir()
     futures: ShardFutures = {}
     progress.emit("planned", shards=len(specs) * len(chunks), runs=len(specs))
-    with explain_placement() as where:
+    with explain_placement(False) as where:
         for spec in specs:
             futures[spec.run_id] = []
             for index, chunk in enumerate(chunks):
@@ -56,12 +72,82 @@ def submit_shards(specs: Sequence[RunSpec], users: Sequence[int], shard_size: in
     return futures
 
 
+def _submit_remote(specs: Sequence[RunSpec], users: Sequence[int], shard_size: int) -> ShardFutures:
+    import ray
+
+    logger = get_run_logger()
+    gpu = check_cluster([s.method for s in specs])
+    chunks = split_users(list(users), shard_size)
+    refs: dict[tuple[str, str], Any] = {}
+    futures: ShardFutures = {}
+    progress.emit("planned", shards=len(specs) * len(chunks), runs=len(specs))
+    places: dict[str, int] = {}
+    for spec in specs:
+        futures[spec.run_id] = []
+        for index, chunk in enumerate(chunks):
+            path = shard_path(spec.run_id, index)
+            if shard_is_complete(path, chunk):
+                futures[spec.run_id].append(str(path))
+                continue
+            key = (spec.dataset, spec.model_key)
+            if key not in refs:
+                data = load_prepared(spec.dataset)
+                model = api.load_model(spec.dataset, spec.model_key)
+                refs[key] = ray.put(remote.make_bundle(data, model, users))
+            with explain_placement(gpu and remote.wants_gpu(spec.method)) as where:
+                future = explain_shard_remote.submit(spec, index, chunk, refs[key])
+            places[where] = places.get(where, 0) + 1
+            futures[spec.run_id].append(future)
+    logger.info(
+        "submitted %s explanation tasks (%d runs x %d shards of up to %d users; the rest on disk)",
+        ", ".join(f"{n} to {w}" for w, n in sorted(places.items())) or "no",
+        len(specs),
+        len(chunks),
+        shard_size,
+    )
+    return futures
+
+
+def shard_file(run_id: str, index: int, result: str | ShardOutput) -> str:
+    """The path of a finished shard's file: a remote shard's bytes are written here first."""
+    if isinstance(result, ShardOutput):
+        return str(_write_shard_bytes(result.parquet, shard_path(run_id, index)))
+    return str(result)
+
+
+def _write_shard_bytes(data: bytes, path: Path) -> Path:
+    """Write a shard file received as bytes (read first: bytes that are no Parquet raise), whole or not at all."""
+    import io
+
+    import polars as pl
+
+    return write_parquet_atomic(pl.read_parquet(io.BytesIO(data)), path)
+
+
 def resolve_shards(futures: ShardFutures) -> None:
     """Wait for every shard (finished, failed or cached), reporting each as it ends."""
-    where = {id(f): (run_id, i) for run_id, fs in futures.items() for i, f in enumerate(fs)}
-    for future in as_completed([f for fs in futures.values() for f in fs]):
+    where = {
+        id(f): (run_id, i)
+        for run_id, fs in futures.items()
+        for i, f in enumerate(fs)
+        if not isinstance(f, str)
+    }
+    for run_id, fs in futures.items():
+        for i, f in enumerate(fs):
+            if isinstance(f, str):
+                progress.emit("shard_done", run=run_id, index=i, ok=True)
+    pending = [f for fs in futures.values() for f in fs if not isinstance(f, str)]
+    for future in as_completed(pending):
         run_id, index = where[id(future)]
         progress.emit("shard_done", run=run_id, index=index, ok=future.state.is_completed())
+
+
+def shard_paths(run_id: str, futures: Sequence[PrefectFuture[Any] | str]) -> list[str]:
+    """The files of a run's shards, in order (raises the first shard's failure)."""
+    return [
+        shard_file(run_id, i, f if isinstance(f, str) else f.result())
+        for i, f in enumerate(futures)
+    ]
 
 
 @flow(name="lcer-explain", task_runner=default_task_runner())
@@ -72,4 +158,4 @@ def lcer_explain(
     check_environment()
     futures = submit_shards(specs, users, shard_size)
     resolve_shards(futures)
-    return [[f.result() for f in futures[spec.run_id]] for spec in specs]
+    return [shard_paths(spec.run_id, futures[spec.run_id]) for spec in specs]

@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from flows.env import check_environment
-from flows.explain import resolve_shards, submit_shards
+from flows.explain import resolve_shards, shard_paths, submit_shards
 from flows.runner import default_task_runner
 from flows.train import DEFAULT_EPOCHS, prepare_and_train
 from lcer_core import api
@@ -116,7 +116,7 @@ def explain_runs(
         resolve_shards(futures)
         for run_id, fs in futures.items():
             try:
-                paths[run_id] = [f.result() for f in fs]
+                paths[run_id] = shard_paths(run_id, fs)
             except Exception as exc:
                 failures[run_id] = exc
     summaries: list[dict[str, Any]] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+_MIRROR = os.environ.get("LCER_MIRROR", "")
+# The archives beside the checkout, or where a file:// LCER_MIRROR points (a git worktree).
+SHARED_DATASETS = (
+    Path(_MIRROR.removeprefix("file://"))
+    if _MIRROR.startswith("file://")
+    else REPO.parent / "shared" / "datasets"
+)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -17,6 +17,7 @@ __all__ = [
     "METRIC_KEYS",
     "RUN_COLUMNS",
     "RECOMMENDATION_COLUMNS",
+    "SHARD_COLUMNS",
     "EXPLANATION_COLUMNS",
     "ITEM_COLUMNS",
 ]
@@ -31,6 +32,7 @@ TABLES = (
     "recommendations",
     "explanations",
     "metrics",
+    "shards",
 )
 
 #: Life cycle of a run.
@@ -210,3 +212,28 @@ V2_DDL = (
     "UPDATE metrics SET kind = 'explain' WHERE kind IS NULL",
     "ALTER TABLE explanations ADD COLUMN IF NOT EXISTS rank_after INTEGER",
 )
+
+# Version 3: where each explanation shard of a run ran (a Ray node id or a host name, and the
+# torch device), replaced with the run's rows.
+V3_DDL = (
+    """
+    CREATE TABLE IF NOT EXISTS shards (
+        run_id VARCHAR NOT NULL,
+        shard INTEGER NOT NULL,
+        node VARCHAR,
+        device VARCHAR,
+        users INTEGER,
+        pairs INTEGER,
+        PRIMARY KEY (run_id, shard)
+    )
+    """,
+)
+
+#: Columns of ``shards`` (besides ``run_id``), as :meth:`ResultStore.write_run` takes them.
+SHARD_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
+    "shard": (pl.Int32(), True),
+    "node": (pl.String(), False),
+    "device": (pl.String(), False),
+    "users": (pl.Int32(), False),
+    "pairs": (pl.Int32(), False),
+}
