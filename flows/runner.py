@@ -100,6 +100,8 @@ def make_task_runner(kind: str = "threads", address: str | None = None) -> TaskR
         )
     if address:
         check_address(address)
+    # Ray folds log lines that differ only in numbers (a shard's retry, other shards) into one.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     env = {name: os.environ[name] for name in _FORWARDED_ENV if os.environ.get(name)}
     init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
     if not address:
