@@ -2,12 +2,16 @@
 
 :func:`submit_shards` is what every flow uses in its own process; the flow ``lcer-explain``
 wraps it so that a deployment on the ``gpu`` work pool can take the explanations of a
-pipeline whose other steps run on ``cpu`` (both pools must see the same ``LCER_HOME``).
+pipeline whose other steps run on ``cpu``. The two pools share no filesystem when a storage
+URL is set (``LCER_STORAGE``): the pipeline uploads each model with the data of the users to
+explain, the ``gpu`` pool's flow leaves the shard files under the same URL, and the pipeline
+copies them into its ``LCER_HOME``. On a Ray cluster the same travels through Ray's object
+store (or the storage URL, when set).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,8 @@ from flows.env import check_environment
 from flows.runner import check_cluster, default_task_runner, explain_placement, is_ray_runner
 from lcer_core import api, remote
 from lcer_core.datasets import load_prepared
+from lcer_core.errors import OrchestrationError
+from lcer_core.keys import content_key
 from lcer_core.paths import prefect_results_dir
 from lcer_core.shards import (
     DEFAULT_SHARD_SIZE,
@@ -30,22 +36,38 @@ from lcer_core.shards import (
 from tasks import progress
 from tasks.explain import ShardOutput, explain_shard, explain_shard_remote
 
-__all__ = ["submit_shards", "resolve_shards", "shard_file", "shard_paths", "lcer_explain"]
+__all__ = [
+    "submit_shards",
+    "resolve_shards",
+    "shard_file",
+    "shard_paths",
+    "upload_bundle",
+    "write_shard_bytes",
+    "lcer_explain",
+]
 
 #: Per run id, in shard order: a future, or the path of a shard file complete before the run.
 ShardFutures = dict[str, list[PrefectFuture[Any] | str]]
 
 
-def submit_shards(specs: Sequence[RunSpec], users: Sequence[int], shard_size: int) -> ShardFutures:
+def submit_shards(
+    specs: Sequence[RunSpec],
+    users: Sequence[int],
+    shard_size: int,
+    bundles: Mapping[str, str] | None = None,
+) -> ShardFutures:
     """Submit one explanation task per (run, shard); futures by run id, in shard order.
 
     On threads, results live under ``$LCER_HOME/prefect-results`` whatever Prefect's settings
     say; a shard whose file is gone is recomputed even if Prefect remembers its result. On Ray,
     the model and data go to the cluster once per model (``ray.put``) and each task sends its
-    shard back (:func:`shard_file` writes it); shards complete on disk are not submitted.
+    shard back (:func:`shard_file` writes it); shards complete on disk are not submitted. With
+    ``bundles`` (the storage URL of each model's bundle, by model key: the ``lcer-explain``
+    deployment on another machine) or a storage URL set (``LCER_STORAGE``), the model and data
+    go through the storage URL instead.
     """
-    if is_ray_runner():
-        return _submit_remote(specs, users, shard_size)
+    if bundles is not None or is_ray_runner():
+        return _submit_remote(specs, users, shard_size, bundles)
     logger = get_run_logger()
     chunks = split_users(list(users), shard_size)
     storage = prefect_results_dir()
@@ -72,13 +94,18 @@ def submit_shards(specs: Sequence[RunSpec], users: Sequence[int], shard_size: in
     return futures
 
 
-def _submit_remote(specs: Sequence[RunSpec], users: Sequence[int], shard_size: int) -> ShardFutures:
-    import ray
-
+def _submit_remote(
+    specs: Sequence[RunSpec],
+    users: Sequence[int],
+    shard_size: int,
+    bundles: Mapping[str, str] | None,
+) -> ShardFutures:
     logger = get_run_logger()
-    gpu = check_cluster([s.method for s in specs])
+    ray_runner = is_ray_runner()
+    gpu = check_cluster([s.method for s in specs]) if ray_runner else False
+    storage = remote.storage_url()
     chunks = split_users(list(users), shard_size)
-    refs: dict[tuple[str, str], Any] = {}
+    inputs: dict[str, Any] = dict(bundles or {})
     futures: ShardFutures = {}
     progress.emit("planned", shards=len(specs) * len(chunks), runs=len(specs))
     places: dict[str, int] = {}
@@ -86,36 +113,56 @@ def _submit_remote(specs: Sequence[RunSpec], users: Sequence[int], shard_size: i
         futures[spec.run_id] = []
         for index, chunk in enumerate(chunks):
             path = shard_path(spec.run_id, index)
-            if shard_is_complete(path, chunk):
+            if bundles is None and shard_is_complete(path, chunk):
                 futures[spec.run_id].append(str(path))
                 continue
-            key = (spec.dataset, spec.model_key)
-            if key not in refs:
-                data = load_prepared(spec.dataset)
-                model = api.load_model(spec.dataset, spec.model_key)
-                refs[key] = ray.put(remote.make_bundle(data, model, users))
+            if spec.model_key not in inputs:
+                inputs[spec.model_key] = _bundle(spec, users, storage, ray_runner)
             with explain_placement(gpu and remote.wants_gpu(spec.method)) as where:
-                future = explain_shard_remote.submit(spec, index, chunk, refs[key])
+                future = explain_shard_remote.submit(spec, index, chunk, inputs[spec.model_key])
             places[where] = places.get(where, 0) + 1
             futures[spec.run_id].append(future)
     logger.info(
-        "submitted %s explanation tasks (%d runs x %d shards of up to %d users; the rest on disk)",
+        "submitted %s explanation tasks (%d runs x %d shards of up to %d users; the rest on "
+        "disk), model and data through %s",
         ", ".join(f"{n} to {w}" for w, n in sorted(places.items())) or "no",
         len(specs),
         len(chunks),
         shard_size,
+        "the storage URL" if bundles is not None or storage else "Ray's object store",
     )
     return futures
+
+
+def _bundle(spec: RunSpec, users: Sequence[int], storage: str | None, ray_runner: bool) -> Any:
+    """The model and data of ``spec`` for remote shards: a storage URL, a Ray reference, or bytes."""
+    data = load_prepared(spec.dataset)
+    bundle = remote.make_bundle(data, api.load_model(spec.dataset, spec.model_key), users)
+    if storage:
+        return upload_bundle(storage, spec.model_key, users, bundle)
+    if ray_runner:
+        import ray
+
+        return ray.put(bundle)
+    return bundle
+
+
+def upload_bundle(
+    storage: str, model_key: str, users: Sequence[int], bundle: Mapping[str, bytes]
+) -> str:
+    """Upload a bundle once per (model, users) under the storage URL; its URL."""
+    key = f"{model_key}-{content_key({'users': sorted(set(users))})}"
+    return remote.put_bundle(storage, key, bundle)
 
 
 def shard_file(run_id: str, index: int, result: str | ShardOutput) -> str:
     """The path of a finished shard's file: a remote shard's bytes are written here first."""
     if isinstance(result, ShardOutput):
-        return str(_write_shard_bytes(result.parquet, shard_path(run_id, index)))
+        return str(write_shard_bytes(result.parquet, shard_path(run_id, index)))
     return str(result)
 
 
-def _write_shard_bytes(data: bytes, path: Path) -> Path:
+def write_shard_bytes(data: bytes, path: Path) -> Path:
     """Write a shard file received as bytes (read first: bytes that are no Parquet raise), whole or not at all."""
     import io
 
@@ -152,10 +199,36 @@ def shard_paths(run_id: str, futures: Sequence[PrefectFuture[Any] | str]) -> lis
 
 @flow(name="lcer-explain", task_runner=default_task_runner())
 def lcer_explain(
-    specs: list[RunSpec], users: list[int], shard_size: int = DEFAULT_SHARD_SIZE
+    specs: list[RunSpec],
+    users: list[int],
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    storage: str | None = None,
+    bundles: dict[str, str] | None = None,
 ) -> list[list[str]]:
-    """Explain the shards of ``specs`` (as planned by a pipeline) where this flow runs; their paths per run."""
+    """Explain the shards of ``specs`` (as planned by a pipeline) where this flow runs; their files per run.
+
+    With ``storage`` (the pipeline's storage URL) and ``bundles`` (the URL of each model's
+    bundle under it), nothing is read from or written to this machine's ``LCER_HOME``: the
+    shard files are left under ``STORAGE/work/RUN_ID/`` and their URLs returned. Without,
+    both pools must share one ``LCER_HOME``.
+    """
     check_environment()
-    futures = submit_shards(specs, users, shard_size)
+    if storage is None:
+        futures = submit_shards(specs, users, shard_size)
+        resolve_shards(futures)
+        return [shard_paths(spec.run_id, futures[spec.run_id]) for spec in specs]
+    storage = remote.check_storage(storage)
+    futures = submit_shards(specs, users, shard_size, bundles=bundles or {})
     resolve_shards(futures)
-    return [shard_paths(spec.run_id, futures[spec.run_id]) for spec in specs]
+    out: list[list[str]] = []
+    for spec in specs:
+        urls = []
+        for index, future in enumerate(futures[spec.run_id]):
+            result = future if isinstance(future, str) else future.result()
+            if not isinstance(result, ShardOutput):
+                raise OrchestrationError(f"shard {index} of run {spec.run_id} returned no file")
+            url = remote.shard_url(storage, spec.run_id, index)
+            remote.put_bytes(url, result.parquet)
+            urls.append(url)
+        out.append(urls)
+    return out

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ from prefect.settings import get_current_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from lcer_core.errors import InvalidParameterError
+from lcer_core.remote import check_address
 
 __all__ = [
     "RUNNERS",
@@ -49,32 +49,6 @@ DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
 # What a Ray worker needs from the flow's environment: the Prefect server it reports to (and the
 # test hook that slows a shard down). Not LCER_HOME: the worker may be another machine.
 _FORWARDED_ENV = ("PREFECT_API_URL", "LCER_TEST_SLOW_SHARD")
-#: Seconds to wait for a TCP connection to a Ray address before calling it unreachable.
-CONNECT_TIMEOUT_S = 5.0
-
-
-def check_address(address: str) -> None:
-    """Refuse, in one line, a Ray address that is malformed or where nothing answers (before
-    ``ray.init``, which would wait a long time and end in a traceback)."""
-    if address == "auto":
-        return
-    hostport = address.split("://", 1)[1] if "://" in address else address
-    host, sep, port_text = hostport.rstrip("/").rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise InvalidParameterError(
-            f"--address must be HOST:PORT (or ray://HOST:PORT), got {address!r}"
-        )
-    try:
-        with socket.create_connection(
-            (host.strip("[]"), int(port_text)), timeout=CONNECT_TIMEOUT_S
-        ):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        raise InvalidParameterError(
-            f"cannot reach the Ray cluster at {address}: {reason} "
-            "(start it with `ray start --head`, or check the address)"
-        ) from None
 
 
 def make_task_runner(kind: str = "threads", address: str | None = None) -> TaskRunner[Any]:

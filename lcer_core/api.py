@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -281,7 +282,15 @@ def _load_checkpoint(dataset: str, key: str, source: io.BytesIO | None = None) -
         cfg = MultVAEConfig(**blob["config"])
         module = MultVAE(int(blob["n_items"]), cfg)
         module.load_state_dict(blob["state_dict"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as exc:
+    except (
+        OSError,
+        RuntimeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        EOFError,
+        pickle.UnpicklingError,
+    ) as exc:
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         where = f"the model checkpoint {path}" if source is None else f"the model {key} sent"
         raise MissingDataError(

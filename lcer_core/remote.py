@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,11 +27,13 @@ import polars as pl
 from lcer_core import api
 from lcer_core.datasets import PreparedDataset
 from lcer_core.datasets.prepared import PARTS
-from lcer_core.errors import MissingDataError, StorageError
+from lcer_core.errors import InvalidParameterError, MissingDataError, StorageError
 from lcer_core.fsio import io_reason, parquet_bytes
 
 __all__ = [
     "STORAGE_ENV",
+    "CONNECT_TIMEOUT_S",
+    "check_address",
     "wants_gpu",
     "make_bundle",
     "open_bundle",
@@ -47,6 +50,34 @@ __all__ = [
 STORAGE_ENV = "LCER_STORAGE"
 
 _TABLES = ("users", "items", *PARTS)
+
+
+#: Seconds to wait for a TCP connection to a Ray address before calling it unreachable.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def check_address(address: str) -> None:
+    """Refuse, in one line, a Ray address that is malformed or where nothing answers (before
+    ``ray.init``, which would wait a long time and end in a traceback)."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port_text = hostport.rstrip("/").rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidParameterError(
+            f"--address must be HOST:PORT (or ray://HOST:PORT), got {address!r}"
+        )
+    try:
+        with socket.create_connection(
+            (host.strip("[]"), int(port_text)), timeout=CONNECT_TIMEOUT_S
+        ):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise InvalidParameterError(
+            f"cannot reach the Ray cluster at {address}: {reason} "
+            "(start it with `ray start --head`, or check the address)"
+        ) from None
 
 
 def wants_gpu(method: str) -> bool:

@@ -154,9 +154,10 @@ def _log_done(
     persist_result=False,
 )
 def explain_shard_remote(
-    spec: RunSpec, index: int, users: list[int], bundle: dict[str, bytes]
+    spec: RunSpec, index: int, users: list[int], bundle: dict[str, bytes] | str
 ) -> ShardOutput:
-    """Explain the top-K pairs of ``users`` from a bundle of model and data; the shard file's bytes.
+    """Explain the top-K pairs of ``users`` from a bundle of model and data (or its storage URL);
+    the shard file's bytes.
 
     Reads and writes nothing under ``LCER_HOME``: the flow that submitted it writes the file.
     """
@@ -175,7 +176,9 @@ def explain_shard_remote(
     if pause > 0:
         time.sleep(pause)
     device = api.default_device()
-    data, model = remote.open_bundle(bundle)
+    data, model = remote.open_bundle(
+        remote.get_bundle(bundle) if isinstance(bundle, str) else bundle
+    )
 
     def report(done: int, total: int) -> None:
         progress.emit("steps", run=spec.run_id, index=index, done=done, total=total)

@@ -72,6 +72,22 @@ def _check_runner(runner: str, address: str | None) -> None:
         raise InvalidParameterError(f"--runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
     if address and runner != "ray":
         raise InvalidParameterError("--address only applies with --runner ray")
+    if address:
+        from lcer_core.remote import check_address
+
+        check_address(address)
+
+
+def _check_storage(storage: str | None) -> None:
+    """Refuse a storage URL (``--storage`` or ``LCER_STORAGE``) that cannot be written; the flow
+    and the workers it starts then read it from ``LCER_STORAGE``."""
+    from lcer_core.remote import STORAGE_ENV, check_storage, storage_url
+
+    url = storage_url(storage)
+    if storage is not None and url is None:
+        raise InvalidParameterError("--storage is empty")
+    if url is not None:
+        os.environ[STORAGE_ENV] = check_storage(url)
 
 
 def _with_runner(flow: Flow, runner: str, address: str | None) -> Flow:
@@ -199,6 +215,13 @@ def run(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (with --runner ray).")
     ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Storage URL (fsspec, e.g. file:///shared/folder or s3://bucket/prefix) "
+            "through which explanations on another work pool travel; default $LCER_STORAGE."
+        ),
+    ] = None,
 ) -> None:
     """Run the whole Prefect pipeline: prepare, train, explain (fanned out), evaluate, store, track."""
     from lcer_core import api
@@ -218,6 +241,7 @@ def run(
     if epochs < 1:
         raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
     _check_runner(runner, address)
+    _check_storage(storage)
     prefect_environment()
     from flows.pipeline import lcer_pipeline
 
