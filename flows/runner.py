@@ -51,8 +51,15 @@ DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
 _FORWARDED_ENV = ("PREFECT_API_URL", "LCER_TEST_SLOW_SHARD")
 
 
-def make_task_runner(kind: str = "threads", address: str | None = None) -> TaskRunner[Any]:
-    """A task runner by name (``threads`` or ``ray``); ``address`` only applies to Ray."""
+def make_task_runner(
+    kind: str = "threads", address: str | None = None, methods: Sequence[str] | None = None
+) -> TaskRunner[Any]:
+    """A task runner by name (``threads`` or ``ray``); ``address`` only applies to Ray.
+
+    With ``methods`` (the command line knows them), Ray is started or joined now and the
+    cluster checked for what those methods' tasks will ask for: a one-line error before the
+    flow starts rather than a failed flow run.
+    """
     if kind not in RUNNERS:
         raise InvalidParameterError(f"--runner must be one of {', '.join(RUNNERS)}, got {kind!r}")
     if kind == "threads":
@@ -78,9 +85,26 @@ def make_task_runner(kind: str = "threads", address: str | None = None) -> TaskR
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     env = {name: os.environ[name] for name in _FORWARDED_ENV if os.environ.get(name)}
     init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
+    init_kwargs["logging_level"] = "WARNING"  # not Ray's start-up chatter on the terminal
     if not address:
         init_kwargs["include_dashboard"] = False
-    return RayTaskRunner(address=address or None, init_kwargs=init_kwargs)
+    runner = RayTaskRunner(address=address or None, init_kwargs=init_kwargs)
+    if methods is not None:
+        _join_and_check(runner, list(methods))
+    return runner
+
+
+def _join_and_check(runner: Any, methods: list[str]) -> None:
+    import ray
+
+    if not ray.is_initialized():  # the runner then uses this connection
+        try:
+            ray.init(*([runner.address] if runner.address else []), **runner.init_kwargs)
+        except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError, ...
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            where = f"at {runner.address}" if runner.address else "on this machine"
+            raise InvalidParameterError(f"cannot join the Ray cluster {where}: {first}") from None
+    check_cluster(methods)
 
 
 def default_task_runner() -> TaskRunner[Any]:

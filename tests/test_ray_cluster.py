@@ -289,3 +289,45 @@ def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
 
     # Neither Ray node saw or wrote the flow's folders: the empty folder stands in for them.
     assert list(cluster["empty"].iterdir()) == []
+
+
+def test_a_cluster_without_cpus_is_refused_in_one_line(http_mirror: str) -> None:
+    """A head node with no CPU (and no worker node): ``lcer run`` says what is missing and
+    exits 2 before the flow starts, instead of waiting for a CPU that never comes."""
+    root = Path(tempfile.mkdtemp(prefix="lcray", dir="/tmp"))
+    port = _free_port()
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "LCER_", "MLFLOW_", "RAY_"))
+    }
+    env = {**base, "RAY_USAGE_STATS_ENABLED": "0", "LCER_HOME": str(root / "home")}
+    head = _start(
+        [RAY, "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
+         "--num-cpus", "0", "--num-gpus", "0", "--include-dashboard", "false",
+         "--temp-dir", str(root / "ray"), "--disable-usage-stats"],
+        env,
+        root / "head.log",
+        cwd=root,
+    )  # fmt: skip
+    try:
+        _wait_port(port, head, root / "head.log")
+        done = subprocess.run(
+            [LCER, "run", "ml-100k", "--runner", "ray", "--address", f"127.0.0.1:{port}"],
+            env={**env, "PREFECT_API_URL": "http://127.0.0.1:9/api", "LCER_MIRROR": http_mirror},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        _stop(head, grace=30)
+    try:
+        assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert errors == ["error: the Ray cluster has no CPU (1 node(s), 0 CPUs): every "
+                          "explanation task needs one"], done.stderr[-3000:]  # fmt: skip
+        assert "Traceback" not in done.stderr
+        assert not (root / "home" / "data").exists()  # nothing was prepared
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

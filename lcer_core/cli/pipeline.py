@@ -90,10 +90,12 @@ def _check_storage(storage: str | None) -> None:
         os.environ[STORAGE_ENV] = check_storage(url)
 
 
-def _with_runner(flow: Flow, runner: str, address: str | None) -> Flow:
+def _with_runner(
+    flow: Flow, runner: str, address: str | None, methods: list[str] | None = None
+) -> Flow:
     from flows.runner import make_task_runner
 
-    return flow.with_options(task_runner=make_task_runner(runner, address))
+    return flow.with_options(task_runner=make_task_runner(runner, address, methods))
 
 
 @contextmanager
@@ -245,7 +247,7 @@ def run(
     prefect_environment()
     from flows.pipeline import lcer_pipeline
 
-    flow = _with_runner(lcer_pipeline, runner, address)
+    flow = _with_runner(lcer_pipeline, runner, address, method_list)
     with _progress():
         rows = flow(
             datasets=names,
@@ -310,7 +312,7 @@ def sweep(
     prefect_environment()
     from flows.sweep import lcer_sweep
 
-    flow = _with_runner(lcer_sweep, runner, address)
+    flow = _with_runner(lcer_sweep, runner, address, ["lcer"])
     with _progress():
         rows = flow(
             dataset=dataset,
