@@ -5,9 +5,9 @@ size comes from ``PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS`` when set, else
 :data:`DEFAULT_THREADS`. ``ray`` is
 prefect-ray's ``RayTaskRunner`` on the cluster at ``address`` (a local one when None), an
 optional dependency (``pip install 'lcer[ray]'``) imported only when asked for, and it needs
-a Prefect server (``PREFECT_API_URL``) that the Ray workers report to; explanation
+a Prefect server (``PREFECT_API_URL``) that the Ray workers report to; LCER's explanation
 tasks then ask Ray for one GPU each when the cluster has GPUs (a Ray task without
-``num_gpus`` sees no CUDA). Deployments pick the runner from the environment of their work
+``num_gpus`` sees no CUDA), the baselines' only for a CPU. Deployments pick the runner from the environment of their work
 pool: ``LCER_TASK_RUNNER=ray`` and ``LCER_RAY_ADDRESS=...``.
 
 Ray workers share no filesystem with the flow: they get what a shard needs through Ray's
