@@ -11,10 +11,12 @@ store (or the storage URL, when set).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 
@@ -24,11 +26,12 @@ from lcer_core import api, remote
 from lcer_core.datasets import load_prepared
 from lcer_core.errors import OrchestrationError
 from lcer_core.keys import content_key
-from lcer_core.paths import prefect_results_dir
 from lcer_core.shards import (
     DEFAULT_SHARD_SIZE,
+    SHARD_KEY_FIELD,
     RunSpec,
     shard_is_complete,
+    shard_key,
     shard_path,
     split_users,
     write_parquet_atomic,
@@ -58,19 +61,17 @@ def submit_shards(
 ) -> ShardFutures:
     """Submit one explanation task per (run, shard); futures by run id, in shard order.
 
-    On threads, results live under ``$LCER_HOME/prefect-results`` whatever Prefect's settings
-    say; a shard whose file is gone is recomputed even if Prefect remembers its result. On Ray,
-    the model and data go to the cluster once per model (``ray.put``) and each task sends its
-    shard back (:func:`shard_file` writes it); shards complete on disk are not submitted. With
-    ``bundles`` (the storage URL of each model's bundle, by model key: the ``lcer-explain``
-    deployment on another machine) or a storage URL set (``LCER_STORAGE``), the model and data
-    go through the storage URL instead.
+    On threads, a task whose complete shard file is found returns it without work (the file
+    is the record). On Ray, the model and data go to the cluster once per model (``ray.put``)
+    and each task sends its shard back (:func:`shard_file` writes it, with its key); shards
+    complete on disk are not submitted. With ``bundles`` (the storage URL of each model's
+    bundle, by model key: the ``lcer-explain`` deployment on another machine) or a storage URL
+    set (``LCER_STORAGE``), the model and data go through the storage URL instead.
     """
     if bundles is not None or is_ray_runner():
         return _submit_remote(specs, users, shard_size, bundles)
     logger = get_run_logger()
     chunks = split_users(list(users), shard_size)
-    storage = prefect_results_dir()
     futures: ShardFutures = {}
     progress.emit("planned", shards=len(specs) * len(chunks), runs=len(specs))
     with explain_placement(False) as where:
@@ -78,11 +79,7 @@ def submit_shards(
             futures[spec.run_id] = []
             for index, chunk in enumerate(chunks):
                 path = shard_path(spec.run_id, index)
-                options = {"result_storage": storage}
-                if not shard_is_complete(path, chunk):
-                    options["refresh_cache"] = True
-                task = explain_shard.with_options(**options)
-                futures[spec.run_id].append(task.submit(spec, index, chunk, str(path)))
+                futures[spec.run_id].append(explain_shard.submit(spec, index, chunk, str(path)))
     logger.info(
         "submitted %d explanation tasks (%d runs x %d shards of up to %d users) to %s",
         len(specs) * len(chunks),
@@ -113,7 +110,7 @@ def _submit_remote(
         futures[spec.run_id] = []
         for index, chunk in enumerate(chunks):
             path = shard_path(spec.run_id, index)
-            if bundles is None and shard_is_complete(path, chunk):
+            if bundles is None and shard_is_complete(path, chunk, shard_key(spec, index, chunk)):
                 futures[spec.run_id].append(str(path))
                 continue
             if spec.model_key not in inputs:
@@ -155,20 +152,22 @@ def upload_bundle(
     return remote.put_bundle(storage, key, bundle)
 
 
-def shard_file(run_id: str, index: int, result: str | ShardOutput) -> str:
+def shard_file(spec: RunSpec, index: int, users: Sequence[int], result: str | ShardOutput) -> str:
     """The path of a finished shard's file: a remote shard's bytes are written here first."""
     if isinstance(result, ShardOutput):
-        return str(write_shard_bytes(result.parquet, shard_path(run_id, index)))
+        path = shard_path(spec.run_id, index)
+        return str(write_shard_bytes(result.parquet, path, shard_key(spec, index, users)))
     return str(result)
 
 
-def write_shard_bytes(data: bytes, path: Path) -> Path:
-    """Write a shard file received as bytes (read first: bytes that are no Parquet raise), whole or not at all."""
-    import io
-
-    import polars as pl
-
-    return write_parquet_atomic(pl.read_parquet(io.BytesIO(data)), path)
+def write_shard_bytes(data: bytes, path: Path, key: str) -> Path:
+    """Write a shard file received as bytes, with its key, whole or not at all (bytes that are
+    no Parquet file raise)."""
+    try:
+        frame = pl.read_parquet(io.BytesIO(data))
+    except pl.exceptions.PolarsError as exc:
+        raise OrchestrationError(f"shard {path.name} came back unreadable: {exc}") from None
+    return write_parquet_atomic(frame, path, metadata={SHARD_KEY_FIELD: key})
 
 
 def resolve_shards(futures: ShardFutures) -> None:
@@ -189,10 +188,12 @@ def resolve_shards(futures: ShardFutures) -> None:
         progress.emit("shard_done", run=run_id, index=index, ok=future.state.is_completed())
 
 
-def shard_paths(run_id: str, futures: Sequence[PrefectFuture[Any] | str]) -> list[str]:
+def shard_paths(
+    spec: RunSpec, chunks: Sequence[Sequence[int]], futures: Sequence[PrefectFuture[Any] | str]
+) -> list[str]:
     """The files of a run's shards, in order (raises the first shard's failure)."""
     return [
-        shard_file(run_id, i, f if isinstance(f, str) else f.result())
+        shard_file(spec, i, chunks[i], f if isinstance(f, str) else f.result())
         for i, f in enumerate(futures)
     ]
 
@@ -216,7 +217,8 @@ def lcer_explain(
     if storage is None:
         futures = submit_shards(specs, users, shard_size)
         resolve_shards(futures)
-        return [shard_paths(spec.run_id, futures[spec.run_id]) for spec in specs]
+        chunks = split_users(list(users), shard_size)
+        return [shard_paths(spec, chunks, futures[spec.run_id]) for spec in specs]
     storage = remote.check_storage(storage)
     futures = submit_shards(specs, users, shard_size, bundles=bundles or {})
     resolve_shards(futures)

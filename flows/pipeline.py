@@ -2,7 +2,7 @@
 
 Explanation runs are every (method, k, α, λ) of the grid, α and λ only for LCER (each
 baseline runs once per k). Each run fans out over shards of test users; each shard is a
-cached task writing one Parquet file, so a re-run after a crash only explains the shards
+task writing one Parquet file (the file, keyed in its metadata, is its record), so a re-run after a crash only explains the shards
 that had not finished. Then, per run: evaluate (concatenate its shards, Table 2 metrics) →
 store (one DuckDB transaction) → track (one MLflow run), and the run's MLflow id goes back
 into DuckDB.
@@ -43,6 +43,7 @@ from lcer_core.shards import (
     check_methods,
     plan_runs,
     shard_is_complete,
+    shard_key,
     shard_path,
     split_users,
 )
@@ -92,11 +93,11 @@ def _paths_from_deployment(
     for spec in specs:
         paths = [shard_path(spec.run_id, i) for i in range(len(chunks))]
         for index, (path, chunk) in enumerate(zip(paths, chunks, strict=True)):
-            if storage and not shard_is_complete(path, chunk):
-                write_shard_bytes(
-                    remote.get_bytes(remote.shard_url(storage, spec.run_id, index)), path
-                )
-            if not shard_is_complete(path, chunk):
+            key = shard_key(spec, index, chunk)
+            if storage and not shard_is_complete(path, chunk, key):
+                data = remote.get_bytes(remote.shard_url(storage, spec.run_id, index))
+                write_shard_bytes(data, path, key)
+            if not shard_is_complete(path, chunk, key):
                 raise OrchestrationError(f"{deployment} finished but shard {path} is missing here")
         out[spec.run_id] = [str(p) for p in paths]
     return out
@@ -135,9 +136,11 @@ def explain_runs(
     else:
         futures = submit_shards(specs, users, shard_size)
         resolve_shards(futures)
-        for run_id, fs in futures.items():
+        chunks = split_users(list(users), shard_size)
+        for spec in specs:
+            run_id, fs = spec.run_id, futures[spec.run_id]
             try:
-                paths[run_id] = shard_paths(run_id, fs)
+                paths[run_id] = shard_paths(spec, chunks, fs)
             except Exception as exc:
                 failures[run_id] = exc
     summaries: list[dict[str, Any]] = []

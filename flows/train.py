@@ -8,6 +8,7 @@ from prefect import flow
 
 from flows.env import check_environment
 from lcer_core import api
+from lcer_core.recommender.multvae import MultVAEConfig
 from tasks.data import prepare
 from tasks.store import store_dataset, store_model
 from tasks.tracking import fail_stale
@@ -26,9 +27,12 @@ def prepare_and_train(
     fail_stale(dataset)
     prepare(dataset)
     store_dataset(dataset)
-    info = train(dataset, epochs, seed)
-    registration = register(info)
-    store_model(info, registration)
+    # One training per model at a time: a second process waits, then reuses the model and
+    # its registry version.
+    with api.training_lock(dataset, MultVAEConfig(epochs=epochs), seed):
+        info = train(dataset, epochs, seed)
+        registration = register(info)
+        store_model(info, registration)
     return info, registration
 
 

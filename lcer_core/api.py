@@ -6,13 +6,14 @@ MLflow. A step that is asked for an invalid value raises an :class:`~lcer_core.e
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import math
 import os
-import pickle
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import polars as pl
 import torch
 
 from lcer_core.datasets import PreparedDataset, load_prepared, prepare
-from lcer_core.errors import InvalidParameterError, MissingDataError
+from lcer_core.errors import DamagedDataError, InvalidParameterError, MissingDataError
 from lcer_core.explainers import METHODS, Explanations, get_explainer
 from lcer_core.fsio import ensure_writable, home_error
 from lcer_core.keys import content_key
@@ -47,6 +48,7 @@ __all__ = [
     "model_from_bytes",
     "check_model_data",
     "ensure_model",
+    "training_lock",
     "model_key",
     "test_users",
     "make_pairs",
@@ -60,6 +62,7 @@ __all__ = [
 ]
 
 MODEL_SEED = 98765
+TRAIN_JSON = "train.json"  # beside model.pt: the config and seed it was trained with
 #: Upper bound of α and λ: beyond it the hinge or the length term swamps the other (and
 #: LCERConfig refuses it too).
 MAX_WEIGHT = 1e6
@@ -244,6 +247,11 @@ def save_model(model: TrainedModel, data: PreparedDataset) -> TrainedModel:
     path = models_dir() / data.name / model.key / "model.pt"
     model.data_fingerprint = data.fingerprint
     _atomic_save(checkpoint(model), path)
+    # How it was trained, beside it: what a damaged checkpoint's error names as its repair.
+    _write_text_atomic(
+        path.parent / TRAIN_JSON,
+        json.dumps({"config": model.config.dump(), "seed": model.seed}) + "\n",
+    )
     _write_text_atomic(path.parent.parent / "latest", model.key)
     model.path = path
     model.data_fingerprint = data.fingerprint
@@ -275,6 +283,23 @@ def model_from_bytes(blob: bytes, dataset: str, key: str) -> TrainedModel:
     return _load_checkpoint(dataset, key, io.BytesIO(blob))
 
 
+def _repair_command(dataset: str, key: str) -> str:
+    """The ``lcer train`` command line that trains model ``key`` again (from its train.json)."""
+    command = f"lcer train {dataset}"
+    try:
+        recorded = json.loads((models_dir() / dataset / key / TRAIN_JSON).read_text())
+        cfg, seed = MultVAEConfig(**recorded["config"]), int(recorded["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return command
+    if cfg != MultVAEConfig(epochs=cfg.epochs):
+        return command  # hyperparameters the command line cannot set
+    if cfg.epochs != MultVAEConfig().epochs:
+        command += f" --epochs {cfg.epochs}"
+    if seed != MODEL_SEED:
+        command += f" --seed {seed}"
+    return command
+
+
 def _load_checkpoint(dataset: str, key: str, source: io.BytesIO | None = None) -> TrainedModel:
     path = models_dir() / dataset / key / "model.pt"
     try:
@@ -282,34 +307,35 @@ def _load_checkpoint(dataset: str, key: str, source: io.BytesIO | None = None) -
         cfg = MultVAEConfig(**blob["config"])
         module = MultVAE(int(blob["n_items"]), cfg)
         module.load_state_dict(blob["state_dict"])
-    except (
-        OSError,
-        RuntimeError,
-        KeyError,
-        TypeError,
-        ValueError,
-        EOFError,
-        pickle.UnpicklingError,
-    ) as exc:
+        model = TrainedModel(
+            dataset,
+            key,
+            cfg,
+            int(blob["seed"]),
+            module.eval(),
+            dict(blob["metrics"]),
+            path,
+            blob.get("data_fingerprint"),
+        )
+    except Exception as exc:  # noqa: BLE001  any failure to read it (truncated, a pickle payload
+        # that weights_only refuses, wrong contents) means the file is damaged
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        where = f"the model checkpoint {path}" if source is None else f"the model {key} sent"
-        raise MissingDataError(
-            f"{where} cannot be read ({reason}): run `lcer train {dataset}` again"
+        if source is not None:
+            raise DamagedDataError(
+                f"the model {key} sent to this worker cannot be read ({reason})"
+            ) from None
+        raise DamagedDataError(
+            f"the model checkpoint {path} cannot be read ({reason}): "
+            f"run `{_repair_command(dataset, key)}` again"
         ) from None
-    return TrainedModel(
-        dataset,
-        key,
-        cfg,
-        int(blob["seed"]),
-        module.eval(),
-        dict(blob["metrics"]),
-        path,
-        blob.get("data_fingerprint"),
-    )
+    return model
 
 
-def find_model(dataset: str, key: str | None = None) -> TrainedModel | None:
-    """The model with ``key`` (default: the latest trained) for ``dataset``, or None."""
+def find_model(
+    dataset: str, key: str | None = None, *, damaged_as_absent: bool = False
+) -> TrainedModel | None:
+    """The model with ``key`` (default: the latest trained) for ``dataset``, or None; a damaged
+    checkpoint is a :class:`DamagedDataError`, or None with ``damaged_as_absent`` (training)."""
     if key is None:
         latest = models_dir() / dataset / "latest"
         if not latest.is_file():
@@ -317,7 +343,33 @@ def find_model(dataset: str, key: str | None = None) -> TrainedModel | None:
         key = latest.read_text().strip()
     if not (models_dir() / dataset / key / "model.pt").is_file():
         return None
-    return _load_checkpoint(dataset, key)
+    try:
+        return _load_checkpoint(dataset, key)
+    except DamagedDataError:
+        if damaged_as_absent:
+            return None
+        raise
+
+
+@contextlib.contextmanager
+def training_lock(
+    dataset: str, config: MultVAEConfig | None = None, seed: int = MODEL_SEED
+) -> Iterator[None]:
+    """Hold the lock of one model (dataset, hyperparameters, seed) across processes: a second
+    training of the same model waits here, then finds the first one's checkpoint."""
+    cfg = config or MultVAEConfig()
+    folder = models_dir() / dataset
+    path = folder / f".train-{content_key({'config': cfg.dump(), 'seed': seed})[:16]}.lock"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise home_error(path, exc) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 def load_model(dataset: str, key: str | None = None) -> TrainedModel:
@@ -352,10 +404,11 @@ def ensure_model(
 ) -> tuple[TrainedModel, bool]:
     """The model for (data, config, seed), trained only if no checkpoint exists; (model, trained?)."""
     cfg = config or MultVAEConfig()
-    existing = find_model(data.name, model_key(data, cfg, seed))
-    if existing is not None:
-        return existing, False
-    return train_model(data, cfg, seed=seed, device=device, on_epoch=on_epoch), True
+    with training_lock(data.name, cfg, seed):
+        existing = find_model(data.name, model_key(data, cfg, seed), damaged_as_absent=True)
+        if existing is not None:
+            return existing, False
+        return train_model(data, cfg, seed=seed, device=device, on_epoch=on_epoch), True
 
 
 # --------------------------------------------------------------------------- explanations

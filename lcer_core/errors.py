@@ -17,6 +17,7 @@ __all__ = [
     "DataFormatError",
     "EmptyDatasetError",
     "MissingDataError",
+    "DamagedDataError",
     "StoreError",
     "StoreLockedError",
     "NonFiniteScoresError",
@@ -64,6 +65,10 @@ class EmptyDatasetError(LcerError):
 
 class MissingDataError(LcerError):
     """A step needs an artefact (prepared data, trained model, results) that is not there yet."""
+
+
+class DamagedDataError(MissingDataError):
+    """State under LCER_HOME (prepared data, a checkpoint) that is there but cannot be read."""
 
 
 class StoreError(LcerError):

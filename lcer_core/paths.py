@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lcer_core.errors import LcerHomeError
+
 __all__ = [
     "lcer_home",
     "data_dir",
@@ -18,14 +20,25 @@ __all__ = [
     "mlflow_dir",
     "mlflow_tracking_uri",
     "models_dir",
-    "prefect_results_dir",
     "mirror_base",
 ]
 
 
 def lcer_home() -> Path:
-    """The root folder of all state, absolute."""
-    return Path(os.environ.get("LCER_HOME") or os.getcwd()).expanduser().resolve()
+    """The root folder of all state, absolute; :class:`LcerHomeError` if there is none."""
+    raw = os.environ.get("LCER_HOME")
+    try:
+        base = raw or os.getcwd()
+    except OSError:  # the current folder was deleted
+        raise LcerHomeError(
+            "LCER_HOME is not set and the current folder no longer exists: "
+            "change to a folder that exists or set LCER_HOME"
+        ) from None
+    try:
+        return Path(base).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a deleted current folder
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise LcerHomeError(f"cannot use LCER_HOME {base!r}: {reason}") from None
 
 
 def data_dir() -> Path:
@@ -44,11 +57,6 @@ def results_db() -> Path:
 def models_dir() -> Path:
     """Trained recommender checkpoints, one folder per model key."""
     return lcer_home() / "models"
-
-
-def prefect_results_dir() -> Path:
-    """Prefect's persisted task results (pinned here so they do not land in ~/.prefect)."""
-    return lcer_home() / "prefect-results"
 
 
 def mlflow_dir() -> Path:

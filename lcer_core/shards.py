@@ -3,16 +3,22 @@
 A shard file holds one row per (user, recommended item) pair: the recommendation (rank,
 score) and its explanation (CE items, importance, outcomes), so a run's rows are the
 concatenation of its shards. Files are written atomically (temporary file, then rename)
-under ``$LCER_HOME/work/RUN_ID/shard-XXXX.parquet``: a file that exists is complete, which
-is what lets a re-run after a crash skip the shards that had finished. Nothing here knows
-about Prefect; the orchestration calls these functions.
+under ``$LCER_HOME/work/RUN_ID/shard-XXXX.parquet`` with the shard's key (:func:`shard_key`:
+the run, the shard's index and users) in their Parquet metadata. A file that exists is
+complete, and a file whose key and users match is the record that lets a re-run after a
+crash skip the shards that had finished: no other cache (no pickled task result) is needed.
+Nothing here knows about Prefect; the orchestration calls these functions.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
+import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +34,7 @@ from lcer_core.errors import (
     UnknownMethodError,
 )
 from lcer_core.explainers import METHODS, LCERConfig
-from lcer_core.fsio import home_error, parquet_bytes
+from lcer_core.fsio import home_error
 from lcer_core.keys import run_key
 from lcer_core.paths import lcer_home
 from lcer_core.store.schema import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
@@ -40,6 +46,8 @@ __all__ = [
     "split_users",
     "work_dir",
     "shard_path",
+    "SHARD_KEY_FIELD",
+    "shard_key",
     "explain_users",
     "write_parquet_atomic",
     "shard_is_complete",
@@ -52,6 +60,10 @@ __all__ = [
 
 #: Test users per explanation shard when the caller does not say.
 DEFAULT_SHARD_SIZE = 25
+#: The Parquet key-value metadata field holding a shard file's :func:`shard_key`.
+SHARD_KEY_FIELD = "lcer.shard_key"
+# Bumped when a shard file's content changes meaning: older files are then recomputed.
+_SHARD_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,17 @@ def shard_path(run_id: str, index: int) -> Path:
     return work_dir(run_id) / f"shard-{index:04d}.parquet"
 
 
+def shard_key(spec: RunSpec, index: int, users: Sequence[int]) -> str:
+    """What one shard file holds, as a hex digest: the whole run spec, the shard's index and users."""
+    payload = {
+        "format": _SHARD_FORMAT,
+        "spec": dataclasses.asdict(spec),
+        "index": int(index),
+        "users": [int(u) for u in users],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
 def explain_users(
     data: PreparedDataset,
     model: api.TrainedModel,
@@ -184,9 +207,13 @@ def explain_users(
     )
 
 
-def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
-    """Write ``frame`` to ``path`` so that the file either is complete or does not exist."""
-    data = parquet_bytes(frame)  # written by us: a full disk is then an OSError
+def write_parquet_atomic(
+    frame: pl.DataFrame, path: Path, *, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``frame`` (and key-value ``metadata``) to ``path``: the file is complete or absent."""
+    buf = io.BytesIO()  # written by us below: a full disk is then an OSError
+    frame.write_parquet(buf, metadata=dict(metadata) if metadata else None)
+    data = buf.getvalue()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
@@ -204,13 +231,16 @@ def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
     return path
 
 
-def shard_is_complete(path: Path, users: Sequence[int]) -> bool:
-    """Whether ``path`` is a readable shard file of exactly ``users``."""
+def shard_is_complete(path: Path, users: Sequence[int], key: str | None = None) -> bool:
+    """Whether ``path`` is a readable shard file of exactly ``users`` (and, given ``key``, whose
+    metadata holds that :func:`shard_key`): anything else is to be computed again."""
     if not path.is_file():
         return False
     try:
+        if key is not None and pl.read_parquet_metadata(path).get(SHARD_KEY_FIELD) != key:
+            return False
         stored = pl.read_parquet(path, columns=["uid"])["uid"].unique().to_list()
-    except (OSError, pl.exceptions.PolarsError):
+    except (OSError, ValueError, pl.exceptions.PolarsError):
         return False
     return sorted(stored) == sorted(set(users))
 

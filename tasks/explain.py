@@ -2,14 +2,16 @@
 
 ``explain-shard`` runs where the flow's ``LCER_HOME`` is (threads of the flow's process);
 ``explain-shard-remote`` runs on a machine that shares no filesystem with the flow (a Ray
-worker node): it gets the model and the data as bytes (:mod:`lcer_core.remote`) and returns
-the shard file's bytes with where it ran, and the flow writes the file. Every shard file
-says where it ran (columns ``shard``, ``node``; ``device`` per row), and so does its log line.
+worker node, the ``gpu`` pool): it gets the model and the data as bytes
+(:mod:`lcer_core.remote`) and returns the shard file's bytes with where it ran, and the flow
+writes the file (with its key). Every shard file says where it ran (columns ``shard``,
+``node``; ``device`` per row), and so does its log line.
 
-Its cache key is its inputs and its source (not the flow run), with results persisted under
-``$LCER_HOME/prefect-results``: a new flow run after a crash finds the finished shards in the
-cache and does not compute them again. The flow asks for a refresh when a shard's file has
-gone missing, and the task itself skips the work when a complete file is already there.
+The shard file is the task's only record: Prefect caches nothing and persists no result (a
+persisted result is a pickle whose file names its own serializer, so one planted under
+LCER_HOME would run code when read). A task that finds a complete file holding its key
+(:func:`lcer_core.shards.shard_key`) returns it at once, in a ``Cached`` state; a new flow run
+after a crash thus computes only the shards that had not finished.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
 from prefect import get_run_logger, task
-from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
+from prefect.states import Completed, State
 
 from lcer_core import api, remote, shards
 from lcer_core.datasets import load_prepared
@@ -34,20 +36,12 @@ from lcer_core.shards import RunSpec
 from tasks import progress
 
 __all__ = [
-    "SHARD_CACHE_POLICY",
-    "SHARD_CACHE_EXPIRATION",
     "SLOW_SHARD_ENV",
     "ShardOutput",
     "node_name",
     "explain_shard",
     "explain_shard_remote",
 ]
-
-#: Inputs and source, not the flow run: what makes a finished shard reusable by a new run.
-SHARD_CACHE_POLICY = INPUTS + TASK_SOURCE
-#: Persisted shard results older than this are recomputed (and Prefect's files can be pruned).
-SHARD_CACHE_EXPIRATION = timedelta(days=30)
-
 
 #: Test-only: seconds a remote shard waits after reporting its pid, before its work, so that a
 #: test can kill the Ray worker running it (forwarded to Ray workers by the flow).
@@ -90,15 +84,15 @@ def _shard_run_name() -> str:
 @task(
     name="explain-shard",
     task_run_name=_shard_run_name,
-    cache_policy=SHARD_CACHE_POLICY,
-    cache_expiration=SHARD_CACHE_EXPIRATION,
-    persist_result=True,
+    cache_policy=NO_CACHE,
+    persist_result=False,
 )
-def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str:
+def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str | State:
     """Explain the top-K pairs of ``users`` with the run's method and write them to ``path``; the path."""
     logger = get_run_logger()
     out = Path(path)
-    if shards.shard_is_complete(out, users):
+    key = shards.shard_key(spec, index, users)
+    if shards.shard_is_complete(out, users, key):
         logger.info(
             "shard %d of %s/%s k=%d already on disk: %s",
             index,
@@ -107,7 +101,7 @@ def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str
             spec.k,
             out,
         )
-        return str(out)
+        return Completed(name="Cached", message=f"complete shard file {out}", data=str(out))
     start = time.perf_counter()
     device = api.default_device()
     data = load_prepared(spec.dataset)
@@ -118,7 +112,9 @@ def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str
 
     node = node_name()
     frame = shards.explain_users(data, model, spec, users, device=device, progress=report)
-    shards.write_parquet_atomic(_placed(frame, index, node), out)
+    shards.write_parquet_atomic(
+        _placed(frame, index, node), out, metadata={shards.SHARD_KEY_FIELD: key}
+    )
     _log_done(spec, index, users, frame, node, device.type, start)
     return str(out)
 

@@ -57,9 +57,11 @@ _WRITE = {
 
 @task(name="store-dataset", **_WRITE)
 def store_dataset(dataset: str) -> None:
-    """Record the dataset's Table 1 statistics and its items (with popularity)."""
+    """Record the dataset's Table 1 statistics, the digests of its source bytes and its items."""
     data = load_prepared(dataset)
-    ResultStore().upsert_dataset({"dataset": dataset, **data.stats}, data.items)
+    ResultStore().upsert_dataset(
+        {"dataset": dataset, **data.stats}, data.items, source=data.meta.get("source")
+    )
 
 
 @task(name="store-model", **_WRITE)

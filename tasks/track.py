@@ -595,6 +595,9 @@ def log_model(
 
 
 def load_model(dataset: str, version: int | None = None) -> torch.nn.Module:
-    """The registered Mult-VAE of ``dataset`` (the :data:`MODEL_ALIAS` version unless one is given)."""
+    """The registered Mult-VAE of ``dataset`` (the :data:`MODEL_ALIAS` version unless one is given).
+
+    MLflow's PyTorch flavour unpickles the model: load only from a store you trust (no lcer
+    command calls this; they load checkpoints with ``weights_only``)."""
     configure()
     return mlflow.pytorch.load_model(registered_model_uri(dataset, version))

@@ -8,6 +8,7 @@ checkpoint, since checkpoints are written whole or not at all.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +72,7 @@ def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelI
         )
 
     key = api.model_key(data, config, seed)
-    model = api.find_model(dataset, key)
+    model = api.find_model(dataset, key, damaged_as_absent=True)  # a damaged one is retrained
     trained_now, run_id = model is None, None
     if model is not None:
         logger.info(
@@ -87,6 +88,7 @@ def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelI
                 **config.dump(),
                 "seed": seed,
                 "data_fingerprint": data.fingerprint,
+                **_source_params(data.meta),
                 "model_key": key,
             },
             tags={"lcer.kind": "train", _MODEL_KEY_TAG: key},
@@ -102,12 +104,28 @@ def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelI
         dataset=dataset,
         key=model.key,
         trained_now=trained_now,
-        params={**model.config.dump(), "seed": seed, "data_fingerprint": data.fingerprint},
+        params={
+            **model.config.dump(),
+            "seed": seed,
+            "data_fingerprint": data.fingerprint,
+            **_source_params(data.meta),
+        },
         metrics=dict(model.metrics),
         path=str(model.path),
         history=history if trained_now else {},
         mlflow_run_id=run_id,
     )
+
+
+def _source_params(meta: dict[str, Any]) -> dict[str, str]:
+    """The digests of the bytes the data was prepared from, as run params (empty if unknown)."""
+    source = meta.get("source") or {}
+    out: dict[str, str] = {}
+    if isinstance(source.get("archive_sha256"), str):
+        out["data_archive_sha256"] = source["archive_sha256"]
+    if isinstance(source.get("members_sha256"), dict):
+        out["data_members_sha256"] = json.dumps(source["members_sha256"], sort_keys=True)
+    return out
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -8,14 +8,15 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 _MIRROR = os.environ.get("LCER_MIRROR", "")
-# The archives beside the checkout, or where a file:// LCER_MIRROR points (a git worktree).
+# The mirror folder: LCER_MIRROR when it is a file:// URL (a worktree elsewhere), else ../shared.
 SHARED_DATASETS = (
-    Path(_MIRROR.removeprefix("file://"))
+    Path(unquote(urlparse(_MIRROR).path))
     if _MIRROR.startswith("file://")
     else REPO.parent / "shared" / "datasets"
 )

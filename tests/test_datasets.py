@@ -42,7 +42,7 @@ from lcer_core.datasets import (
 from lcer_core.datasets import parse as P
 from lcer_core.datasets.prepare import fingerprint
 from lcer_core.datasets.preprocess import SplitResult
-from lcer_core.errors import DataFormatError, UnknownDatasetError
+from lcer_core.errors import DataFormatError, InvalidParameterError, UnknownDatasetError
 
 PARTS = ("train", "val_tr", "val_te", "test_tr", "test_te")
 
@@ -250,7 +250,9 @@ def test_ml100k_prepared_layout_and_invariants(
     monkeypatch.setenv("LCER_HOME", str(ml100k_home))
     assert is_prepared("ml-100k")
     data = load_prepared("ml-100k")
-    meta = json.loads((ml100k_home / "data" / "ml-100k" / "meta.json").read_text())
+    folder = ml100k_home / "data" / "ml-100k"
+    assert data.folder == folder / (folder / "current").read_text().strip()
+    meta = json.loads((data.folder / "meta.json").read_text())
     assert meta["dataset"] == "ml-100k" and meta["seed"] == 98765
     for part in PARTS:
         assert data.part(part).schema == pl.Schema({"uid": pl.Int64, "sid": pl.Int64})
@@ -377,7 +379,10 @@ def test_epinions_fixture_prepares_through_the_mirror(lcer_home: Path, mirror: P
     _check_against_reference("epinions", ratings, 4, load_prepared("epinions").stats)
     assert (lcer_home / "data" / "epinions" / "raw" / "ratings_data.txt.bz2").is_file()
     assert not prepare_dataset("epinions", heldout=4).did_work
-    assert prepare_dataset("epinions", heldout=3).did_work  # another held-out size is another split
+    with pytest.raises(InvalidParameterError, match="pass --force"):  # settings are its identity
+        prepare_dataset("epinions", heldout=3)
+    assert prepare_dataset("epinions", heldout=3, force=True).did_work  # another split
+    assert not prepare_dataset("epinions").did_work  # the stored settings, not the defaults
 
 
 def _alishop_split() -> tuple[dict[str, list[tuple[int, int]]], list[str], dict[str, str]]:
@@ -523,7 +528,7 @@ def test_failed_reprepare_keeps_the_previous_data(lcer_home: Path, mirror: Path)
     prepare_dataset("epinions", heldout=3)
     before = {p.name: p.read_bytes() for p in files_under(lcer_home / "data" / "epinions")}
     with pytest.raises(Exception, match="too few"):
-        prepare_dataset("epinions", heldout=400)
+        prepare_dataset("epinions", heldout=400, force=True)
     after = {p.name: p.read_bytes() for p in files_under(lcer_home / "data" / "epinions")}
     assert after == before and is_prepared("epinions")
 

@@ -63,6 +63,12 @@ def namespaces_usable() -> str | None:
     return None
 
 
+def _prepared(home: Path) -> Path:
+    """The current preparation's folder of ML 100K under ``home``."""
+    folder = home / "data" / "ml-100k"
+    return folder / (folder / "current").read_text().strip()
+
+
 def _drop_dac_capabilities() -> None:
     """Run in the child before exec: root then obeys file permissions like anyone else."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -140,7 +146,7 @@ def copy_trained(trained_home: Path, home: Path, *, models: bool = True) -> Path
 
 
 def a_test_user(home: Path) -> str:
-    users = pl.read_parquet(home / "data" / "ml-100k" / "users.parquet")
+    users = pl.read_parquet(_prepared(home) / "users.parquet")
     return str(users.filter(pl.col("split") == "test")["raw_id"][0])
 
 
@@ -176,7 +182,10 @@ def test_read_only_home_refuses_writes_in_one_line_and_still_serves_reads(
     assert explained["code"] == 0, explained["err"]
     assert json.loads(explained["out"])["user"] == user
     assert stats["code"] == 0 and json.loads(stats["out"])["users"] == 938
-    for step in steps[2:]:
+    for index, step in enumerate(steps[2:], start=2):
+        if plan["steps"][index].get("argv", [""])[0] == "sql":  # a read: no database to create
+            assert_one_line(step, "no results database at", str(home))
+            continue
         line = assert_one_line(step, "Read-only file system", str(home))
         assert line.startswith(("error: cannot write", "error: cannot create")), line
     assert files_in(home) == before  # nothing written, nothing removed
@@ -196,7 +205,7 @@ def test_permission_denied_on_home_is_one_line_and_writes_nothing(
         "steps": [
             {"argv": ["prepare", "ml-100k"]},
             {"argv": [*byo, "--heldout", "5"]},
-            {"argv": ["sql", "select 1"]},
+            {"argv": ["report", "ml-100k"]},
             {"argv": ["ui", "--port", "0", "--ready-timeout", "5"]},
         ],
     }
@@ -238,17 +247,17 @@ def test_full_disk_is_one_line_and_leaves_nothing_half_written(
         "steps": [
             {"argv": ["prepare", "ml-100k"], "env": {"LCER_HOME": str(tiny)}},
             {"argv": ["prepare", "ml-100k"], "env": {"LCER_HOME": str(roomy)}},
-            {"argv": ["sql", "select 1"], "env": {"LCER_HOME": str(store)}},
+            {"argv": ["report", "ml-100k"], "env": {"LCER_HOME": str(store)}},
             {"write_shard": str(shard)},
             {"train": "ml-100k", "env": {"LCER_HOME": str(trained)}},
         ],
         "list": [str(tiny), str(roomy), str(store), str(trained / "models")],
     }
     result = run_plan(plan, namespace=True, env={"LCER_MIRROR": http_mirror})
-    download, prepare, sql, shard_write, train = result["steps"]
+    download, prepare, report, shard_write, train = result["steps"]
     assert_one_line(download, "the disk is full", str(tiny / "data" / "ml-100k"))
     assert_one_line(prepare, "the disk is full", str(roomy / "data" / "ml-100k"))
-    assert_one_line(sql, "No space left on device", str(store / "results" / "lcer.duckdb"))
+    assert_one_line(report, "No space left on device", str(store / "results" / "lcer.duckdb"))
     assert_one_line(shard_write, "the disk is full", str(shard))
     assert_one_line(train, "the disk is full", "model.pt")
     # No partial archive, no half-prepared folder, no database husk, no temporary file.

@@ -1,7 +1,8 @@
 """Bad input on every command (issue 9): exit status 2, exactly one ``error:`` line, no traceback.
 
 One table of (command line, what the line must say). ``trained`` cases run on the shared
-home with ML 100K prepared and a small Mult-VAE; ``empty`` cases on a fresh LCER_HOME. The
+home with ML 100K prepared and a small Mult-VAE; ``empty`` cases on a fresh LCER_HOME, ``store``
+cases on a fresh LCER_HOME holding an empty results database. The
 commands of the pipeline (``lcer run``, ``sweep``, ``train``) have their own table in
 ``test_flows.py``.
 """
@@ -101,10 +102,11 @@ CASES = [
     ("bench-unknown-device", "empty", ["bench", "--device", "tpu"], "--device must be cpu or cuda[:N], got 'tpu'"),
     ("bench-no-cuda", "empty", ["bench", "--device", "cuda"], "--device cuda: no CUDA device is visible here"),
     # --- lcer sql and lcer report
-    ("sql-empty", "empty", ["sql", " "], "the SQL query is empty"),
-    ("sql-syntax", "empty", ["sql", "selec 1"], "SQL error: Parser Error"),
-    ("sql-unknown-table", "empty", ["sql", "select * from nosuch"], "SQL error: Catalog Error"),
-    ("sql-write", "empty", ["sql", "drop table runs"], "read-only mode"),
+    ("sql-empty", "store", ["sql", " "], "the SQL query is empty"),
+    ("sql-no-database", "empty", ["sql", "select 1"], "no results database at "),
+    ("sql-syntax", "store", ["sql", "selec 1"], "SQL error: Parser Error"),
+    ("sql-unknown-table", "store", ["sql", "select * from nosuch"], "SQL error: Catalog Error"),
+    ("sql-write", "store", ["sql", "drop table runs"], "read-only mode"),
     ("sql-bad-format", "empty", ["sql", "select 1", "--format", "xml"], "Invalid value for '--format'"),
     ("report-unknown-dataset", "empty", ["report", "nosuch"], "unknown dataset 'nosuch'"),
     ("report-no-runs", "empty", ["report", "ml-100k"], "no finished runs for dataset 'ml-100k'"),
@@ -119,6 +121,12 @@ CASES = [
     # --- lcer itself
     ("unknown-command", "empty", ["frobnicate"], "No such command 'frobnicate'"),
 ]  # fmt: skip
+
+
+def _prepared(home: Path) -> Path:
+    """The current preparation's folder of ML 100K under ``home``."""
+    folder = home / "data" / "ml-100k"
+    return folder / (folder / "current").read_text().strip()
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -143,7 +151,7 @@ def assert_refused(code: int, out: str, err: str, needle: str) -> None:
 
 @pytest.fixture(scope="module")
 def test_user(trained_home: Path) -> str:
-    users = pl.read_parquet(trained_home / "data" / "ml-100k" / "users.parquet")
+    users = pl.read_parquet(_prepared(trained_home) / "users.parquet")
     return str(users.filter(pl.col("split") == "test")["raw_id"][0])
 
 
@@ -171,6 +179,10 @@ def test_bad_input_is_refused_in_one_line(
 ) -> None:
     monkeypatch.delenv("LCER_MIRROR", raising=False)  # nothing may be downloaded here
     where = request.getfixturevalue("in_trained_home" if home == "trained" else "lcer_home")
+    if home == "store":
+        from lcer_core.store import ResultStore
+
+        ResultStore().schema_version()  # creates the (empty) results database
     before = sorted(p for p in where.rglob("*") if p.is_file() and "results" not in p.parts)
     subst = {f"{{{name}}}": str(tmp_path / name) for name in FILES}
     if "{user}" in argv:

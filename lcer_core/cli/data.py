@@ -31,14 +31,20 @@ def prepare(
         str, typer.Argument(help="Dataset name: ml-100k, ml-1m, alishop, epinions, or yours.")
     ],
     seed: Annotated[
-        int, typer.Option(help="Seed of the user shuffle and the 80/20 fold-in split.")
-    ] = DEFAULT_SEED,
+        int | None,
+        typer.Option(
+            help=f"Seed of the user shuffle and the 80/20 fold-in split (default: the stored "
+            f"one, else {DEFAULT_SEED})."
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Prepare again even if already prepared.")
     ] = False,
     heldout: Annotated[
         int | None,
-        typer.Option(help="Validation users, and as many test users (default: the registry's)."),
+        typer.Option(
+            help="Validation users, and as many test users (default: the stored number, else the registry's)."
+        ),
     ] = None,
     from_: Annotated[
         Path | None,
@@ -64,7 +70,10 @@ def prepare(
     genres_col: Annotated[
         str | None, typer.Option(help="With --items: its genres/category column.")
     ] = None,
-    sep: Annotated[str, typer.Option(help="With --from: the CSV separator.")] = ",",
+    sep: Annotated[
+        str | None,
+        typer.Option(help="With --from: the CSV separator (default: tab for .tsv, else comma)."),
+    ] = None,
 ) -> None:
     """Download (or take from LCER_MIRROR), filter and split DATASET; a second call does no work."""
     if from_ is None:

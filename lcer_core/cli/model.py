@@ -7,7 +7,7 @@ import math
 
 import typer
 
-from lcer_core.cli.app import app
+from lcer_core.cli.app import app, printable
 
 
 def _progress_bar(label: str):  # noqa: ANN202
@@ -123,9 +123,11 @@ def explain(
             )
         )
     elif user is not None:
-        typer.echo(f"User {user} of {dataset}, top-{k} by Mult-VAE, explained by {method}:")
+        typer.echo(
+            printable(f"User {user} of {dataset}, top-{k} by Mult-VAE, explained by {method}:")
+        )
         for line in sentences(result):
-            typer.echo(f"  {line}")
+            typer.echo(f"  {printable(line)}")
     else:
         for key in ("n_pairs", "val_pct", "len", "ps_pct", "pn_pct", "fns_pct"):
             v = result[key]

@@ -49,17 +49,18 @@ def parse_list(text: str | None, kind: Callable[[str], Any], option: str) -> lis
 
 
 def prefect_environment() -> None:
-    """Keep Prefect's state under LCER_HOME unless the user configured it: PREFECT_HOME (embedded
-    server database) and PREFECT_LOCAL_STORAGE_PATH (persisted task results). Call before importing prefect."""
+    """Keep Prefect's state under LCER_HOME unless the user configured it (PREFECT_HOME: the
+    embedded server's database), and persist no task result anywhere: a persisted result is a
+    pickle that names its own serializer, so reading a planted one runs code (the shard files
+    are the pipeline's records). Call before importing prefect."""
     home = paths.lcer_home()
     prefect_home = home / "prefect-home"
     try:
         prefect_home.mkdir(parents=True, exist_ok=True)
-        paths.prefect_results_dir().mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LcerHomeError(f"cannot write {prefect_home}: {exc.strerror or exc}") from exc
     os.environ.setdefault("PREFECT_HOME", str(prefect_home))
-    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(paths.prefect_results_dir()))
+    os.environ["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] = "false"
     # The embedded server can take longer than Prefect's default 20 s to start on a busy 2-core box.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     # No telemetry from an offline machine; its write at start-up races the server's own

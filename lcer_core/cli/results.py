@@ -36,9 +36,11 @@ def sql(
         OutputFormat.table, "--format", "-f", help="table, json or csv."
     ),
 ) -> None:
-    """Run a read-only SQL query on the results database (tables and views: see `lcer_core.store`)."""
-    with ResultStore() as store:
-        frame = store.query(query)
+    """Run a read-only SQL query on the results database (tables and views: see `lcer_core.store`).
+
+    The query can read that database and nothing else; a missing database is reported, not created.
+    """
+    frame = ResultStore().query(query, create=False)
     print_frame(frame, format.value)
 
 

@@ -2,11 +2,15 @@
 
 The server is ``mlflow server`` run as a child process (lcer_core never imports mlflow):
 the backend store is :func:`lcer_core.paths.mlflow_tracking_uri`, artifacts of runs
-logged through the server land under ``LCER_HOME/mlflow/artifacts``.
+logged through the server land under ``LCER_HOME/mlflow/artifacts``. The server leads its own
+process group and dies with ``lcer ui``, even a ``kill -9`` of it (Linux: the parent-death
+signal, SIGTERM, which ``mlflow server`` forwards to its uvicorn workers), so it never holds
+the port after ``lcer ui`` is gone.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import math
@@ -16,6 +20,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from types import FrameType
 
@@ -37,6 +43,7 @@ __all__ = [
 ]
 
 READY_PATH = "/api/2.0/mlflow/experiments/search"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -93,7 +100,24 @@ def server_env() -> dict[str, str]:
     """
     env = dict(os.environ)
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage data sent, as for Prefect
     return env
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn``: the child leads a new session and, on Linux, gets SIGTERM when this
+    process dies, however it dies (``PR_SET_PDEATHSIG``; a SIGKILL cannot be caught here)."""
+    parent = os.getpid()
+    prctl = getattr(ctypes.CDLL(None), "prctl", None) if sys.platform == "linux" else None
+
+    def setup() -> None:
+        os.setsid()
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if os.getppid() != parent:  # died before prctl took effect
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return setup
 
 
 def wait_until_ready(
@@ -126,6 +150,7 @@ def compare_runs_url(base_url: str, run_ids: list[str], experiment_ids: list[str
 
 
 def _terminate(proc: subprocess.Popen) -> None:
+    """Stop the server (it forwards SIGTERM to its workers), then anything left in its group."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -133,6 +158,8 @@ def _terminate(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _raise_exit(signum: int, frame: FrameType | None) -> None:
@@ -167,7 +194,11 @@ def ui(
         ensure_writable(folder)
     base = f"http://{host}:{port}"
     typer.echo(f"starting mlflow server on {base} (store {uri})", err=True)
-    proc = subprocess.Popen(server_command(uri, host, port, artifacts, workers), env=server_env())
+    proc = subprocess.Popen(
+        server_command(uri, host, port, artifacts, workers),
+        env=server_env(),
+        preexec_fn=_die_with_parent(),  # no thread of ours runs yet: fork-safe
+    )
     previous = signal.signal(signal.SIGTERM, _raise_exit)
     try:
         wait_until_ready(base, ready_timeout, proc)

@@ -10,6 +10,7 @@ with the same filtering and split as the built-in datasets. Ids must be integers
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -33,6 +34,8 @@ from .prepare import (
     check_seed,
     dataset_lock,
     prepare_dataset,
+    source_record,
+    stored_settings,
     write_prepared,
 )
 from .registry import (
@@ -56,43 +59,91 @@ _PARQUET = (".parquet", ".pq")
 Locate = Callable[[int], str]
 
 
-def _ragged_line(path: Path, sep: str) -> str:
+def _ragged_line(text: str, sep: str) -> str:
     """Describe the first CSV line whose field count differs from the header's."""
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-        reader = csv.reader(fh, delimiter=sep)
-        header = next(reader, [])
-        for row in reader:
-            if row and len(row) != len(header):
-                return f"line {reader.line_num} has {len(row)} fields, the header {len(header)}"
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    header = next(reader, [])
+    for row in reader:
+        if row and len(row) != len(header):
+            return f"line {reader.line_num} has {len(row)} fields, the header {len(header)}"
     return "it cannot be parsed as CSV"
 
 
-def load_table(path: Path, *, sep: str = ",") -> tuple[pl.DataFrame, Locate]:
-    """Read a CSV (all columns as text) or Parquet file; also how to name row ``i`` in a message."""
+def _record_lines(text: str, sep: str) -> list[tuple[int, bool]]:
+    """(line it starts on, blank?) of every CSV record after the header, quoted line breaks
+    included, as Python's csv module splits them."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    next(reader, None)
+    out: list[tuple[int, bool]] = []
+    start = reader.line_num + 1
+    for row in reader:
+        out.append((start, not row))
+        start = reader.line_num + 1
+    return out
+
+
+def default_sep(path: Path) -> str:
+    """The separator of a file by its type: a tab for ``.tsv``, else a comma."""
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def _read_csv(path: Path, sep: str) -> tuple[pl.DataFrame, Locate]:
+    """A CSV file with every column as text, blank lines skipped; also each row's line."""
+    data = path.read_bytes()
+    if not data:
+        raise DataFormatError(f"{path.name} is empty")
+    if b"\r" in data:  # CR-LF or CR-only line ends: read as LF
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    head = next(csv.reader(io.StringIO(data[: 1 << 20].decode("utf-8", "replace"))), [])
+    twice = sorted({c for c in head if head.count(c) > 1})
+    if twice:
+        raise DataFormatError(
+            f"{path.name} line 1: column {twice[0]!r} appears twice in the header"
+        )
+    try:
+        df = pl.read_csv(io.BytesIO(data), separator=sep, infer_schema=False, encoding="utf8-lossy")
+    except pl.exceptions.NoDataError:
+        raise DataFormatError(f"{path.name} is empty") from None
+    except pl.exceptions.ComputeError:
+        text = data.decode("utf-8", "replace")
+        raise DataFormatError(f"{path.name} is not valid CSV: {_ragged_line(text, sep)}") from None
+    lines: list[int] | None = None
+    blank_rows = df.select(pl.all_horizontal(pl.all().is_null())).to_series() if df.width else None
+    if blank_rows is not None and blank_rows.any():
+        records = _record_lines(data.decode("utf-8", "replace"), sep)
+        if len(records) == df.height:  # drop the rows of blank lines, keep the others' lines
+            df = df.filter(pl.Series([not blank for _, blank in records]))
+            lines = [line for line, blank in records if not blank]
+
+    def locate(i: int) -> str:
+        nonlocal lines
+        if lines is None:
+            records = _record_lines(data.decode("utf-8", "replace"), sep)
+            lines = [line for line, blank in records if not blank]
+        return f"line {lines[i]}" if i < len(lines) else f"line {i + 2}"
+
+    return df, locate
+
+
+def load_table(path: Path, *, sep: str | None = None) -> tuple[pl.DataFrame, Locate]:
+    """Read a CSV (all columns as text) or Parquet file; also how to name row ``i`` in a message.
+
+    ``sep`` defaults to the file type's (:func:`default_sep`)."""
     if not path.is_file():
         raise InvalidParameterError(f"file not found: {path}")
     suffix = path.suffix.lower()
+    sep = default_sep(path) if sep is None else sep
     try:
         if suffix in _PARQUET:
             df = pl.read_parquet(path)
             locate: Locate = lambda i: f"row {i + 1}"  # noqa: E731
         elif suffix in _CSV:
-            if path.stat().st_size == 0:
-                raise DataFormatError(f"{path.name} is empty")
             if len(sep) != 1:
                 raise InvalidParameterError(f"--sep must be one character, got {sep!r}")
-            try:
-                df = pl.read_csv(path, separator=sep, infer_schema=False, encoding="utf8-lossy")
-            except pl.exceptions.NoDataError:
-                raise DataFormatError(f"{path.name} is empty") from None
-            except pl.exceptions.ComputeError:
-                raise DataFormatError(
-                    f"{path.name} is not valid CSV: {_ragged_line(path, sep)}"
-                ) from None
-            locate = lambda i: f"line {i + 2}"  # noqa: E731  (line 1 is the header)
+            df, locate = _read_csv(path, sep)
         else:
             raise InvalidParameterError(
-                f"unsupported file type {path.name!r}: use .csv or .parquet"
+                f"unsupported file type {path.name!r}: use .csv or .parquet (or .tsv)"
             )
     except OSError as exc:
         raise DataFormatError(f"cannot read {path}: {exc}") from None
@@ -112,43 +163,72 @@ def _column(df: pl.DataFrame, col: str, label: str, option: str) -> pl.Series:
     return df[col]
 
 
+_EXACT = 2**53  # floats name integers exactly below this
+
+
+def _integral(f: pl.Series) -> pl.Series:
+    """Float values that are whole numbers (``1.0``), as Int64; anything else null."""
+    ok = (f.is_finite() & (f.floor() == f) & (f.abs() < _EXACT)).fill_null(False)
+    return f.set(~ok, None).cast(pl.Int64, strict=False)
+
+
 def _ids(s: pl.Series, label: str, locate: Locate) -> pl.Series:
-    """An id column as Int64; the first empty or non-integer value is named with its line."""
-    if s.dtype.is_integer():
-        out = s.cast(pl.Int64)
+    """An id column as Int64 (``1.0`` is 1, from text or floats alike); the first empty,
+    non-integer or out-of-range value is named with its line."""
+    dtype = s.dtype
+    if dtype.is_integer():
+        out = s.cast(pl.Int64, strict=False)  # UInt64 ids >= 2^63 do not fit: refused below
         original = s
-    elif s.dtype.is_float():
-        integral = s.is_not_nan() & (s.floor() == s)
-        out = s.cast(pl.Int64, strict=False).set(~integral.fill_null(False), None)
+    elif dtype.is_float():
+        out = _integral(s)
         original = s.cast(pl.String)
+    elif dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
+        original = s.cast(pl.String)
+        text = original.str.strip_chars()
+        as_int = text.cast(pl.Int64, strict=False)
+        out = pl.select(
+            pl.coalesce(as_int, _integral(text.cast(pl.Float64, strict=False)))
+        ).to_series()
     else:
-        original = s.cast(pl.String)
-        out = original.str.strip_chars().cast(pl.Int64, strict=False)
+        raise DataFormatError(
+            f"{label}: column {s.name!r} must hold integer ids, got a column of type {dtype}"
+        )
     bad = (out.is_null()).arg_true()
     if bad.len():
         i = int(bad[0])
         value = original[i]
         if value is None or str(value).strip() == "":
             raise DataFormatError(f"{label} {locate(i)}: empty id in column {s.name!r}")
+        if dtype.is_integer():
+            raise DataFormatError(
+                f"{label} {locate(i)}: column {s.name!r} holds id {value}, beyond the largest "
+                f"id supported (2^63 - 1)"
+            )
         raise DataFormatError(
             f"{label} {locate(i)}: column {s.name!r} must hold integer ids, got {value!r}"
         )
-    return out
+    return out.alias(s.name)
 
 
 def _numbers(s: pl.Series, label: str, locate: Locate) -> pl.Series:
-    """A rating column as Float64; the first empty or non-numeric value is named with its line."""
+    """A rating column as Float64; the first empty, non-numeric or non-finite value is named
+    with its line."""
     if s.dtype.is_numeric():
         out = s.cast(pl.Float64)
         original = s
-    else:
+    elif s.dtype in (pl.String, pl.Categorical) or isinstance(s.dtype, pl.Enum):
         original = s.cast(pl.String)
         out = original.str.strip_chars().cast(pl.Float64, strict=False)
-    bad = (out.is_null() | out.is_nan()).arg_true()
+    else:
+        raise DataFormatError(
+            f"{label}: column {s.name!r} must be numeric, got a column of type {s.dtype}"
+        )
+    bad = (out.is_null() | ~out.is_finite()).arg_true()
     if bad.len():
         i = int(bad[0])
+        what = "numeric" if out[i] is None else "a finite number"
         raise DataFormatError(
-            f"{label} {locate(i)}: column {s.name!r} must be numeric, got {original[i]!r}"
+            f"{label} {locate(i)}: column {s.name!r} must be {what}, got {original[i]!r}"
         )
     return out
 
@@ -241,8 +321,8 @@ def register_and_prepare(
     title_col: str | None = None,
     genres_col: str | None = None,
     heldout: int | None = None,
-    sep: str = ",",
-    seed: int = DEFAULT_SEED,
+    sep: str | None = None,
+    seed: int | None = None,
     force: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> PrepareResult:
@@ -256,7 +336,8 @@ def register_and_prepare(
         raise InvalidParameterError(
             f"{name!r} is a built-in dataset: choose another name for your data"
         )
-    check_seed(seed)
+    if seed is not None:
+        check_seed(seed)
     if threshold is not None and not math.isfinite(threshold):
         raise InvalidParameterError(f"--threshold must be a finite number, got {threshold}")
     if threshold is not None and rating_col is None:
@@ -273,6 +354,9 @@ def register_and_prepare(
     for p in (file, items_path):
         if p is not None and not p.is_file():
             raise InvalidParameterError(f"file not found: {p}")
+    if sep is None:  # by the file type (a tab for .tsv); None: each file by its own type
+        seps = {default_sep(p) for p in (file, items_path) if p is not None}
+        sep = seps.pop() if len(seps) == 1 else None
     items_copy = None
     if items_path is not None:
         items_copy = items_path.name if items_path.name != file.name else f"items-{items_path.name}"
@@ -302,6 +386,8 @@ def register_and_prepare(
             raise InvalidParameterError(
                 f"dataset {name!r} is already registered from {old.original}: pass --force to replace it"
             )
+        if seed is None:  # a new registration keeps the seed of the one it replaces
+            seed = (stored_settings(name) or (DEFAULT_SEED, 0))[0]
         # Validate and split in memory first: a bad file writes nothing.
         originals = {src.file: file} | (
             {items_copy: items_path} if items_copy and items_path else {}
@@ -317,9 +403,8 @@ def register_and_prepare(
                 for stale in {old.file, old.items_file} - set(originals) - {None}:
                     (spec.raw_dir() / stale).unlink(missing_ok=True)
             _write_json_atomic(source_json_path(name), src.to_json())
-            write_prepared(
-                folder, result, _meta(spec, result, seed, n_heldout, spec.archive_path())
-            )
+            source = source_record(spec, src.sha256, dict(spec.checksums))
+            write_prepared(folder, result, _meta(spec, result, seed, n_heldout, source))
         except OSError as exc:
             if not existed:
                 shutil.rmtree(folder, ignore_errors=True)

@@ -14,7 +14,7 @@ import polars as pl
 
 from lcer_core.errors import DataFormatError
 
-from .download import extract_members, optional_member
+from .download import read_members
 from .registry import DatasetSpec
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "parse_unique_sid",
     "parse_item_cate",
     "read_raw",
+    "parse_members",
 ]
 
 # The order of the 19 genre flags of u.item (the content of u.genre), used when u.genre is absent.
@@ -289,15 +290,21 @@ def _read_alishop(members: dict[str, bytes], at: Callable[[str], str]) -> GivenS
 
 
 def read_raw(spec: DatasetSpec, archive: Path) -> RawInteractions | GivenSplit:
-    """Parse the verified archive of a built-in dataset."""
-    members = extract_members(spec, archive)
+    """Parse the archive of a built-in dataset (members read capped and checked, see :func:`read_members`)."""
+    return parse_members(spec, read_members(spec, archive).data, archive.name)
+
+
+def parse_members(
+    spec: DatasetSpec, members: dict[str, bytes], archive_name: str
+) -> RawInteractions | GivenSplit:
+    """Parse the members of a built-in dataset's archive, by base name (optional ones may be absent)."""
     fmt = spec.raw_format
 
     def at(member: str) -> str:
-        return f"{archive.name}:{member}"
+        return f"{archive_name}:{member}"
 
     if fmt == "ml-100k":
-        genres = parse_ml100k_genres(optional_member(spec, archive, "u.genre"), at("u.genre"))
+        genres = parse_ml100k_genres(members.get("u.genre"), at("u.genre"))
         return RawInteractions(
             ratings=parse_ml100k_ratings(members["u.data"], at("u.data")),
             items=parse_ml100k_items(members["u.item"], at("u.item"), genres=genres),

@@ -1,9 +1,15 @@
 """``prepare``: download (or take from the mirror), parse, filter, split, persist; idempotent.
 
-The prepared files are written into a temporary folder beside their place, then renamed
-into ``$LCER_HOME/data/NAME/`` one by one with ``meta.json`` last: its presence means the
-folder is complete (see :mod:`lcer_core.datasets.prepared`). A failure leaves nothing
-half-written, and a dataset folder this call created is removed again.
+The prepared files are written into a new folder ``$LCER_HOME/data/NAME/prepared-ID/``
+(``meta.json`` last, with the sha256 of every file), then the pointer file ``current`` is
+replaced atomically and the older preparations are removed (see
+:mod:`lcer_core.datasets.prepared`). A failure leaves nothing half-written, and a dataset
+folder this call created is removed again.
+
+The settings a dataset was prepared with (seed, held-out users, threshold, ...) are part of
+its identity: a later call that does not name them uses the stored ones, and one that names
+other values is refused unless ``force`` is given. A preparation whose files no longer match
+their recorded digests is prepared again with its own settings.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from lcer_core import __version__
-from lcer_core.errors import InvalidParameterError, LcerHomeError
+from lcer_core.errors import DamagedDataError, InvalidParameterError, LcerHomeError
 from lcer_core.fsio import ensure_writable, home_error, io_reason, parquet_bytes
 from lcer_core.paths import dataset_dir, lcer_home
 
-from .download import DownloadSettings, fetch, sha256_file
-from .parse import GivenSplit, RawInteractions, read_raw
-from .prepared import PARTS
+from .download import DownloadSettings, FetchedArchive, fetch_archive, read_members, sha256_file
+from .parse import GivenSplit, RawInteractions, parse_members
+from .prepared import CURRENT, PARTS, VERSION_PREFIX, prepared_dir
 from .preprocess import TEST_PROP, SplitResult, from_given_split, split_mult_vae
 from .registry import DEFAULT_SEED, DatasetSpec, get_spec
 
@@ -43,6 +50,9 @@ __all__ = [
     "fingerprint",
     "dataset_lock",
     "check_seed",
+    "source_record",
+    "damaged_file",
+    "stored_settings",
 ]
 
 log_ = logging.getLogger("lcer.datasets")
@@ -140,8 +150,23 @@ def build(
     )
 
 
+def source_record(
+    spec: DatasetSpec, archive_sha256: str, members: dict[str, str]
+) -> dict[str, Any]:
+    """Which exact bytes a preparation read: the archive's and each member's sha256, and
+    which of them were checked against a digest published in the registry."""
+    return {
+        "format": spec.raw_format,
+        "archive": spec.archive,
+        "url": spec.url,
+        "archive_sha256": archive_sha256,
+        "members_sha256": dict(sorted(members.items())),
+        "published_sha256": sorted(n for n in members if n in spec.checksums),
+    }
+
+
 def _meta(
-    spec: DatasetSpec, result: SplitResult, seed: int, heldout: int, archive: Path
+    spec: DatasetSpec, result: SplitResult, seed: int, heldout: int, source: dict[str, Any]
 ) -> dict[str, Any]:
     return {
         "dataset": spec.name,
@@ -150,12 +175,7 @@ def _meta(
         "heldout_users": heldout,
         "fingerprint": fingerprint(result),
         "settings": _settings(spec, seed, heldout),
-        "source": {
-            "format": spec.raw_format,
-            "archive": spec.archive,
-            "url": spec.url,
-            "archive_sha256": sha256_file(archive),
-        },
+        "source": source,
         "table1_paper": None
         if spec.table1 is None
         else {
@@ -170,78 +190,196 @@ def _meta(
     }
 
 
+def _write_pointer(folder: Path, version: str) -> None:
+    """Point ``folder/current`` at ``version``, atomically (a reader sees the old or the new)."""
+    fd, tmp = tempfile.mkstemp(prefix=".current-", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(version + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / CURRENT)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _remove_stale(folder: Path, keep: str) -> None:
+    """Older preparations, leftovers of killed ones and the files of the flat layout of old."""
+    for child in folder.iterdir():
+        if child.name == keep:
+            continue
+        if child.is_dir() and child.name.startswith((VERSION_PREFIX, ".prepare-")):
+            shutil.rmtree(child, ignore_errors=True)
+        elif child.name in {META, *(f"{t}.parquet" for t in TABLES)} or child.name.startswith(
+            ".current-"
+        ):
+            child.unlink(missing_ok=True)
+
+
 def write_prepared(folder: Path, result: SplitResult, meta: dict[str, Any]) -> None:
-    """Write the layout of :mod:`lcer_core.datasets.prepared` into ``folder``; ``meta.json`` last."""
+    """Write the layout of :mod:`lcer_core.datasets.prepared` into a new version folder under
+    ``folder`` and switch ``folder/current`` to it; ``meta.json`` records every file's sha256."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=folder))
     except OSError as exc:
         raise home_error(folder, exc) from None
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    version = f"{VERSION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
+    switched = False
     try:
         tables = {**result.parts, "users": result.users, "items": result.items}
+        files: dict[str, str] = {}
         for name in TABLES:
             # Through bytes: a full disk is then an OSError, not an opaque Parquet error.
-            (tmp / f"{name}.parquet").write_bytes(parquet_bytes(tables[name]))
-        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
-        (folder / META).unlink(missing_ok=True)  # from here on the folder reads as incomplete
-        for name in TABLES:
-            os.replace(tmp / f"{name}.parquet", folder / f"{name}.parquet")
-        os.replace(tmp / META, folder / META)
+            blob = parquet_bytes(tables[name])
+            (tmp / f"{name}.parquet").write_bytes(blob)
+            files[f"{name}.parquet"] = hashlib.sha256(blob).hexdigest()
+        full = {**meta, "files": files}
+        (tmp / META).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+        os.rename(tmp, folder / version)
+        _write_pointer(folder, version)
+        switched = True
+        _remove_stale(folder, keep=version)
     except OSError as exc:
         raise home_error(folder, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not switched:
+            shutil.rmtree(folder / version, ignore_errors=True)
 
 
-def _read_meta(folder: Path) -> dict[str, Any] | None:
+def _read_meta(name: str) -> dict[str, Any] | None:
+    """The current preparation's ``meta.json``, or None if there is none (or it is unreadable)."""
+    folder = prepared_dir(name)
+    if folder is None:
+        return None
     try:
-        return json.loads((folder / META).read_text())
+        meta = json.loads((folder / META).read_text())
     except (OSError, ValueError):
         return None
+    return meta if isinstance(meta, dict) else None
 
 
-def _load_raw(spec: DatasetSpec, archive: Path) -> RawInteractions | GivenSplit:
+def damaged_file(name: str, meta: dict[str, Any]) -> str | None:
+    """The first file of the current preparation that is missing or differs from its recorded
+    sha256 (files of preparations that recorded none are only checked to exist), or None."""
+    folder = prepared_dir(name)
+    if folder is None:
+        return META
+    recorded = meta.get("files")
+    names = list(recorded) if isinstance(recorded, dict) else [f"{t}.parquet" for t in TABLES]
+    for fname in names:
+        path = folder / fname
+        if not path.is_file():
+            return fname
+        if isinstance(recorded, dict) and sha256_file(path) != recorded[fname]:
+            return fname
+    return None
+
+
+def _load_raw(
+    spec: DatasetSpec, fetched: FetchedArchive
+) -> tuple[RawInteractions | GivenSplit, dict[str, Any]]:
+    """The parsed raw data and the record of the bytes it was parsed from."""
     if spec.raw_format == "custom":
         from .custom import read_custom
 
-        return read_custom(spec)
-    return read_raw(spec, archive)
+        return read_custom(spec), source_record(spec, fetched.sha256, fetched.members)
+    contents = read_members(spec, fetched.path)  # capped and checked again, as parsed
+    raw = parse_members(spec, contents.data, fetched.path.name)
+    return raw, source_record(spec, fetched.sha256, contents.sha256)
+
+
+def stored_settings(name: str) -> tuple[int, int] | None:
+    """(seed, held-out users) of the current preparation of ``name`` (or of one in the flat
+    layout of earlier versions, which the next preparation replaces), or None."""
+    meta = _read_meta(name)
+    if meta is None and prepared_dir(name) is None:
+        try:
+            meta = json.loads((dataset_dir(name) / META).read_text())
+        except (OSError, ValueError):
+            meta = None
+    if not isinstance(meta, dict):
+        return None
+    try:
+        return int(meta["seed"]), int(meta["heldout_users"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _resolve_settings(
+    name: str, spec: DatasetSpec, seed: int | None, heldout: int | None, force: bool
+) -> tuple[int, int]:
+    """The seed and held-out users to prepare with: the given ones, else the stored ones, else
+    the defaults; other values than the stored ones are refused without ``force``."""
+    stored = stored_settings(name)
+    folder = prepared_dir(name)
+    if stored is None and folder is not None and folder.is_dir() and not force:
+        raise DamagedDataError(
+            f"the prepared data of {name!r} in {folder} is damaged (its meta.json cannot be "
+            f"read): run `lcer prepare {name} --force` to prepare it again"
+        )
+    if stored is None:
+        return (
+            DEFAULT_SEED if seed is None else seed,
+            spec.heldout_users if heldout is None else heldout,
+        )
+    want = (stored[0] if seed is None else seed, stored[1] if heldout is None else heldout)
+    if want != stored and not force:
+        raise InvalidParameterError(
+            f"{name} is prepared with seed {stored[0]} and {stored[1]} held-out users, not "
+            f"seed {want[0]} and {want[1]}: pass --force to prepare it again with these "
+            f"settings (its models must then be trained again)"
+        )
+    return want
 
 
 def prepare_dataset(
     name: str,
     *,
-    seed: int = DEFAULT_SEED,
+    seed: int | None = None,
     force: bool = False,
     heldout: int | None = None,
     progress: bool | None = None,
     settings: DownloadSettings | None = None,
     log: Callable[[str], None] | None = None,
 ) -> PrepareResult:
-    """Prepare ``name`` unless it already is with the same settings; say which happened."""
+    """Prepare ``name`` unless it already is with the same settings; say which happened.
+
+    ``seed`` and ``heldout`` default to the stored settings of an earlier preparation (else to
+    the registry's); asking for others is refused unless ``force`` is given.
+    """
     say = log or log_.info
-    check_seed(seed)
+    if seed is not None:
+        check_seed(seed)
+    if heldout is not None and heldout < 1:
+        raise InvalidParameterError(f"--heldout must be >= 1, got {heldout}")
     spec = get_spec(name)
-    n_heldout = spec.heldout_users if heldout is None else heldout
-    if n_heldout < 1:
-        raise InvalidParameterError(f"--heldout must be >= 1, got {n_heldout}")
     folder = dataset_dir(name)
     with dataset_lock():
-        meta = _read_meta(folder)
+        seed, n_heldout = _resolve_settings(name, spec, seed, heldout, force)
+        check_seed(seed)
+        if n_heldout < 1:
+            raise InvalidParameterError(f"--heldout must be >= 1, got {n_heldout}")
+        meta = _read_meta(name)
         if (
             not force
             and meta is not None
             and meta.get("settings") == _settings(spec, seed, n_heldout)
         ):
-            say(f"{name} is already prepared (seed {seed}) in {folder}: nothing to do")
-            return PrepareResult(name, folder, False, dict(meta["stats"]), seed)
+            broken = damaged_file(name, meta)
+            if broken is None:
+                say(f"{name} is already prepared (seed {seed}) in {folder}: nothing to do")
+                return PrepareResult(name, folder, False, dict(meta["stats"]), seed)
+            say(f"{name}: {broken} of its prepared data is damaged: preparing it again")
         existed = folder.exists()
         try:
             ensure_writable(folder)  # before the download and the parsing
-            archive = fetch(spec, progress=progress, settings=settings)
-            raw = _load_raw(spec, archive)
+            fetched = fetch_archive(spec, progress=progress, settings=settings)
+            raw, source = _load_raw(spec, fetched)
             result = build(spec, raw, seed=seed, heldout=n_heldout)
-            write_prepared(folder, result, _meta(spec, result, seed, n_heldout, archive))
+            write_prepared(folder, result, _meta(spec, result, seed, n_heldout, source))
         except BaseException:
             if not existed:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -251,7 +389,7 @@ def prepare_dataset(
 
 
 def prepare(
-    name: str, *, seed: int = DEFAULT_SEED, force: bool = False, heldout: int | None = None
+    name: str, *, seed: int | None = None, force: bool = False, heldout: int | None = None
 ) -> Path:
     """Download, filter and split dataset ``name`` into ``$LCER_HOME/data/NAME``; its folder."""
     return prepare_dataset(name, seed=seed, force=force, heldout=heldout).path

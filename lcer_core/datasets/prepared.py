@@ -1,6 +1,10 @@
 """A prepared dataset on disk, and how the rest of the package reads it.
 
-Layout under ``$LCER_HOME/data/NAME/`` (written by :func:`lcer_core.datasets.prepare`):
+Layout under ``$LCER_HOME/data/NAME/`` (written by :func:`lcer_core.datasets.prepare`): a
+file ``current`` names the folder ``prepared-ID/`` of the current preparation, which holds
+the files below and is never changed once ``current`` names it. A new preparation goes into
+a new folder and replaces ``current`` atomically, so a reader, which resolves ``current``
+once, never sees parts of two preparations.
 
 - ``train.parquet``, ``val_tr.parquet``, ``val_te.parquet``, ``test_tr.parquet``,
   ``test_te.parquet``: columns ``uid`` (int64), ``sid`` (int64). ``*_tr`` is the fold-in
@@ -16,6 +20,7 @@ Layout under ``$LCER_HOME/data/NAME/`` (written by :func:`lcer_core.datasets.pre
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lcer_core.errors import MissingDataError, UnknownUserError
+from lcer_core.errors import DamagedDataError, MissingDataError, UnknownUserError
 from lcer_core.paths import dataset_dir
 
 if TYPE_CHECKING:  # torch is imported lazily: `lcer stats` should not pay for it
@@ -31,13 +36,29 @@ if TYPE_CHECKING:  # torch is imported lazily: `lcer stats` should not pay for i
 
     from lcer_core.pairs import Histories
 
-__all__ = ["PARTS", "PreparedDataset", "load_prepared", "is_prepared"]
+__all__ = ["PARTS", "CURRENT", "PreparedDataset", "load_prepared", "is_prepared", "prepared_dir"]
 
 PARTS = ("train", "val_tr", "val_te", "test_tr", "test_te")
+CURRENT = "current"  # the pointer file: the name of the current preparation's folder
+VERSION_PREFIX = "prepared-"
+
+
+def prepared_dir(name: str) -> Path | None:
+    """The folder of the current preparation of ``name`` (resolved once), or None."""
+    base = dataset_dir(name)
+    try:
+        target = (base / CURRENT).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not target.startswith(VERSION_PREFIX) or os.sep in target or target in (".", ".."):
+        return None
+    return base / target
 
 
 def is_prepared(name: str) -> bool:
-    return (dataset_dir(name) / "meta.json").is_file()
+    """True when ``name`` has a complete preparation (its ``meta.json`` is written last)."""
+    folder = prepared_dir(name)
+    return folder is not None and (folder / "meta.json").is_file()
 
 
 @dataclass
@@ -143,15 +164,14 @@ class PreparedDataset:
         return dict(zip(df["sid"].to_list(), df["name"].to_list(), strict=True))
 
 
-def load_prepared(name: str) -> PreparedDataset:
-    """Read a prepared dataset; :class:`MissingDataError` if ``lcer prepare`` has not run."""
-    folder = dataset_dir(name)
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise MissingDataError(
-            f"dataset {name!r} is not prepared yet: run `lcer prepare {name}` first"
-        )
-    meta = json.loads(meta_path.read_text())
+def _repair_hint(name: str) -> str:
+    return f"run `lcer prepare {name} --force` to prepare it again"
+
+
+def _read_folder(name: str, folder: Path) -> PreparedDataset:
+    meta = json.loads((folder / "meta.json").read_text())
+    if not isinstance(meta, dict) or "stats" not in meta or "fingerprint" not in meta:
+        raise ValueError("meta.json lacks its stats or fingerprint")
     parts = {p: pl.read_parquet(folder / f"{p}.parquet") for p in PARTS}
     return PreparedDataset(
         name=name,
@@ -161,3 +181,25 @@ def load_prepared(name: str) -> PreparedDataset:
         items=pl.read_parquet(folder / "items.parquet"),
         _parts=parts,
     )
+
+
+def load_prepared(name: str) -> PreparedDataset:
+    """Read a prepared dataset; :class:`MissingDataError` if ``lcer prepare`` has not run,
+    :class:`DamagedDataError` (naming the command that repairs it) if a file is damaged."""
+    for _ in range(5):  # a concurrent preparation may switch (and remove) the folder we read
+        folder = prepared_dir(name)
+        if folder is None or not (folder / "meta.json").is_file():
+            raise MissingDataError(
+                f"dataset {name!r} is not prepared yet: run `lcer prepare {name}` first"
+            )
+        try:
+            return _read_folder(name, folder)
+        except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+            if prepared_dir(name) != folder:
+                continue  # switched while we read: read the new one, whole
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise DamagedDataError(
+                f"the prepared data of {name!r} in {folder} is damaged ({reason}): "
+                f"{_repair_hint(name)}"
+            ) from None
+    raise DamagedDataError(f"the prepared data of {name!r} keeps changing: try again")

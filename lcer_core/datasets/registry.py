@@ -38,7 +38,7 @@ __all__ = [
 DEFAULT_SEED = 98765  # the seed of the Mult-VAE reference notebook
 CUSTOM_HELDOUT_DEFAULT = 100  # held-out users (each of val and test) of a custom dataset
 SOURCE_JSON = "source.json"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # with fullmatch: no "$" before a newline
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class CustomSource:
     rating_col: str | None = None
     threshold: float | None = None
     heldout_users: int = CUSTOM_HELDOUT_DEFAULT
-    sep: str = ","
+    sep: str | None = ","  # None: by each file's type (a tab for .tsv)
     items_file: str | None = None
     items_original: str | None = None
     items_sha256: str | None = None
@@ -84,8 +84,10 @@ class CustomSource:
 class DatasetSpec:
     """One dataset: where its archive comes from, how it is parsed, and how it is filtered and split.
 
-    ``files`` are the base names the archive must contain (found under any folder);
-    ``checksums`` map some of them to the sha256 of their extracted content.
+    ``files`` are the base names the archive must contain (found under any folder),
+    ``optional_files`` those read when present; ``checksums`` map them to the sha256 of
+    their extracted content where it is published (a member with one is never read
+    unchecked).
     """
 
     name: str
@@ -94,6 +96,7 @@ class DatasetSpec:
     archive: str  # file name under data/NAME/raw/ and under LCER_MIRROR
     raw_format: str  # "ml-100k", "ml-1m", "epinions", "alishop", "custom"
     files: tuple[str, ...]
+    optional_files: tuple[str, ...] = ()
     checksums: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     threshold: float | None = 3.5  # keep ratings strictly above; None keeps all
     min_user_interactions: int = 5
@@ -128,10 +131,12 @@ BUILTIN: Mapping[str, DatasetSpec] = MappingProxyType(
             archive="ml-100k.zip",
             raw_format="ml-100k",
             files=("u.data", "u.item"),
+            optional_files=("u.genre",),  # the genre names of u.item's flags
             checksums=_frozen(
                 {
                     "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
                     "u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701",
+                    "u.genre": "9757e0d3e6b298159a80dd48eaf938114690e911e39af97a76949ef1663610bb",
                 }
             ),
             threshold=3.5,
@@ -195,7 +200,7 @@ def builtin_datasets() -> list[str]:
 
 def validate_name(name: str) -> str:
     """A dataset name usable as a folder and an MLflow experiment name, or InvalidParameterError."""
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidParameterError(
             f"invalid dataset name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
         )
@@ -209,7 +214,7 @@ def source_json_path(name: str) -> Path:
 def read_custom_source(name: str) -> CustomSource | None:
     """The registration of custom dataset ``name``, or None if there is none."""
     path = source_json_path(name)
-    if name in BUILTIN or not _NAME_RE.match(name) or not path.is_file():
+    if name in BUILTIN or not _NAME_RE.fullmatch(name) or not path.is_file():
         return None
     try:
         return CustomSource.from_json(json.loads(path.read_text()))
@@ -225,7 +230,7 @@ def custom_datasets() -> list[str]:
     return sorted(
         p.parent.name
         for p in root.glob(f"*/{SOURCE_JSON}")
-        if p.parent.name not in BUILTIN and _NAME_RE.match(p.parent.name)
+        if p.parent.name not in BUILTIN and _NAME_RE.fullmatch(p.parent.name)
     )
 
 

@@ -55,7 +55,7 @@ _HOMES = {
         "STATUSES",
         "TABLES",
     ),
-    "lcer_core.store.store": ("DEFAULT_LOCK_TIMEOUT", "ResultStore"),
+    "lcer_core.store.store": ("DEFAULT_LOCK_TIMEOUT", "READ_ONLY_CONFIG", "ResultStore"),
     "lcer_core.store.views": ("METHOD_ORDER", "TABLE2_COLUMNS", "TABLE3_COLUMNS", "VIEWS"),
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}

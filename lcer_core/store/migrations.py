@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import duckdb
 
 from lcer_core.errors import LcerHomeError, StoreError
-from lcer_core.store.schema import V1_DDL, V2_DDL, V3_DDL
+from lcer_core.store.schema import V1_DDL, V2_DDL, V3_DDL, V4_DDL
 from lcer_core.store.views import create_views
 
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS", "current_version", "apply_migrations", "disk_trouble"]
@@ -54,7 +54,12 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]], 
         "runs.kind, metrics.kind (re-evaluation history), explanations.rank_after",
         _run_all(V2_DDL),
     ),
-    (3, "shards: where each explanation shard ran (node, device)", _run_all(V3_DDL)),
+    (
+        3,
+        "datasets.archive_sha256, datasets.source_json (the bytes a dataset was prepared from)",
+        _run_all(V3_DDL),
+    ),
+    (4, "shards: where each explanation shard ran (node, device)", _run_all(V4_DDL)),
 )
 
 #: The version this code writes and understands.

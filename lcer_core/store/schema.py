@@ -213,9 +213,16 @@ V2_DDL = (
     "ALTER TABLE explanations ADD COLUMN IF NOT EXISTS rank_after INTEGER",
 )
 
-# Version 3: where each explanation shard of a run ran (a Ray node id or a host name, and the
-# torch device), replaced with the run's rows.
+# Version 3: which exact bytes a dataset was prepared from (the sha256 of the downloaded
+# archive, and of each member read, as JSON), so every number traces to them.
 V3_DDL = (
+    "ALTER TABLE datasets ADD COLUMN IF NOT EXISTS archive_sha256 VARCHAR",
+    "ALTER TABLE datasets ADD COLUMN IF NOT EXISTS source_json VARCHAR",
+)
+
+# Version 4: where each explanation shard of a run ran (a Ray node id or a host name, and the
+# torch device), replaced with the run's rows.
+V4_DDL = (
     """
     CREATE TABLE IF NOT EXISTS shards (
         run_id VARCHAR NOT NULL,

@@ -28,6 +28,7 @@ from lcer_core import paths
 from lcer_core.errors import (
     InvalidParameterError,
     LcerHomeError,
+    MissingDataError,
     StoreError,
     StoreLockedError,
 )
@@ -49,7 +50,7 @@ from lcer_core.store.schema import (
     TABLES,
 )
 
-__all__ = ["ResultStore", "DEFAULT_LOCK_TIMEOUT"]
+__all__ = ["ResultStore", "DEFAULT_LOCK_TIMEOUT", "READ_ONLY_CONFIG"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,28 @@ _LOCK_MARKERS = ("Could not set lock on file", "Conflicting lock is held")
 # Raised when this very process holds the file with another configuration (read-only vs
 # read-write), e.g. a connection opened outside the store: also worth waiting for.
 _CONFIG_MARKER = "different configuration than existing connections"
+
+#: Every read-only connection runs with these settings, so that a query (``lcer sql`` runs the
+#: user's text as it is) can read the results database and nothing else: no file or URL read or
+#: written outside it (COPY, read_*, glob, ATTACH, EXPORT), no extension installed or loaded,
+#: no secret stored, no spilling to disk, and no setting changed (SET, PRAGMA, RESET).
+READ_ONLY_CONFIG: dict[str, str | bool] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "allow_unsigned_extensions": False,
+    "allow_persistent_secrets": False,
+    "python_enable_replacements": False,
+    "temp_directory": "",
+    "lock_configuration": True,  # last: the settings above can no longer be changed
+}
+# DuckDB's words for a statement that the settings above refuse.
+_REFUSED_MARKERS = (
+    "Permission Error",
+    "the configuration has been locked",
+    "in read-only mode",
+)
 
 _process_locks: dict[str, threading.RLock] = {}
 _process_locks_guard = threading.Lock()
@@ -322,12 +345,16 @@ class ResultStore:
     # ------------------------------------------------------------------ connections
 
     def _connect_raw(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
-        """``duckdb.connect`` with back-off on lock conflicts, errors mapped to one line."""
+        """``duckdb.connect`` with back-off on lock conflicts, errors mapped to one line.
+
+        Read-only connections get :data:`READ_ONLY_CONFIG`: they reach this file and nothing else.
+        """
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.05
+        config = dict(READ_ONLY_CONFIG) if read_only else {}
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
+                return duckdb.connect(str(self.path), read_only=read_only, config=config)
             except duckdb.Error as exc:
                 message = str(exc)
                 if not (any(m in message for m in _LOCK_MARKERS) or _CONFIG_MARKER in message):
@@ -436,16 +463,34 @@ class ResultStore:
 
     # ------------------------------------------------------------------ reads
 
-    def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
-        """Run one read-only SQL query; its result as a polars frame (SQL errors: StoreError)."""
+    def query(
+        self, sql: str, params: Sequence[Any] | None = None, *, create: bool = True
+    ) -> pl.DataFrame:
+        """Run read-only SQL on this database alone; its result as a polars frame.
+
+        The connection can read this file and nothing else (:data:`READ_ONLY_CONFIG`), whatever
+        the text: a statement that would write, reach another file or change a setting is a
+        one-line StoreError. With ``create=False`` a missing database is a MissingDataError
+        instead of being created (``lcer sql`` never leaves an empty database behind).
+        """
         if not isinstance(sql, str) or not sql.strip():
             raise InvalidParameterError("the SQL query is empty")
+        if not create and not self.path.is_file():
+            raise MissingDataError(
+                f"no results database at {self.path} yet: "
+                "`lcer run` and `lcer sweep` store results there"
+            )
         with self._connection(write=False) as con:
             try:
                 relation = con.sql(sql, params=list(params) if params is not None else None)
                 return pl.DataFrame() if relation is None else relation.pl()
             except duckdb.Error as exc:
-                raise StoreError(f"SQL error: {_first_line(exc)}") from None
+                line = _first_line(exc)
+                if any(marker in line for marker in _REFUSED_MARKERS):
+                    raise StoreError(
+                        f"SQL error: refused, a query may only read the results database ({line})"
+                    ) from None
+                raise StoreError(f"SQL error: {line}") from None
 
     def schema_version(self) -> int:
         """The schema version of the file (creating or migrating it first)."""
@@ -636,8 +681,11 @@ class ResultStore:
         items: pl.DataFrame | None = None,
         *,
         dataset: str | None = None,
+        source: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record a prepared dataset's Table 1 statistics and (replacing them) its items."""
+        """Record a prepared dataset's Table 1 statistics, the digests of the bytes it was
+        prepared from (``source``: ``archive_sha256``, ``members_sha256``, ...) and (replacing
+        them) its items."""
         name = dataset or stats.get("dataset")
         if not isinstance(name, str) or not name:
             raise InvalidParameterError("upsert_dataset needs a dataset name (stats['dataset'])")
@@ -647,6 +695,11 @@ class ResultStore:
         row["density_pct"] = _number(stats.get("density_pct"), "density_pct", float)
         row["stats_json"] = json.dumps(dict(stats), sort_keys=True, default=str)
         row["prepared_at"] = _timestamp(stats.get("prepared_at"), "prepared_at") or _utcnow()
+        digest = (source or {}).get("archive_sha256")
+        row["archive_sha256"] = digest if isinstance(digest, str) else None
+        row["source_json"] = (
+            None if source is None else json.dumps(dict(source), sort_keys=True, default=str)
+        )
         frame = None
         if items is not None:
             frame = _conform(items, ITEM_COLUMNS, "items")
