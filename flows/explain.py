@@ -53,6 +53,27 @@ __all__ = [
 ShardFutures = dict[str, list[PrefectFuture[Any] | str]]
 
 
+def _label(spec: RunSpec) -> str:
+    grid = (
+        f" α={spec.alpha:g} λ={spec.lam:g}"
+        if spec.alpha is not None and spec.lam is not None
+        else ""
+    )
+    return f"{spec.dataset} {spec.method} k={spec.k}{grid}"
+
+
+def _plan(specs: Sequence[RunSpec], chunks: Sequence[Sequence[int]]) -> None:
+    """Tell the progress display what is about to run."""
+    progress.emit("planned", shards=len(specs) * len(chunks), runs=len(specs))
+    for spec in specs:
+        progress.emit(
+            "run_planned",
+            run=spec.run_id,
+            label=_label(spec),
+            shard_pairs=[len(chunk) * spec.k for chunk in chunks],
+        )
+
+
 def submit_shards(
     specs: Sequence[RunSpec],
     users: Sequence[int],
@@ -73,7 +94,7 @@ def submit_shards(
     logger = get_run_logger()
     chunks = split_users(list(users), shard_size)
     futures: ShardFutures = {}
-    progress.emit("planned", shards=len(specs) * len(chunks), runs=len(specs))
+    _plan(specs, chunks)
     with explain_placement(False) as where:
         for spec in specs:
             futures[spec.run_id] = []
@@ -104,7 +125,7 @@ def _submit_remote(
     chunks = split_users(list(users), shard_size)
     inputs: dict[str, Any] = dict(bundles or {})
     futures: ShardFutures = {}
-    progress.emit("planned", shards=len(specs) * len(chunks), runs=len(specs))
+    _plan(specs, chunks)
     places: dict[str, int] = {}
     for spec in specs:
         futures[spec.run_id] = []

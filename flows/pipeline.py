@@ -49,6 +49,7 @@ from lcer_core.shards import (
 )
 from tasks.data import test_users
 from tasks.evaluate import evaluate_run
+from tasks.report import html_report
 from tasks.store import begin_runs, link_mlflow, mark_failed, store_run
 from tasks.tracking import fail_tracked, item_figures, open_runs, track_run
 
@@ -228,4 +229,5 @@ def lcer_pipeline(
         logger.info("%s: %d explanation runs over %d test users", dataset, len(specs), len(users))
         summaries += explain_runs(specs, users, shard_size, explain_deployment=explain_deployment)
         item_figures(dataset)
+        html_report(dataset)
     return summaries

@@ -56,6 +56,14 @@ def _synthetic(
     return rec, build_pairs(rec, histories_from_lists(list(range(n_users)), lists), k), n_items
 
 
+def _stage(
+    progress: Callable[[str, int, int], None] | None, stage: str
+) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done, total)
+
+
 def run_benchmark(
     *,
     dataset: str = "ml-100k",
@@ -72,8 +80,14 @@ def run_benchmark(
     alpha: float = 0.1,
     lam: float = 0.01,
     log: Callable[[str], None] = print,
+    on_epoch: Callable[[Any], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Time the sequential loop and the batched engine; return the fields of ``lcer bench --json``."""
+    """Time the sequential loop and the batched engine; return the fields of ``lcer bench --json``.
+
+    ``on_epoch`` sees each training epoch (when a model must be trained first) and
+    ``progress(stage, done, total)`` the steps of the batched runs, for a progress bar.
+    """
     api.validate_common(k=k, steps=steps, n_users=n_users, alpha=alpha, lam=lam, seed=seed)
     if not (isinstance(sample, int) and sample >= 1):
         raise InvalidParameterError(f"--sample must be a positive integer, got {sample}")
@@ -94,7 +108,7 @@ def run_benchmark(
         data = api.ensure_dataset(dataset)
         model = api.find_model(dataset)  # the latest trained model, as `lcer explain` uses
         if model is None:
-            model, _ = api.ensure_model(data, device=dev)
+            model, _ = api.ensure_model(data, device=dev, on_epoch=on_epoch)
             log(f"trained Mult-VAE {model.key} for {dataset}")
         api.check_model_data(model, data)
         rec = model.recommender(dev)
@@ -123,7 +137,7 @@ def run_benchmark(
     )  # warm-up
     sync()
     t0 = time.perf_counter()
-    fast = LCER(cfg).explain(rec, pairs, seed=seed)
+    fast = LCER(cfg).explain(rec, pairs, seed=seed, progress=_stage(progress, "batched engine"))
     sync()
     fast_s = time.perf_counter() - t0
     fast_metrics = summarize(evaluate_pairs(rec, pairs, fast))
@@ -169,7 +183,7 @@ def run_benchmark(
         t0 = time.perf_counter()
         early = LCER(
             LCERConfig(alpha=alpha, lam=lam, steps=steps, patience=patience, min_delta=min_delta)
-        ).explain(rec, pairs, seed=seed)
+        ).explain(rec, pairs, seed=seed, progress=_stage(progress, "early stop"))
         sync()
         early_s = time.perf_counter() - t0
         result.update(

@@ -15,8 +15,10 @@ from typing import Any
 
 __all__ = ["Listener", "emit", "listen"]
 
-#: ``listener(event, fields)``: ``event`` is ``planned`` (``shards``), ``shard_done``
-#: (``run``, ``index``), ``steps`` (``run``, ``index``, ``done``, ``total``) or ``stage`` (``text``).
+#: ``listener(event, fields)``: ``event`` is ``planned`` (``shards``, ``runs``), ``run_planned``
+#: (``run``, ``label``, ``shard_pairs``: pairs per shard), ``shard_done`` (``run``, ``index``),
+#: ``steps`` (``run``, ``index``, ``done``, ``total``) or ``epoch`` (``dataset``, ``epoch``,
+#: ``epochs``, ``val_ndcg100``).
 Listener = Callable[[str, dict[str, Any]], None]
 
 _listeners: list[Listener] = []

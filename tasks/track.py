@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import fcntl
 import json
 import logging
 import math
@@ -97,12 +98,33 @@ def _is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:", "/"))
 
 
+_created_stores: set[str] = set()
+
+
+def _create_sqlite_store(uri: str, db: Path) -> None:
+    """Create (or migrate) a SQLite store once, under a file lock: two processes creating
+    the same new store at once fail in MLflow's migrations."""
+    if uri in _created_stores:
+        return
+    try:
+        fd = os.open(db.parent / ".mlflow-create.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return  # a read-only store: nothing to create, the first write fails in one line
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates the tables
+    finally:
+        os.close(fd)  # closing releases the flock
+    _created_stores.add(uri)
+
+
 def configure() -> str:
     """Point MLflow (tracking and registry) at the project's store, create its folders; returns the URI."""
     uri = paths.mlflow_tracking_uri()
     if uri.startswith("sqlite:"):
         db = Path(uri.removeprefix("sqlite:///"))
         db.parent.mkdir(parents=True, exist_ok=True)
+        _create_sqlite_store(uri, db)
     if _is_local_store(uri):
         artifacts_root().mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)

@@ -19,7 +19,7 @@ from lcer_core import api
 from lcer_core.datasets import load_prepared
 from lcer_core.recommender.multvae import MultVAEConfig
 from lcer_core.recommender.training import EpochReport
-from tasks import track
+from tasks import progress, track
 
 __all__ = ["ModelInfo", "Registration", "train", "register"]
 
@@ -62,6 +62,13 @@ def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelI
     def on_epoch(report: EpochReport) -> None:
         history["loss"].append(report.loss)
         history["val_ndcg100"].append(report.val_ndcg100)
+        progress.emit(
+            "epoch",
+            dataset=dataset,
+            epoch=report.epoch,
+            epochs=epochs,
+            val_ndcg100=report.val_ndcg100,
+        )
         logger.info(
             "epoch %d/%d: loss %.2f, validation NDCG@100 %.4f (best epoch %d)",
             report.epoch,

@@ -86,3 +86,28 @@ def test_one_user_in_words_and_json_match_the_recommender(in_trained_home, capsy
         in text
     )
     assert first["title"] in text
+
+
+@pytest.mark.slow
+def test_explain_in_an_empty_home_prepares_trains_and_ends_with_the_explanation(
+    lcer_home, http_mirror, monkeypatch, capsys
+):
+    """`lcer explain ml-100k --user 196` on a fresh LCER_HOME: one line says what it does first,
+    the last lines are the explanation; --no-train then finds the model and says nothing more."""
+    monkeypatch.setenv("LCER_MIRROR", http_mirror)
+    argv = ["explain", "ml-100k", "--user", "196", "--epochs", "3", "--steps", "200"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert err.splitlines() == [
+        "no trained model for ml-100k yet: preparing the data and training Mult-VAE (3 epochs) first"
+    ]
+    lines = out.splitlines()
+    assert lines[0] == "User 196 of ml-100k, top-5 by Mult-VAE, explained by lcer:"
+    assert len(lines) == 6
+    assert all(
+        line.startswith(("  If you had not watched ", "  Without ", "  No counterfactual"))
+        for line in lines[1:]
+    ), out
+    assert api.find_model("ml-100k") is not None
+    code, again, err = run_cli([*argv, "--no-train"], capsys)
+    assert code == 0 and err == "" and again == out

@@ -41,6 +41,7 @@ CASES = [
     ("explain-unknown-method", "trained", ["explain", "ml-100k", "--method", "magic"], "unknown method 'magic'; known: accent, fia, kaffes, kaffes-topk, lcer"),
     ("explain-unknown-user", "trained", ["explain", "ml-100k", "--user", "no-such-user"], "user 'no-such-user' is not in dataset 'ml-100k'"),
     ("explain-unknown-item", "trained", ["explain", "ml-100k", "--user", "{user}", "--item", "999999"], "item '999999' is not in dataset 'ml-100k'"),
+    ("explain-epochs-zero", "empty", ["explain", "ml-100k", "--epochs", "0"], "--epochs must be >= 1, got 0"),
     ("explain-item-needs-user", "trained", ["explain", "ml-100k", "--item", "50"], "--item needs --user"),
     ("alpha-negative", "trained", ["explain", "ml-100k", "--alpha", "-1"], "--alpha must be a finite number in [0, 1e6), got -1.0"),
     ("alpha-nan", "trained", ["explain", "ml-100k", "--alpha", "nan"], "--alpha must be a finite number in [0, 1e6), got nan"),
@@ -66,7 +67,7 @@ CASES = [
     ("seed-huge", "trained", ["explain", "ml-100k", "--seed", str(2**31)], f"--seed must be an integer in [0, 2^31), got {2**31}"),
     ("explain-unknown-option", "trained", ["explain", "ml-100k", "--bogus"], "No such option: --bogus"),
     ("explain-no-dataset", "trained", ["explain"], "Missing argument 'dataset'"),
-    ("explain-no-model", "empty", ["explain", "ml-100k"], "no trained model for 'ml-100k': run `lcer train ml-100k` first"),
+    ("explain-no-model", "empty", ["explain", "ml-100k", "--no-train"], "no trained model for 'ml-100k': run `lcer train ml-100k` first"),
     # --- lcer prepare (built-in and --from FILE)
     ("prepare-unknown-dataset", "empty", ["prepare", "movielens"], "unknown dataset 'movielens'; known datasets: ml-100k, ml-1m, alishop, epinions"),
     ("prepare-seed-negative", "empty", ["prepare", "ml-100k", "--seed", "-1"], "--seed must be an integer in [0, 2^31), got -1"),
@@ -109,7 +110,7 @@ CASES = [
     ("sql-write", "store", ["sql", "drop table runs"], "read-only mode"),
     ("sql-bad-format", "empty", ["sql", "select 1", "--format", "xml"], "Invalid value for '--format'"),
     ("report-unknown-dataset", "empty", ["report", "nosuch"], "unknown dataset 'nosuch'"),
-    ("report-no-runs", "empty", ["report", "ml-100k"], "no finished runs for dataset 'ml-100k'"),
+    ("report-no-runs", "empty", ["report", "ml-100k", "--no-train"], "no finished runs for dataset 'ml-100k'"),
     ("report-bad-format", "empty", ["report", "ml-100k", "--format", "csv"], "Invalid value for '--format'"),
     # --- lcer ui (refused before a server starts)
     ("ui-port-too-large", "empty", ["ui", "--port", "99999"], "port must be in 0..65535, not 99999"),

@@ -381,12 +381,18 @@ def test_every_member_read_has_a_published_digest_where_one_exists(shared_datase
 # --------------------------------------------------------------------------- traceable bytes
 
 
+def _meta_path(home: Path, name: str) -> Path:
+    """``meta.json`` of the current preparation (``data/NAME/current`` names its folder)."""
+    folder = home / "data" / name
+    return folder / (folder / "current").read_text().strip() / "meta.json"
+
+
 def test_ml1m_without_published_digests_records_the_bytes_it_read(lived_in: Path) -> None:
     """meta.json and DuckDB's datasets row name the archive's and each member's sha256."""
     from lcer_core.store import ResultStore
     from tasks.store import store_dataset
 
-    meta = json.loads((lived_in / "data" / "ml-1m" / "meta.json").read_text())
+    meta = json.loads(_meta_path(lived_in, "ml-1m").read_text())
     archive = lived_in / "data" / "ml-1m" / "raw" / "ml-1m.zip"
     with zipfile.ZipFile(archive) as zf:
         members = {
@@ -430,7 +436,7 @@ def test_trained_model_names_the_archive_it_was_trained_from(
     home.mkdir()
     proc = _lcer(["train", "ml-100k", "--epochs", "1"], home, http_mirror, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    meta = json.loads((home / "data" / "ml-100k" / "meta.json").read_text())
+    meta = json.loads(_meta_path(home, "ml-100k").read_text())
     archive = home / "data" / "ml-100k" / "raw" / "ml-100k.zip"
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     assert meta["source"]["archive_sha256"] == digest

@@ -604,7 +604,7 @@ def test_cli_sql_formats_and_errors(lcer_home: Path, capsys: pytest.CaptureFixtu
 def test_cli_report_prints_table2_beside_the_paper(
     lcer_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = _cli(["report", "ml-100k"], capsys)
+    code, out, err = _cli(["report", "ml-100k", "--no-train"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "no finished runs for dataset 'ml-100k'" in err
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import typer
 
@@ -45,10 +46,11 @@ def bench(
 ) -> None:
     """Seconds per pair of the reference's sequential loop and of the batched engine, and the speed-up."""
     from lcer_core.bench import run_benchmark
+    from lcer_core.cli.progress import stage_bars
 
-    log = (lambda msg: typer.echo(msg, err=True)) if as_json else typer.echo
-    res = _clean(
-        run_benchmark(
+    # Bars only when both streams are a terminal: a piped stdout (or --json) keeps its lines as they were.
+    with stage_bars(enabled=not as_json and sys.stdout.isatty()) as (say, on_epoch, progress):
+        raw = run_benchmark(
             dataset=dataset,
             k=k,
             steps=steps,
@@ -60,9 +62,11 @@ def bench(
             synthetic_items=items,
             device=device,
             seed=seed,
-            log=log,
+            log=say if not as_json else (lambda msg: typer.echo(msg, err=True)),
+            on_epoch=on_epoch,
+            progress=progress,
         )
-    )
+    res = _clean(raw)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return

@@ -8,6 +8,39 @@ import math
 import typer
 
 from lcer_core.cli.app import app, printable
+from lcer_core.errors import InvalidParameterError, MissingDataError
+
+__all__ = ["explain", "ensure_model_and_data"]
+
+
+def ensure_model_and_data(dataset: str, *, no_train: bool, epochs: int = 200):  # noqa: ANN201
+    """The latest trained model of ``dataset`` and its prepared data, preparing and training
+    what is missing (one line on stderr says so); with ``no_train``, a missing one is refused."""
+    from lcer_core import api
+    from lcer_core.cli.progress import epoch_bar
+    from lcer_core.datasets import is_prepared
+    from lcer_core.recommender.multvae import MultVAEConfig
+
+    model = api.find_model(dataset)
+    if no_train:
+        if model is None:
+            api.load_model(dataset)  # the one-line refusal that names `lcer train`
+        if not is_prepared(dataset):
+            raise MissingDataError(
+                f"dataset {dataset!r} is not prepared: run `lcer prepare {dataset}` first"
+            )
+    if model is not None:
+        data = api.ensure_dataset(dataset)
+        api.check_model_data(model, data)
+        return model, data
+    todo = (
+        "training Mult-VAE" if is_prepared(dataset) else "preparing the data and training Mult-VAE"
+    )
+    typer.echo(f"no trained model for {dataset} yet: {todo} ({epochs} epochs) first", err=True)
+    data = api.ensure_dataset(dataset)
+    with epoch_bar(f"train Mult-VAE {dataset}", epochs) as on_epoch:
+        model, _ = api.ensure_model(data, MultVAEConfig(epochs=epochs), on_epoch=on_epoch)
+    return model, data
 
 
 def _progress_bar(label: str):  # noqa: ANN202
@@ -49,8 +82,14 @@ def explain(
         None, "--item", help="With --user: only this recommended item (raw id)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    no_train: bool = typer.Option(
+        False, "--no-train", help="Refuse (exit 2) instead of preparing data or training a model."
+    ),
+    epochs: int = typer.Option(
+        200, "--epochs", help="Mult-VAE training epochs, when there is no model yet."
+    ),
 ) -> None:
-    """Explain recommendations with METHOD on the stored model (train it first with `lcer train`)."""
+    """Explain recommendations with METHOD on the latest trained model (prepared and trained first if needed)."""
     from lcer_core import api
     from lcer_core.datasets import get_spec
     from lcer_core.errors import UnknownMethodError
@@ -63,15 +102,13 @@ def explain(
     lam = params["lam"] if lam is None else lam
     api.validate_common(k=k, alpha=alpha, lam=lam, steps=steps, n_users=users, seed=seed)
     if item is not None and user is None:
-        from lcer_core.errors import InvalidParameterError
-
         raise InvalidParameterError("--item needs --user")
     hyper = {"alpha": alpha, "lam": lam, "steps": steps} if method == "lcer" else {}
     get_explainer(method, **hyper)  # its own checks, before any work
     get_spec(dataset)  # an unknown name fails here
-    model = api.load_model(dataset)  # a missing model too, before any download
-    data = api.ensure_dataset(dataset)
-    api.check_model_data(model, data)
+    if epochs < 1:
+        raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
+    model, data = ensure_model_and_data(dataset, no_train=no_train, epochs=epochs)
     if user is not None:  # unknown ids fail here, before the progress bar starts
         data.uid_of(user)
         if item is not None:

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from lcer_core import paths
 from lcer_core.cli.app import app
+from lcer_core.cli.progress import Session, session
 from lcer_core.errors import InvalidParameterError, LcerHomeError
 
 if TYPE_CHECKING:
     from prefect import Flow
 
-__all__ = ["run", "sweep", "train", "prefect_environment", "parse_list"]
+__all__ = ["run", "run_pipeline", "sweep", "train", "prefect_environment", "parse_list"]
 
 RUNNERS = ("threads", "ray")
 
@@ -66,6 +66,8 @@ def prefect_environment() -> None:
     # No telemetry from an offline machine; its write at start-up races the server's own
     # SQLite writes and prints a "database is locked" traceback (prefect#19771).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Nor from the client, whose first run on a terminal prints a three-line notice about it.
+    os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 def _check_runner(runner: str, address: str | None) -> None:
@@ -97,44 +99,6 @@ def _with_runner(
     from flows.runner import make_task_runner
 
     return flow.with_options(task_runner=make_task_runner(runner, address, methods))
-
-
-@contextmanager
-def _progress() -> Iterator[None]:
-    """A live line on a terminal: explanation shards done out of planned, steps of the latest shard."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from tasks.progress import listen
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield
-        return
-    bar = Progress(
-        TextColumn("explaining"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("shards"),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-        transient=True,
-    )
-    task_id = bar.add_task("", total=None)
-
-    def on_event(event: str, fields: dict[str, Any]) -> None:
-        if event == "planned":
-            total = (bar.tasks[0].total or 0) + fields["shards"]
-            bar.update(task_id, total=total)
-        elif event == "shard_done":
-            bar.advance(task_id)
-        elif event == "steps":
-            share = 100 * fields["done"] // max(1, fields["total"])
-            bar.update(task_id, description=f"current shard {share}%")
-
-    with bar, listen(on_event):
-        yield
 
 
 def _print_results(rows: list[dict[str, Any]]) -> None:
@@ -225,14 +189,61 @@ def run(
             "through which explanations on another work pool travel; default $LCER_STORAGE."
         ),
     ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Print the full log stream instead of progress bars."),
+    ] = False,
 ) -> None:
     """Run the whole Prefect pipeline: prepare, train, explain (fanned out), evaluate, store, track."""
+    rows, shown = run_pipeline(
+        list(datasets or ["ml-100k"]),
+        methods=methods,
+        k=k,
+        users=users,
+        steps=steps,
+        seed=seed,
+        alpha=alpha,
+        lam=lam,
+        shard_size=shard_size,
+        epochs=epochs,
+        runner=runner,
+        address=address,
+        storage=storage,
+        verbose=verbose,
+    )
+    _print_results(rows)
+    pages = [
+        paths.lcer_home() / "work" / "reports" / f"{d}.html"
+        for d in dict.fromkeys(datasets or ["ml-100k"])
+    ]
+    typer.echo(
+        shown.summary(f"{len(rows)} explanation runs", [p for p in pages if p.is_file()]), err=True
+    )
+
+
+def run_pipeline(
+    names: list[str],
+    *,
+    methods: str | None = None,
+    k: str = "5,10",
+    users: int | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    alpha: float | None = None,
+    lam: float | None = None,
+    shard_size: int = 25,
+    epochs: int = 200,
+    runner: str = "threads",
+    address: str | None = None,
+    storage: str | None = None,
+    verbose: bool = False,
+) -> tuple[list[dict[str, Any]], Session]:
+    """Validate ``lcer run``'s options, then run the pipeline flow; its rows and the display session."""
     from lcer_core import api
     from lcer_core.datasets import get_spec
     from lcer_core.explainers import PAPER_METHODS
     from lcer_core.shards import check_methods, split_users
 
-    names = list(datasets or ["ml-100k"])
     for name in names:
         get_spec(name)
     method_list = check_methods(parse_list(methods, str, "--methods") or list(PAPER_METHODS))
@@ -249,7 +260,7 @@ def run(
     from flows.pipeline import lcer_pipeline
 
     flow = _with_runner(lcer_pipeline, runner, address, method_list)
-    with _progress():
+    with session(verbose=verbose, plain_fallback=runner != "threads") as shown:
         rows = flow(
             datasets=names,
             methods=method_list,
@@ -262,7 +273,7 @@ def run(
             shard_size=shard_size,
             epochs=epochs,
         )
-    _print_results(rows)
+    return rows, shown
 
 
 @app.command()
@@ -290,6 +301,10 @@ def sweep(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (with --runner ray).")
     ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Print the full log stream instead of progress bars."),
+    ] = False,
 ) -> None:
     """The α/λ grid of LCER over one trained model: one MLflow child run per grid point under a parent run."""
     from lcer_core import api
@@ -314,7 +329,7 @@ def sweep(
     from flows.sweep import lcer_sweep
 
     flow = _with_runner(lcer_sweep, runner, address, ["lcer"])
-    with _progress():
+    with session(verbose=verbose, plain_fallback=runner != "threads") as shown:
         rows = flow(
             dataset=dataset,
             alphas=alpha_list,
@@ -327,6 +342,7 @@ def sweep(
             epochs=epochs,
         )
     _print_results(rows)
+    typer.echo(shown.summary(f"{len(rows)} explanation runs"), err=True)
 
 
 @app.command()
@@ -336,6 +352,10 @@ def train(
     seed: Annotated[
         int | None, typer.Option(help="Seed of the model's initialisation and batches.")
     ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Print the full log stream instead of progress bars."),
+    ] = False,
 ) -> None:
     """Train Mult-VAE on DATASET (unless the same model exists) and register it in MLflow as multvae-DATASET."""
     from lcer_core import api
@@ -349,9 +369,11 @@ def train(
     prefect_environment()
     from flows.train import lcer_train
 
-    out = lcer_train(dataset=dataset, epochs=epochs, seed=model_seed)
+    with session(verbose=verbose) as shown:
+        out = lcer_train(dataset=dataset, epochs=epochs, seed=model_seed)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in out["metrics"].items() if k != "best_epoch")
     verb = "trained" if out["trained_now"] else "already trained"
     typer.echo(
         f"{dataset}: model {out['model_key']} {verb} ({metrics}); registered {out['registered_model']}"
     )
+    typer.echo(shown.summary("done"), err=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
+from pathlib import Path
 
 import polars as pl
 import typer
@@ -109,14 +110,51 @@ def _table3_view(ours: pl.DataFrame, paper: pl.DataFrame, dataset: str) -> Table
     return table
 
 
+def _ensure_results(dataset: str, no_train: bool) -> None:
+    """Run the pipeline on ``dataset`` (saying so in one line) when no run of it has finished."""
+    from lcer_core.datasets import get_spec
+
+    get_spec(dataset)
+    with ResultStore() as store:
+        if store.table2(dataset).height or no_train:
+            return
+    typer.echo(
+        f"no finished runs for {dataset} yet: running the pipeline first (lcer run {dataset})",
+        err=True,
+    )
+    from lcer_core.cli.pipeline import run_pipeline
+
+    _, shown = run_pipeline([dataset])
+    typer.echo(shown.summary("pipeline done"), err=True)
+
+
 @app.command()
 def report(
     dataset: str = typer.Argument(..., help="Dataset name, e.g. ml-100k."),
     format: ReportFormat = typer.Option(
         ReportFormat.table, "--format", "-f", help="table or json."
     ),
+    html: Path | None = typer.Option(
+        None,
+        "--html",
+        help="Also write a self-contained HTML page (tables, figures, examples) to FILE.",
+    ),
+    no_train: bool = typer.Option(
+        False,
+        "--no-train",
+        help="Refuse (exit 2) instead of running the pipeline when there are no results.",
+    ),
 ) -> None:
-    """Table 2 (and Table 3) of the paper for DATASET, from the results database, beside the paper's."""
+    """Table 2 (and Table 3) of the paper for DATASET, from the results database, beside the paper's.
+
+    With no finished run for DATASET, runs the pipeline first (`lcer run DATASET`), unless --no-train."""
+    _ensure_results(dataset, no_train)
+    if html is not None:
+        from lcer_core.report_html import write_html_report
+
+        with ResultStore() as store:
+            write_html_report(dataset, html, store)
+        typer.echo(f"wrote {html}", err=True)
     with ResultStore() as store:
         table2 = table2_report(store, dataset)
         table3, paper3 = table3_report(store, dataset)

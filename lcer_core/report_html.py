@@ -1,0 +1,352 @@
+"""One self-contained HTML page per dataset: Table 2 beside the paper, Table 3, the figures and
+a few explained recommendations in words (``lcer report DATASET --html FILE``, and an MLflow
+artifact of each pipeline run).
+
+Readable offline: the CSS is inline, the figures are PNG data URIs, and the page names no
+external URL. Every string from the data (titles, ids) is escaped by Jinja's autoescape.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from jinja2 import Environment
+
+from lcer_core import plots
+from lcer_core.errors import InvalidParameterError
+from lcer_core.explain_user import sentences
+from lcer_core.fsio import io_reason
+from lcer_core.store import ResultStore, table2_report, table3_report
+from lcer_core.store.formatting import format_value
+from lcer_core.store.report import REPORT_METRICS
+
+__all__ = ["build_report", "render_html", "write_html_report", "EXAMPLE_USERS"]
+
+#: How many users' recommendations the page explains in words.
+EXAMPLE_USERS = 3
+
+_HEADERS = {
+    "val_pct": "Val %",
+    "len": "Len",
+    "ps_pct": "PS %",
+    "pn_pct": "PN %",
+    "fns_pct": "F_NS %",
+}
+# Decimals as printed in the paper's tables (as `lcer report` prints them).
+_SPECS = {"val_pct": ".1f", "len": ".3f", "ps_pct": ".2f", "pn_pct": ".2f", "fns_pct": ".2f"}
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>LCER report · {{ dataset }}</title>
+<style>
+body { font-family: system-ui, "DejaVu Sans", sans-serif; margin: 2rem auto; max-width: 1200px;
+       padding: 0 1rem; color: #1f2328; background: #fff; }
+h1 { font-size: 1.6rem; margin-bottom: .2rem; }
+h2 { font-size: 1.25rem; margin-top: 2.2rem; border-bottom: 1px solid #d0d7de; padding-bottom: .3rem; }
+p.meta { color: #57606a; margin-top: 0; }
+table { border-collapse: collapse; margin: .8rem 0 1.2rem; font-size: .9rem; }
+caption { text-align: left; font-weight: 600; padding-bottom: .3rem; }
+th, td { border: 1px solid #d0d7de; padding: .25rem .55rem; }
+th { background: #f6f8fa; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.paper { color: #6e7781; background: #fafbfc; }
+figure { margin: 1rem 0 2rem; }
+figure img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
+figcaption { color: #57606a; font-size: .9rem; }
+ol.explained li { margin: .35rem 0; }
+.note { color: #57606a; font-style: italic; }
+</style>
+</head>
+<body>
+<h1>LCER report · {{ dataset }}</h1>
+<p class="meta">{{ summary }}</p>
+
+<h2>Table 2 · counterfactual explanations, ours beside the paper's</h2>
+{% for t in table2 %}
+<table class="table2" id="table2-k{{ t.k }}">
+<caption>Top-{{ t.k }} (grey: the paper's value)</caption>
+<thead><tr><th>Method</th><th>α</th><th>λ</th><th>pairs</th>
+{% for h in metric_headers %}<th>{{ h }}</th><th>paper</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in t.rows %}<tr><td>{{ row.method }}</td>
+{% for c in row.cells %}<td class="num{% if c.paper %} paper{% endif %}">{{ c.text }}</td>{% endfor %}</tr>
+{% endfor %}
+</tbody>
+</table>
+{% endfor %}
+
+<h2>Table 3 · LCER at the length of each baseline</h2>
+{% if table3 %}
+<table class="table3" id="table3">
+<caption>LCER's grid point whose length is within 0.05 of the baseline's</caption>
+<thead><tr>{% for h in table3_headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in table3 %}<tr>{% for c in row %}<td class="num">{{ c }}</td>{% endfor %}</tr>
+{% endfor %}
+</tbody>
+</table>
+{% else %}
+<p class="note">No LCER run matches a baseline's length within 0.05 (run <code>lcer sweep {{ dataset }}</code> for more α/λ points).</p>
+{% endif %}
+
+<h2>Figures</h2>
+{% for f in figures %}
+<figure><img src="data:image/png;base64,{{ f.data }}" alt="{{ f.caption }}" width="{{ f.width }}" height="{{ f.height }}">
+<figcaption>{{ f.caption }}</figcaption></figure>
+{% endfor %}
+{% for n in figure_notes %}<p class="note">{{ n }}</p>{% endfor %}
+
+<h2>Explained recommendations</h2>
+{% if examples %}
+<p class="meta">{{ examples_method }} at K = {{ examples_k }}, the first {{ examples|length }} test users.</p>
+{% for ex in examples %}
+<h3>User {{ ex.user }}</h3>
+<ol class="explained">{% for s in ex.sentences %}<li>{{ s }}</li>{% endfor %}</ol>
+{% endfor %}
+{% else %}
+<p class="note">No stored explanations to show.</p>
+{% endif %}
+</body>
+</html>
+"""
+
+
+def _num(value: Any, spec: str) -> str:
+    return format_value(value, "–", spec)
+
+
+def _table2(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    for k in frame["k"].unique().sort().to_list():
+        rows = []
+        for row in frame.filter(pl.col("k") == k).iter_rows(named=True):
+            ran = row["run_id"] is not None
+            cells = [
+                {"text": format_value(row[c], "–"), "paper": False}
+                for c in ("alpha", "lam", "n_pairs")
+            ]
+            for metric in REPORT_METRICS:
+                spec = _SPECS[metric]
+                ours = _num(row[metric], spec) if ran else "not run"
+                cells += [
+                    {"text": ours, "paper": False},
+                    {"text": _num(row[f"paper_{metric}"], spec), "paper": True},
+                ]
+            rows.append({"method": row["method"], "cells": cells})
+        out.append({"k": k, "rows": rows})
+    return out
+
+
+_T3_METRICS = ("val_pct", "ps_pct", "pn_pct", "fns_pct")
+
+
+def _table3(ours: pl.DataFrame, paper: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
+    headers = ["source", "k", "baseline", "Len", "LCER Len", "α", "λ"]
+    for metric in _T3_METRICS:
+        headers += [_HEADERS[metric], f"LCER {_HEADERS[metric]}"]
+    rows = []
+    for source, frame in (("ours", ours), ("paper", paper)):
+        for row in frame.iter_rows(named=True):
+            cells = [source, str(row["k"]), str(row["baseline"])]
+            cells += [_num(row[c], ".3f") for c in ("baseline_len", "lcer_len")]
+            cells += [format_value(row.get(c), "–") for c in ("alpha", "lam")]
+            for metric in _T3_METRICS:
+                cells += [
+                    _num(row[f"baseline_{metric}"], _SPECS[metric]),
+                    _num(row[f"lcer_{metric}"], _SPECS[metric]),
+                ]
+            rows.append(cells)
+    return headers, rows
+
+
+def _sweep(store: ResultStore, dataset: str, k: int) -> pl.DataFrame:
+    """The latest metrics of every finished LCER (α, λ) point of ``dataset`` at ``k``, on the
+    model, steps, seed and users of the run Table 2 shows."""
+    return store.query(
+        """
+        WITH shown AS (
+            SELECT r.model_key, r.steps, r.seed, r.n_users FROM table2 t JOIN runs r USING (run_id)
+            WHERE t.dataset = ? AND t.k = ? AND t.method = 'lcer'
+        ), points AS (
+            SELECT r.alpha, r.lam, m.val_pct, m.len, m.ps_pct, m.pn_pct, m.fns_pct,
+                   row_number() OVER (PARTITION BY r.alpha, r.lam
+                                      ORDER BY r.finished_at DESC, m.evaluated_at DESC) AS latest
+            FROM runs r JOIN metrics m USING (run_id) JOIN shown s
+              ON r.model_key IS NOT DISTINCT FROM s.model_key AND r.steps IS NOT DISTINCT FROM s.steps
+             AND r.seed IS NOT DISTINCT FROM s.seed AND r.n_users IS NOT DISTINCT FROM s.n_users
+            WHERE r.dataset = ? AND r.k = ? AND r.method = 'lcer' AND r.status = 'finished'
+              AND r.alpha IS NOT NULL AND r.lam IS NOT NULL
+        )
+        SELECT alpha, lam, val_pct, len, ps_pct, pn_pct, fns_pct FROM points WHERE latest = 1
+        ORDER BY alpha, lam
+        """,
+        [dataset, k, dataset, k],
+    )
+
+
+def _best_baseline(table2: pl.DataFrame, k: int) -> dict[str, float | None] | None:
+    rows = table2.filter(
+        (pl.col("k") == k) & (pl.col("method") != "lcer") & pl.col("run_id").is_not_null()
+    )
+    if rows.height == 0:
+        return None
+    row = rows.sort("fns_pct", descending=True, nulls_last=True).row(0, named=True)
+    return {m: row[m] for m in REPORT_METRICS}
+
+
+def _png(path: Path, caption: str) -> dict[str, Any]:
+    data = path.read_bytes()
+    # Width and height from the PNG header (IHDR), so the page lays out before decoding.
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return {
+        "data": base64.b64encode(data).decode("ascii"),
+        "caption": caption,
+        "width": width,
+        "height": height,
+    }
+
+
+_CAPTIONS = {
+    "fig5_explanation_count.png": "Figure 5 · explanation count of each item against its popularity",
+    "fig6_mean_importance.png": "Figure 6 · mean importance in CEs against popularity",
+    "fig7_recommendation_count.png": "Figure 7 · recommendation count against popularity",
+    "fig8_effect_lambda.png": "Figure 8 · effect of λ",
+    "fig9_effect_alpha.png": "Figure 9 · effect of α",
+    "pareto_fns_len.png": "Pareto front · F_NS against CE length over the α/λ grid",
+}
+
+
+def _figures(
+    store: ResultStore, dataset: str, table2: pl.DataFrame, k: int
+) -> tuple[list[dict[str, Any]], list[str]]:
+    figures: list[dict[str, Any]] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="lcer-report-") as tmp:
+        items = store.query(
+            "SELECT * FROM item_explanations WHERE dataset = ? AND k = ?", [dataset, k]
+        )
+        if items.height:
+            for path in plots.render_item_figures(items, Path(tmp)):
+                figures.append(_png(path, f"{_CAPTIONS[path.name]} (top-{k})"))
+        sweep = _sweep(store, dataset, k)
+        if sweep.height >= 2:
+            paths = plots.render_sweep_figures(sweep, Path(tmp), baseline=_best_baseline(table2, k))
+            figures += [
+                _png(p, f"{_CAPTIONS[p.name]} (top-{k}, {sweep.height} grid points)") for p in paths
+            ]
+        else:
+            notes.append(
+                f"Figures 8, 9 and the Pareto front need an α/λ sweep: run `lcer sweep {dataset} --k {k}`."
+            )
+    return figures, notes
+
+
+def _examples(
+    store: ResultStore, dataset: str, table2: pl.DataFrame, k: int, n_users: int
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """A few users' explanations in words, from the stored run of LCER (else the first method) at ``k``."""
+    rows = table2.filter((pl.col("k") == k) & pl.col("run_id").is_not_null())
+    if rows.height == 0:
+        return None, []
+    lcer = rows.filter(pl.col("method") == "lcer")
+    row = (lcer if lcer.height else rows).row(0, named=True)
+    expl = store.query(
+        """
+        WITH firsts AS (SELECT DISTINCT uid FROM explanations WHERE run_id = ? ORDER BY uid LIMIT ?)
+        SELECT e.*, i.title FROM explanations e JOIN firsts USING (uid)
+        LEFT JOIN items i ON i.dataset = ? AND i.sid = e.sid
+        WHERE e.run_id = ? ORDER BY e.uid, e.rank
+        """,
+        [row["run_id"], n_users, dataset, row["run_id"]],
+    )
+    titles = store.query("SELECT sid, title FROM items WHERE dataset = ?", [dataset])
+    title_of = dict(zip(titles["sid"].to_list(), titles["title"].to_list(), strict=True))
+    examples = []
+    for (uid,), part in expl.group_by(["uid"], maintain_order=True):
+        recs = []
+        for r in part.iter_rows(named=True):
+            ce = [
+                {"title": title_of.get(sid) or f"item {raw}"}
+                for sid, raw in zip(r["ce_items"] or [], r["ce_raw"] or [], strict=False)
+            ]
+            recs.append(
+                {
+                    "rank": r["rank"],
+                    "title": r["title"] or f"item {r['raw_item']}",
+                    "found": r["found"],
+                    "ce": ce,
+                    "rank_after": r["rank_after"],
+                    "necessary": r["necessary"],
+                }
+            )
+        result = {"dataset": dataset, "method": row["method"], "k": k, "recommendations": recs}
+        examples.append({"user": part["raw_user"][0] or str(uid), "sentences": sentences(result)})
+    return row["method"], examples
+
+
+def build_report(
+    dataset: str, store: ResultStore | None = None, *, n_users: int = EXAMPLE_USERS
+) -> dict[str, Any]:
+    """Everything the page shows, from the results database (MissingDataError when no run finished)."""
+    store = store or ResultStore()
+    table2 = table2_report(store, dataset)
+    ours3, paper3 = table3_report(store, dataset)
+    ks = table2.filter(pl.col("run_id").is_not_null())["k"].unique().sort().to_list()
+    k = ks[0]
+    figures, notes = _figures(store, dataset, table2, k)
+    method, examples = _examples(store, dataset, table2, k, n_users)
+    headers3, rows3 = _table3(ours3, paper3)
+    runs = store.query(
+        "SELECT max(finished_at) AS last, count(*) AS n FROM table2 WHERE dataset = ?", [dataset]
+    )
+    last = runs["last"][0]
+    summary = (
+        f"{int(runs['n'][0])} explanation runs in the results database, the latest finished "
+        f"{format_value(last, '–')}; K = {', '.join(str(x) for x in ks)}."
+    )
+    return {
+        "dataset": dataset,
+        "summary": summary,
+        "metric_headers": [_HEADERS[m] for m in REPORT_METRICS],
+        "table2": _table2(table2),
+        "table3_headers": headers3,
+        "table3": rows3,
+        "figures": figures,
+        "figure_notes": notes,
+        "examples_method": method,
+        "examples_k": k,
+        "examples": examples,
+    }
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The page of :func:`build_report`'s content, every data string escaped."""
+    env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(_TEMPLATE).render(**report)
+
+
+def write_html_report(dataset: str, out: Path, store: ResultStore | None = None) -> Path:
+    """Write ``dataset``'s page to ``out`` (whole or not at all); its path."""
+    out = Path(out)
+    page = render_html(build_report(dataset, store))
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.", delete=False
+        ) as f:
+            tmp = Path(f.name)
+            f.write(page)
+        os.replace(tmp, out)
+    except OSError as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise InvalidParameterError(f"cannot write {out}: {io_reason(exc)}") from None
+    return out
