@@ -194,12 +194,16 @@ def lcer_pipeline(
     shard_size: int = DEFAULT_SHARD_SIZE,
     epochs: int = DEFAULT_EPOCHS,
     explain_deployment: str | None = None,
+    seeds: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Explain the top-K recommendations of the test users of ``datasets`` with ``methods``; Table 2 rows.
 
     Defaults: ML 100K, every method, K in {5, 10}, the paper's α and λ for each dataset, all
     test users, LCER's default number of steps. ``explain_deployment`` (e.g.
     ``lcer-explain/lcer-explain``) sends the explanations to that deployment's work pool.
+    ``seeds`` makes the seed a dimension: one model trained per seed, explained with the same
+    seed (``seed`` is then unused); without it the model has the default seed and ``seed``
+    is the explainers'.
     """
     check_environment()
     logger = get_run_logger()
@@ -209,25 +213,39 @@ def lcer_pipeline(
     methods = check_methods(methods or list(PAPER_METHODS))
     ks = list(ks or DEFAULT_KS)
     api.validate_common(n_users=n_users, steps=steps, seed=seed)
+    for s in seeds or []:
+        api.validate_common(seed=s)
     split_users([], shard_size)  # refuses a bad shard size before any work
+    # (model seed, explainer seed) pairs
+    plan = [(s, s) for s in dict.fromkeys(seeds)] if seeds else [(api.MODEL_SEED, seed)]
     summaries: list[dict[str, Any]] = []
     for dataset in datasets:
-        model, _ = prepare_and_train(dataset, epochs)
-        users = test_users(dataset, n_users)
-        defaults = api.default_params(dataset)
-        specs = plan_runs(
-            dataset=dataset,
-            methods=methods,
-            ks=ks,
-            alphas=alphas or [defaults["alpha"]],
-            lams=lams or [defaults["lam"]],
-            steps=steps,
-            seed=seed,
-            n_users=n_users,
-            model_key=model.key,
-        )
-        logger.info("%s: %d explanation runs over %d test users", dataset, len(specs), len(users))
-        summaries += explain_runs(specs, users, shard_size, explain_deployment=explain_deployment)
+        for model_seed, explain_seed in plan:
+            model, _ = prepare_and_train(dataset, epochs, model_seed)
+            users = test_users(dataset, n_users)
+            defaults = api.default_params(dataset)
+            specs = plan_runs(
+                dataset=dataset,
+                methods=methods,
+                ks=ks,
+                alphas=alphas or [defaults["alpha"]],
+                lams=lams or [defaults["lam"]],
+                steps=steps,
+                seed=explain_seed,
+                n_users=n_users,
+                model_key=model.key,
+            )
+            logger.info(
+                "%s (model seed %d, explainer seed %d): %d explanation runs over %d test users",
+                dataset,
+                model_seed,
+                explain_seed,
+                len(specs),
+                len(users),
+            )
+            summaries += explain_runs(
+                specs, users, shard_size, explain_deployment=explain_deployment
+            )
         item_figures(dataset)
         html_report(dataset)
     return summaries

@@ -208,10 +208,9 @@ def train_model(
         raise InvalidParameterError(f"epochs must be >= 1, got {cfg.epochs}")
     ensure_writable(models_dir() / data.name)
     dev = device or default_device()
-    _, train = data.matrix("train", data.users_of("train"))
+    train = data.rows("train", data.users_of("train"))  # sparse: one dense batch at a time
     val_users = data.users_of("val")
-    _, vtr = data.matrix("val_tr", val_users)
-    _, vte = data.matrix("val_te", val_users)
+    vtr, vte = data.rows("val_tr", val_users), data.rows("val_te", val_users)
     gen = fit_multvae(train, vtr, vte, config=cfg, seed=seed, device=dev)
     best_epoch = 0
     while True:
@@ -224,8 +223,7 @@ def train_model(
         if on_epoch is not None:
             on_epoch(report)
     test = data.users_of("test")
-    _, ttr = data.matrix("test_tr", test)
-    _, tte = data.matrix("test_te", test)
+    ttr, tte = data.rows("test_tr", test), data.rows("test_te", test)
     metrics = {**evaluate_ranking(module, ttr, tte), "best_epoch": float(best_epoch)}
     key = model_key(data, cfg, seed)
     model = TrainedModel(
@@ -572,7 +570,12 @@ def summarize_frame(frame: pl.DataFrame, method: str) -> dict[str, float | int |
         necessary=torch.tensor(frame["necessary"].to_list(), dtype=torch.bool),
         rank_after=torch.tensor(frame["rank_after"].fill_null(0).to_list(), dtype=torch.long),
     )
-    return summarize(outcomes, reports_validity=METHODS[method].reports_validity)
+    out = summarize(outcomes, reports_validity=METHODS[method].reports_validity)
+    # what the run cost per pair, when the shards recorded it (see shards.explain_users)
+    for key, column in (("calls_per_pair", "forward_calls"), ("s_per_pair", "explain_s")):
+        if column in frame.columns and frame.height and frame[column].null_count() == 0:
+            out[key] = float(frame[column].mean())  # type: ignore[arg-type]
+    return out
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from lcer_core.errors import InvalidParameterError
 from lcer_core.recommender.base import Recommender, topk_excluding
+from lcer_core.recommender.training import DENSE_BATCH_CELLS
 
 __all__ = ["Histories", "PairBatch", "build_pairs", "histories_from_lists"]
 
@@ -97,10 +98,20 @@ def build_pairs(recommender: Recommender, histories: Histories, k: int) -> PairB
             f"k={k} must be smaller than the number of items a user has not interacted with "
             f"(smallest here: {int(free.min())})"
         )
-    scores = recommender.scores_of_sets(items, mask.float())
-    _check_finite(scores)
-    exclude = torch.zeros_like(scores, dtype=torch.bool).scatter(1, items, mask)
-    top, vals = topk_excluding(scores, exclude, k + 1)
+    # Users in chunks: one dense [users, items] score matrix per chunk, never all users'.
+    chunk = max(1, DENSE_BATCH_CELLS // max(recommender.n_items, 1))
+    tops, all_vals = [], []
+    for s in range(0, max(len(histories), 1), chunk):
+        scores = recommender.scores_of_sets(items[s : s + chunk], mask[s : s + chunk].float())
+        _check_finite(scores)
+        exclude = torch.zeros_like(scores, dtype=torch.bool).scatter(
+            1, items[s : s + chunk], mask[s : s + chunk]
+        )
+        top, vals = topk_excluding(scores, exclude, k + 1)
+        tops.append(top)
+        all_vals.append(vals)
+        del scores, exclude
+    top, vals = (torch.cat(tops), torch.cat(all_vals)) if len(tops) > 1 else (tops[0], all_vals[0])
     n_users = len(histories)
     rep = lambda t: t.repeat_interleave(k, dim=0)  # noqa: E731
     return PairBatch(

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,11 @@ from lcer_core.errors import (
     MissingDataError,
     UnknownMethodError,
 )
-from lcer_core.explainers import METHODS, LCERConfig
+from lcer_core.explainers import LCER_METHODS, METHODS, LCERConfig, get_explainer
 from lcer_core.fsio import home_error
 from lcer_core.keys import run_key
 from lcer_core.paths import lcer_home
+from lcer_core.recommender.counting import CountingRecommender
 from lcer_core.store.schema import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
 
 __all__ = [
@@ -89,6 +91,10 @@ class RunSpec:
             if v is not None
         }
 
+    def explainer_config(self) -> dict[str, Any]:
+        """The explainer's whole configuration for this run (``dump_config()``), stored with it."""
+        return get_explainer(self.method, **self.explainer_params()).dump_config()
+
     def as_row(self) -> dict[str, Any]:
         """The run's columns of the ``runs`` table."""
         return {
@@ -106,7 +112,7 @@ class RunSpec:
 
 
 def _uses_lcer_params(method: str) -> bool:
-    return method == "lcer"
+    return method in LCER_METHODS
 
 
 def run_spec(
@@ -191,19 +197,27 @@ def explain_users(
         )
     recommender = model.recommender(device or api.default_device())
     pairs = api.make_pairs(recommender, data, list(users), spec.k)
+    counting = CountingRecommender(recommender)
+    start = time.perf_counter()
     explanations = api.explain(
-        recommender,
+        counting,  # type: ignore[arg-type]
         pairs,
         spec.method,
         seed=spec.seed,
         progress=progress,
         **spec.explainer_params(),
     )
+    seconds = time.perf_counter() - start
     outcomes = api.evaluate(recommender, pairs, explanations)
     frame = api.explanation_frame(data, pairs, explanations, outcomes)
     recs = api.recommendation_frame(data, pairs, recommender)
+    n = max(len(pairs), 1)
+    # the shard's cost spread evenly over its pairs: inputs scored and seconds of explanation
     return frame.with_columns(
-        score=recs["score"], device=pl.lit(torch.device(recommender.device).type)
+        score=recs["score"],
+        device=pl.lit(torch.device(recommender.device).type),
+        forward_calls=pl.lit(counting.rows / n, dtype=pl.Float64),
+        explain_s=pl.lit(seconds / n, dtype=pl.Float64),
     )
 
 
@@ -252,7 +266,7 @@ def read_shards(paths: Sequence[Path | str]) -> pl.DataFrame:
         raise MissingDataError(f"shard file {missing[0]} is missing")
     if not paths:
         raise MissingDataError("a run has no shard files")
-    return pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed").sort(
+    return pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed").sort(
         "uid", "rank"
     )
 

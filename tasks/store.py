@@ -89,7 +89,8 @@ def begin_runs(specs: Sequence[RunSpec], params: dict[str, Any]) -> list[str]:
     for spec in specs:
         earlier = store.run(spec.run_id)
         if earlier is None or earlier["status"] != "finished":
-            store.begin_run({**spec.as_row(), "params": params})
+            config = {"explainer": spec.explainer_config()}
+            store.begin_run({**spec.as_row(), "params": {**params, **config}})
             begun.append(spec.run_id)
     return begun
 
@@ -123,6 +124,7 @@ def store_run(result: RunResult, params: dict[str, Any]) -> str:
     """Load a run's rows into DuckDB in one transaction (replacing an earlier copy); its run id."""
     frame = read_shards([result.path])
     recommendations, explanations = split_run_frame(frame)
+    params = {**params, "explainer": result.spec.explainer_config()}
     run = {**result.spec.as_row(), "device": result.device, "kind": "explain", "params": params}
     run_id = ResultStore().write_run(
         run,

@@ -39,7 +39,8 @@ def test_a_bundle_explains_exactly_like_lcer_home(in_trained_home: Path) -> None
     data2, model2 = remote.open_bundle(bundle)
     assert model2.key == model.key
     there = shards.explain_users(data2, model2, spec, users, device="cpu")
-    assert there.equals(here)
+    timing = [c for c in here.columns if c.endswith("_s")]  # seconds differ run to run
+    assert there.drop(timing).equals(here.drop(timing))
 
     with pytest.raises(MissingDataError, match="lack model.pt"):
         remote.open_bundle({k: v for k, v in bundle.items() if k != "model.pt"})

@@ -46,6 +46,14 @@ def prepare(
             help="Validation users, and as many test users (default: the stored number, else the registry's)."
         ),
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="reference (Mult-VAE's protocol) or authors-notebook (the LCER authors' "
+            "notebook as it ran: shuffled numbers 0..n-1 used as raw user ids); default: the "
+            "stored split, else reference."
+        ),
+    ] = None,
     from_: Annotated[
         Path | None,
         typer.Option(
@@ -92,8 +100,12 @@ def prepare(
             raise InvalidParameterError(f"{', '.join(stray)} only apply with --from FILE")
         from lcer_core.datasets import prepare_dataset
 
-        result = prepare_dataset(dataset, seed=seed, force=force, heldout=heldout, log=_err)
+        result = prepare_dataset(
+            dataset, seed=seed, force=force, heldout=heldout, log=_err, split=split
+        )
     else:
+        if split not in (None, "reference"):
+            raise InvalidParameterError("--split applies to registry datasets, not with --from")
         if not user_col or not item_col:
             missing = [
                 k for k, v in {"--user-col": user_col, "--item-col": item_col}.items() if not v
@@ -147,3 +159,22 @@ def stats(
             else (f"{value:,}" if isinstance(value, int) and key != "seed" else value)
         )
         typer.echo(f"{key:<{width}}  {shown}")
+
+
+@app.command()
+def synth(
+    shape: Annotated[str, typer.Argument(help="Dataset shape: ml-1m, alishop or epinions.")],
+    out: Annotated[Path, typer.Option("--out", help="The file to write (.parquet or .csv).")],
+    seed: Annotated[
+        int, typer.Option(help="Seed of every random draw (same seed, same file).")
+    ] = 0,
+) -> None:
+    """Write a synthetic interaction file (user, item, rating) of a paper dataset's shape."""
+    from lcer_core.datasets.synth import write_synth
+
+    frame = write_synth(shape, out, seed=seed)
+    typer.echo(
+        f"{out}: {frame.height:,} rows, {frame['user'].n_unique():,} users, "
+        f"{frame['item'].n_unique():,} items; `lcer prepare NAME --from {out} --user-col user "
+        f"--item-col item --rating-col rating` gives {shape}'s Table 1 row"
+    )

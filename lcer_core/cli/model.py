@@ -65,7 +65,7 @@ def _progress_bar(label: str):  # noqa: ANN202
 def explain(
     dataset: str = typer.Argument(..., help="Dataset name, e.g. ml-100k."),
     method: str = typer.Option(
-        "lcer", "--method", "-m", help="lcer, fia, accent, kaffes or kaffes-topk."
+        "lcer", "--method", "-m", help="lcer, fia, accent, kaffes, kaffes-topk or lcer-plus."
     ),
     k: int = typer.Option(5, "--k", help="Length of the recommendation list."),
     alpha: float = typer.Option(
@@ -93,7 +93,7 @@ def explain(
     from lcer_core import api
     from lcer_core.datasets import get_spec
     from lcer_core.errors import UnknownMethodError
-    from lcer_core.explainers import METHODS, get_explainer
+    from lcer_core.explainers import LCER_METHODS, METHODS, get_explainer
 
     if method not in METHODS:
         raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
@@ -103,7 +103,7 @@ def explain(
     api.validate_common(k=k, alpha=alpha, lam=lam, steps=steps, n_users=users, seed=seed)
     if item is not None and user is None:
         raise InvalidParameterError("--item needs --user")
-    hyper = {"alpha": alpha, "lam": lam, "steps": steps} if method == "lcer" else {}
+    hyper = {"alpha": alpha, "lam": lam, "steps": steps} if method in LCER_METHODS else {}
     get_explainer(method, **hyper)  # its own checks, before any work
     get_spec(dataset)  # an unknown name fails here
     if epochs < 1:

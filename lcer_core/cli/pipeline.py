@@ -168,11 +168,19 @@ def run(
         int | None, typer.Option(help="LCER optimisation steps (default: LCER's).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the explanations.")] = 0,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated seeds: one model trained per seed and explained with it "
+            "(replaces --seed)."
+        ),
+    ] = None,
     alpha: Annotated[
         float | None, typer.Option(help="LCER's α (default: the paper's for the dataset).")
     ] = None,
     lam: Annotated[
-        float | None, typer.Option(help="LCER's λ (default: the paper's for the dataset).")
+        str | None,
+        typer.Option(help="LCER's λ, or a comma-separated list (default: the paper's)."),
     ] = None,
     shard_size: Annotated[int, typer.Option(help="Test users per explanation task.")] = 25,
     epochs: Annotated[
@@ -202,6 +210,7 @@ def run(
         users=users,
         steps=steps,
         seed=seed,
+        seeds=seeds,
         alpha=alpha,
         lam=lam,
         shard_size=shard_size,
@@ -229,8 +238,9 @@ def run_pipeline(
     users: int | None = None,
     steps: int | None = None,
     seed: int = 0,
+    seeds: str | None = None,
     alpha: float | None = None,
-    lam: float | None = None,
+    lam: str | None = None,
     shard_size: int = 25,
     epochs: int = 200,
     runner: str = "threads",
@@ -250,7 +260,17 @@ def run_pipeline(
     ks = parse_list(k, int, "--k") or []
     for value in ks:
         api.validate_common(k=value)
-    api.validate_common(alpha=alpha, lam=lam, steps=steps, n_users=users, seed=seed)
+    seed_list = parse_list(seeds, int, "--seeds") if seeds is not None else None
+    if seeds is not None and not seed_list:
+        raise InvalidParameterError("--seeds must name at least one seed")
+    if seed_list and seed != 0:
+        raise InvalidParameterError("--seed and --seeds cannot be combined (--seeds sets both)")
+    lam_list = parse_list(lam, float, "--lam") if lam is not None else None
+    for value in lam_list or [None]:
+        api.validate_common(lam=value)
+    for value in seed_list or []:
+        api.validate_common(seed=value)
+    api.validate_common(alpha=alpha, steps=steps, n_users=users, seed=seed)
     split_users([], shard_size)
     if epochs < 1:
         raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
@@ -266,12 +286,13 @@ def run_pipeline(
             methods=method_list,
             ks=ks,
             alphas=None if alpha is None else [alpha],
-            lams=None if lam is None else [lam],
+            lams=lam_list or None,
             n_users=users,
             steps=steps,
             seed=seed,
             shard_size=shard_size,
             epochs=epochs,
+            seeds=seed_list,
         )
     return rows, shown
 

@@ -14,7 +14,8 @@ from rich.table import Table
 from lcer_core.cli.app import app
 from lcer_core.store import ResultStore, print_frame, table2_report, table3_report
 from lcer_core.store.formatting import format_value, plain
-from lcer_core.store.report import REPORT_METRICS
+from lcer_core.store.report import REPORT_METRICS, lam_report, seed_rows
+from lcer_core.store.views import METHOD_ORDER
 
 __all__ = ["sql", "report"]
 
@@ -63,24 +64,92 @@ def _console() -> Console:
     return console
 
 
-def _table2_view(frame: pl.DataFrame, dataset: str, k: int) -> Table:
-    table = Table(
-        title=f"Table 2 · {dataset} · top-{k}  (ours, then the paper's)", header_style="bold"
+def _cell(row: dict, metric: str, spec: str) -> str:
+    """``mean ± std`` over seeds (just the value for one seed)."""
+    value = format_value(row[metric], "–", spec)
+    std = row.get(f"{metric}_std")
+    return value if std is None or row[metric] is None else f"{value} ± {format(std, spec)}"
+
+
+def _seeds_text(row: dict) -> str:
+    seeds = row.get("seeds")
+    return "–" if not seeds else ",".join(str(x) for x in seeds)
+
+
+def _table2_view(frame: pl.DataFrame, dataset: str, k: int, *, paper: bool) -> Table | None:
+    """The paper's methods beside the paper's numbers (``paper``), or the methods beyond it."""
+    rows = frame.filter((pl.col("k") == k) & pl.col("method").is_in(METHOD_ORDER).eq(paper))
+    if rows.height == 0:
+        return None
+    title = (
+        f"Table 2 · {dataset} · top-{k}  (ours: mean ± std over seeds, then the paper's)"
+        if paper
+        else f"Beyond the paper · {dataset} · top-{k}  (mean ± std over seeds)"
     )
+    table = Table(title=title, header_style="bold")
     table.add_column("Method")
-    for header in ("α", "λ", "pairs"):
+    for header in ("α", "λ", "pairs", "seeds"):
+        table.add_column(header, justify="right")
+    for metric in REPORT_METRICS:
+        table.add_column(_HEADERS[metric], justify="right")
+        if paper:
+            table.add_column("paper", justify="right", style="dim")
+    table.add_column("calls/pair", justify="right")
+    table.add_column("s/pair", justify="right")
+    for row in rows.iter_rows(named=True):
+        cells = [row["method"]]
+        ran = row["run_id"] is not None
+        cells += [format_value(row[c], "–") for c in ("alpha", "lam", "n_pairs")]
+        cells.append(_seeds_text(row))
+        for metric in REPORT_METRICS:
+            spec = _SPECS[metric]
+            cells.append(_cell(row, metric, spec) if ran else "not run")
+            if paper:
+                cells.append(format_value(row[f"paper_{metric}"], "–", spec))
+        cells += [_cell(row, "calls_per_pair", ".0f"), _cell(row, "s_per_pair", ".4f")]
+        table.add_row(*cells)
+    return table
+
+
+def _lam_view(frame: pl.DataFrame, dataset: str) -> Table:
+    table = Table(
+        title=f"LCER by λ · {dataset}  (mean ± std over seeds; * closest to the paper's row)",
+        header_style="bold",
+    )
+    for header in ("k", "α", "λ", "seeds"):
         table.add_column(header, justify="right")
     for metric in REPORT_METRICS:
         table.add_column(_HEADERS[metric], justify="right")
         table.add_column("paper", justify="right", style="dim")
-    for row in frame.filter(pl.col("k") == k).iter_rows(named=True):
-        cells = [row["method"]]
-        ran = row["run_id"] is not None
-        cells += [format_value(row[c], "–") for c in ("alpha", "lam", "n_pairs")]
+    table.add_column("distance", justify="right")
+    for row in frame.iter_rows(named=True):
+        cells = [str(row["k"]), format_value(row["alpha"], "–"), format_value(row["lam"], "–")]
+        cells.append(str(row["n_seeds"]))
         for metric in REPORT_METRICS:
             spec = _SPECS[metric]
-            ours = format_value(row[metric], "–", spec) if ran else "not run"
-            cells += [ours, format_value(row[f"paper_{metric}"], "–", spec)]
+            cells += [_cell(row, metric, spec), format_value(row[f"paper_{metric}"], "–", spec)]
+        mark = " *" if row["closest"] else ""
+        cells.append(format_value(row["distance"], "–", ".3f") + mark)
+        table.add_row(*cells)
+    return table
+
+
+def _seed_view(frame: pl.DataFrame, dataset: str) -> Table:
+    table = Table(title=f"Per seed · {dataset}", header_style="bold")
+    for header in ("k", "Method", "seed", "α", "λ", "pairs"):
+        table.add_column(header, justify="left" if header == "Method" else "right")
+    for metric in REPORT_METRICS:
+        table.add_column(_HEADERS[metric], justify="right")
+    table.add_column("calls/pair", justify="right")
+    table.add_column("s/pair", justify="right")
+    for row in frame.iter_rows(named=True):
+        cells = [str(row["k"]), row["method"], str(row["seed"])]
+        cells += [format_value(row[c], "–") for c in ("alpha", "lam", "n_pairs")]
+        cells += [format_value(row[m], "–", _SPECS[m]) for m in REPORT_METRICS]
+        cells += [
+            format_value(row["calls_per_pair"], "–", ".0f"),
+            format_value(row["s_per_pair"], "–", ".4f"),
+        ]
         table.add_row(*cells)
     return table
 
@@ -144,10 +213,14 @@ def report(
         "--no-train",
         help="Refuse (exit 2) instead of running the pipeline when there are no results.",
     ),
+    per_seed: bool = typer.Option(False, "--per-seed", help="Also one row per seed."),
 ) -> None:
     """Table 2 (and Table 3) of the paper for DATASET, from the results database, beside the paper's.
 
-    With no finished run for DATASET, runs the pipeline first (`lcer run DATASET`), unless --no-train."""
+    Metrics are means ± standard deviations over the seeds present (``lcer run --seeds``);
+    methods beyond the paper (kaffes-topk, lcer-plus) are in a table of their own. With no
+    finished run for DATASET, runs the pipeline first (`lcer run DATASET`), unless --no-train.
+    """
     _ensure_results(dataset, no_train)
     if html is not None:
         from lcer_core.report_html import write_html_report
@@ -158,18 +231,29 @@ def report(
     with ResultStore() as store:
         table2 = table2_report(store, dataset)
         table3, paper3 = table3_report(store, dataset)
+        seeds = seed_rows(store, dataset)
+        lams = lam_report(store, dataset)
     if format is ReportFormat.json:
         payload = {
             "dataset": dataset,
             "table2": [plain(r) for r in table2.to_dicts()],
+            **({"per_seed": [plain(r) for r in seeds.to_dicts()]} if per_seed else {}),
+            "lcer_by_lam": [plain(r) for r in lams.to_dicts()],
             "table3": [plain(r) for r in table3.to_dicts()],
             "paper_table3": [plain(r) for r in paper3.to_dicts()],
         }
         typer.echo(json.dumps(payload, ensure_ascii=False))
         return
     console = _console()
-    for k in table2["k"].unique().sort().to_list():
-        console.print(_table2_view(table2, dataset, k))
+    for paper in (True, False):
+        for k in table2["k"].unique().sort().to_list():
+            view = _table2_view(table2, dataset, k, paper=paper)
+            if view is not None:
+                console.print(view)
+    if per_seed:
+        console.print(_seed_view(seeds, dataset))
+    if lams.height:
+        console.print(_lam_view(lams, dataset))
     if table3.height or paper3.height:
         console.print(_table3_view(table3, paper3, dataset))
     else:

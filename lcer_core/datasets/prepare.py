@@ -38,7 +38,7 @@ from lcer_core.paths import dataset_dir, lcer_home
 from .download import DownloadSettings, FetchedArchive, fetch_archive, read_members, sha256_file
 from .parse import GivenSplit, RawInteractions, parse_members
 from .prepared import CURRENT, PARTS, VERSION_PREFIX, prepared_dir
-from .preprocess import TEST_PROP, SplitResult, from_given_split, split_mult_vae
+from .preprocess import SPLITS, TEST_PROP, SplitResult, from_given_split, split_mult_vae
 from .registry import DEFAULT_SEED, DatasetSpec, get_spec
 
 __all__ = [
@@ -120,9 +120,12 @@ def fingerprint(result: SplitResult) -> str:
     return h.hexdigest()
 
 
-def _settings(spec: DatasetSpec, seed: int, heldout: int) -> dict[str, Any]:
+def _settings(
+    spec: DatasetSpec, seed: int, heldout: int, split: str = "reference"
+) -> dict[str, Any]:
     """What determines the prepared content: equal settings mean there is nothing to redo."""
-    return {
+    # the split is named only when it is not the reference protocol (older folders match)
+    return ({"split": split} if split != "reference" else {}) | {
         "format": spec.raw_format,
         "seed": seed,
         "heldout_users": heldout,
@@ -134,7 +137,12 @@ def _settings(spec: DatasetSpec, seed: int, heldout: int) -> dict[str, Any]:
 
 
 def build(
-    spec: DatasetSpec, raw: RawInteractions | GivenSplit, *, seed: int, heldout: int
+    spec: DatasetSpec,
+    raw: RawInteractions | GivenSplit,
+    *,
+    seed: int,
+    heldout: int,
+    split: str = "reference",
 ) -> SplitResult:
     """The prepared dataset in memory, from parsed raw data (no file is written)."""
     if isinstance(raw, GivenSplit):
@@ -147,6 +155,7 @@ def build(
         min_user_interactions=spec.min_user_interactions,
         heldout_users=heldout,
         seed=seed,
+        split=split,
     )
 
 
@@ -166,7 +175,12 @@ def source_record(
 
 
 def _meta(
-    spec: DatasetSpec, result: SplitResult, seed: int, heldout: int, source: dict[str, Any]
+    spec: DatasetSpec,
+    result: SplitResult,
+    seed: int,
+    heldout: int,
+    source: dict[str, Any],
+    split: str = "reference",
 ) -> dict[str, Any]:
     return {
         "dataset": spec.name,
@@ -174,7 +188,7 @@ def _meta(
         "seed": seed,
         "heldout_users": heldout,
         "fingerprint": fingerprint(result),
-        "settings": _settings(spec, seed, heldout),
+        "settings": _settings(spec, seed, heldout, split),
         "source": source,
         "table1_paper": None
         if spec.table1 is None
@@ -335,6 +349,22 @@ def _resolve_settings(
     return want
 
 
+def _resolve_split(name: str, split: str | None, force: bool) -> str:
+    """The split to prepare with: the given one, else the stored one, else the reference
+    protocol; another split than the stored one is refused without ``force``."""
+    meta = _read_meta(name)
+    settings = meta.get("settings") if isinstance(meta, dict) else None
+    stored = settings.get("split", "reference") if isinstance(settings, dict) else None
+    if split is None:
+        return stored or "reference"
+    if stored is not None and split != stored and not force:
+        raise InvalidParameterError(
+            f"{name} is prepared with the {stored} split, not {split}: pass --force to prepare "
+            f"it again with it (its models must then be trained again)"
+        )
+    return split
+
+
 def prepare_dataset(
     name: str,
     *,
@@ -344,21 +374,27 @@ def prepare_dataset(
     progress: bool | None = None,
     settings: DownloadSettings | None = None,
     log: Callable[[str], None] | None = None,
+    split: str | None = None,
 ) -> PrepareResult:
     """Prepare ``name`` unless it already is with the same settings; say which happened.
 
     ``seed`` and ``heldout`` default to the stored settings of an earlier preparation (else to
-    the registry's); asking for others is refused unless ``force`` is given.
+    the registry's); asking for others is refused unless ``force`` is given. ``split``:
+    ``"reference"`` (Mult-VAE's protocol) or ``"authors-notebook"`` (the LCER authors'
+    notebook as it ran; see :mod:`lcer_core.datasets.preprocess`), stored like the seed.
     """
     say = log or log_.info
     if seed is not None:
         check_seed(seed)
     if heldout is not None and heldout < 1:
         raise InvalidParameterError(f"--heldout must be >= 1, got {heldout}")
+    if split is not None and split not in SPLITS:
+        raise InvalidParameterError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     spec = get_spec(name)
     folder = dataset_dir(name)
     with dataset_lock():
         seed, n_heldout = _resolve_settings(name, spec, seed, heldout, force)
+        split = _resolve_split(name, split, force)
         check_seed(seed)
         if n_heldout < 1:
             raise InvalidParameterError(f"--heldout must be >= 1, got {n_heldout}")
@@ -366,7 +402,7 @@ def prepare_dataset(
         if (
             not force
             and meta is not None
-            and meta.get("settings") == _settings(spec, seed, n_heldout)
+            and meta.get("settings") == _settings(spec, seed, n_heldout, split)
         ):
             broken = damaged_file(name, meta)
             if broken is None:
@@ -378,8 +414,9 @@ def prepare_dataset(
             ensure_writable(folder)  # before the download and the parsing
             fetched = fetch_archive(spec, progress=progress, settings=settings)
             raw, source = _load_raw(spec, fetched)
-            result = build(spec, raw, seed=seed, heldout=n_heldout)
-            write_prepared(folder, result, _meta(spec, result, seed, n_heldout, source))
+            result = build(spec, raw, seed=seed, heldout=n_heldout, split=split)
+            meta = _meta(spec, result, seed, n_heldout, source, split)
+            write_prepared(folder, result, meta)
         except BaseException:
             if not existed:
                 shutil.rmtree(folder, ignore_errors=True)

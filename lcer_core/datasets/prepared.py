@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # torch is imported lazily: `lcer stats` should not pay for i
     import torch
 
     from lcer_core.pairs import Histories
+    from lcer_core.recommender import training as torch_training
 
 __all__ = ["PARTS", "CURRENT", "PreparedDataset", "load_prepared", "is_prepared", "prepared_dir"]
 
@@ -107,6 +108,24 @@ class PreparedDataset:
             cols = torch.as_tensor(sub["sid"].to_list())
             x[rows, cols] = 1.0
         return users, x
+
+    def rows(self, part: str, users: list[int]) -> torch_training.InteractionRows:
+        """The interactions of ``part`` for ``users`` (row ``r`` is ``users[r]``), kept sparse:
+        what training and evaluation read, one dense batch at a time."""
+        import torch
+
+        from lcer_core.recommender.training import InteractionRows
+
+        index = pl.DataFrame(
+            {"uid": users, "row": range(len(users))}, schema={"uid": pl.Int64, "row": pl.Int64}
+        )
+        sub = self.part(part).join(index, on="uid", how="inner")
+        return InteractionRows.from_pairs(
+            torch.tensor(sub["row"].to_numpy()),
+            torch.tensor(sub["sid"].to_numpy()),
+            len(users),
+            self.n_items,
+        )
 
     def _split_users(self, part: str) -> list[int]:
         split = {

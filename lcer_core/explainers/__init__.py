@@ -10,6 +10,7 @@ from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations
 from lcer_core.explainers.fia import FIA, FIAConfig
 from lcer_core.explainers.kaffes import KaffesCE, KaffesConfig, KaffesTopK, KaffesTopKConfig
 from lcer_core.explainers.lcer import LCER, LCERConfig, lcer_reference_loop
+from lcer_core.explainers.lcer_plus import LCERPlus, LCERPlusConfig
 
 __all__ = [
     "Explainer",
@@ -18,6 +19,8 @@ __all__ = [
     "LCER",
     "LCERConfig",
     "lcer_reference_loop",
+    "LCERPlus",
+    "LCERPlusConfig",
     "FIA",
     "FIAConfig",
     "Accent",
@@ -28,6 +31,7 @@ __all__ = [
     "KaffesTopKConfig",
     "METHODS",
     "PAPER_METHODS",
+    "LCER_METHODS",
     "get_explainer",
 ]
 
@@ -39,7 +43,11 @@ METHODS: dict[str, type[Explainer]] = {
     "accent": Accent,
     "kaffes": KaffesCE,
     "kaffes-topk": KaffesTopK,
+    "lcer-plus": LCERPlus,
 }
+
+#: Methods that take LCER's hyperparameters α, λ and steps (and run once per (α, λ)).
+LCER_METHODS: tuple[str, ...] = ("lcer", "lcer-plus")
 
 #: The paper's four methods: what the pipeline runs when no methods are given.
 PAPER_METHODS: tuple[str, ...] = ("lcer", "fia", "accent", "kaffes")

@@ -35,6 +35,8 @@ class Explanations:
     #: [P] long: optimisation steps each pair ran (LCER; fewer than configured with early
     #: stop), None for methods without steps.
     steps: Tensor | None = None
+    #: [P] long: recommender inputs scored per pair (where the method counts them), else None.
+    forward_calls: Tensor | None = None
 
     @property
     def found(self) -> Tensor:
@@ -47,7 +49,8 @@ class Explanations:
 
     def to(self, device: torch.device | str) -> Explanations:
         steps = None if self.steps is None else self.steps.to(device)
-        return Explanations(self.removed.to(device), self.importance.to(device), steps)
+        calls = None if self.forward_calls is None else self.forward_calls.to(device)
+        return Explanations(self.removed.to(device), self.importance.to(device), steps, calls)
 
     @staticmethod
     def cat(parts: list[Explanations]) -> Explanations:
@@ -55,10 +58,12 @@ class Explanations:
         width = max(p.removed.shape[1] for p in parts)
         pad = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
         steps = [p.steps for p in parts]
+        calls = [p.forward_calls for p in parts]
         return Explanations(
             torch.cat([pad(p.removed, False) for p in parts]),
             torch.cat([pad(p.importance, float("nan")) for p in parts]),
             None if any(s is None for s in steps) else torch.cat(steps),  # type: ignore[arg-type]
+            None if any(c is None for c in calls) else torch.cat(calls),  # type: ignore[arg-type]
         )
 
 
@@ -109,7 +114,7 @@ class Explainer(ABC):
         out = self._explain(recommender, pairs, seed=seed, progress=progress)
         removed = out.removed & pairs.mask
         importance = out.importance.masked_fill(~pairs.mask, float("nan"))
-        return Explanations(removed, importance, out.steps)
+        return Explanations(removed, importance, out.steps, out.forward_calls)
 
     @abstractmethod
     def _explain(

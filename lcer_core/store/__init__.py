@@ -47,6 +47,7 @@ _HOMES = {
     ),
     "lcer_core.store.report": ("REPORT_METRICS", "table2_report", "table3_report"),
     "lcer_core.store.schema": (
+        "COST_KEYS",
         "EXPLANATION_COLUMNS",
         "ITEM_COLUMNS",
         "KINDS",

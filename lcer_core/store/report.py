@@ -9,10 +9,40 @@ from lcer_core.store.paper import paper_table2, paper_table3
 from lcer_core.store.store import ResultStore
 from lcer_core.store.views import METHOD_ORDER
 
-__all__ = ["REPORT_METRICS", "table2_report", "table3_report"]
+__all__ = [
+    "REPORT_METRICS",
+    "COST_METRICS",
+    "lam_report",
+    "seed_rows",
+    "table2_report",
+    "table3_report",
+]
 
 #: The metric columns compared with the paper, in Table 2's order.
 REPORT_METRICS = ("val_pct", "len", "ps_pct", "pn_pct", "fns_pct")
+#: What a run cost per pair (not in the paper): recommender inputs scored, seconds.
+COST_METRICS = ("calls_per_pair", "s_per_pair")
+
+
+def seed_rows(store: ResultStore, dataset: str) -> pl.DataFrame:
+    """One row per (k, method, seed) of ``dataset``: the runs ``lcer report`` averages."""
+    return store.query(
+        "SELECT dataset, k, method, seed, alpha, lam, n_pairs, "
+        + ", ".join(REPORT_METRICS + COST_METRICS)
+        + ", run_id FROM seed_results WHERE dataset = ? ORDER BY k, method, seed",
+        [dataset],
+    ).with_columns(pl.col("k").cast(pl.Int32))
+
+
+def _over_seeds(rows: pl.DataFrame) -> pl.DataFrame:
+    """Mean and sample standard deviation of each metric over the seeds of a (k, method)."""
+    metrics = REPORT_METRICS + COST_METRICS
+    return rows.group_by(["dataset", "method", "k"]).agg(
+        pl.len().alias("n_seeds"),
+        pl.col("seed").sort().alias("seeds"),
+        *[pl.col(m).mean().alias(m) for m in metrics],
+        *[pl.col(m).std().alias(f"{m}_std") for m in metrics],
+    )
 
 
 def _method_rank() -> pl.Expr:
@@ -23,6 +53,8 @@ def _method_rank() -> pl.Expr:
 def table2_report(store: ResultStore, dataset: str) -> pl.DataFrame:
     """Our ``table2`` rows of ``dataset`` joined with the paper's (``paper_*`` columns).
 
+    Our metrics are means over the seeds present (``n_seeds``, ``seeds``; ``*_std`` the sample
+    standard deviation, null for one seed) of the runs with ``table2``'s α, λ, steps and users.
     Every (k, method) of either side is a row, so methods the paper reports but we have not
     run show as nulls on our side. Raises MissingDataError when we have no finished run.
     """
@@ -34,7 +66,9 @@ def table2_report(store: ResultStore, dataset: str) -> pl.DataFrame:
         raise MissingDataError(
             f"no finished runs for dataset {dataset!r} in {store.path}: run `lcer run {dataset}` first"
         )
-    ours = ours.with_columns(pl.col("k").cast(pl.Int32))
+    ours = ours.with_columns(pl.col("k").cast(pl.Int32)).drop(REPORT_METRICS)
+    # every metric is the mean over the seeds present (one seed: its value, std null)
+    ours = ours.join(_over_seeds(seed_rows(store, dataset)), on=["dataset", "method", "k"])
     paper = paper_table2(dataset).rename({c: f"paper_{c}" for c in REPORT_METRICS})
     merged = ours.join(paper, on=["dataset", "method", "k"], how="full", coalesce=True)
     columns = [
@@ -44,7 +78,10 @@ def table2_report(store: ResultStore, dataset: str) -> pl.DataFrame:
         "alpha",
         "lam",
         "n_pairs",
-        *[c for m in REPORT_METRICS for c in (m, f"paper_{m}")],
+        "n_seeds",
+        "seeds",
+        *[c for m in REPORT_METRICS for c in (m, f"{m}_std", f"paper_{m}")],
+        *[c for m in COST_METRICS for c in (m, f"{m}_std")],
         "run_id",
     ]
     return merged.sort(["k", _method_rank(), "method"]).select(columns)
@@ -53,3 +90,48 @@ def table2_report(store: ResultStore, dataset: str) -> pl.DataFrame:
 def table3_report(store: ResultStore, dataset: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Our ``table3`` rows of ``dataset`` and the paper's Table 3 rows for it (often none)."""
     return store.table3(dataset), paper_table3(dataset)
+
+
+def lam_report(store: ResultStore, dataset: str) -> pl.DataFrame:
+    """LCER per (k, α, λ): means over seeds beside the paper's row, and which λ is closest.
+
+    Runs with the α, steps and users of ``table2``'s LCER row; per seed the latest run.
+    ``distance`` is the mean relative difference from the paper's Val, Len, PS, PN and F_NS;
+    ``closest`` flags the smallest per k. Empty when LCER ran with one λ only.
+    """
+    runs = store.query(
+        """
+        WITH cfg AS (
+            SELECT t.dataset, t.k, t.alpha, r.steps, r.n_users
+            FROM table2 t JOIN run_results r ON r.run_id = t.run_id
+            WHERE t.method = 'lcer' AND t.dataset = ?
+        )
+        SELECT * EXCLUDE (rn) FROM (
+            SELECT rr.*, row_number() OVER (
+                PARTITION BY rr.k, rr.lam, rr.seed ORDER BY rr.finished_at DESC, rr.run_id
+            ) AS rn
+            FROM run_results rr JOIN cfg c
+              ON rr.dataset = c.dataset AND rr.k = c.k AND rr.method = 'lcer'
+             AND rr.alpha IS NOT DISTINCT FROM c.alpha AND rr.steps IS NOT DISTINCT FROM c.steps
+             AND rr.n_users IS NOT DISTINCT FROM c.n_users
+        ) WHERE rn = 1
+        """,
+        [dataset],
+    )
+    if runs.height == 0 or runs.group_by("k").agg(pl.col("lam").n_unique()).max()[0, 1] < 2:
+        return pl.DataFrame()
+    runs = runs.with_columns(pl.col("k").cast(pl.Int32))
+    means = runs.group_by(["dataset", "k", "alpha", "lam"]).agg(
+        pl.len().alias("n_seeds"),
+        *[pl.col(m).mean().alias(m) for m in REPORT_METRICS],
+        *[pl.col(m).std().alias(f"{m}_std") for m in REPORT_METRICS],
+    )
+    paper = paper_table2(dataset).filter(pl.col("method") == "lcer").drop("method")
+    paper = paper.rename({m: f"paper_{m}" for m in REPORT_METRICS})
+    out = means.join(paper, on=["dataset", "k"], how="left")
+    distance = pl.mean_horizontal(
+        *[((pl.col(m) - pl.col(f"paper_{m}")) / pl.col(f"paper_{m}")).abs() for m in REPORT_METRICS]
+    )
+    out = out.with_columns(distance=distance)
+    out = out.with_columns(closest=pl.col("distance") == pl.col("distance").min().over("k"))
+    return out.sort(["k", "lam"])

@@ -15,6 +15,7 @@ __all__ = [
     "STATUSES",
     "KINDS",
     "METRIC_KEYS",
+    "COST_KEYS",
     "RUN_COLUMNS",
     "RECOMMENDATION_COLUMNS",
     "SHARD_COLUMNS",
@@ -41,6 +42,8 @@ STATUSES = ("running", "finished", "failed")
 KINDS = ("explain", "reevaluate")
 #: The metrics of one evaluation, as in Table 2 of the paper (``len`` in items, the rest 0–100).
 METRIC_KEYS = ("n_pairs", "val_pct", "len", "ps_pct", "pn_pct", "fns_pct")
+#: What an explanation run cost, per pair: recommender inputs scored and seconds (optional).
+COST_KEYS = ("calls_per_pair", "s_per_pair")
 
 #: Columns of ``runs`` a caller may give (besides ``params``, a dict stored as JSON).
 RUN_COLUMNS = (
@@ -220,9 +223,15 @@ V3_DDL = (
     "ALTER TABLE datasets ADD COLUMN IF NOT EXISTS source_json VARCHAR",
 )
 
-# Version 4: where each explanation shard of a run ran (a Ray node id or a host name, and the
-# torch device), replaced with the run's rows.
+# Version 4: what a run cost per pair (recommender inputs scored, seconds of explanation).
 V4_DDL = (
+    "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS calls_per_pair DOUBLE",
+    "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS s_per_pair DOUBLE",
+)
+
+# Version 5: where each explanation shard of a run ran (a Ray node id or a host name, and the
+# torch device), replaced with the run's rows.
+V5_DDL = (
     """
     CREATE TABLE IF NOT EXISTS shards (
         run_id VARCHAR NOT NULL,

@@ -39,6 +39,7 @@ from lcer_core.store.migrations import (
     disk_trouble,
 )
 from lcer_core.store.schema import (
+    COST_KEYS,
     EXPLANATION_COLUMNS,
     ITEM_COLUMNS,
     KINDS,
@@ -142,13 +143,13 @@ def _number(value: Any, name: str, kind: type) -> Any:
 
 def _metrics_row(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Validated metrics: the keys of Table 2, percentages within 0–100."""
-    unknown = sorted(set(metrics) - set(METRIC_KEYS))
+    unknown = sorted(set(metrics) - set(METRIC_KEYS) - set(COST_KEYS))
     if unknown:
         raise InvalidParameterError(
-            f"unknown metric(s) {', '.join(unknown)}; expected {', '.join(METRIC_KEYS)}"
+            f"unknown metric(s) {', '.join(unknown)}; expected {', '.join(METRIC_KEYS + COST_KEYS)}"
         )
     row: dict[str, Any] = {}
-    for key in METRIC_KEYS:
+    for key in METRIC_KEYS + COST_KEYS:
         value = _number(metrics.get(key), f"metric {key}", int if key == "n_pairs" else float)
         if value is not None:
             if key.endswith("_pct") and not 0.0 <= value <= 100.0:
@@ -611,9 +612,10 @@ class ResultStore:
         evaluated_at: datetime,
         kind: str,
     ) -> None:
-        columns = ["run_id", "dataset", "method", "k", *METRIC_KEYS, "evaluated_at", "kind"]
+        keys = METRIC_KEYS + COST_KEYS
+        columns = ["run_id", "dataset", "method", "k", *keys, "evaluated_at", "kind"]
         values = [run["run_id"], run["dataset"], run["method"], run["k"]]
-        values += [metric[k] for k in METRIC_KEYS] + [evaluated_at, kind]
+        values += [metric[k] for k in keys] + [evaluated_at, kind]
         con.execute(_upsert_sql("metrics", columns, ("run_id", "evaluated_at")), values)
 
     def begin_run(self, run: Mapping[str, Any]) -> str:

@@ -7,7 +7,10 @@
   whose explanations are not CEs), the LCER run (any α/λ, same model and number of users)
   whose average length is closest to the baseline's, within 0.05, with both methods'
   Val/PS/PN/F_NS side by side.
-- ``run_results``: every finished explanation run with its latest metrics (the sweep grid).
+- ``run_results``: every finished explanation run with its latest metrics (the sweep grid)
+  and what it cost per pair (``calls_per_pair``: recommender inputs scored; ``s_per_pair``).
+- ``seed_results``: per (dataset, method, k) of ``table2`` and seed, the latest run with
+  ``table2``'s α, λ, steps and users: the rows ``lcer report`` averages over seeds.
 - ``latest_metrics``: the newest metrics row of each run (re-evaluations keep their history
   in ``metrics``).
 - ``explanation_items``: one row per item of each CE (``sid`` the CE item, ``rec_sid`` the
@@ -103,9 +106,37 @@ VIEWS: dict[str, str] = {
                r.model_key, r.device, r.started_at, r.finished_at, r.mlflow_run_id,
                m.n_pairs,
                CASE WHEN r.method = 'fia' THEN NULL ELSE m.val_pct END AS val_pct,
-               m.len, m.ps_pct, m.pn_pct, m.fns_pct, m.evaluated_at, m.kind AS metrics_kind
+               m.len, m.ps_pct, m.pn_pct, m.fns_pct, m.evaluated_at, m.kind AS metrics_kind,
+               c.calls_per_pair, c.s_per_pair
         FROM runs r JOIN latest_metrics m ON m.run_id = r.run_id
+        LEFT JOIN (
+            -- what the explanation cost, from its own metrics row (re-evaluations cost nothing)
+            SELECT run_id, max(calls_per_pair) AS calls_per_pair, max(s_per_pair) AS s_per_pair
+            FROM metrics WHERE kind = 'explain' GROUP BY run_id
+        ) c ON c.run_id = r.run_id
         WHERE r.status = 'finished' AND r.kind = 'explain'
+    """,
+    "seed_results": """
+        -- per (dataset, method, k) of table2 and seed: the latest finished run with the same
+        -- alpha, lam, steps and users as table2's (what lcer report averages over seeds)
+        WITH cfg AS (
+            SELECT t.dataset, t.method, t.k, t.alpha, t.lam, r.steps, r.n_users
+            FROM table2 t JOIN run_results r ON r.run_id = t.run_id
+        ),
+        same AS (
+            SELECT rr.* FROM run_results rr JOIN cfg c
+              ON rr.dataset = c.dataset AND rr.method = c.method AND rr.k = c.k
+             AND rr.alpha IS NOT DISTINCT FROM c.alpha AND rr.lam IS NOT DISTINCT FROM c.lam
+             AND rr.steps IS NOT DISTINCT FROM c.steps
+             AND rr.n_users IS NOT DISTINCT FROM c.n_users
+        )
+        SELECT * EXCLUDE (rn) FROM (
+            SELECT *, row_number() OVER (
+                PARTITION BY dataset, method, k, seed
+                ORDER BY finished_at DESC NULLS LAST, evaluated_at DESC, run_id
+            ) AS rn
+            FROM same
+        ) WHERE rn = 1
     """,
     "table2": f"""
         SELECT dataset, method, k, alpha, lam, n_pairs, val_pct, len, ps_pct, pn_pct, fns_pct,
@@ -193,6 +224,9 @@ VIEWS: dict[str, str] = {
         LEFT JOIN rec ON rec.run_id = u.run_id AND rec.sid = u.sid
     """,
 }
+
+# seed_results reads table2: after it
+VIEWS["seed_results"] = VIEWS.pop("seed_results")
 
 
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
