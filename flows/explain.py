@@ -2,25 +2,55 @@
 
 :func:`submit_shards` is what every flow uses in its own process; the flow ``lcer-explain``
 wraps it so that a deployment on the ``gpu`` work pool can take the explanations of a
-pipeline whose other steps run on ``cpu`` (both pools must see the same ``LCER_HOME``).
+pipeline whose other steps run on ``cpu``. The two pools share no filesystem when a storage
+URL is set (``LCER_STORAGE``): the pipeline uploads each model with the data of the users to
+explain, the ``gpu`` pool's flow leaves the shard files under the same URL, and the pipeline
+copies them into its ``LCER_HOME``. On a Ray cluster the same travels through Ray's object
+store (or the storage URL, when set).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
+import polars as pl
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.env import check_environment
-from flows.runner import default_task_runner, explain_placement
-from lcer_core.shards import DEFAULT_SHARD_SIZE, RunSpec, shard_path, split_users
+from flows.runner import check_cluster, default_task_runner, explain_placement, is_ray_runner
+from lcer_core import api, remote
+from lcer_core.datasets import load_prepared
+from lcer_core.errors import OrchestrationError
+from lcer_core.keys import content_key
+from lcer_core.shards import (
+    DEFAULT_SHARD_SIZE,
+    SHARD_KEY_FIELD,
+    RunSpec,
+    shard_is_complete,
+    shard_key,
+    shard_path,
+    split_users,
+    write_parquet_atomic,
+)
 from tasks import progress
-from tasks.explain import explain_shard
+from tasks.explain import ShardOutput, explain_shard, explain_shard_remote
 
-__all__ = ["submit_shards", "resolve_shards", "lcer_explain"]
+__all__ = [
+    "submit_shards",
+    "resolve_shards",
+    "shard_file",
+    "shard_paths",
+    "upload_bundle",
+    "write_shard_bytes",
+    "lcer_explain",
+]
 
-ShardFutures = dict[str, list[PrefectFuture[str]]]
+#: Per run id, in shard order: a future, or the path of a shard file complete before the run.
+ShardFutures = dict[str, list[PrefectFuture[Any] | str]]
 
 
 def _label(spec: RunSpec) -> str:
@@ -32,14 +62,8 @@ def _label(spec: RunSpec) -> str:
     return f"{spec.dataset} {spec.method} k={spec.k}{grid}"
 
 
-def submit_shards(specs: Sequence[RunSpec], users: Sequence[int], shard_size: int) -> ShardFutures:
-    """Submit one explanation task per (run, shard); futures by run id, in shard order.
-
-    A task whose complete shard file is found returns it without work (the file is the record).
-    """
-    logger = get_run_logger()
-    chunks = split_users(list(users), shard_size)
-    futures: ShardFutures = {}
+def _plan(specs: Sequence[RunSpec], chunks: Sequence[Sequence[int]]) -> None:
+    """Tell the progress display what is about to run."""
     progress.emit("planned", shards=len(specs) * len(chunks), runs=len(specs))
     for spec in specs:
         progress.emit(
@@ -48,7 +72,30 @@ def submit_shards(specs: Sequence[RunSpec], users: Sequence[int], shard_size: in
             label=_label(spec),
             shard_pairs=[len(chunk) * spec.k for chunk in chunks],
         )
-    with explain_placement() as where:
+
+
+def submit_shards(
+    specs: Sequence[RunSpec],
+    users: Sequence[int],
+    shard_size: int,
+    bundles: Mapping[str, str] | None = None,
+) -> ShardFutures:
+    """Submit one explanation task per (run, shard); futures by run id, in shard order.
+
+    On threads, a task whose complete shard file is found returns it without work (the file
+    is the record). On Ray, the model and data go to the cluster once per model (``ray.put``)
+    and each task sends its shard back (:func:`shard_file` writes it, with its key); shards
+    complete on disk are not submitted. With ``bundles`` (the storage URL of each model's
+    bundle, by model key: the ``lcer-explain`` deployment on another machine) or a storage URL
+    set (``LCER_STORAGE``), the model and data go through the storage URL instead.
+    """
+    if bundles is not None or is_ray_runner():
+        return _submit_remote(specs, users, shard_size, bundles)
+    logger = get_run_logger()
+    chunks = split_users(list(users), shard_size)
+    futures: ShardFutures = {}
+    _plan(specs, chunks)
+    with explain_placement(False) as where:
         for spec in specs:
             futures[spec.run_id] = []
             for index, chunk in enumerate(chunks):
@@ -65,20 +112,146 @@ def submit_shards(specs: Sequence[RunSpec], users: Sequence[int], shard_size: in
     return futures
 
 
+def _submit_remote(
+    specs: Sequence[RunSpec],
+    users: Sequence[int],
+    shard_size: int,
+    bundles: Mapping[str, str] | None,
+) -> ShardFutures:
+    logger = get_run_logger()
+    ray_runner = is_ray_runner()
+    gpu = check_cluster([s.method for s in specs]) if ray_runner else False
+    storage = remote.storage_url()
+    chunks = split_users(list(users), shard_size)
+    inputs: dict[str, Any] = dict(bundles or {})
+    futures: ShardFutures = {}
+    _plan(specs, chunks)
+    places: dict[str, int] = {}
+    for spec in specs:
+        futures[spec.run_id] = []
+        for index, chunk in enumerate(chunks):
+            path = shard_path(spec.run_id, index)
+            if bundles is None and shard_is_complete(path, chunk, shard_key(spec, index, chunk)):
+                futures[spec.run_id].append(str(path))
+                continue
+            if spec.model_key not in inputs:
+                inputs[spec.model_key] = _bundle(spec, users, storage, ray_runner)
+            with explain_placement(gpu and remote.wants_gpu(spec.method)) as where:
+                future = explain_shard_remote.submit(spec, index, chunk, inputs[spec.model_key])
+            places[where] = places.get(where, 0) + 1
+            futures[spec.run_id].append(future)
+    logger.info(
+        "submitted %s explanation tasks (%d runs x %d shards of up to %d users; the rest on "
+        "disk), model and data through %s",
+        ", ".join(f"{n} to {w}" for w, n in sorted(places.items())) or "no",
+        len(specs),
+        len(chunks),
+        shard_size,
+        "the storage URL" if bundles is not None or storage else "Ray's object store",
+    )
+    return futures
+
+
+def _bundle(spec: RunSpec, users: Sequence[int], storage: str | None, ray_runner: bool) -> Any:
+    """The model and data of ``spec`` for remote shards: a storage URL, a Ray reference, or bytes."""
+    data = load_prepared(spec.dataset)
+    bundle = remote.make_bundle(data, api.load_model(spec.dataset, spec.model_key), users)
+    if storage:
+        return upload_bundle(storage, spec.model_key, users, bundle)
+    if ray_runner:
+        import ray
+
+        return ray.put(bundle)
+    return bundle
+
+
+def upload_bundle(
+    storage: str, model_key: str, users: Sequence[int], bundle: Mapping[str, bytes]
+) -> str:
+    """Upload a bundle once per (model, users) under the storage URL; its URL."""
+    key = f"{model_key}-{content_key({'users': sorted(set(users))})}"
+    return remote.put_bundle(storage, key, bundle)
+
+
+def shard_file(spec: RunSpec, index: int, users: Sequence[int], result: str | ShardOutput) -> str:
+    """The path of a finished shard's file: a remote shard's bytes are written here first."""
+    if isinstance(result, ShardOutput):
+        path = shard_path(spec.run_id, index)
+        return str(write_shard_bytes(result.parquet, path, shard_key(spec, index, users)))
+    return str(result)
+
+
+def write_shard_bytes(data: bytes, path: Path, key: str) -> Path:
+    """Write a shard file received as bytes, with its key, whole or not at all (bytes that are
+    no Parquet file raise)."""
+    try:
+        frame = pl.read_parquet(io.BytesIO(data))
+    except pl.exceptions.PolarsError as exc:
+        raise OrchestrationError(f"shard {path.name} came back unreadable: {exc}") from None
+    return write_parquet_atomic(frame, path, metadata={SHARD_KEY_FIELD: key})
+
+
 def resolve_shards(futures: ShardFutures) -> None:
     """Wait for every shard (finished, failed or cached), reporting each as it ends."""
-    where = {id(f): (run_id, i) for run_id, fs in futures.items() for i, f in enumerate(fs)}
-    for future in as_completed([f for fs in futures.values() for f in fs]):
+    where = {
+        id(f): (run_id, i)
+        for run_id, fs in futures.items()
+        for i, f in enumerate(fs)
+        if not isinstance(f, str)
+    }
+    for run_id, fs in futures.items():
+        for i, f in enumerate(fs):
+            if isinstance(f, str):
+                progress.emit("shard_done", run=run_id, index=i, ok=True)
+    pending = [f for fs in futures.values() for f in fs if not isinstance(f, str)]
+    for future in as_completed(pending):
         run_id, index = where[id(future)]
         progress.emit("shard_done", run=run_id, index=index, ok=future.state.is_completed())
 
 
+def shard_paths(
+    spec: RunSpec, chunks: Sequence[Sequence[int]], futures: Sequence[PrefectFuture[Any] | str]
+) -> list[str]:
+    """The files of a run's shards, in order (raises the first shard's failure)."""
+    return [
+        shard_file(spec, i, chunks[i], f if isinstance(f, str) else f.result())
+        for i, f in enumerate(futures)
+    ]
+
+
 @flow(name="lcer-explain", task_runner=default_task_runner())
 def lcer_explain(
-    specs: list[RunSpec], users: list[int], shard_size: int = DEFAULT_SHARD_SIZE
+    specs: list[RunSpec],
+    users: list[int],
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    storage: str | None = None,
+    bundles: dict[str, str] | None = None,
 ) -> list[list[str]]:
-    """Explain the shards of ``specs`` (as planned by a pipeline) where this flow runs; their paths per run."""
+    """Explain the shards of ``specs`` (as planned by a pipeline) where this flow runs; their files per run.
+
+    With ``storage`` (the pipeline's storage URL) and ``bundles`` (the URL of each model's
+    bundle under it), nothing is read from or written to this machine's ``LCER_HOME``: the
+    shard files are left under ``STORAGE/work/RUN_ID/`` and their URLs returned. Without,
+    both pools must share one ``LCER_HOME``.
+    """
     check_environment()
-    futures = submit_shards(specs, users, shard_size)
+    if storage is None:
+        futures = submit_shards(specs, users, shard_size)
+        resolve_shards(futures)
+        chunks = split_users(list(users), shard_size)
+        return [shard_paths(spec, chunks, futures[spec.run_id]) for spec in specs]
+    storage = remote.check_storage(storage)
+    futures = submit_shards(specs, users, shard_size, bundles=bundles or {})
     resolve_shards(futures)
-    return [[f.result() for f in futures[spec.run_id]] for spec in specs]
+    out: list[list[str]] = []
+    for spec in specs:
+        urls = []
+        for index, future in enumerate(futures[spec.run_id]):
+            result = future if isinstance(future, str) else future.result()
+            if not isinstance(result, ShardOutput):
+                raise OrchestrationError(f"shard {index} of run {spec.run_id} returned no file")
+            url = remote.shard_url(storage, spec.run_id, index)
+            remote.put_bytes(url, result.parquet)
+            urls.append(url)
+        out.append(urls)
+    return out

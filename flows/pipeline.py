@@ -24,11 +24,17 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from flows.env import check_environment
-from flows.explain import resolve_shards, submit_shards
+from flows.explain import (
+    resolve_shards,
+    shard_paths,
+    submit_shards,
+    upload_bundle,
+    write_shard_bytes,
+)
 from flows.runner import default_task_runner
 from flows.train import DEFAULT_EPOCHS, prepare_and_train
-from lcer_core import api
-from lcer_core.datasets import get_spec
+from lcer_core import api, remote
+from lcer_core.datasets import get_spec, load_prepared
 from lcer_core.errors import OrchestrationError
 from lcer_core.explainers import PAPER_METHODS
 from lcer_core.shards import (
@@ -56,17 +62,28 @@ DEFAULT_KS = (5, 10)
 def _paths_from_deployment(
     deployment: str, specs: Sequence[RunSpec], users: Sequence[int], shard_size: int
 ) -> dict[str, list[str]]:
-    """Run the explanations as a flow run of ``deployment`` (the ``gpu`` pool) and find their shard files."""
-    flow_run = run_deployment(
-        deployment,
-        parameters={
-            "specs": [asdict(s) for s in specs],
-            "users": list(users),
-            "shard_size": shard_size,
-        },
-        timeout=None,
-        poll_interval=2,
-    )
+    """Run the explanations as a flow run of ``deployment`` (the ``gpu`` pool) and find their shard files.
+
+    With a storage URL (``LCER_STORAGE``) the model and data go there for the other pool, and
+    the shard files come back from there; without, both pools must share ``LCER_HOME``.
+    """
+    storage = remote.storage_url()
+    parameters: dict[str, Any] = {
+        "specs": [asdict(s) for s in specs],
+        "users": list(users),
+        "shard_size": shard_size,
+    }
+    if storage:
+        storage = remote.check_storage(storage)
+        bundles: dict[str, str] = {}
+        for spec in specs:
+            if spec.model_key not in bundles:
+                data = load_prepared(spec.dataset)
+                model = api.load_model(spec.dataset, spec.model_key)
+                bundle = remote.make_bundle(data, model, users)
+                bundles[spec.model_key] = upload_bundle(storage, spec.model_key, users, bundle)
+        parameters |= {"storage": storage, "bundles": bundles}
+    flow_run = run_deployment(deployment, parameters=parameters, timeout=None, poll_interval=2)
     state = flow_run.state
     if state is None or not state.is_completed():
         raise OrchestrationError(
@@ -77,7 +94,11 @@ def _paths_from_deployment(
     for spec in specs:
         paths = [shard_path(spec.run_id, i) for i in range(len(chunks))]
         for index, (path, chunk) in enumerate(zip(paths, chunks, strict=True)):
-            if not shard_is_complete(path, chunk, shard_key(spec, index, chunk)):
+            key = shard_key(spec, index, chunk)
+            if storage and not shard_is_complete(path, chunk, key):
+                data = remote.get_bytes(remote.shard_url(storage, spec.run_id, index))
+                write_shard_bytes(data, path, key)
+            if not shard_is_complete(path, chunk, key):
                 raise OrchestrationError(f"{deployment} finished but shard {path} is missing here")
         out[spec.run_id] = [str(p) for p in paths]
     return out
@@ -116,9 +137,11 @@ def explain_runs(
     else:
         futures = submit_shards(specs, users, shard_size)
         resolve_shards(futures)
-        for run_id, fs in futures.items():
+        chunks = split_users(list(users), shard_size)
+        for spec in specs:
+            run_id, fs = spec.run_id, futures[spec.run_id]
             try:
-                paths[run_id] = [f.result() for f in fs]
+                paths[run_id] = shard_paths(spec, chunks, fs)
             except Exception as exc:
                 failures[run_id] = exc
     summaries: list[dict[str, Any]] = []

@@ -43,6 +43,9 @@ __all__ = [
     "save_model",
     "find_model",
     "load_model",
+    "checkpoint",
+    "model_bytes",
+    "model_from_bytes",
     "check_model_data",
     "ensure_model",
     "training_lock",
@@ -240,18 +243,8 @@ def save_model(model: TrainedModel, data: PreparedDataset) -> TrainedModel:
     """Write ``model``'s checkpoint under ``LCER_HOME/models/DATASET/KEY/`` (atomically) and make it
     the dataset's latest; a write that fails (permissions, full disk) leaves no partial file."""
     path = models_dir() / data.name / model.key / "model.pt"
-    _atomic_save(
-        {
-            "state_dict": model.module.state_dict(),
-            "config": model.config.dump(),
-            "seed": model.seed,
-            "n_items": data.n_items,
-            "metrics": model.metrics,
-            "data_fingerprint": data.fingerprint,
-            "dataset": data.name,
-        },
-        path,
-    )
+    model.data_fingerprint = data.fingerprint
+    _atomic_save(checkpoint(model), path)
     # How it was trained, beside it: what a damaged checkpoint's error names as its repair.
     _write_text_atomic(
         path.parent / TRAIN_JSON,
@@ -261,6 +254,31 @@ def save_model(model: TrainedModel, data: PreparedDataset) -> TrainedModel:
     model.path = path
     model.data_fingerprint = data.fingerprint
     return model
+
+
+def checkpoint(model: TrainedModel) -> dict[str, Any]:
+    """What a model's checkpoint file holds (weights, configuration, metrics), as plain tensors and values."""
+    return {
+        "state_dict": model.module.state_dict(),
+        "config": model.config.dump(),
+        "seed": model.seed,
+        "n_items": model.module.n_items,
+        "metrics": model.metrics,
+        "data_fingerprint": model.data_fingerprint,
+        "dataset": model.dataset,
+    }
+
+
+def model_bytes(model: TrainedModel) -> bytes:
+    """The model's checkpoint as bytes, to send to a worker that cannot read ``LCER_HOME``."""
+    buf = io.BytesIO()
+    torch.save(checkpoint(model), buf)
+    return buf.getvalue()
+
+
+def model_from_bytes(blob: bytes, dataset: str, key: str) -> TrainedModel:
+    """The model of :func:`model_bytes` (weights only: nothing in it is executed)."""
+    return _load_checkpoint(dataset, key, io.BytesIO(blob))
 
 
 def _repair_command(dataset: str, key: str) -> str:
@@ -280,10 +298,10 @@ def _repair_command(dataset: str, key: str) -> str:
     return command
 
 
-def _load_checkpoint(dataset: str, key: str) -> TrainedModel:
+def _load_checkpoint(dataset: str, key: str, source: io.BytesIO | None = None) -> TrainedModel:
     path = models_dir() / dataset / key / "model.pt"
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch.load(path if source is None else source, map_location="cpu", weights_only=True)
         cfg = MultVAEConfig(**blob["config"])
         module = MultVAE(int(blob["n_items"]), cfg)
         module.load_state_dict(blob["state_dict"])
@@ -300,6 +318,10 @@ def _load_checkpoint(dataset: str, key: str) -> TrainedModel:
     except Exception as exc:  # noqa: BLE001  any failure to read it (truncated, a pickle payload
         # that weights_only refuses, wrong contents) means the file is damaged
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        if source is not None:
+            raise DamagedDataError(
+                f"the model {key} sent to this worker cannot be read ({reason})"
+            ) from None
         raise DamagedDataError(
             f"the model checkpoint {path} cannot be read ({reason}): "
             f"run `{_repair_command(dataset, key)}` again"

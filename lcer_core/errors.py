@@ -23,6 +23,7 @@ __all__ = [
     "NonFiniteScoresError",
     "LcerHomeError",
     "OrchestrationError",
+    "StorageError",
 ]
 
 
@@ -88,3 +89,7 @@ class LcerHomeError(LcerError):
 
 class OrchestrationError(LcerError):
     """A flow run that the pipeline waited for (e.g. explanations on another work pool) did not complete."""
+
+
+class StorageError(LcerError):
+    """The storage URL (``LCER_STORAGE``, ``--storage``) is malformed, unreachable or not writable."""

@@ -55,6 +55,7 @@ __all__ = [
     "shard_is_complete",
     "read_shards",
     "split_run_frame",
+    "shard_placements",
     "check_methods",
     "plan_runs",
 ]
@@ -267,6 +268,23 @@ def read_shards(paths: Sequence[Path | str]) -> pl.DataFrame:
         raise MissingDataError("a run has no shard files")
     return pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed").sort(
         "uid", "rank"
+    )
+
+
+def shard_placements(frame: pl.DataFrame) -> pl.DataFrame | None:
+    """Where each shard of a run's rows ran: one row per shard (``shard, node, device, users,
+    pairs``); None for rows written before shard files said so."""
+    if not {"shard", "node", "device"} <= set(frame.columns):
+        return None
+    return (
+        frame.group_by("shard")
+        .agg(
+            node=pl.col("node").first(),
+            device=pl.col("device").first(),
+            users=pl.col("uid").n_unique(),
+            pairs=pl.len(),
+        )
+        .sort("shard")
     )
 
 

@@ -1,4 +1,11 @@
-"""The explanation task: one shard of test users, one run (method, k, α, λ), one Parquet file.
+"""The explanation tasks: one shard of test users, one run (method, k, α, λ), one Parquet file.
+
+``explain-shard`` runs where the flow's ``LCER_HOME`` is (threads of the flow's process);
+``explain-shard-remote`` runs on a machine that shares no filesystem with the flow (a Ray
+worker node, the ``gpu`` pool): it gets the model and the data as bytes
+(:mod:`lcer_core.remote`) and returns the shard file's bytes with where it ran, and the flow
+writes the file (with its key). Every shard file says where it ran (columns ``shard``,
+``node``; ``device`` per row), and so does its log line.
 
 The shard file is the task's only record: Prefect caches nothing and persists no result (a
 persisted result is a pickle whose file names its own serializer, so one planted under
@@ -9,20 +16,60 @@ after a crash thus computes only the shards that had not finished.
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 from prefect.states import Completed, State
 
-from lcer_core import api, shards
+from lcer_core import api, remote, shards
 from lcer_core.datasets import load_prepared
+from lcer_core.fsio import parquet_bytes
 from lcer_core.shards import RunSpec
 from tasks import progress
 
-__all__ = ["explain_shard"]
+__all__ = [
+    "SLOW_SHARD_ENV",
+    "ShardOutput",
+    "node_name",
+    "explain_shard",
+    "explain_shard_remote",
+]
+
+#: Test-only: seconds a remote shard waits after reporting its pid, before its work, so that a
+#: test can kill the Ray worker running it (forwarded to Ray workers by the flow).
+SLOW_SHARD_ENV = "LCER_TEST_SLOW_SHARD"
+
+
+@dataclass(frozen=True)
+class ShardOutput:
+    """What a remote shard sends back: its file's bytes, and where it ran."""
+
+    index: int
+    parquet: bytes
+    node: str
+    device: str
+    pid: int
+    pairs: int
+
+
+def node_name() -> str:
+    """The Ray node id when running in a Ray worker, else the host name."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return str(ray.get_runtime_context().get_node_id())
+    return socket.gethostname()
+
+
+def _placed(frame: pl.DataFrame, index: int, node: str) -> pl.DataFrame:
+    return frame.with_columns(shard=pl.lit(index, pl.Int32), node=pl.lit(node))
 
 
 def _shard_run_name() -> str:
@@ -63,10 +110,26 @@ def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str
     def report(done: int, total: int) -> None:
         progress.emit("steps", run=spec.run_id, index=index, done=done, total=total)
 
+    node = node_name()
     frame = shards.explain_users(data, model, spec, users, device=device, progress=report)
-    shards.write_parquet_atomic(frame, out, metadata={shards.SHARD_KEY_FIELD: key})
-    logger.info(
-        "shard %d of %s/%s k=%d: %d users, %d pairs, %d CEs found on %s in %.1f s",
+    shards.write_parquet_atomic(
+        _placed(frame, index, node), out, metadata={shards.SHARD_KEY_FIELD: key}
+    )
+    _log_done(spec, index, users, frame, node, device.type, start)
+    return str(out)
+
+
+def _log_done(
+    spec: RunSpec,
+    index: int,
+    users: list[int],
+    frame: pl.DataFrame,
+    node: str,
+    device: str,
+    start: float,
+) -> None:
+    get_run_logger().info(
+        "shard %d of %s/%s k=%d: %d users, %d pairs, %d CEs found on node %s device %s in %.1f s",
         index,
         spec.dataset,
         spec.method,
@@ -74,7 +137,55 @@ def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str
         len(users),
         frame.height,
         int(frame["found"].sum()),
-        device.type,
+        node,
+        device,
         time.perf_counter() - start,
     )
-    return str(out)
+
+
+@task(
+    name="explain-shard-remote",
+    task_run_name=_shard_run_name,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def explain_shard_remote(
+    spec: RunSpec, index: int, users: list[int], bundle: dict[str, bytes] | str
+) -> ShardOutput:
+    """Explain the top-K pairs of ``users`` from a bundle of model and data (or its storage URL);
+    the shard file's bytes.
+
+    Reads and writes nothing under ``LCER_HOME``: the flow that submitted it writes the file.
+    """
+    start = time.perf_counter()
+    node, pid = node_name(), os.getpid()
+    get_run_logger().info(
+        "shard %d of %s/%s k=%d started on node %s pid %d",
+        index,
+        spec.dataset,
+        spec.method,
+        spec.k,
+        node,
+        pid,
+    )
+    pause = float(os.environ.get(SLOW_SHARD_ENV, "") or 0)
+    if pause > 0:
+        time.sleep(pause)
+    device = api.default_device()
+    data, model = remote.open_bundle(
+        remote.get_bundle(bundle) if isinstance(bundle, str) else bundle
+    )
+
+    def report(done: int, total: int) -> None:
+        progress.emit("steps", run=spec.run_id, index=index, done=done, total=total)
+
+    frame = shards.explain_users(data, model, spec, users, device=device, progress=report)
+    _log_done(spec, index, users, frame, node, device.type, start)
+    return ShardOutput(
+        index=index,
+        parquet=parquet_bytes(_placed(frame, index, node)),
+        node=node,
+        device=device.type,
+        pid=pid,
+        pairs=frame.height,
+    )

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lcer_core.datasets import load_prepared
 from lcer_core.errors import StoreLockedError
-from lcer_core.shards import RunSpec, read_shards, split_run_frame
+from lcer_core.shards import RunSpec, read_shards, shard_placements, split_run_frame
 from lcer_core.store import ResultStore
 from tasks.evaluate import RunResult
 from tasks.train import ModelInfo, Registration
@@ -131,6 +131,7 @@ def store_run(result: RunResult, params: dict[str, Any]) -> str:
         recommendations,
         explanations,
         result.metrics,
+        shards=shard_placements(frame),
         before_commit=_slow_write_hook(result.spec.run_id),
     )
     get_run_logger().info(

@@ -98,7 +98,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, http_mirror: str) -> Iterat
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "false",
         "LCER_HOME": str(home),
-        "LCER_REPO": str(REPO),
         "LCER_MIRROR": http_mirror,
     }
     log = root / "server.log"
@@ -192,23 +191,34 @@ def test_deployments_workers_fan_out_and_kill_resume(
     from prefect.deployments import run_deployment
 
     env, root, home = server["env"], server["root"], server["home"]
+    # The gpu pool's worker has its own working folder and LCER_HOME: what its flow needs and
+    # returns goes through the storage URL, the only folder the two pools share.
+    storage, gpu_home, gpu_cwd = root / "storage", root / "gpu-home", root / "gpu-cwd"
+    gpu_cwd.mkdir()
     worker_env = {
         **env,
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+        "LCER_STORAGE": storage.as_uri(),
+    }
+    pools = {
+        "cpu": (worker_env, REPO),
+        "gpu": ({**worker_env, "LCER_HOME": str(gpu_home)}, gpu_cwd),
     }
     logs = [root / "worker-cpu.log", root / "worker-gpu.log"]
     workers: list[subprocess.Popen[bytes]] = []
     try:
         for pool in ("cpu", "gpu"):
             _check([PREFECT, "work-pool", "create", pool, "--type", "process"], env)
+        # As Prefect users deploy: from the checkout, nothing set beforehand.
         _check([PREFECT, "--no-prompt", "deploy", "--all"], env, timeout=180)
-        for pool, log in zip(("cpu", "gpu"), logs, strict=True):
+        for (pool, (pool_env, cwd)), log in zip(pools.items(), logs, strict=True):
             workers.append(
                 _start(
                     [PREFECT, "worker", "start", "--pool", pool, "--type", "process"],
-                    worker_env,
+                    pool_env,
                     log,
+                    cwd=cwd,
                 )
             )
 
@@ -249,6 +259,13 @@ def test_deployments_workers_fan_out_and_kill_resume(
         assert [n.split("-")[1] for n in names] == ["fia", "fia", "lcer", "lcer"]
         assert {n[-4:] for n in names} == {"0000", "0001"}
         assert {r.state.name for r in task_runs} == {"Completed"}
+
+        # The gpu pool read nothing of the flow's LCER_HOME: its own has no data, no model,
+        # no shard; the shards went through the storage URL.
+        assert not (gpu_home / "data").exists() and not (gpu_home / "models").exists()
+        assert not list(gpu_home.rglob("shard-*.parquet"))
+        assert len(list((storage / "work").rglob("shard-*.parquet"))) == 4
+        assert [p.name for p in (storage / "bundles").iterdir()] != []
     finally:
         for worker in workers:
             _stop(worker)

@@ -75,12 +75,30 @@ def _check_runner(runner: str, address: str | None) -> None:
         raise InvalidParameterError(f"--runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
     if address and runner != "ray":
         raise InvalidParameterError("--address only applies with --runner ray")
+    if address:
+        from lcer_core.remote import check_address
+
+        check_address(address)
 
 
-def _with_runner(flow: Flow, runner: str, address: str | None) -> Flow:
+def _check_storage(storage: str | None) -> None:
+    """Refuse a storage URL (``--storage`` or ``LCER_STORAGE``) that cannot be written; the flow
+    and the workers it starts then read it from ``LCER_STORAGE``."""
+    from lcer_core.remote import STORAGE_ENV, check_storage, storage_url
+
+    url = storage_url(storage)
+    if storage is not None and url is None:
+        raise InvalidParameterError("--storage is empty")
+    if url is not None:
+        os.environ[STORAGE_ENV] = check_storage(url)
+
+
+def _with_runner(
+    flow: Flow, runner: str, address: str | None, methods: list[str] | None = None
+) -> Flow:
     from flows.runner import make_task_runner
 
-    return flow.with_options(task_runner=make_task_runner(runner, address))
+    return flow.with_options(task_runner=make_task_runner(runner, address, methods))
 
 
 def _print_results(rows: list[dict[str, Any]]) -> None:
@@ -172,6 +190,13 @@ def run(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (with --runner ray).")
     ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Storage URL (fsspec, e.g. file:///shared/folder or s3://bucket/prefix) "
+            "through which explanations on another work pool travel; default $LCER_STORAGE."
+        ),
+    ] = None,
     verbose: Annotated[
         bool,
         typer.Option("--verbose", "-v", help="Print the full log stream instead of progress bars."),
@@ -192,6 +217,7 @@ def run(
         epochs=epochs,
         runner=runner,
         address=address,
+        storage=storage,
         verbose=verbose,
     )
     _print_results(rows)
@@ -219,6 +245,7 @@ def run_pipeline(
     epochs: int = 200,
     runner: str = "threads",
     address: str | None = None,
+    storage: str | None = None,
     verbose: bool = False,
 ) -> tuple[list[dict[str, Any]], Session]:
     """Validate ``lcer run``'s options, then run the pipeline flow; its rows and the display session."""
@@ -248,10 +275,11 @@ def run_pipeline(
     if epochs < 1:
         raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
     _check_runner(runner, address)
+    _check_storage(storage)
     prefect_environment()
     from flows.pipeline import lcer_pipeline
 
-    flow = _with_runner(lcer_pipeline, runner, address)
+    flow = _with_runner(lcer_pipeline, runner, address, method_list)
     with session(verbose=verbose, plain_fallback=runner != "threads") as shown:
         rows = flow(
             datasets=names,
@@ -321,7 +349,7 @@ def sweep(
     prefect_environment()
     from flows.sweep import lcer_sweep
 
-    flow = _with_runner(lcer_sweep, runner, address)
+    flow = _with_runner(lcer_sweep, runner, address, ["lcer"])
     with session(verbose=verbose, plain_fallback=runner != "threads") as shown:
         rows = flow(
             dataset=dataset,

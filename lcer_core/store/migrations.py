@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import duckdb
 
 from lcer_core.errors import LcerHomeError, StoreError
-from lcer_core.store.schema import V1_DDL, V2_DDL, V3_DDL, V4_DDL
+from lcer_core.store.schema import V1_DDL, V2_DDL, V3_DDL, V4_DDL, V5_DDL
 from lcer_core.store.views import create_views
 
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS", "current_version", "apply_migrations", "disk_trouble"]
@@ -60,6 +60,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]], 
         _run_all(V3_DDL),
     ),
     (4, "metrics.calls_per_pair, metrics.s_per_pair (what a run cost)", _run_all(V4_DDL)),
+    (5, "shards: where each explanation shard ran (node, device)", _run_all(V5_DDL)),
 )
 
 #: The version this code writes and understands.

@@ -18,6 +18,7 @@ __all__ = [
     "COST_KEYS",
     "RUN_COLUMNS",
     "RECOMMENDATION_COLUMNS",
+    "SHARD_COLUMNS",
     "EXPLANATION_COLUMNS",
     "ITEM_COLUMNS",
 ]
@@ -32,6 +33,7 @@ TABLES = (
     "recommendations",
     "explanations",
     "metrics",
+    "shards",
 )
 
 #: Life cycle of a run.
@@ -226,3 +228,28 @@ V4_DDL = (
     "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS calls_per_pair DOUBLE",
     "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS s_per_pair DOUBLE",
 )
+
+# Version 5: where each explanation shard of a run ran (a Ray node id or a host name, and the
+# torch device), replaced with the run's rows.
+V5_DDL = (
+    """
+    CREATE TABLE IF NOT EXISTS shards (
+        run_id VARCHAR NOT NULL,
+        shard INTEGER NOT NULL,
+        node VARCHAR,
+        device VARCHAR,
+        users INTEGER,
+        pairs INTEGER,
+        PRIMARY KEY (run_id, shard)
+    )
+    """,
+)
+
+#: Columns of ``shards`` (besides ``run_id``), as :meth:`ResultStore.write_run` takes them.
+SHARD_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
+    "shard": (pl.Int32(), True),
+    "node": (pl.String(), False),
+    "device": (pl.String(), False),
+    "users": (pl.Int32(), False),
+    "pairs": (pl.Int32(), False),
+}

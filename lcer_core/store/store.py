@@ -46,6 +46,7 @@ from lcer_core.store.schema import (
     METRIC_KEYS,
     RECOMMENDATION_COLUMNS,
     RUN_COLUMNS,
+    SHARD_COLUMNS,
     STATUSES,
     TABLES,
 )
@@ -283,6 +284,16 @@ def _explanations_frame(frame: pl.DataFrame, run_id: str) -> pl.DataFrame:
         rank_after=pl.when(pl.col("rank_after") >= 1).then(pl.col("rank_after")),
     )
     _check_unique(out, ("uid", "sid"), "explanations")
+    return out
+
+
+def _shards_frame(frame: pl.DataFrame | None, run_id: str) -> pl.DataFrame:
+    """Conformed shard placements (one row per shard); none given is an empty frame."""
+    if frame is None:
+        frame = pl.DataFrame(schema={c: t for c, (t, _) in SHARD_COLUMNS.items()})
+    _check_run_id(frame, run_id, "shards")
+    out = _conform(frame, SHARD_COLUMNS, "shards")
+    _check_unique(out, ("shard",), "shards")
     return out
 
 
@@ -529,6 +540,7 @@ class ResultStore:
         explanations: pl.DataFrame,
         metrics: Mapping[str, Any],
         *,
+        shards: pl.DataFrame | None = None,
         before_commit: Callable[[], None] | None = None,
     ) -> str:
         """Store a finished run as a whole, replacing any earlier rows of the same run id.
@@ -536,7 +548,8 @@ class ResultStore:
         ``run`` holds the ``runs`` columns (``run_id``, ``dataset``, ``method``, ``k`` required;
         ``params`` a dict; other keys join ``params``); the frames hold the columns of
         :data:`~lcer_core.store.schema.RECOMMENDATION_COLUMNS` and
-        :data:`~lcer_core.store.schema.EXPLANATION_COLUMNS`; ``metrics`` the keys of Table 2.
+        :data:`~lcer_core.store.schema.EXPLANATION_COLUMNS`; ``metrics`` the keys of Table 2;
+        ``shards`` where each shard ran (:data:`~lcer_core.store.schema.SHARD_COLUMNS`).
         One transaction: a crash leaves the previous rows of the run in place.
         ``before_commit`` is called inside the transaction, all rows written, just before
         COMMIT (a test hook: a process killed there must leave the database as it was).
@@ -546,6 +559,8 @@ class ResultStore:
         run_id = row["run_id"]
         recs = _recommendations_frame(recommendations, run_id).to_arrow()
         expl = _explanations_frame(explanations, run_id).to_arrow()
+        placed = _shards_frame(shards, run_id).to_arrow()
+        shard_cols = ", ".join(SHARD_COLUMNS)
         metric = _metrics_row(metrics)
         evaluated_at = row["finished_at"] or _utcnow()
         rec_cols = ", ".join(RECOMMENDATION_COLUMNS)
@@ -553,9 +568,10 @@ class ResultStore:
         with self._connection(write=True) as con:
             con.register("_lcer_recs", recs)
             con.register("_lcer_expl", expl)
+            con.register("_lcer_shards", placed)
             try:
                 with self._transaction_on(con, f"write run {run_id}"):
-                    for table in ("recommendations", "explanations", "metrics"):
+                    for table in ("recommendations", "explanations", "metrics", "shards"):
                         con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
                     columns = list(_RUN_TABLE_COLUMNS)
                     con.execute(
@@ -574,12 +590,18 @@ class ResultStore:
                         f"SELECT ?, {exp_cols} FROM _lcer_expl",
                         [run_id],
                     )
+                    con.execute(
+                        f"INSERT INTO shards (run_id, {shard_cols}) "
+                        f"SELECT ?, {shard_cols} FROM _lcer_shards",
+                        [run_id],
+                    )
                     self._insert_metrics(con, row, metric, evaluated_at, "explain")
                     if before_commit is not None:
                         before_commit()
             finally:
                 con.unregister("_lcer_recs")
                 con.unregister("_lcer_expl")
+                con.unregister("_lcer_shards")
         return run_id
 
     @staticmethod

@@ -1,0 +1,124 @@
+"""What travels to workers that share no filesystem with the flow (bundles, a storage URL), and
+the one-line refusals of a Ray address, a cluster or a storage URL that cannot serve."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from lcer_core import api, remote, shards
+from lcer_core.datasets import load_prepared
+from lcer_core.errors import InvalidParameterError, MissingDataError, StorageError
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_bundle_explains_exactly_like_lcer_home(in_trained_home: Path) -> None:
+    data = load_prepared("ml-100k")
+    model = api.load_model("ml-100k")
+    users = data.users_of("test")[:3]
+    spec = shards.run_spec(dataset="ml-100k", method="lcer", k=5, alpha=0.1, lam=0.01, steps=30,
+                           seed=0, n_users=3, model_key=model.key)  # fmt: skip
+    here = shards.explain_users(data, model, spec, users, device="cpu")
+
+    bundle = remote.make_bundle(data, model, users)
+    assert all(isinstance(v, bytes) for v in bundle.values())
+    # Only the users' own interactions travel, not the dataset's.
+    sent = (
+        pl.read_parquet(bundle["train.parquet"]).height
+        + pl.read_parquet(bundle["test_tr.parquet"]).height
+    )
+    assert 0 < sent < data.part("train").height
+    data2, model2 = remote.open_bundle(bundle)
+    assert model2.key == model.key
+    there = shards.explain_users(data2, model2, spec, users, device="cpu")
+    timing = [c for c in here.columns if c.endswith("_s")]  # seconds differ run to run
+    assert there.drop(timing).equals(here.drop(timing))
+
+    with pytest.raises(MissingDataError, match="lack model.pt"):
+        remote.open_bundle({k: v for k, v in bundle.items() if k != "model.pt"})
+    with pytest.raises(MissingDataError, match="cannot be read"):
+        remote.open_bundle({**bundle, "model.pt": b"not a checkpoint"})
+
+
+def test_storage_url_round_trip(tmp_path: Path) -> None:
+    url = remote.check_storage((tmp_path / "store").as_uri() + "/")
+    assert url == (tmp_path / "store").as_uri()
+    base = remote.put_bundle(url, "key", {"model.pt": b"m", "meta.json": b"{}"})
+    assert remote.get_bytes(f"{base}/model.pt") == b"m"
+    assert not list((tmp_path / "store").rglob(".tmp-*")) and not list(
+        (tmp_path / "store").glob(".lcer-probe-*")
+    )
+    assert remote.shard_url(url, "r1", 3).endswith("/work/r1/shard-0003.parquet")
+    with pytest.raises(StorageError, match="cannot read"):
+        remote.get_bytes(f"{url}/nothing-here")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("/no/scheme", "has no scheme"),
+        ("nosuchproto://x/y", "cannot be used"),
+        ("file:///proc/lcer-storage", "cannot write file:///proc/lcer-storage"),
+    ],
+)
+def test_unusable_storage_url_is_one_line(url: str, message: str) -> None:
+    with pytest.raises(StorageError, match=message) as info:
+        remote.check_storage(url)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_cluster_resources_are_named() -> None:
+    from flows.runner import missing_resources
+
+    head = {"Alive": True, "Resources": {"CPU": 2.0}}
+    gpu_node = {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0}}
+    gpu_only = {"Alive": True, "Resources": {"GPU": 1.0}}
+    dead = {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 1.0}}
+    assert missing_resources([head, gpu_node], gpu_tasks=True) is None
+    assert missing_resources([head], gpu_tasks=False) is None
+    assert "no CPU" in (missing_resources([{"Alive": True, "Resources": {}}], False) or "")
+    assert "no CPU" in (missing_resources([gpu_only, dead], False) or "")
+    assert "both a GPU and a CPU" in (missing_resources([head, gpu_only], True) or "")
+    assert "no live node" in (missing_resources([dead], False) or "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--runner", "ray", "--address", "127.0.0.1:{port}"], "cannot reach the Ray cluster at"),
+        (["--runner", "ray", "--address", "no-port-here"], "--address must be HOST:PORT"),
+        (["--storage", "file:///proc/lcer-storage"], "cannot write file:///proc/lcer-storage"),
+        (["--storage", "bucket/without/scheme"], "has no scheme"),
+    ],
+)
+def test_run_refuses_bad_cluster_options_in_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], lcer_home: Path
+) -> None:
+    import lcer_core.cli.pipeline  # noqa: F401  (registers run)
+    from lcer_core.cli import main
+
+    argv = [a.replace("{port}", str(_closed_port())) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "ml-100k", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err, err
+    assert len(err.splitlines()) == 1
+    assert not (lcer_home / "prefect-home").exists()  # refused before Prefect started
+
+
+def test_check_address_accepts_a_listening_port() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        remote.check_address(f"127.0.0.1:{s.getsockname()[1]}")
+    with pytest.raises(InvalidParameterError, match="HOST:PORT"):
+        remote.check_address("127.0.0.1:99999")
