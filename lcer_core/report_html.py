@@ -23,22 +23,13 @@ from lcer_core.explain_user import sentences
 from lcer_core.fsio import io_reason
 from lcer_core.store import ResultStore, table2_report, table3_report
 from lcer_core.store.formatting import format_value
-from lcer_core.store.report import REPORT_METRICS
+from lcer_core.store.report import METRIC_HEADERS, METRIC_SPECS, REPORT_METRICS
 
 __all__ = ["build_report", "render_html", "write_html_report", "EXAMPLE_USERS"]
 
 #: How many users' recommendations the page explains in words.
 EXAMPLE_USERS = 3
 
-_HEADERS = {
-    "val_pct": "Val %",
-    "len": "Len",
-    "ps_pct": "PS %",
-    "pn_pct": "PN %",
-    "fns_pct": "F_NS %",
-}
-# Decimals as printed in the paper's tables (as `lcer report` prints them).
-_SPECS = {"val_pct": ".1f", "len": ".3f", "ps_pct": ".2f", "pn_pct": ".2f", "fns_pct": ".2f"}
 
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
@@ -134,7 +125,7 @@ def _table2(frame: pl.DataFrame) -> list[dict[str, Any]]:
                 for c in ("alpha", "lam", "n_pairs")
             ]
             for metric in REPORT_METRICS:
-                spec = _SPECS[metric]
+                spec = METRIC_SPECS[metric]
                 ours = _num(row[metric], spec) if ran else "not run"
                 cells += [
                     {"text": ours, "paper": False},
@@ -151,7 +142,7 @@ _T3_METRICS = ("val_pct", "ps_pct", "pn_pct", "fns_pct")
 def _table3(ours: pl.DataFrame, paper: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
     headers = ["source", "k", "baseline", "Len", "LCER Len", "α", "λ"]
     for metric in _T3_METRICS:
-        headers += [_HEADERS[metric], f"LCER {_HEADERS[metric]}"]
+        headers += [METRIC_HEADERS[metric], f"LCER {METRIC_HEADERS[metric]}"]
     rows = []
     for source, frame in (("ours", ours), ("paper", paper)):
         for row in frame.iter_rows(named=True):
@@ -160,8 +151,8 @@ def _table3(ours: pl.DataFrame, paper: pl.DataFrame) -> tuple[list[str], list[li
             cells += [format_value(row.get(c), "–") for c in ("alpha", "lam")]
             for metric in _T3_METRICS:
                 cells += [
-                    _num(row[f"baseline_{metric}"], _SPECS[metric]),
-                    _num(row[f"lcer_{metric}"], _SPECS[metric]),
+                    _num(row[f"baseline_{metric}"], METRIC_SPECS[metric]),
+                    _num(row[f"lcer_{metric}"], METRIC_SPECS[metric]),
                 ]
             rows.append(cells)
     return headers, rows
@@ -315,7 +306,7 @@ def build_report(
     return {
         "dataset": dataset,
         "summary": summary,
-        "metric_headers": [_HEADERS[m] for m in REPORT_METRICS],
+        "metric_headers": [METRIC_HEADERS[m] for m in REPORT_METRICS],
         "table2": _table2(table2),
         "table3_headers": headers3,
         "table3": rows3,

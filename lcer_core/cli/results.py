@@ -14,7 +14,13 @@ from rich.table import Table
 from lcer_core.cli.app import app
 from lcer_core.store import ResultStore, print_frame, table2_report, table3_report
 from lcer_core.store.formatting import format_value, plain
-from lcer_core.store.report import REPORT_METRICS, lam_report, seed_rows
+from lcer_core.store.report import (
+    METRIC_HEADERS,
+    METRIC_SPECS,
+    REPORT_METRICS,
+    lam_report,
+    seed_rows,
+)
 from lcer_core.store.views import METHOD_ORDER
 
 __all__ = ["sql", "report"]
@@ -44,17 +50,6 @@ def sql(
     """
     frame = ResultStore().query(query, create=False)
     print_frame(frame, format.value)
-
-
-_HEADERS = {
-    "val_pct": "Val %",
-    "len": "Len",
-    "ps_pct": "PS %",
-    "pn_pct": "PN %",
-    "fns_pct": "F_NS %",
-}
-# Decimals as printed in the paper's tables.
-_SPECS = {"val_pct": ".1f", "len": ".3f", "ps_pct": ".2f", "pn_pct": ".2f", "fns_pct": ".2f"}
 
 
 def _console() -> Console:
@@ -91,7 +86,7 @@ def _table2_view(frame: pl.DataFrame, dataset: str, k: int, *, paper: bool) -> T
     for header in ("α", "λ", "pairs", "seeds"):
         table.add_column(header, justify="right")
     for metric in REPORT_METRICS:
-        table.add_column(_HEADERS[metric], justify="right")
+        table.add_column(METRIC_HEADERS[metric], justify="right")
         if paper:
             table.add_column("paper", justify="right", style="dim")
     table.add_column("calls/pair", justify="right")
@@ -102,7 +97,7 @@ def _table2_view(frame: pl.DataFrame, dataset: str, k: int, *, paper: bool) -> T
         cells += [format_value(row[c], "–") for c in ("alpha", "lam", "n_pairs")]
         cells.append(_seeds_text(row))
         for metric in REPORT_METRICS:
-            spec = _SPECS[metric]
+            spec = METRIC_SPECS[metric]
             cells.append(_cell(row, metric, spec) if ran else "not run")
             if paper:
                 cells.append(format_value(row[f"paper_{metric}"], "–", spec))
@@ -119,14 +114,14 @@ def _lam_view(frame: pl.DataFrame, dataset: str) -> Table:
     for header in ("k", "α", "λ", "seeds"):
         table.add_column(header, justify="right")
     for metric in REPORT_METRICS:
-        table.add_column(_HEADERS[metric], justify="right")
+        table.add_column(METRIC_HEADERS[metric], justify="right")
         table.add_column("paper", justify="right", style="dim")
     table.add_column("distance", justify="right")
     for row in frame.iter_rows(named=True):
         cells = [str(row["k"]), format_value(row["alpha"], "–"), format_value(row["lam"], "–")]
         cells.append(str(row["n_seeds"]))
         for metric in REPORT_METRICS:
-            spec = _SPECS[metric]
+            spec = METRIC_SPECS[metric]
             cells += [_cell(row, metric, spec), format_value(row[f"paper_{metric}"], "–", spec)]
         mark = " *" if row["closest"] else ""
         cells.append(format_value(row["distance"], "–", ".3f") + mark)
@@ -139,13 +134,13 @@ def _seed_view(frame: pl.DataFrame, dataset: str) -> Table:
     for header in ("k", "Method", "seed", "α", "λ", "pairs"):
         table.add_column(header, justify="left" if header == "Method" else "right")
     for metric in REPORT_METRICS:
-        table.add_column(_HEADERS[metric], justify="right")
+        table.add_column(METRIC_HEADERS[metric], justify="right")
     table.add_column("calls/pair", justify="right")
     table.add_column("s/pair", justify="right")
     for row in frame.iter_rows(named=True):
         cells = [str(row["k"]), row["method"], str(row["seed"])]
         cells += [format_value(row[c], "–") for c in ("alpha", "lam", "n_pairs")]
-        cells += [format_value(row[m], "–", _SPECS[m]) for m in REPORT_METRICS]
+        cells += [format_value(row[m], "–", METRIC_SPECS[m]) for m in REPORT_METRICS]
         cells += [
             format_value(row["calls_per_pair"], "–", ".0f"),
             format_value(row["s_per_pair"], "–", ".4f"),
@@ -162,15 +157,15 @@ def _table3_view(ours: pl.DataFrame, paper: pl.DataFrame, dataset: str) -> Table
     for header in ("source", "k", "baseline", "Len", "LCER Len", "α", "λ"):
         table.add_column(header, justify="left" if header in ("source", "baseline") else "right")
     for metric in ("val_pct", "ps_pct", "pn_pct", "fns_pct"):
-        table.add_column(_HEADERS[metric], justify="right")
-        table.add_column(f"LCER {_HEADERS[metric]}", justify="right")
+        table.add_column(METRIC_HEADERS[metric], justify="right")
+        table.add_column(f"LCER {METRIC_HEADERS[metric]}", justify="right")
     for source, frame in (("ours", ours), ("paper", paper)):
         for row in frame.iter_rows(named=True):
             cells = [source, str(row["k"]), row["baseline"]]
             cells += [format_value(row[c], "–", ".3f") for c in ("baseline_len", "lcer_len")]
             cells += [format_value(row.get(c), "–") for c in ("alpha", "lam")]
             for metric in ("val_pct", "ps_pct", "pn_pct", "fns_pct"):
-                spec = _SPECS[metric]
+                spec = METRIC_SPECS[metric]
                 cells += [
                     format_value(row[f"baseline_{metric}"], "–", spec),
                     format_value(row[f"lcer_{metric}"], "–", spec),

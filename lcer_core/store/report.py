@@ -11,6 +11,8 @@ from lcer_core.store.views import METHOD_ORDER
 
 __all__ = [
     "REPORT_METRICS",
+    "METRIC_HEADERS",
+    "METRIC_SPECS",
     "COST_METRICS",
     "lam_report",
     "seed_rows",
@@ -20,6 +22,16 @@ __all__ = [
 
 #: The metric columns compared with the paper, in Table 2's order.
 REPORT_METRICS = ("val_pct", "len", "ps_pct", "pn_pct", "fns_pct")
+#: How a metric is headed in a printed or HTML table.
+METRIC_HEADERS = {
+    "val_pct": "Val %",
+    "len": "Len",
+    "ps_pct": "PS %",
+    "pn_pct": "PN %",
+    "fns_pct": "F_NS %",
+}
+#: Decimals as printed in the paper's tables.
+METRIC_SPECS = {"val_pct": ".1f", "len": ".3f", "ps_pct": ".2f", "pn_pct": ".2f", "fns_pct": ".2f"}
 #: What a run cost per pair (not in the paper): recommender inputs scored, seconds.
 COST_METRICS = ("calls_per_pair", "s_per_pair")
 
