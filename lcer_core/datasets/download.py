@@ -202,6 +202,12 @@ class ArchiveContents:
     sha256: dict[str, str] = field(default_factory=dict)
     size: dict[str, int] = field(default_factory=dict)
 
+    def add(self, name: str, data: bytes | None, digest: str, size: int) -> None:
+        """Record member ``name`` as read: its sha256 and size, and its content if kept."""
+        self.sha256[name], self.size[name] = digest, size
+        if data is not None:
+            self.data[name] = data
+
 
 def _zip_member(zf: zipfile.ZipFile, base: str) -> str | None:
     """Path of the member whose base name is ``base`` (any folder; macOS resource forks skipped)."""
@@ -319,9 +325,7 @@ def _read_zip(
             with zf.open(info) as fh:
                 data, digest, size = budget.stream(info.filename, fh, keep)
             _check_digest(spec, name, digest, f" in {label}")
-            out.sha256[name], out.size[name] = digest, size
-            if data is not None:
-                out.data[name] = data
+            out.add(name, data, digest, size)
 
 
 def _read_single(
@@ -339,9 +343,7 @@ def _read_single(
         data, digest, size = _Budget(spec.archive, limits).stream(member, fh, keep)
     for name, _ in wanted:
         _check_digest(spec, name, digest, f" in {spec.archive}")
-        out.sha256[name], out.size[name] = digest, size
-        if data is not None:
-            out.data[name] = data
+        out.add(name, data, digest, size)
 
 
 def read_members(
