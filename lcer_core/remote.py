@@ -48,6 +48,10 @@ __all__ = [
 
 #: Environment variable naming the storage URL shared by the flow and its workers.
 STORAGE_ENV = "LCER_STORAGE"
+#: The largest object read from the storage URL (whoever can write there must not fill memory):
+#: far above an Epinions-shaped checkpoint (139 M parameters, 0.56 GB) and far below the machine.
+MAX_OBJECT_BYTES_ENV = "LCER_MAX_STORAGE_BYTES"
+MAX_OBJECT_BYTES = 4 << 30
 
 _TABLES = ("users", "items", *PARTS)
 
@@ -168,10 +172,22 @@ def put_bytes(url: str, data: bytes) -> None:
 def get_bytes(url: str) -> bytes:
     """The bytes at ``url``; a missing or unreadable object is a one-line error."""
     fs, path = _fs(url)
+    cap = int(os.environ.get(MAX_OBJECT_BYTES_ENV) or MAX_OBJECT_BYTES)
     try:
-        return bytes(fs.cat_file(path))
+        size = fs.size(path)
+        if size is not None and size > cap:
+            raise StorageError(
+                f"{url} holds {size:,} bytes, more than the {cap:,} allowed "
+                f"({MAX_OBJECT_BYTES_ENV}); not read"
+            )
+        data = bytes(fs.cat_file(path, start=0, end=cap + 1))
+    except StorageError:
+        raise
     except Exception as exc:
         raise StorageError(f"cannot read {url}: {io_reason(exc)}") from None
+    if len(data) > cap:  # the size the store reported was wrong
+        raise StorageError(f"{url} holds more than the {cap:,} bytes allowed; not read")
+    return data
 
 
 def check_storage(url: str) -> str:

@@ -122,3 +122,16 @@ def test_check_address_accepts_a_listening_port() -> None:
         remote.check_address(f"127.0.0.1:{s.getsockname()[1]}")
     with pytest.raises(InvalidParameterError, match="HOST:PORT"):
         remote.check_address("127.0.0.1:99999")
+
+
+def test_storage_objects_over_the_cap_are_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever can write the storage URL cannot fill the reader's memory."""
+    url = f"file://{tmp_path}"
+    remote.put_bytes(f"{url}/big.bin", b"x" * 2048)
+    monkeypatch.setenv(remote.MAX_OBJECT_BYTES_ENV, "1024")
+    with pytest.raises(StorageError, match="more than the 1,024 allowed"):
+        remote.get_bytes(f"{url}/big.bin")
+    monkeypatch.setenv(remote.MAX_OBJECT_BYTES_ENV, "2048")
+    assert remote.get_bytes(f"{url}/big.bin") == b"x" * 2048
