@@ -10,8 +10,8 @@ from flows.env import check_environment
 from flows.pipeline import explain_runs
 from flows.runner import default_task_runner
 from flows.train import DEFAULT_EPOCHS, prepare_and_train
+from lcer_core.paper import PAPER_ALPHAS, PAPER_LAMS
 from lcer_core.shards import DEFAULT_SHARD_SIZE, plan_runs
-from lcer_core.store import PAPER_ALPHAS, PAPER_LAMS
 from tasks.data import test_users
 from tasks.evaluate import RunResult
 from tasks.tracking import close_sweep, open_sweep, sweep_figures

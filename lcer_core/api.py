@@ -23,15 +23,16 @@ import torch
 
 from lcer_core.datasets import PreparedDataset, load_prepared, prepare
 from lcer_core.errors import DamagedDataError, InvalidParameterError, MissingDataError
-from lcer_core.explainers import METHODS, Explanations, get_explainer
+from lcer_core.explainers import METHODS, get_explainer
+from lcer_core.explanations import Explanations
 from lcer_core.fsio import ensure_writable, home_error
 from lcer_core.keys import content_key
 from lcer_core.metrics import PairOutcomes, evaluate_pairs, summarize
 from lcer_core.pairs import PairBatch, build_pairs
+from lcer_core.paper import PAPER_LCER_PARAMS
 from lcer_core.paths import models_dir
 from lcer_core.recommender.multvae import MultVAE, MultVAEConfig, MultVAERecommender
 from lcer_core.recommender.training import EpochReport, evaluate_ranking, fit_multvae
-from lcer_core.store.paper import PAPER_LCER_PARAMS
 
 __all__ = [
     "TrainedModel",

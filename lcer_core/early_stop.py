@@ -19,8 +19,8 @@ from torch import Tensor
 
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import LCER, LCERConfig
-from lcer_core.explainers.base import Explanations
 from lcer_core.explainers.lcer import lcer_loss, patience_update
+from lcer_core.explanations import Explanations
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
 from lcer_core.recommender.recording import RecordingRecommender

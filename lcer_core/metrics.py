@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from lcer_core.errors import NonFiniteScoresError
-from lcer_core.explainers.base import Explanations
+from lcer_core.explanations import Explanations
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender, dense_from_sets
 

@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from lcer_core.paths import lcer_home
 from lcer_core.report_html import write_html_report
 from lcer_core.store import ResultStore
-from tasks import track
+from tasks import mlflow_client
 
 __all__ = ["html_report"]
 
@@ -37,7 +37,7 @@ def _html_report(dataset: str) -> str:
         [dataset],
     )
     for mlflow_run_id in runs["mlflow_run_id"].to_list():
-        track.log_figures(mlflow_run_id, [path], artifact_path="report")
+        mlflow_client.log_figures(mlflow_run_id, [path], artifact_path="report")
     get_run_logger().info(
         "HTML report of %s at %s, attached to %d MLflow run(s)", dataset, path, runs.height
     )

@@ -19,7 +19,7 @@ from lcer_core import plots
 from lcer_core.paths import lcer_home
 from lcer_core.shards import RunSpec
 from lcer_core.store import ResultStore
-from tasks import track
+from tasks import mlflow_client
 from tasks.evaluate import RunResult
 
 __all__ = [
@@ -37,9 +37,9 @@ __all__ = [
 @task(name="fail-stale-mlflow-runs", cache_policy=NO_CACHE)
 def fail_stale(dataset: str) -> list[str]:
     """Close as FAILED the MLflow runs of ``dataset`` left RUNNING by a killed process."""
-    track.configure()
-    track.ensure_experiment(dataset)
-    failed = track.fail_stale_runs(dataset)
+    mlflow_client.configure()
+    mlflow_client.ensure_experiment(dataset)
+    failed = mlflow_client.fail_stale_runs(dataset)
     if failed:
         get_run_logger().warning(
             "closed %d stale MLflow run(s) of %s as FAILED: %s", len(failed), dataset, failed
@@ -69,7 +69,7 @@ def open_runs(
     """Open one RUNNING MLflow run per explanation run about to be computed; MLflow ids by run id."""
     opened: dict[str, str] = {}
     for spec in specs:
-        opened[spec.run_id] = track.start_explain_run(
+        opened[spec.run_id] = mlflow_client.start_explain_run(
             spec.dataset,
             method=spec.method,
             k=spec.k,
@@ -85,8 +85,8 @@ def open_runs(
 @task(name="fail-mlflow-run", cache_policy=NO_CACHE)
 def fail_tracked(mlflow_run_id: str, error: str) -> None:
     """Close an explanation run's MLflow run as FAILED with ``error``, unless it has already ended."""
-    if track.client().get_run(mlflow_run_id).info.status == "RUNNING":
-        track.fail_run(mlflow_run_id, error)
+    if mlflow_client.client().get_run(mlflow_run_id).info.status == "RUNNING":
+        mlflow_client.fail_run(mlflow_run_id, error)
 
 
 def _same_metrics(logged: dict[str, float], metrics: dict[str, Any]) -> bool:
@@ -103,7 +103,7 @@ def _same_metrics(logged: dict[str, float], metrics: dict[str, Any]) -> bool:
 
 def _tracked_already(dataset: str, run_key: str, metrics: dict[str, Any]) -> str | None:
     """A FINISHED top-level MLflow run of the same run key with the same metrics (a re-run), or None."""
-    runs = track.finished_runs_tagged(dataset, _RUN_KEY_TAG, run_key)
+    runs = mlflow_client.finished_runs_tagged(dataset, _RUN_KEY_TAG, run_key)
     for run in runs:
         if "mlflow.parentRunId" not in run.data.tags and _same_metrics(run.data.metrics, metrics):
             return run.info.run_id
@@ -124,9 +124,9 @@ def track_run(
     run key reuses that run instead of logging a duplicate.
     """
     spec = result.spec
-    metrics = {k: result.metrics.get(k) for k in (*track.METRICS, "n_pairs")}
+    metrics = {k: result.metrics.get(k) for k in (*mlflow_client.METRICS, "n_pairs")}
     if mlflow_run_id is not None:
-        track.finish_explain_run(
+        mlflow_client.finish_explain_run(
             mlflow_run_id,
             metrics=metrics,
             params={**_open_params(spec, params), "device": result.device},
@@ -141,7 +141,7 @@ def track_run(
         if earlier is not None:
             get_run_logger().info("run %s already tracked as MLflow run %s", spec.run_id, earlier)
             return earlier
-    run_id = track.log_explain_run(
+    run_id = mlflow_client.log_explain_run(
         spec.dataset,
         method=spec.method,
         k=spec.k,
@@ -160,15 +160,15 @@ def track_run(
 @task(name="open-sweep", cache_policy=NO_CACHE)
 def open_sweep(dataset: str, grid: dict[str, Any]) -> str:
     """The RUNNING parent MLflow run of an α/λ sweep."""
-    track.configure()
-    track.ensure_experiment(dataset)
-    return track.start_sweep(dataset, grid)
+    mlflow_client.configure()
+    mlflow_client.ensure_experiment(dataset)
+    return mlflow_client.start_sweep(dataset, grid)
 
 
 @task(name="close-sweep", cache_policy=NO_CACHE)
 def close_sweep(parent_run_id: str, status: str = "FINISHED") -> None:
     """End the parent run of a sweep (FINISHED, or FAILED when a grid point failed)."""
-    track.end_run(parent_run_id, status)
+    mlflow_client.end_run(parent_run_id, status)
 
 
 def _figure_dir(name: str) -> Path:
@@ -194,7 +194,7 @@ def item_figures(dataset: str) -> int:
             continue
         paths = plots.render_item_figures(items, _figure_dir(f"{dataset}-k{k}"))
         for mlflow_run_id in part["mlflow_run_id"].to_list():
-            track.log_figures(mlflow_run_id, paths)
+            mlflow_client.log_figures(mlflow_run_id, paths)
             done += 1
     get_run_logger().info("attached Figures 5-7 of %s to %d MLflow run(s)", dataset, done)
     return done
@@ -232,6 +232,6 @@ def sweep_figures(parent_run_id: str, results: Sequence[RunResult]) -> list[str]
     paths = plots.render_sweep_figures(
         sweep, _figure_dir(f"sweep-{parent_run_id}"), baseline=_best_baseline(spec.dataset, spec.k)
     )
-    track.log_figures(parent_run_id, paths)
+    mlflow_client.log_figures(parent_run_id, paths)
     get_run_logger().info("attached %d sweep figures to MLflow run %s", len(paths), parent_run_id)
     return [str(p) for p in paths]

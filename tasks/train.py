@@ -19,7 +19,7 @@ from lcer_core import api
 from lcer_core.datasets import load_prepared
 from lcer_core.recommender.multvae import MultVAEConfig
 from lcer_core.recommender.training import EpochReport
-from tasks import progress, track
+from tasks import mlflow_client, progress
 
 __all__ = ["ModelInfo", "Registration", "train", "register"]
 
@@ -86,10 +86,10 @@ def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelI
             "model %s already trained (%s): not training again", model.key, _fmt(model.metrics)
         )
     else:
-        track.configure()
-        run_id = track.start_run(
+        mlflow_client.configure()
+        run_id = mlflow_client.start_run(
             dataset,
-            run_name=track.TRAIN_RUN_NAME,
+            run_name=mlflow_client.TRAIN_RUN_NAME,
             params={
                 "dataset": dataset,
                 **config.dump(),
@@ -104,7 +104,7 @@ def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelI
         try:
             model = api.train_model(data, config, seed=seed, on_epoch=on_epoch)
         except BaseException as exc:
-            track.fail_run(run_id, exc)
+            mlflow_client.fail_run(run_id, exc)
             raise
         logger.info("trained model %s: %s", model.key, _fmt(model.metrics))
     return ModelInfo(
@@ -141,11 +141,11 @@ def _fmt(metrics: dict[str, float]) -> str:
 
 def _existing_registration(dataset: str, key: str) -> Registration | None:
     """The registry entry of the model with ``key`` if an earlier run already logged it."""
-    runs = track.finished_runs_tagged(dataset, _MODEL_KEY_TAG, key, max_results=1)
+    runs = mlflow_client.finished_runs_tagged(dataset, _MODEL_KEY_TAG, key, max_results=1)
     if not runs:
         return None
     run_id = runs[0].info.run_id
-    versions = track.client().search_model_versions(f"run_id = '{run_id}'")
+    versions = mlflow_client.client().search_model_versions(f"run_id = '{run_id}'")
     if not versions:
         return None
     mv = max(versions, key=lambda v: int(v.version))
@@ -156,18 +156,18 @@ def _existing_registration(dataset: str, key: str) -> Registration | None:
 def register(info: ModelInfo) -> Registration:
     """Log the model to MLflow (PyTorch flavour) and register it as ``multvae-DATASET``, once per model key."""
     logger = get_run_logger()
-    track.configure()
-    track.ensure_experiment(info.dataset)
+    mlflow_client.configure()
+    mlflow_client.ensure_experiment(info.dataset)
     found = _existing_registration(info.dataset, info.key)
     if found is not None:
         logger.info("model %s already registered as version %d", info.key, found.version)
         if info.mlflow_run_id is not None:  # trained again (checkpoint lost): close its run
-            track.end_run(info.mlflow_run_id, "FINISHED")
+            mlflow_client.end_run(info.mlflow_run_id, "FINISHED")
         return found
     model = api.load_model(info.dataset, info.key)
     data = load_prepared(info.dataset)
     _, example = data.matrix("test_tr", data.users_of("test")[:1])
-    out = track.log_model(
+    out = mlflow_client.log_model(
         model.module,
         info.dataset,
         params={**info.params, "model_key": info.key},
@@ -178,7 +178,7 @@ def register(info: ModelInfo) -> Registration:
     )
     logger.info(
         "registered %s version %s (MLflow run %s)",
-        track.registered_model_name(info.dataset),
+        mlflow_client.registered_model_name(info.dataset),
         out["version"],
         out["run_id"],
     )

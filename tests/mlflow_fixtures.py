@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks import track
+from tasks import mlflow_client
 
 __all__ = ["mlflow_template_db_fixture", "store_fixture"]
 
@@ -30,6 +30,6 @@ def store_fixture(lcer_home: Path, mlflow_template_db: Path) -> MlflowClient:
     target = lcer_home / "mlflow" / "mlflow.db"
     target.parent.mkdir(parents=True)
     shutil.copyfile(mlflow_template_db, target)
-    uri = track.configure()
+    uri = mlflow_client.configure()
     assert uri == f"sqlite:///{target}" and uri.startswith("sqlite:////")
     return MlflowClient(tracking_uri=uri, registry_uri=uri)

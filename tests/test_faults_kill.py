@@ -147,9 +147,9 @@ def _run(argv: list[str], env: dict[str, str], log: Path) -> str:
 
 def _mlflow_runs(kind: str, run_key: str | None = None) -> list[Any]:
     """The MLflow runs of ml-100k of ``kind`` (train, explain), optionally of one run key."""
-    from tasks import track
+    from tasks import mlflow_client
 
-    client = track.client()
+    client = mlflow_client.client()
     exp = client.get_experiment_by_name("ml-100k")
     if exp is None:
         return []
@@ -286,9 +286,9 @@ def test_kill_during_training_then_rerun_trains_once(env: dict[str, str], tmp_pa
     assert runs[killed.info.run_id].data.tags["lcer.error"] == "owner process gone"
     [finished] = [r for r in runs.values() if r.info.status == "FINISHED"]
     assert _statuses(list(runs.values())) == ["FAILED", "FINISHED"]
-    from tasks import track
+    from tasks import mlflow_client
 
-    [version] = track.client().search_model_versions("name = 'multvae-ml-100k'")
+    [version] = mlflow_client.client().search_model_versions("name = 'multvae-ml-100k'")
     assert version.run_id == finished.info.run_id
     _no_run_left_running()
 

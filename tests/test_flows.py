@@ -72,7 +72,7 @@ def _shard_files(home: Path) -> dict[Path, int]:
 
 def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: Path) -> None:
     from flows.pipeline import lcer_pipeline
-    from tasks import track
+    from tasks import mlflow_client
 
     methods = sorted(METHODS)
     flow_run_id, rows = _run(lcer_pipeline, datasets=["ml-100k"], methods=methods, **TINY)
@@ -97,7 +97,7 @@ def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: P
     assert store.query("SELECT count(*) AS n FROM models")["n"][0] == 1
 
     # MLflow holds the same figures as DuckDB, and the explanations Parquet as an artifact.
-    client = track.client()
+    client = mlflow_client.client()
     for row in table2.iter_rows(named=True):
         mlflow_id = runs.filter(pl.col("run_id") == row["run_id"])["mlflow_run_id"][0]
         logged = client.get_run(mlflow_id)
@@ -144,7 +144,7 @@ def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: P
 
 def test_sweep_is_a_parent_mlflow_run_with_one_child_per_grid_point(flow_home: Path) -> None:
     from flows.sweep import lcer_sweep
-    from tasks import track
+    from tasks import mlflow_client
 
     _, rows = _run(
         lcer_sweep,
@@ -163,16 +163,16 @@ def test_sweep_is_a_parent_mlflow_run_with_one_child_per_grid_point(flow_home: P
         (0.1, 0.01),
         (0.1, 0.02),
     ]
-    client = track.client()
+    client = mlflow_client.client()
     parents = {client.get_run(r["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for r in rows}
     assert len(parents) == 1
     parent = parents.pop()
     assert client.get_run(parent).info.status == "FINISHED"
-    children = track.child_runs(parent)
+    children = mlflow_client.child_runs(parent)
     assert len(children) == 4
     for child in children:
         assert {"alpha", "lam", "method", "k"} <= set(child.data.params)
-        assert set(track.METRICS) <= set(child.data.metrics)
+        assert set(mlflow_client.METRICS) <= set(child.data.metrics)
     figures = {Path(a.path).name for a in client.list_artifacts(parent, "figures")}
     assert {"fig8_effect_lambda.png", "fig9_effect_alpha.png", "pareto_fns_len.png"} <= figures
     stored = ResultStore().query(

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_fixtures import mlflow_template_db_fixture, store_fixture  # noqa: F401
 
 from lcer_core.cli.tracking import compare_runs_url, free_port, wait_until_ready
-from tasks import track
+from tasks import mlflow_client
 
 pytestmark = pytest.mark.slow
 
@@ -51,16 +51,16 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _sweep() -> tuple[str, list[str], list[str]]:
     """A 2 x 2 sweep in the ml-100k experiment: (experiment id, child run ids, child run names)."""
-    exp_id = track.ensure_experiment("ml-100k")
+    exp_id = mlflow_client.ensure_experiment("ml-100k")
     ids, names = [], []
-    with track.sweep_run(
+    with mlflow_client.sweep_run(
         "ml-100k", {"method": "lcer", "k": 5, "alphas": [0.1, 0.5], "lams": [0.01, 1.0]}
     ) as parent:
         for a in (0.1, 0.5):
             for lam in (0.01, 1.0):
                 name = f"lcer-k5-a{a:g}-l{lam:g}"
                 ids.append(
-                    track.log_explain_run(
+                    mlflow_client.log_explain_run(
                         "ml-100k",
                         method="lcer",
                         k=5,
@@ -139,7 +139,7 @@ def test_ui_shows_sweep_runs_and_metrics(
         assert "Comparing 4 Runs" in dom, dom[:2000]
         for name in run_names:
             assert name in dom
-        for metric in track.METRICS:
+        for metric in mlflow_client.METRICS:
             assert f">{metric}<" in dom, metric
         for param in ("alpha", "lam", "method"):
             assert f">{param}<" in dom, param

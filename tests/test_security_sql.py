@@ -359,7 +359,7 @@ def test_mlflow_telemetry_is_off_wherever_lcer_starts_mlflow(
 ) -> None:
     env = {k: v for k, v in os.environ.items() if k not in _CI_MARKERS and k != "DO_NOT_TRACK"}
     probe = (
-        "import tasks, mlflow  # as tasks.track does\n"
+        "import tasks, mlflow  # as tasks.mlflow_client does\n"
         "from mlflow.telemetry.client import get_telemetry_client\n"
         "from mlflow.telemetry.utils import is_telemetry_disabled\n"
         "print(is_telemetry_disabled(), get_telemetry_client() is None)\n"

@@ -21,6 +21,7 @@ from lcer_core.errors import (
     StoreLockedError,
 )
 from lcer_core.keys import run_key
+from lcer_core.paper import paper_table2
 from lcer_core.store import (
     SCHEMA_VERSION,
     TABLE2_COLUMNS,
@@ -28,7 +29,6 @@ from lcer_core.store import (
     ResultStore,
     apply_migrations,
     current_version,
-    paper_table2,
     render,
     table2_report,
 )

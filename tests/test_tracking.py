@@ -17,7 +17,7 @@ from mlflow_fixtures import mlflow_template_db_fixture, store_fixture  # noqa: F
 from torch import nn
 
 from lcer_core import paths
-from tasks import track
+from tasks import mlflow_client
 
 DATASET = "ml-100k"
 N_ITEMS = 12
@@ -48,7 +48,7 @@ def test_model_logged_twice_gives_two_loadable_versions(store: MlflowClient) -> 
         model = TinyVAE(N_ITEMS, seed).train()
         models.append(model)
         results.append(
-            track.log_model(
+            mlflow_client.log_model(
                 model,
                 DATASET,
                 params={"hidden": 4, "epochs": 3, "seed": seed},
@@ -60,13 +60,13 @@ def test_model_logged_twice_gives_two_loadable_versions(store: MlflowClient) -> 
     assert [r["version"] for r in results] == [1, 2]
     versions = store.search_model_versions("name='multvae-ml-100k'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
-    assert store.get_registered_model("multvae-ml-100k").aliases == {track.MODEL_ALIAS: 2}
+    assert store.get_registered_model("multvae-ml-100k").aliases == {mlflow_client.MODEL_ALIAS: 2}
 
     # The training runs live in the dataset's experiment, FINISHED, with per-epoch metrics.
     exp = store.get_experiment_by_name(DATASET)
     run = store.get_run(results[0]["run_id"])
     assert run.info.experiment_id == exp.experiment_id
-    assert run.info.run_name == track.TRAIN_RUN_NAME and run.info.status == "FINISHED"
+    assert run.info.run_name == mlflow_client.TRAIN_RUN_NAME and run.info.status == "FINISHED"
     assert run.data.params["hidden"] == "4" and run.data.params["dataset"] == DATASET
     assert [m.value for m in store.get_metric_history(run.info.run_id, "loss")] == [3.0, 2.5, 2.2]
 
@@ -86,8 +86,8 @@ def test_model_logged_twice_gives_two_loadable_versions(store: MlflowClient) -> 
     # The alias and the version URIs resolve to the newest model.
     with torch.no_grad():
         torch.testing.assert_close(
-            track.load_model(DATASET)(torch.from_numpy(batch)),
-            track.load_model(DATASET, version=2)(torch.from_numpy(batch)),
+            mlflow_client.load_model(DATASET)(torch.from_numpy(batch)),
+            mlflow_client.load_model(DATASET, version=2)(torch.from_numpy(batch)),
         )
     # Artifacts stay under LCER_HOME/mlflow/artifacts, not in the working folder.
     assert any((paths.mlflow_dir() / "artifacts" / DATASET).rglob("MLmodel"))
@@ -102,7 +102,7 @@ def test_sweep_is_a_parent_run_with_one_child_per_grid_point(
     parquet = tmp_path / "explanations.parquet"
     pl.DataFrame({"user": [1, 2], "item": [7, 9], "ce": [[3], [4, 5]]}).write_parquet(parquet)
     rows = []
-    with track.sweep_run(
+    with mlflow_client.sweep_run(
         DATASET, {"method": "lcer", "k": 5, "alphas": alphas, "lams": lams}
     ) as parent:
         for a in alphas:
@@ -115,7 +115,7 @@ def test_sweep_is_a_parent_run_with_one_child_per_grid_point(
                     "fns_pct": 68.0 + a - lam,
                 }
                 rows.append({"alpha": a, "lam": lam, **metrics})
-                track.log_explain_run(
+                mlflow_client.log_explain_run(
                     DATASET,
                     method="lcer",
                     k=5,
@@ -128,7 +128,7 @@ def test_sweep_is_a_parent_run_with_one_child_per_grid_point(
                     parent_run_id=parent,
                 )
         figure = plots.plot_pareto(pl.DataFrame(rows), tmp_path / "pareto.png")
-        track.log_figures(parent, [figure])
+        mlflow_client.log_figures(parent, [figure])
 
     exp = store.get_experiment_by_name(DATASET)
     assert exp is not None and exp.name == "ml-100k"
@@ -145,12 +145,12 @@ def test_sweep_is_a_parent_run_with_one_child_per_grid_point(
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.params["method"] == "lcer" and child.data.params["k"] == "5"
-        assert set(track.METRICS) <= set(child.data.metrics)
+        assert set(mlflow_client.METRICS) <= set(child.data.metrics)
         a, lam = float(child.data.params["alpha"]), float(child.data.params["lam"])
         assert child.data.metrics["fns_pct"] == pytest.approx(68.0 + a - lam)
         artifacts = [f.path for f in store.list_artifacts(child.info.run_id, "explanations")]
         assert artifacts == ["explanations/explanations.parquet"]
-    assert [r.info.run_id for r in track.child_runs(parent)] == [
+    assert [r.info.run_id for r in mlflow_client.child_runs(parent)] == [
         r.info.run_id for r in sorted(children, key=lambda r: r.info.start_time)
     ]
     parent_run = store.get_run(parent)
@@ -165,20 +165,20 @@ def test_sweep_is_a_parent_run_with_one_child_per_grid_point(
 def test_a_run_whose_body_raises_ends_failed(store: MlflowClient) -> None:
     with (
         pytest.raises(RuntimeError, match="boom"),
-        track.tracked_run(DATASET, run_name="bad") as rid,
+        mlflow_client.tracked_run(DATASET, run_name="bad") as rid,
     ):
         raise RuntimeError("boom")
     run = store.get_run(rid)
     assert run.info.status == "FAILED"
     assert run.data.tags["lcer.error"] == "RuntimeError: boom"
 
-    with pytest.raises(KeyError), track.sweep_run(DATASET, {"alphas": [1.0]}) as parent:
+    with pytest.raises(KeyError), mlflow_client.sweep_run(DATASET, {"alphas": [1.0]}) as parent:
         raise KeyError("x")
     assert store.get_run(parent).info.status == "FAILED"
 
     # A figure that does not exist fails the explain run, which is then FAILED, not FINISHED.
     with pytest.raises(FileNotFoundError):
-        track.log_explain_run(
+        mlflow_client.log_explain_run(
             DATASET,
             method="lcer",
             k=5,
@@ -194,7 +194,7 @@ def test_a_run_whose_body_raises_ends_failed(store: MlflowClient) -> None:
 
 
 def test_baseline_run_without_alpha_lam_or_validity(store: MlflowClient) -> None:
-    rid = track.log_explain_run(
+    rid = mlflow_client.log_explain_run(
         DATASET,
         method="fia",
         k=10,
@@ -212,22 +212,22 @@ def test_baseline_run_without_alpha_lam_or_validity(store: MlflowClient) -> None
 def test_fail_stale_runs_closes_runs_of_dead_processes(store: MlflowClient) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan = track.start_run(DATASET, run_name="orphan")
+    orphan = mlflow_client.start_run(DATASET, run_name="orphan")
     store.set_tag(orphan, "lcer.pid", str(dead.pid))  # as if that process had opened it
-    mine = track.start_run(DATASET, run_name="mine")
-    foreign = track.start_run(DATASET, run_name="foreign")
+    mine = mlflow_client.start_run(DATASET, run_name="mine")
+    foreign = mlflow_client.start_run(DATASET, run_name="foreign")
     store.set_tag(foreign, "lcer.host", "some-other-host")
 
-    assert track.fail_stale_runs(DATASET) == [orphan]
+    assert mlflow_client.fail_stale_runs(DATASET) == [orphan]
     assert store.get_run(orphan).info.status == "FAILED"
     assert store.get_run(mine).info.status == "RUNNING"
     assert store.get_run(foreign).info.status == "RUNNING"
     # Runs of other hosts are closed only past an age limit.
-    assert track.fail_stale_runs(DATASET, max_age_s=0.0) == [foreign]
-    track.end_run(mine)
+    assert mlflow_client.fail_stale_runs(DATASET, max_age_s=0.0) == [foreign]
+    mlflow_client.end_run(mine)
     assert store.get_run(mine).info.status == "FINISHED"
     with pytest.raises(ValueError):
-        track.end_run(mine, "DONE")
+        mlflow_client.end_run(mine, "DONE")
 
 
 def test_concurrent_first_use_creates_one_experiment(store: MlflowClient) -> None:
@@ -236,7 +236,7 @@ def test_concurrent_first_use_creates_one_experiment(store: MlflowClient) -> Non
 
     def create() -> None:
         try:
-            ids.append(track.ensure_experiment("ml-1m"))
+            ids.append(mlflow_client.ensure_experiment("ml-1m"))
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 

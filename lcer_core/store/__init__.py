@@ -23,9 +23,10 @@ Which items appear most often in LCER's CEs, and how popular they are::
 import importlib
 from typing import Any
 
-# Names load on first use (PEP 562): importing ``lcer_core.store.paper`` (the paper's numbers,
-# which the explainers' defaults use) must not pull in DuckDB, so that the science core runs
-# where only torch and polars are installed (the GPU benchmark's machine, for one).
+# Names load on first use (PEP 562): importing ``lcer_core.store.schema`` (the columns a shard
+# file holds) must not pull in DuckDB, so that the science core runs where only torch and
+# polars are installed (the GPU benchmark's machine, for one). The paper's numbers are in
+# :mod:`lcer_core.paper`.
 _HOMES = {
     "lcer_core.store.formatting": (
         "FORMATS",
@@ -36,15 +37,6 @@ _HOMES = {
         "to_rich_table",
     ),
     "lcer_core.store.migrations": ("SCHEMA_VERSION", "apply_migrations", "current_version"),
-    "lcer_core.store.paper": (
-        "PAPER_ALPHAS",
-        "PAPER_LAMS",
-        "PAPER_LCER_PARAMS",
-        "PAPER_TABLE2",
-        "PAPER_TABLE3",
-        "paper_table2",
-        "paper_table3",
-    ),
     "lcer_core.store.report": ("REPORT_METRICS", "table2_report", "table3_report"),
     "lcer_core.store.schema": (
         "COST_KEYS",

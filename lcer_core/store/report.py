@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from lcer_core.errors import MissingDataError
-from lcer_core.store.paper import paper_table2, paper_table3
+from lcer_core.paper import paper_table2, paper_table3
 from lcer_core.store.store import ResultStore
 from lcer_core.store.views import METHOD_ORDER
 
