@@ -33,7 +33,7 @@ from flows.explain import (
 )
 from flows.runner import default_task_runner
 from flows.train import DEFAULT_EPOCHS, prepare_and_train
-from lcer_core import api, remote
+from lcer_core import api, checks, remote
 from lcer_core.datasets import get_spec, load_prepared
 from lcer_core.errors import OrchestrationError
 from lcer_core.explainers import PAPER_METHODS
@@ -212,9 +212,9 @@ def lcer_pipeline(
         get_spec(dataset)
     methods = check_methods(methods or list(PAPER_METHODS))
     ks = list(ks or DEFAULT_KS)
-    api.validate_common(n_users=n_users, steps=steps, seed=seed)
+    checks.validate_common(n_users=n_users, steps=steps, seed=seed)
     for s in seeds or []:
-        api.validate_common(seed=s)
+        checks.validate_common(seed=s)
     split_users([], shard_size)  # refuses a bad shard size before any work
     # (model seed, explainer seed) pairs
     plan = [(s, s) for s in dict.fromkeys(seeds)] if seeds else [(api.MODEL_SEED, seed)]

@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 import torch
 
+from lcer_core.checks import validate_common
 from lcer_core.datasets import PreparedDataset, load_prepared, prepare
 from lcer_core.errors import DamagedDataError, InvalidParameterError, MissingDataError
 from lcer_core.explainers import METHODS, get_explainer
@@ -59,14 +60,10 @@ __all__ = [
     "explanation_frame",
     "pairs_from_frame",
     "summarize_frame",
-    "validate_common",
 ]
 
 MODEL_SEED = 98765
 TRAIN_JSON = "train.json"  # beside model.pt: the config and seed it was trained with
-#: Upper bound of α and λ: beyond it the hinge or the length term swamps the other (and
-#: LCERConfig refuses it too).
-MAX_WEIGHT = 1e6
 
 
 def default_device() -> torch.device:
@@ -101,30 +98,6 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
 def default_params(dataset: str) -> dict[str, float]:
     """The paper's α and λ for a dataset (section 4.1), ML 100K's for any other."""
     return dict(PAPER_LCER_PARAMS.get(dataset, PAPER_LCER_PARAMS["ml-100k"]))
-
-
-def validate_common(
-    *,
-    k: int | None = None,
-    alpha: float | None = None,
-    lam: float | None = None,
-    steps: int | None = None,
-    n_users: int | None = None,
-    seed: int | None = None,
-) -> None:
-    """One-line errors for out-of-range options shared by several commands."""
-    if k is not None and not (isinstance(k, int) and k >= 1):
-        raise InvalidParameterError(f"--k must be a positive integer, got {k}")
-    if alpha is not None and not (math.isfinite(alpha) and 0 <= alpha < MAX_WEIGHT):
-        raise InvalidParameterError(f"--alpha must be a finite number in [0, 1e6), got {alpha}")
-    if lam is not None and not (math.isfinite(lam) and 0 <= lam < MAX_WEIGHT):
-        raise InvalidParameterError(f"--lam must be a finite number in [0, 1e6), got {lam}")
-    if steps is not None and not (isinstance(steps, int) and 1 <= steps <= 1_000_000):
-        raise InvalidParameterError(f"--steps must be an integer in [1, 1000000], got {steps}")
-    if n_users is not None and not (isinstance(n_users, int) and n_users >= 1):
-        raise InvalidParameterError(f"--users must be a positive integer, got {n_users}")
-    if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**31):
-        raise InvalidParameterError(f"--seed must be an integer in [0, 2^31), got {seed}")
 
 
 def ensure_dataset(name: str) -> PreparedDataset:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lcer_core import api
+from lcer_core import api, checks
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import LCER, LCERConfig, lcer_reference_loop
 from lcer_core.metrics import evaluate_pairs, summarize
@@ -88,7 +88,7 @@ def run_benchmark(
     ``on_epoch`` sees each training epoch (when a model must be trained first) and
     ``progress(stage, done, total)`` the steps of the batched runs, for a progress bar.
     """
-    api.validate_common(k=k, steps=steps, n_users=n_users, alpha=alpha, lam=lam, seed=seed)
+    checks.validate_common(k=k, steps=steps, n_users=n_users, alpha=alpha, lam=lam, seed=seed)
     if not (isinstance(sample, int) and sample >= 1):
         raise InvalidParameterError(f"--sample must be a positive integer, got {sample}")
     if not (isinstance(patience, int) and patience >= 0):

@@ -27,7 +27,7 @@ from typing import Any
 import polars as pl
 import torch
 
-from lcer_core import api
+from lcer_core import api, checks
 from lcer_core.datasets import PreparedDataset
 from lcer_core.errors import (
     InvalidParameterError,
@@ -130,7 +130,7 @@ def run_spec(
     """The run of (method, k, α, λ): α, λ and steps are dropped for methods that have none."""
     if method not in METHODS:
         raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
-    api.validate_common(k=k, alpha=alpha, lam=lam, steps=steps, n_users=n_users, seed=seed)
+    checks.validate_common(k=k, alpha=alpha, lam=lam, steps=steps, n_users=n_users, seed=seed)
     if _uses_lcer_params(method):
         alpha = float(alpha) if alpha is not None else None
         lam = float(lam) if lam is not None else None

@@ -90,7 +90,7 @@ def explain(
     ),
 ) -> None:
     """Explain recommendations with METHOD on the latest trained model (prepared and trained first if needed)."""
-    from lcer_core import api
+    from lcer_core import api, checks
     from lcer_core.datasets import get_spec
     from lcer_core.errors import UnknownMethodError
     from lcer_core.explainers import LCER_METHODS, METHODS, get_explainer
@@ -100,7 +100,7 @@ def explain(
     params = api.default_params(dataset)
     alpha = params["alpha"] if alpha is None else alpha
     lam = params["lam"] if lam is None else lam
-    api.validate_common(k=k, alpha=alpha, lam=lam, steps=steps, n_users=users, seed=seed)
+    checks.validate_common(k=k, alpha=alpha, lam=lam, steps=steps, n_users=users, seed=seed)
     if item is not None and user is None:
         raise InvalidParameterError("--item needs --user")
     hyper = {"alpha": alpha, "lam": lam, "steps": steps} if method in LCER_METHODS else {}

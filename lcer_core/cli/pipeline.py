@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lcer_core import paths
+from lcer_core import checks, paths
 from lcer_core.cli.app import app
 from lcer_core.cli.progress import Session, session
 from lcer_core.errors import InvalidParameterError, LcerHomeError
@@ -249,7 +249,6 @@ def run_pipeline(
     verbose: bool = False,
 ) -> tuple[list[dict[str, Any]], Session]:
     """Validate ``lcer run``'s options, then run the pipeline flow; its rows and the display session."""
-    from lcer_core import api
     from lcer_core.datasets import get_spec
     from lcer_core.explainers import PAPER_METHODS
     from lcer_core.shards import check_methods, split_users
@@ -259,7 +258,7 @@ def run_pipeline(
     method_list = check_methods(parse_list(methods, str, "--methods") or list(PAPER_METHODS))
     ks = parse_list(k, int, "--k") or []
     for value in ks:
-        api.validate_common(k=value)
+        checks.validate_common(k=value)
     seed_list = parse_list(seeds, int, "--seeds") if seeds is not None else None
     if seeds is not None and not seed_list:
         raise InvalidParameterError("--seeds must name at least one seed")
@@ -267,10 +266,10 @@ def run_pipeline(
         raise InvalidParameterError("--seed and --seeds cannot be combined (--seeds sets both)")
     lam_list = parse_list(lam, float, "--lam") if lam is not None else None
     for value in lam_list or [None]:
-        api.validate_common(lam=value)
+        checks.validate_common(lam=value)
     for value in seed_list or []:
-        api.validate_common(seed=value)
-    api.validate_common(alpha=alpha, steps=steps, n_users=users, seed=seed)
+        checks.validate_common(seed=value)
+    checks.validate_common(alpha=alpha, steps=steps, n_users=users, seed=seed)
     split_users([], shard_size)
     if epochs < 1:
         raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
@@ -328,7 +327,6 @@ def sweep(
     ] = False,
 ) -> None:
     """The α/λ grid of LCER over one trained model: one MLflow child run per grid point under a parent run."""
-    from lcer_core import api
     from lcer_core.datasets import get_spec
     from lcer_core.shards import split_users
 
@@ -341,7 +339,7 @@ def sweep(
                 raise InvalidParameterError(
                     f"{option}: {value:g} is not a finite number in [0, 1e6)"
                 )
-    api.validate_common(k=k, steps=steps, n_users=users, seed=seed)
+    checks.validate_common(k=k, steps=steps, n_users=users, seed=seed)
     split_users([], shard_size)
     if epochs < 1:
         raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
@@ -386,7 +384,7 @@ def train(
     if epochs < 1:
         raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
     model_seed = api.MODEL_SEED if seed is None else seed
-    api.validate_common(seed=model_seed)
+    checks.validate_common(seed=model_seed)
     prefect_environment()
     from flows.train import lcer_train
 
