@@ -44,7 +44,15 @@ class UnknownUserError(LcerError):
 
 
 class InvalidParameterError(LcerError):
-    """A hyperparameter or option outside its valid range."""
+    """A hyperparameter or option outside its valid range.
+
+    ``param`` names the parameter in the library's words (``k``, ``alpha``, ``n_users``); the
+    message starts with it, and the command line says its flag instead (``--k``, ``--users``).
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class DownloadError(LcerError):
