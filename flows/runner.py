@@ -47,9 +47,8 @@ RUNNERS = ("threads", "ray")
 DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 # What a Ray worker needs from the flow's environment: the Prefect server it reports to, no
-# pickled results, (and the test hook that slows a shard down). Not LCER_HOME: the worker may
-# be another machine.
-_FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_RESULTS_PERSIST_BY_DEFAULT", "LCER_TEST_SLOW_SHARD")
+# pickled results. Not LCER_HOME: the worker may be another machine.
+_FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_RESULTS_PERSIST_BY_DEFAULT")
 
 
 def make_task_runner(

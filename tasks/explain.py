@@ -36,16 +36,11 @@ from lcer_core.shards import RunSpec
 from tasks import progress
 
 __all__ = [
-    "SLOW_SHARD_ENV",
     "ShardOutput",
     "node_name",
     "explain_shard",
     "explain_shard_remote",
 ]
-
-#: Test-only: seconds a remote shard waits after reporting its pid, before its work, so that a
-#: test can kill the Ray worker running it (forwarded to Ray workers by the flow).
-SLOW_SHARD_ENV = "LCER_TEST_SLOW_SHARD"
 
 
 @dataclass(frozen=True)
@@ -168,9 +163,6 @@ def explain_shard_remote(
         node,
         pid,
     )
-    pause = float(os.environ.get(SLOW_SHARD_ENV, "") or 0)
-    if pause > 0:
-        time.sleep(pause)
     device = api.default_device()
     data, model = remote.open_bundle(
         remote.get_bundle(bundle) if isinstance(bundle, str) else bundle

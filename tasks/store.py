@@ -7,9 +7,7 @@ waited for by :class:`~lcer_core.store.ResultStore`, then retried here.
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
@@ -95,30 +93,6 @@ def begin_runs(specs: Sequence[RunSpec], params: dict[str, Any]) -> list[str]:
     return begun
 
 
-#: Test-only: seconds every ``store-run`` holds its transaction open before COMMIT (all rows
-#: written, none committed), so that a test can kill the process in the middle of the write.
-SLOW_WRITE_ENV = "LCER_TEST_SLOW_WRITE"
-
-
-def _slow_write_hook(run_id: str) -> Callable[[], None] | None:
-    """The sleep of :data:`SLOW_WRITE_ENV` (announced in the log), or None when it is not set."""
-    text = os.environ.get(SLOW_WRITE_ENV, "").strip()
-    if not text:
-        return None
-    seconds = float(text)
-
-    def hold() -> None:
-        get_run_logger().warning(
-            "%s: holding the write transaction of run %s open for %g s (test hook)",
-            SLOW_WRITE_ENV,
-            run_id,
-            seconds,
-        )
-        time.sleep(seconds)
-
-    return hold
-
-
 @task(name="store-run", **_WRITE)
 def store_run(result: RunResult, params: dict[str, Any]) -> str:
     """Load a run's rows into DuckDB in one transaction (replacing an earlier copy); its run id."""
@@ -132,7 +106,6 @@ def store_run(result: RunResult, params: dict[str, Any]) -> str:
         explanations,
         result.metrics,
         shards=shard_placements(frame),
-        before_commit=_slow_write_hook(result.spec.run_id),
     )
     get_run_logger().info(
         "stored run %s: %d recommendations, %d explanations",

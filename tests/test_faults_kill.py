@@ -32,6 +32,7 @@ from lcer_core.store import ResultStore
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
+FAULTS = str(REPO / "tests" / "faults")  # the harness's fault injection (sitecustomize)
 CLI = "import sys, lcer_core.cli.pipeline; from lcer_core.cli import main; main(sys.argv[1:])"
 EPOCHS = 6
 COMMON = ["run", "ml-100k", "--k", "5", "--epochs", str(EPOCHS)]
@@ -379,10 +380,11 @@ def test_kill_during_duckdb_write_keeps_previous_rows(env: dict[str, str], tmp_p
     before = snapshot()
     fia_tracked = _mlflow_runs("explain", fia)
     killed_log, rerun_log = tmp_path / "killed.log", tmp_path / "rerun.log"
-    marker = f"LCER_TEST_SLOW_WRITE: holding the write transaction of run {fia}"
+    # The fault comes from the harness (tests/faults/sitecustomize.py), not from the product.
+    marker = f"LCER_FAULT_HOLD_WRITE: holding the write transaction of run {fia}"
     pid = _kill_when(
         WRITE_ARGV,
-        {**env, "LCER_TEST_SLOW_WRITE": "120"},
+        {**env, "PYTHONPATH": FAULTS, "LCER_FAULT_HOLD_WRITE": "120"},
         killed_log,
         lambda: marker in _text(killed_log),
         "write transaction of the fia run",
@@ -399,7 +401,7 @@ def test_kill_during_duckdb_write_keeps_previous_rows(env: dict[str, str], tmp_p
     assert killed.info.status == "RUNNING" and killed.data.tags["lcer.pid"] == str(pid)
 
     out = _run(WRITE_ARGV, env, rerun_log)
-    assert "LCER_TEST_SLOW_WRITE" not in out
+    assert "LCER_FAULT_HOLD_WRITE" not in out
     assert "training model" not in out and "CEs found" not in out  # everything was reused
     for run_id in (fia, lcer):
         assert store.run(run_id)["status"] == "finished"

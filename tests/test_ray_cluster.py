@@ -144,6 +144,11 @@ def cluster(http_mirror: str) -> Iterator[dict[str, Any]]:
                 **base,
                 "LCER_HOME": str(node_home / "lcer-home"),
                 "PREFECT_HOME": str(node_home / "prefect-home"),
+                # The harness's fault (tests/faults/sitecustomize.py), inherited by the
+                # node's workers: a remote shard waits 2 s after saying where it runs, so
+                # that the test can kill its worker before it finishes.
+                "PYTHONPATH": str(REPO / "tests" / "faults"),
+                "LCER_FAULT_SLOW_SHARD": "2",
             }
             cmd = [
                 RAY,
@@ -233,7 +238,7 @@ def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
     # The Ray run starts from the same prepared data and model (the flow's, not the workers').
     for part in ("data", "models"):
         shutil.copytree(threads_home / part, ray_home / part)
-    ray_env = {**env, "LCER_HOME": str(ray_home), "LCER_TEST_SLOW_SHARD": "2"}
+    ray_env = {**env, "LCER_HOME": str(ray_home)}
     log = flow / "ray.log"
     args = [LCER, *RUN, "--runner", "ray", "--address", cluster["address"]]
     with log.open("w") as out:
@@ -257,7 +262,6 @@ def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
             proc.kill()
             proc.wait()
     text = log.read_text(errors="replace")
-    ray_env.pop("LCER_TEST_SLOW_SHARD")
 
     # Row for row what the thread runner stored, each row once.
     assert _sql(ROWS, ray_env) == expected

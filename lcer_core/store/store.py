@@ -15,7 +15,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -541,7 +541,6 @@ class ResultStore:
         metrics: Mapping[str, Any],
         *,
         shards: pl.DataFrame | None = None,
-        before_commit: Callable[[], None] | None = None,
     ) -> str:
         """Store a finished run as a whole, replacing any earlier rows of the same run id.
 
@@ -551,8 +550,6 @@ class ResultStore:
         :data:`~lcer_core.store.schema.EXPLANATION_COLUMNS`; ``metrics`` the keys of Table 2;
         ``shards`` where each shard ran (:data:`~lcer_core.store.schema.SHARD_COLUMNS`).
         One transaction: a crash leaves the previous rows of the run in place.
-        ``before_commit`` is called inside the transaction, all rows written, just before
-        COMMIT (a test hook: a process killed there must leave the database as it was).
         """
         row = _run_row(run, status="finished")
         row["finished_at"] = row["finished_at"] or _utcnow()
@@ -596,8 +593,6 @@ class ResultStore:
                         [run_id],
                     )
                     self._insert_metrics(con, row, metric, evaluated_at, "explain")
-                    if before_commit is not None:
-                        before_commit()
             finally:
                 con.unregister("_lcer_recs")
                 con.unregister("_lcer_expl")
