@@ -64,10 +64,10 @@ def _label(spec: RunSpec) -> str:
 
 def _plan(specs: Sequence[RunSpec], chunks: Sequence[Sequence[int]]) -> None:
     """Tell the progress display what is about to run."""
-    progress.emit("planned", shards=len(specs) * len(chunks), runs=len(specs))
+    progress.emit(progress.PLANNED, shards=len(specs) * len(chunks), runs=len(specs))
     for spec in specs:
         progress.emit(
-            "run_planned",
+            progress.RUN_PLANNED,
             run=spec.run_id,
             label=_label(spec),
             shard_pairs=[len(chunk) * spec.k for chunk in chunks],
@@ -202,11 +202,11 @@ def resolve_shards(futures: ShardFutures) -> None:
     for run_id, fs in futures.items():
         for i, f in enumerate(fs):
             if isinstance(f, str):
-                progress.emit("shard_done", run=run_id, index=i, ok=True)
+                progress.emit(progress.SHARD_DONE, run=run_id, index=i, ok=True)
     pending = [f for fs in futures.values() for f in fs if not isinstance(f, str)]
     for future in as_completed(pending):
         run_id, index = where[id(future)]
-        progress.emit("shard_done", run=run_id, index=index, ok=future.state.is_completed())
+        progress.emit(progress.SHARD_DONE, run=run_id, index=index, ok=future.state.is_completed())
 
 
 def shard_paths(

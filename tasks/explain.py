@@ -103,7 +103,7 @@ def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str
     model = api.load_model(spec.dataset, spec.model_key)
 
     def report(done: int, total: int) -> None:
-        progress.emit("steps", run=spec.run_id, index=index, done=done, total=total)
+        progress.emit(progress.STEPS, run=spec.run_id, index=index, done=done, total=total)
 
     node = node_name()
     frame = shards.explain_users(data, model, spec, users, device=device, progress=report)
@@ -169,7 +169,7 @@ def explain_shard_remote(
     )
 
     def report(done: int, total: int) -> None:
-        progress.emit("steps", run=spec.run_id, index=index, done=done, total=total)
+        progress.emit(progress.STEPS, run=spec.run_id, index=index, done=done, total=total)
 
     frame = shards.explain_users(data, model, spec, users, device=device, progress=report)
     _log_done(spec, index, users, frame, node, device.type, start)

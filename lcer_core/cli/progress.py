@@ -3,7 +3,7 @@ and the full record in ``LCER_HOME/logs/lcer-<timestamp>.log`` in both cases.
 
 On a terminal (and without ``--verbose``) Prefect's console lines, MLflow's and anything else
 printed while a flow runs go to the log file only; warnings and errors still reach the
-terminal as one line each, above the bars. Progress comes from :mod:`tasks.progress` events,
+terminal as one line each, above the bars. Progress comes from :mod:`lcer_core.progress_events`,
 which tasks emit from the runner's threads in this process; with another runner (Ray) no
 event arrives, so the command keeps the plain log stream instead.
 """
@@ -37,6 +37,7 @@ from rich.text import Text
 
 from lcer_core import paths
 from lcer_core.errors import LcerHomeError
+from lcer_core.progress_events import listen
 
 __all__ = ["Session", "session", "epoch_bar", "stage_bars", "new_log_path", "stderr_is_terminal"]
 
@@ -134,7 +135,7 @@ class _Run:
 
 
 class _Listener:
-    """Turns :mod:`tasks.progress` events into bars: Mult-VAE epochs, explanation pairs per run."""
+    """Turns :mod:`lcer_core.progress_events` into bars: Mult-VAE epochs, explanation pairs per run."""
 
     def __init__(self, bar: Progress) -> None:
         self.bar = bar
@@ -244,8 +245,6 @@ def session(*, verbose: bool = False, plain_fallback: bool = False) -> Iterator[
     Call after Prefect is imported (it configures logging on import). ``verbose`` or
     ``plain_fallback`` (a runner whose tasks run in other processes) keep today's stream.
     """
-    from tasks.progress import listen
-
     path = new_log_path()
     stream = path.open("a", encoding="utf-8", buffering=1)
     lock = threading.Lock()
