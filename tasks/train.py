@@ -63,7 +63,7 @@ def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelI
         history["loss"].append(report.loss)
         history["val_ndcg100"].append(report.val_ndcg100)
         progress.emit(
-            progress.EPOCH,
+            "epoch",
             dataset=dataset,
             epoch=report.epoch,
             epochs=epochs,
