@@ -22,21 +22,20 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
-
-from prefect.settings import get_current_settings
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from typing import TYPE_CHECKING, Any
 
 from lcer_core.errors import InvalidParameterError
-from lcer_core.remote import check_address
+
+if TYPE_CHECKING:
+    from prefect.task_runners import TaskRunner
 
 __all__ = [
     "RUNNERS",
     "DEFAULT_THREADS",
+    "check_runner",
     "make_task_runner",
     "default_task_runner",
     "explain_placement",
-    "check_address",
     "missing_resources",
     "is_ray_runner",
 ]
@@ -51,6 +50,21 @@ DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
 _FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_RESULTS_PERSIST_BY_DEFAULT")
 
 
+def check_runner(kind: str, address: str | None = None) -> None:
+    """Refuse an unknown runner, an address without Ray, or a malformed address (one line each).
+
+    Imports neither Prefect nor Ray: the command line calls it before Prefect starts.
+    """
+    if kind not in RUNNERS:
+        raise InvalidParameterError(f"--runner must be one of {', '.join(RUNNERS)}, got {kind!r}")
+    if address and kind != "ray":
+        raise InvalidParameterError("--address only applies with --runner ray")
+    if address:
+        from lcer_core.remote import check_address
+
+        check_address(address)
+
+
 def make_task_runner(
     kind: str = "threads", address: str | None = None, methods: Sequence[str] | None = None
 ) -> TaskRunner[Any]:
@@ -60,11 +74,11 @@ def make_task_runner(
     cluster checked for what those methods' tasks will ask for: a one-line error before the
     flow starts rather than a failed flow run.
     """
-    if kind not in RUNNERS:
-        raise InvalidParameterError(f"--runner must be one of {', '.join(RUNNERS)}, got {kind!r}")
+    from prefect.settings import get_current_settings
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    check_runner(kind, address)
     if kind == "threads":
-        if address:
-            raise InvalidParameterError("--address only applies with --runner ray")
         configured = get_current_settings().tasks.runner.thread_pool_max_workers
         return ThreadPoolTaskRunner(max_workers=configured or DEFAULT_THREADS)
     try:
@@ -79,8 +93,6 @@ def make_task_runner(
             "--runner ray needs a Prefect server the Ray workers can reach: "
             "start one (prefect server start) and set PREFECT_API_URL"
         )
-    if address:
-        check_address(address)
     # Ray folds log lines that differ only in numbers (a shard's retry, other shards) into one.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     env = {name: os.environ[name] for name in _FORWARDED_ENV if os.environ.get(name)}

@@ -18,14 +18,12 @@ import typer
 from lcer_core import checks, paths
 from lcer_core.cli.app import app
 from lcer_core.cli.progress import Session, session
-from lcer_core.errors import InvalidParameterError, LcerHomeError
+from lcer_core.errors import InvalidParameterError
 
 if TYPE_CHECKING:
     from prefect import Flow
 
-__all__ = ["run", "run_pipeline", "sweep", "train", "prefect_environment", "parse_list"]
-
-RUNNERS = ("threads", "ray")
+__all__ = ["run", "run_pipeline", "sweep", "train", "parse_list"]
 
 
 def parse_list(text: str | None, kind: Callable[[str], Any], option: str) -> list[Any] | None:
@@ -48,37 +46,18 @@ def parse_list(text: str | None, kind: Callable[[str], Any], option: str) -> lis
     return out
 
 
-def prefect_environment() -> None:
-    """Keep Prefect's state under LCER_HOME unless the user configured it (PREFECT_HOME: the
-    embedded server's database), and persist no task result anywhere: a persisted result is a
-    pickle that names its own serializer, so reading a planted one runs code (the shard files
-    are the pipeline's records). Call before importing prefect."""
-    home = paths.lcer_home()
-    prefect_home = home / "prefect-home"
-    try:
-        prefect_home.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LcerHomeError(f"cannot write {prefect_home}: {exc.strerror or exc}") from exc
-    os.environ.setdefault("PREFECT_HOME", str(prefect_home))
-    os.environ["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] = "false"
-    # The embedded server can take longer than Prefect's default 20 s to start on a busy 2-core box.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    # No telemetry from an offline machine; its write at start-up races the server's own
-    # SQLite writes and prints a "database is locked" traceback (prefect#19771).
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Nor from the client, whose first run on a terminal prints a three-line notice about it.
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-
-
 def _check_runner(runner: str, address: str | None) -> None:
-    if runner not in RUNNERS:
-        raise InvalidParameterError(f"--runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
-    if address and runner != "ray":
-        raise InvalidParameterError("--address only applies with --runner ray")
-    if address:
-        from lcer_core.remote import check_address
+    """The runner checks of :mod:`flows.runner` (which imports no Prefect): before Prefect starts."""
+    from flows.runner import check_runner
 
-        check_address(address)
+    check_runner(runner, address)
+
+
+def prefect_environment() -> None:
+    """Prefect's settings for the flows (:func:`flows.env.prefect_environment`): before importing a flow."""
+    from flows.env import prefect_environment
+
+    prefect_environment()
 
 
 def _check_storage(storage: str | None) -> None:
