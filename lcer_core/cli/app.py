@@ -1,8 +1,8 @@
 """The ``lcer`` Typer application and its error boundary.
 
-Each command group lives in its own module and registers itself on :data:`app`;
-:func:`main` maps every :class:`~lcer_core.errors.LcerError` to exit status 2 and one
-line on stderr, with no traceback.
+:func:`build_app` registers the commands listed in :mod:`lcer_core.cli.commands` (plain
+functions of their modules, which import nothing from here); :func:`main` maps every
+:class:`~lcer_core.errors.LcerError` to exit status 2 and one line on stderr, with no traceback.
 """
 
 from __future__ import annotations
@@ -12,32 +12,26 @@ import sys
 import typer
 from typer.exceptions import Abort, TyperException
 
+from lcer_core.cli.output import fail, printable
 from lcer_core.errors import LcerError
 
-__all__ = ["app", "main", "fail", "printable"]
-
-# C0 and C1 control characters and DEL: a title or an id may hold a terminal escape sequence.
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09}
+__all__ = ["build_app", "main", "fail", "printable"]
 
 
-def printable(text: str) -> str:
-    """``text`` with control characters escaped (``\\x1b``), safe to print on a terminal."""
-    return text.translate(_CONTROL)
+def build_app() -> typer.Typer:
+    """The ``lcer`` application with every command of :data:`~lcer_core.cli.commands.COMMANDS`."""
+    from lcer_core.cli.commands import COMMANDS
 
-
-app = typer.Typer(
-    name="lcer",
-    help="Counterfactual explanations for top-K recommendations (LCER and baselines).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
-
-def fail(message: str) -> None:
-    """Print one error line and exit with status 2."""
-    typer.echo(f"error: {printable(message)}", err=True)
-    raise SystemExit(2)
+    app = typer.Typer(
+        name="lcer",
+        help="Counterfactual explanations for top-K recommendations (LCER and baselines).",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    for command in COMMANDS:
+        app.command()(command)
+    return app
 
 
 def _usage_line(exc: TyperException) -> str:
@@ -51,9 +45,7 @@ def _usage_line(exc: TyperException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lcer`` command."""
-    # Importing the command modules registers their commands on ``app``.
-    from lcer_core.cli import commands  # noqa: F401
-
+    app = build_app()
     try:
         # Not standalone: usage errors come back as exceptions, so that they print as one line
         # (standalone Typer draws a multi-line box).

@@ -8,8 +8,6 @@ import sys
 
 import typer
 
-from lcer_core.cli.app import app
-
 
 def _clean(v):  # noqa: ANN001, ANN202
     if isinstance(v, float) and math.isnan(v):
@@ -19,7 +17,6 @@ def _clean(v):  # noqa: ANN001, ANN202
     return v
 
 
-@app.command()
 def bench(
     dataset: str = typer.Option(
         "ml-100k", "--dataset", help="Dataset whose test users are explained."

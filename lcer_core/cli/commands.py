@@ -1,3 +1,29 @@
-"""Imports every command module so that each registers its commands on the app."""
+"""The commands of ``lcer``, in the order ``lcer --help`` lists them.
 
-from lcer_core.cli import bench, data, model, pipeline, results, tracking  # noqa: F401
+Each is a plain function of its module (its options are its parameters, its help its
+docstring); :func:`lcer_core.cli.app.build_app` registers them on the Typer application.
+Importing a command module registers nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lcer_core.cli import bench, data, model, pipeline, results, tracking
+
+__all__ = ["COMMANDS"]
+
+COMMANDS: tuple[Callable[..., Any], ...] = (
+    bench.bench,
+    data.prepare,
+    data.stats,
+    data.synth,
+    model.explain,
+    pipeline.run,
+    pipeline.sweep,
+    pipeline.train,
+    results.sql,
+    results.report,
+    tracking.ui,
+)

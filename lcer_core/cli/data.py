@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 
-from lcer_core.cli.app import app
 from lcer_core.datasets.registry import DEFAULT_SEED
 from lcer_core.errors import InvalidParameterError
 
@@ -25,7 +24,6 @@ def _summary(stats: dict[str, Any]) -> str:
     )
 
 
-@app.command()
 def prepare(
     dataset: Annotated[
         str, typer.Argument(help="Dataset name: ml-100k, ml-1m, alishop, epinions, or yours.")
@@ -133,7 +131,6 @@ def prepare(
     typer.echo(f"{dataset}: {_summary(result.stats)}")
 
 
-@app.command()
 def stats(
     dataset: Annotated[str, typer.Argument(help="Dataset name.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -161,7 +158,6 @@ def stats(
         typer.echo(f"{key:<{width}}  {shown}")
 
 
-@app.command()
 def synth(
     shape: Annotated[str, typer.Argument(help="Dataset shape: ml-1m, alishop or epinions.")],
     out: Annotated[Path, typer.Option("--out", help="The file to write (.parquet or .csv).")],

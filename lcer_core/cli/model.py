@@ -7,7 +7,7 @@ import math
 
 import typer
 
-from lcer_core.cli.app import app, printable
+from lcer_core.cli.output import printable
 from lcer_core.errors import InvalidParameterError, MissingDataError
 
 __all__ = ["explain", "ensure_model_and_data"]
@@ -61,7 +61,6 @@ def _progress_bar(label: str):  # noqa: ANN202
     return bar
 
 
-@app.command()
 def explain(
     dataset: str = typer.Argument(..., help="Dataset name, e.g. ml-100k."),
     method: str = typer.Option(

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from lcer_core import checks, paths
-from lcer_core.cli.app import app
 from lcer_core.cli.progress import Session, session
 from lcer_core.errors import InvalidParameterError
 
@@ -128,7 +127,6 @@ def _print_results(rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-@app.command()
 def run(
     datasets: Annotated[
         list[str] | None, typer.Argument(help="Datasets (default: ml-100k).")
@@ -275,7 +273,6 @@ def run_pipeline(
     return rows, shown
 
 
-@app.command()
 def sweep(
     dataset: Annotated[str, typer.Argument(help="Dataset name.")],
     alphas: Annotated[
@@ -343,7 +340,6 @@ def sweep(
     typer.echo(shown.summary(f"{len(rows)} explanation runs"), err=True)
 
 
-@app.command()
 def train(
     dataset: Annotated[str, typer.Argument(help="Dataset name.")],
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 200,

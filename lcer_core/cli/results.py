@@ -11,7 +11,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lcer_core.cli.app import app
 from lcer_core.store import ResultStore, print_frame, table2_report, table3_report
 from lcer_core.store.formatting import format_value, plain
 from lcer_core.store.report import (
@@ -37,7 +36,6 @@ class ReportFormat(StrEnum):
     json = "json"
 
 
-@app.command()
 def sql(
     query: str = typer.Argument(..., help="SQL to run on the results database (read-only)."),
     format: OutputFormat = typer.Option(
@@ -192,7 +190,6 @@ def _ensure_results(dataset: str, no_train: bool) -> None:
     typer.echo(shown.summary("pipeline done"), err=True)
 
 
-@app.command()
 def report(
     dataset: str = typer.Argument(..., help="Dataset name, e.g. ml-100k."),
     format: ReportFormat = typer.Option(

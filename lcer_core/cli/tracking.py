@@ -29,7 +29,6 @@ import httpx
 import typer
 
 from lcer_core import paths
-from lcer_core.cli.app import app
 from lcer_core.errors import InvalidParameterError, LcerError
 from lcer_core.fsio import ensure_writable
 
@@ -166,7 +165,6 @@ def _raise_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-@app.command()
 def ui(
     port: int = typer.Option(5000, help="Port to listen on (0: any free port)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; loopback by default."),
