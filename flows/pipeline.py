@@ -48,10 +48,9 @@ from lcer_core.shards import (
     split_users,
 )
 from tasks.data import test_users
-from tasks.evaluate import evaluate_run
 from tasks.report import html_report
-from tasks.store import begin_runs, link_mlflow, mark_failed, store_run
-from tasks.tracking import fail_tracked, item_figures, open_runs, track_run
+from tasks.runs import RunOutcome, begin, finish_run, first_error
+from tasks.tracking import item_figures
 
 __all__ = ["lcer_pipeline", "explain_runs", "DEFAULT_DATASETS", "DEFAULT_KS"]
 
@@ -104,6 +103,29 @@ def _paths_from_deployment(
     return out
 
 
+def _explain(
+    specs: Sequence[RunSpec], users: Sequence[int], shard_size: int, deployment: str | None
+) -> tuple[dict[str, list[str]], dict[str, BaseException]]:
+    """The shard files of every run (here, or by ``deployment``), and the error of each run
+    whose explanation failed."""
+    if deployment:
+        try:
+            return _paths_from_deployment(deployment, specs, users, shard_size), {}
+        except Exception as exc:
+            return {}, {spec.run_id: exc for spec in specs}
+    futures = submit_shards(specs, users, shard_size)
+    resolve_shards(futures)
+    chunks = split_users(list(users), shard_size)
+    paths: dict[str, list[str]] = {}
+    failures: dict[str, BaseException] = {}
+    for spec in specs:
+        try:
+            paths[spec.run_id] = shard_paths(spec, chunks, futures[spec.run_id])
+        except Exception as exc:
+            failures[spec.run_id] = exc
+    return paths, failures
+
+
 def explain_runs(
     specs: Sequence[RunSpec],
     users: Sequence[int],
@@ -112,73 +134,30 @@ def explain_runs(
     params: dict[str, Any] | None = None,
     parent_run_id: str | None = None,
     explain_deployment: str | None = None,
-) -> list[dict[str, Any]]:
-    """Explain, evaluate, store and track every run of ``specs``; one summary dict per run.
+) -> list[RunOutcome]:
+    """Explain, evaluate, store and track every run of ``specs``; how each ended, in order.
 
     A run whose explanation fails is marked failed and the others go on; the first error is
     raised at the end.
     """
-    logger = get_run_logger()
     run_params = {"shard_size": shard_size, **(params or {})}
-    begun = set(begin_runs(specs, run_params))
-    # A run finished before (a re-run) is tracked already: track_run finds its MLflow run.
-    tracked = open_runs(
-        [s for s in specs if parent_run_id is not None or s.run_id in begun],
-        run_params,
-        parent_run_id,
-    )
-    paths: dict[str, list[str]] = {}
-    failures: dict[str, BaseException] = {}
-    if explain_deployment:
-        try:
-            paths = _paths_from_deployment(explain_deployment, specs, users, shard_size)
-        except Exception as exc:
-            failures = {spec.run_id: exc for spec in specs}
-    else:
-        futures = submit_shards(specs, users, shard_size)
-        resolve_shards(futures)
-        chunks = split_users(list(users), shard_size)
-        for spec in specs:
-            run_id, fs = spec.run_id, futures[spec.run_id]
-            try:
-                paths[run_id] = shard_paths(spec, chunks, fs)
-            except Exception as exc:
-                failures[run_id] = exc
-    summaries: list[dict[str, Any]] = []
-    for spec in specs:
-        try:
-            if spec.run_id in failures:
-                raise failures[spec.run_id]
-            result = evaluate_run(spec, paths[spec.run_id])
-            store_run(result, run_params)
-            mlflow_run_id = track_run(result, run_params, parent_run_id, tracked.get(spec.run_id))
-            link_mlflow(spec.run_id, mlflow_run_id)
-        except Exception as exc:
-            logger.error(
-                "run %s (%s %s k=%d) failed: %s",
-                spec.run_id,
-                spec.dataset,
-                spec.method,
-                spec.k,
-                exc,
-            )
-            failures.setdefault(spec.run_id, exc)
-            mark_failed(spec.run_id)
-            if spec.run_id in tracked:
-                fail_tracked(tracked[spec.run_id], f"{type(exc).__name__}: {exc}")
-            continue
-        summaries.append(
-            {
-                **spec.as_row(),
-                **result.metrics,
-                "device": result.device,
-                "mlflow_run_id": mlflow_run_id,
-                "explanations": result.path,
-            }
+    tracked = begin(specs, run_params, parent_run_id)
+    paths, failures = _explain(specs, users, shard_size, explain_deployment)
+    outcomes = [
+        finish_run(
+            spec,
+            paths.get(spec.run_id),
+            run_params,
+            parent_run_id=parent_run_id,
+            tracked=tracked.get(spec.run_id),
+            error=failures.get(spec.run_id),
         )
-    if failures:
-        raise next(iter(failures.values()))
-    return summaries
+        for spec in specs
+    ]
+    error = first_error(failures, outcomes)
+    if error is not None:
+        raise error
+    return outcomes
 
 
 @flow(name="lcer-pipeline", task_runner=default_task_runner())
@@ -243,9 +222,8 @@ def lcer_pipeline(
                 len(specs),
                 len(users),
             )
-            summaries += explain_runs(
-                specs, users, shard_size, explain_deployment=explain_deployment
-            )
+            outcomes = explain_runs(specs, users, shard_size, explain_deployment=explain_deployment)
+            summaries += [outcome.summary() for outcome in outcomes]
         item_figures(dataset)
         html_report(dataset)
     return summaries

@@ -13,7 +13,6 @@ from flows.train import DEFAULT_EPOCHS, prepare_and_train
 from lcer_core.paper import PAPER_ALPHAS, PAPER_LAMS
 from lcer_core.shards import DEFAULT_SHARD_SIZE, plan_runs
 from tasks.data import test_users
-from tasks.evaluate import RunResult
 from tasks.tracking import close_sweep, open_sweep, sweep_figures
 
 __all__ = ["lcer_sweep"]
@@ -67,17 +66,12 @@ def lcer_sweep(
     }
     parent = open_sweep(dataset, grid)
     try:
-        rows = explain_runs(
+        outcomes = explain_runs(
             specs, users, shard_size, params={"sweep": parent}, parent_run_id=parent
         )
-        by_key = {spec.run_id: spec for spec in specs}
-        results = [
-            RunResult(by_key[row["run_id"]], row["explanations"], row, row["device"])
-            for row in rows
-        ]
-        sweep_figures(parent, results)
+        sweep_figures(parent, [outcome.result for outcome in outcomes if outcome.result])
     except BaseException:
         close_sweep(parent, "FAILED")
         raise
     close_sweep(parent, "FINISHED")
-    return rows
+    return [outcome.summary() for outcome in outcomes]
