@@ -17,6 +17,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+from browser import render, require_chromium
 from mlflow.tracking import MlflowClient
 from mlflow_fixtures import mlflow_template_db_fixture, store_fixture  # noqa: F401
 
@@ -25,15 +26,8 @@ from tasks import mlflow_client
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or (
-    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-)
-# Start `lcer ui` through the CLI's entry point; importing the module registers the command
-# even before lcer_core/cli/commands.py imports it.
-UI_SCRIPT = (
-    "import sys; from lcer_core.cli import tracking; from lcer_core.cli.app import main; "
-    "main(sys.argv[1:])"
-)
+# Start `lcer ui` through the CLI's entry point (which registers every command).
+UI_SCRIPT = "import sys; from lcer_core.cli.app import main; main(sys.argv[1:])"
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -84,8 +78,7 @@ def _sweep() -> tuple[str, list[str], list[str]]:
 def test_ui_shows_sweep_runs_and_metrics(
     lcer_home: Path, store: MlflowClient, tmp_path: Path
 ) -> None:
-    if CHROMIUM is None:
-        pytest.skip("chromium not installed (apt-get install -y chromium)")
+    require_chromium()
     exp_id, run_ids, run_names = _sweep()
     assert store.get_run(run_ids[0]).info.status == "FINISHED"
 
@@ -110,31 +103,15 @@ def test_ui_shows_sweep_runs_and_metrics(
 
         profile, shot = tmp_path / "chromium-profile", tmp_path / "compare-runs.png"
         url = compare_runs_url(base, run_ids, [exp_id])
-        browser = subprocess.run(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                f"--user-data-dir={profile}",
-                "--virtual-time-budget=15000",
-                "--window-size=1500,2000",
-                "--hide-scrollbars",
-                f"--screenshot={shot}",
-                "--dump-dom",
-                url,
-            ],
-            capture_output=True,
-            text=True,
+        dom = render(
+            url,
+            profile=profile,
+            screenshot=shot,
+            window=(1500, 2000),
+            budget_ms=15000,
             timeout=150,
         )
         print(f"chromium done at {time.monotonic() - started:.1f} s")
-        dom = browser.stdout
-        assert browser.returncode == 0, browser.stderr[-2000:]
 
         assert "Comparing 4 Runs" in dom, dom[:2000]
         for name in run_names:

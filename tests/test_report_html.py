@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
@@ -20,15 +19,13 @@ import matplotlib.image
 import numpy as np
 import polars as pl
 import pytest
+from browser import render, require_chromium
 from markupsafe import escape
 from test_store import T0, write
 
 from lcer_core.cli import main
 from lcer_core.store import ResultStore
 
-CHROMIUM = shutil.which("chromium") or (
-    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-)
 HOSTILE = '<script>alert("x")</script> & <img src="https://evil.example/p.png">'
 STATS = {
     "dataset": "ml-100k",
@@ -153,8 +150,7 @@ def test_html_report_to_an_unwritable_place_is_one_line(
 def test_html_report_renders_offline_in_headless_chromium(
     results_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if CHROMIUM is None:
-        pytest.skip("chromium not installed (apt-get install -y chromium)")
+    require_chromium()
     page = tmp_path / "report.html"
     code, _, err = _cli(["report", "ml-100k", "--html", str(page)], capsys)
     assert code == 0, err
@@ -169,32 +165,15 @@ def test_html_report_renders_offline_in_headless_chromium(
         )
     )
     shot, netlog = tmp_path / "report.png", tmp_path / "netlog.json"
-    browser = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--host-resolver-rules=MAP * ~NOTFOUND",
-            f"--log-net-log={netlog}",
-            "--virtual-time-budget=10000",
-            "--window-size=1300,1800",
-            "--hide-scrollbars",
-            f"--screenshot={shot}",
-            "--dump-dom",
-            probe.as_uri(),
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
+    dom = render(
+        probe.as_uri(),
+        profile=tmp_path / "profile",
+        screenshot=shot,
+        window=(1300, 1800),
+        budget_ms=10000,
         timeout=180,
+        extra=["--host-resolver-rules=MAP * ~NOTFOUND", f"--log-net-log={netlog}"],
     )
-    assert browser.returncode == 0, browser.stderr[-2000:]
-    dom = browser.stdout
     sizes = json.loads(re.search(r'data-sizes="([^"]*)"', dom).group(1).replace("&quot;", '"'))
     assert len(sizes) == 6 and all(w > 300 and h > 200 for w, h in sizes), sizes
     for number in ("17.34", "58.34", "22.34", "80.00"):
