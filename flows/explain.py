@@ -243,15 +243,19 @@ def lcer_explain(
     storage = remote.check_storage(storage)
     futures = submit_shards(specs, users, shard_size, bundles=bundles or {})
     resolve_shards(futures)
-    out: list[list[str]] = []
-    for spec in specs:
-        urls = []
-        for index, future in enumerate(futures[spec.run_id]):
-            result = future if isinstance(future, str) else future.result()
-            if not isinstance(result, ShardOutput):
-                raise OrchestrationError(f"shard {index} of run {spec.run_id} returned no file")
-            url = remote.shard_url(storage, spec.run_id, index)
-            remote.put_bytes(url, result.parquet)
-            urls.append(url)
-        out.append(urls)
-    return out
+    return [_leave_shards(storage, spec.run_id, futures[spec.run_id]) for spec in specs]
+
+
+def _leave_shards(
+    storage: str, run_id: str, futures: Sequence[PrefectFuture[Any] | str]
+) -> list[str]:
+    """Put a run's shard files (sent back as bytes) under the storage URL; their URLs, in order."""
+    urls = []
+    for index, future in enumerate(futures):
+        result = future if isinstance(future, str) else future.result()
+        if not isinstance(result, ShardOutput):
+            raise OrchestrationError(f"shard {index} of run {run_id} returned no file")
+        url = remote.shard_url(storage, run_id, index)
+        remote.put_bytes(url, result.parquet)
+        urls.append(url)
+    return urls

@@ -74,14 +74,7 @@ def _paths_from_deployment(
     }
     if storage:
         storage = remote.check_storage(storage)
-        bundles: dict[str, str] = {}
-        for spec in specs:
-            if spec.model_key not in bundles:
-                data = load_prepared(spec.dataset)
-                model = api.load_model(spec.dataset, spec.model_key)
-                bundle = remote.make_bundle(data, model, users)
-                bundles[spec.model_key] = upload_bundle(storage, spec.model_key, users, bundle)
-        parameters |= {"storage": storage, "bundles": bundles}
+        parameters |= {"storage": storage, "bundles": _upload_bundles(storage, specs, users)}
     flow_run = run_deployment(deployment, parameters=parameters, timeout=None, poll_interval=2)
     state = flow_run.state
     if state is None or not state.is_completed():
@@ -89,18 +82,34 @@ def _paths_from_deployment(
             f"explanation flow run {flow_run.name} of {deployment} ended {state.name if state else 'unknown'}"
         )
     chunks = split_users(list(users), shard_size)
-    out: dict[str, list[str]] = {}
+    return {spec.run_id: _fetch_shards(deployment, storage, spec, chunks) for spec in specs}
+
+
+def _upload_bundles(storage: str, specs: Sequence[RunSpec], users: Sequence[int]) -> dict[str, str]:
+    """Upload the model and data of every model of ``specs`` once; their URLs by model key."""
+    bundles: dict[str, str] = {}
     for spec in specs:
-        paths = [shard_path(spec.run_id, i) for i in range(len(chunks))]
-        for index, (path, chunk) in enumerate(zip(paths, chunks, strict=True)):
-            key = shard_key(spec, index, chunk)
-            if storage and not shard_is_complete(path, chunk, key):
-                data = remote.get_bytes(remote.shard_url(storage, spec.run_id, index))
-                write_shard_bytes(data, path, key)
-            if not shard_is_complete(path, chunk, key):
-                raise OrchestrationError(f"{deployment} finished but shard {path} is missing here")
-        out[spec.run_id] = [str(p) for p in paths]
-    return out
+        if spec.model_key not in bundles:
+            data = load_prepared(spec.dataset)
+            model = api.load_model(spec.dataset, spec.model_key)
+            bundle = remote.make_bundle(data, model, users)
+            bundles[spec.model_key] = upload_bundle(storage, spec.model_key, users, bundle)
+    return bundles
+
+
+def _fetch_shards(
+    deployment: str, storage: str | None, spec: RunSpec, chunks: Sequence[Sequence[int]]
+) -> list[str]:
+    """A run's shard files here, copied from the storage URL when one is set; a missing one raises."""
+    paths = [shard_path(spec.run_id, i) for i in range(len(chunks))]
+    for index, (path, chunk) in enumerate(zip(paths, chunks, strict=True)):
+        key = shard_key(spec, index, chunk)
+        if storage and not shard_is_complete(path, chunk, key):
+            data = remote.get_bytes(remote.shard_url(storage, spec.run_id, index))
+            write_shard_bytes(data, path, key)
+        if not shard_is_complete(path, chunk, key):
+            raise OrchestrationError(f"{deployment} finished but shard {path} is missing here")
+    return [str(p) for p in paths]
 
 
 def _explain(
