@@ -50,19 +50,26 @@ DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
 _FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_RESULTS_PERSIST_BY_DEFAULT")
 
 
-def check_runner(kind: str, address: str | None = None) -> None:
-    """Refuse an unknown runner, an address without Ray, or a malformed address (one line each).
-
-    Imports neither Prefect nor Ray: the command line calls it before Prefect starts.
-    """
+def _check_choice(kind: str, address: str | None) -> None:
     if kind not in RUNNERS:
         raise InvalidParameterError(f"--runner must be one of {', '.join(RUNNERS)}, got {kind!r}")
     if address and kind != "ray":
         raise InvalidParameterError("--address only applies with --runner ray")
+
+
+def _check_address(address: str | None) -> None:
     if address:
         from lcer_core.remote import check_address
 
         check_address(address)
+
+
+def check_runner(kind: str, address: str | None = None) -> None:
+    """Refuse an unknown runner, an address without Ray, or an address where no cluster answers
+    (one line each). Imports neither Prefect nor Ray: the command line calls it before Prefect
+    starts."""
+    _check_choice(kind, address)
+    _check_address(address)
 
 
 def make_task_runner(
@@ -77,7 +84,7 @@ def make_task_runner(
     from prefect.settings import get_current_settings
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    check_runner(kind, address)
+    _check_choice(kind, address)
     if kind == "threads":
         configured = get_current_settings().tasks.runner.thread_pool_max_workers
         return ThreadPoolTaskRunner(max_workers=configured or DEFAULT_THREADS)
@@ -93,6 +100,7 @@ def make_task_runner(
             "--runner ray needs a Prefect server the Ray workers can reach: "
             "start one (prefect server start) and set PREFECT_API_URL"
         )
+    _check_address(address)
     # Ray folds log lines that differ only in numbers (a shard's retry, other shards) into one.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     env = {name: os.environ[name] for name in _FORWARDED_ENV if os.environ.get(name)}
