@@ -54,12 +54,7 @@ ShardFutures = dict[str, list[PrefectFuture[Any] | str]]
 
 
 def _label(spec: RunSpec) -> str:
-    grid = (
-        f" α={spec.alpha:g} λ={spec.lam:g}"
-        if spec.alpha is not None and spec.lam is not None
-        else ""
-    )
-    return f"{spec.dataset} {spec.method} k={spec.k}{grid}"
+    return spec.label
 
 
 def _plan(specs: Sequence[RunSpec], chunks: Sequence[Sequence[int]]) -> None:

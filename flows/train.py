@@ -16,8 +16,8 @@ from tasks.train import ModelInfo, Registration, register, train
 
 __all__ = ["lcer_train", "prepare_and_train"]
 
-#: Mult-VAE's training epochs (the reference protocol's 200).
-DEFAULT_EPOCHS = 200
+#: Mult-VAE's training epochs: its config's default (the reference protocol's).
+DEFAULT_EPOCHS = MultVAEConfig().epochs
 
 
 def prepare_and_train(

@@ -21,16 +21,15 @@ from typing import Any
 import polars as pl
 import torch
 
-from lcer_core.checks import validate_common
+from lcer_core.checks import check_users
 from lcer_core.datasets import PreparedDataset, load_prepared, prepare
 from lcer_core.errors import DamagedDataError, InvalidParameterError, MissingDataError
-from lcer_core.explainers import METHODS, get_explainer
+from lcer_core.explainers import get_explainer, get_method
 from lcer_core.explanations import Explanations
 from lcer_core.fsio import ensure_writable, home_error
 from lcer_core.keys import content_key
 from lcer_core.metrics import PairOutcomes, evaluate_pairs, summarize
 from lcer_core.pairs import PairBatch, build_pairs
-from lcer_core.paper import PAPER_LCER_PARAMS
 from lcer_core.paths import models_dir
 from lcer_core.recommender.multvae import MultVAE, MultVAEConfig, MultVAERecommender
 from lcer_core.recommender.training import EpochReport, evaluate_ranking, fit_multvae
@@ -39,7 +38,6 @@ __all__ = [
     "TrainedModel",
     "default_device",
     "resolve_device",
-    "default_params",
     "ensure_dataset",
     "train_model",
     "save_model",
@@ -93,11 +91,6 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
             f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
         )
     return dev
-
-
-def default_params(dataset: str) -> dict[str, float]:
-    """The paper's α and λ for a dataset (section 4.1), ML 100K's for any other."""
-    return dict(PAPER_LCER_PARAMS.get(dataset, PAPER_LCER_PARAMS["ml-100k"]))
 
 
 def ensure_dataset(name: str) -> PreparedDataset:
@@ -178,8 +171,6 @@ def train_model(
     """Train Mult-VAE on the training users, pick the best epoch on validation NDCG@100,
     report NDCG@100 and Recall@20/50 on the test users, and save the checkpoint atomically."""
     cfg = config or MultVAEConfig()
-    if cfg.epochs < 1:
-        raise InvalidParameterError(f"epochs must be >= 1, got {cfg.epochs}")
     ensure_writable(models_dir() / data.name)
     dev = device or default_device()
     train = data.rows("train", data.users_of("train"))  # sparse: one dense batch at a time
@@ -393,7 +384,7 @@ def test_users(
     ``strict``, asking for more users than the dataset's test users is a one-line error."""
     users = data.users_of("test")
     if n_users is not None:
-        validate_common(n_users=n_users)
+        check_users(n_users)
         if strict and n_users > len(users):
             raise InvalidParameterError(
                 f"--users {n_users} is more than the {len(users)} test users of {data.name!r}"
@@ -406,7 +397,6 @@ def make_pairs(
     recommender: MultVAERecommender, data: PreparedDataset, users: list[int], k: int
 ) -> PairBatch:
     """Top-``k`` pairs of ``users`` with their thresholds g_{K+1}(x_f)."""
-    validate_common(k=k)
     return build_pairs(recommender, data.histories(users), k)
 
 
@@ -419,7 +409,7 @@ def explain(
     progress: Callable[[int, int], None] | None = None,
     **params: Any,
 ) -> Explanations:
-    """Explain ``pairs`` with ``method`` (one of :data:`lcer_core.explainers.METHODS`)."""
+    """Explain ``pairs`` with ``method`` (a registered method, with its config's fields as ``params``)."""
     return get_explainer(method, **params).explain(recommender, pairs, seed=seed, progress=progress)
 
 
@@ -544,7 +534,7 @@ def summarize_frame(frame: pl.DataFrame, method: str) -> dict[str, float | int |
         necessary=torch.tensor(frame["necessary"].to_list(), dtype=torch.bool),
         rank_after=torch.tensor(frame["rank_after"].fill_null(0).to_list(), dtype=torch.long),
     )
-    out = summarize(outcomes, reports_validity=METHODS[method].reports_validity)
+    out = summarize(outcomes, reports_validity=get_method(method).reports_validity)
     # what the run cost per pair, when the shards recorded it (see shards.explain_users)
     for key, column in (("calls_per_pair", "forward_calls"), ("s_per_pair", "explain_s")):
         if column in frame.columns and frame.height and frame[column].null_count() == 0:

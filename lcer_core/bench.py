@@ -12,6 +12,7 @@ import platform
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -68,7 +69,7 @@ def run_benchmark(
     *,
     dataset: str = "ml-100k",
     k: int = 5,
-    steps: int = 3000,
+    steps: int | None = None,
     n_users: int | None = None,
     sample: int = 5,
     full: bool = False,
@@ -77,8 +78,8 @@ def run_benchmark(
     synthetic_items: int | None = None,
     device: str | None = None,
     seed: int = 0,
-    alpha: float = 0.1,
-    lam: float = 0.01,
+    alpha: float | None = None,
+    lam: float | None = None,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[Any], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
@@ -87,14 +88,22 @@ def run_benchmark(
 
     ``on_epoch`` sees each training epoch (when a model must be trained first) and
     ``progress(stage, done, total)`` the steps of the batched runs, for a progress bar.
+    α, λ and steps (None: LCER's defaults), patience and min delta make one LCER config.
     """
-    checks.validate_common(k=k, steps=steps, n_users=n_users, alpha=alpha, lam=lam, seed=seed)
+    options = {"alpha": alpha, "lam": lam, "steps": steps}
+    early_cfg = LCERConfig(
+        **{n: v for n, v in options.items() if v is not None},
+        patience=patience,
+        min_delta=min_delta,
+    )
+    cfg = replace(early_cfg, patience=0, min_delta=0.0)
+    alpha, lam, steps = cfg.alpha, cfg.lam, cfg.steps
+    checks.check_k(k)
+    if n_users is not None:
+        checks.check_users(n_users)
+    checks.check_seed(seed)
     if not (isinstance(sample, int) and sample >= 1):
         raise InvalidParameterError(f"--sample must be a positive integer, got {sample}")
-    if not (isinstance(patience, int) and patience >= 0):
-        raise InvalidParameterError(f"--patience must be an integer >= 0, got {patience}")
-    if not (min_delta >= 0 and min_delta < 1e6):
-        raise InvalidParameterError(f"--min-delta must be a number >= 0, got {min_delta}")
     lo, hi = SYNTHETIC_ITEMS_RANGE
     if synthetic_items is not None and not (lo <= synthetic_items <= hi):
         raise InvalidParameterError(
@@ -114,7 +123,6 @@ def run_benchmark(
         rec = model.recommender(dev)
         pairs = api.make_pairs(rec, data, api.test_users(data, n_users, strict=True), k)
         n_items, source = data.n_items, dataset
-    cfg = LCERConfig(alpha=alpha, lam=lam, steps=steps)
     n_seq = len(pairs) if full else min(sample, len(pairs))
     # Spread the sample over users and ranks.
     sample_idx = torch.linspace(0, len(pairs) - 1, n_seq).round().long().unique()
@@ -132,9 +140,7 @@ def run_benchmark(
     sync()
     seq_s = time.perf_counter() - t0
     log(f"batched engine: {len(pairs)} pairs x {steps} steps ...")
-    LCER(LCERConfig(alpha=alpha, lam=lam, steps=5)).explain(
-        rec, pairs.select(slice(0, 2)), seed=seed
-    )  # warm-up
+    LCER(replace(cfg, steps=5)).explain(rec, pairs.select(slice(0, 2)), seed=seed)  # warm-up
     sync()
     t0 = time.perf_counter()
     fast = LCER(cfg).explain(rec, pairs, seed=seed, progress=_stage(progress, "batched engine"))
@@ -181,9 +187,9 @@ def run_benchmark(
         log(f"batched engine with early stop (patience {patience}, min delta {min_delta}) ...")
         sync()
         t0 = time.perf_counter()
-        early = LCER(
-            LCERConfig(alpha=alpha, lam=lam, steps=steps, patience=patience, min_delta=min_delta)
-        ).explain(rec, pairs, seed=seed, progress=_stage(progress, "early stop"))
+        early = LCER(early_cfg).explain(
+            rec, pairs, seed=seed, progress=_stage(progress, "early stop")
+        )
         sync()
         early_s = time.perf_counter() - t0
         result.update(

@@ -10,6 +10,7 @@ import torch
 from lcer_core import api
 from lcer_core.datasets import PreparedDataset
 from lcer_core.errors import InvalidParameterError, UnknownUserError
+from lcer_core.explainers import ExplainerConfig, get_method
 
 __all__ = ["explain_one_user", "sentences"]
 
@@ -24,10 +25,12 @@ def explain_one_user(
     item: str | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
-    **params: Any,
+    config: ExplainerConfig | None = None,
 ) -> dict[str, Any]:
     """The top-``k`` of raw user ``user`` with, per item, the CE (ids, titles, importance) and
-    the item's rank before and after removing it; ``item`` (a raw id) restricts to one item."""
+    the item's rank before and after removing it; ``item`` (a raw id) restricts to one item.
+    ``config`` configures ``method`` (default: its config's defaults)."""
+    explainer = get_method(method)(config)
     uid = data.uid_of(user)
     if not data.history(uid):
         raise UnknownUserError(f"user {user!r} has no interactions the recommender can see")
@@ -40,7 +43,7 @@ def explain_one_user(
             top = ", ".join(data.titles(pairs.targets.tolist()))
             raise InvalidParameterError(f"item {item!r} is not in user {user!r}'s top-{k} ({top})")
         pairs = pairs.select(hit)
-    expl = api.explain(rec, pairs, method, seed=seed, progress=progress, **params)
+    expl = explainer.explain(rec, pairs, seed=seed, progress=progress)
     outcomes = api.evaluate(rec, pairs, expl)
     frame = api.explanation_frame(data, pairs, expl, outcomes)
     with torch.no_grad():

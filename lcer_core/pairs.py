@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from lcer_core.checks import check_k
 from lcer_core.errors import InvalidParameterError
 from lcer_core.recommender.base import Recommender, topk_excluding
 from lcer_core.recommender.training import DENSE_BATCH_CELLS
@@ -88,8 +89,7 @@ class PairBatch:
 @torch.no_grad()
 def build_pairs(recommender: Recommender, histories: Histories, k: int) -> PairBatch:
     """Recommend top-``k`` for each user (excluding interacted items) and make one pair per item."""
-    if k < 1:
-        raise InvalidParameterError(f"k must be a positive integer, got {k}")
+    check_k(k)
     dev = recommender.device
     items, mask = histories.items.to(dev), histories.mask.to(dev)
     free = recommender.n_items - mask.sum(1)

@@ -85,9 +85,10 @@ def check_address(address: str) -> None:
 
 
 def wants_gpu(method: str) -> bool:
-    """Whether a method's shards ask a cluster for a GPU: LCER (and its variants) optimise with
-    gradients; the baselines only call the model forward and run wherever there is a CPU."""
-    return method.split("-")[0] == "lcer"
+    """Whether a method's shards ask a cluster for a GPU (the explainer's ``prefers_gpu``)."""
+    from lcer_core.explainers import get_method
+
+    return get_method(method).prefers_gpu
 
 
 def make_bundle(

@@ -12,7 +12,6 @@ Nothing here knows about Prefect; the orchestration calls these functions.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -20,31 +19,25 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import torch
 
-from lcer_core import api, checks
+from lcer_core import api
+from lcer_core.checks import check_shard_size
 from lcer_core.datasets import PreparedDataset
-from lcer_core.errors import (
-    InvalidParameterError,
-    MissingDataError,
-    UnknownMethodError,
-)
-from lcer_core.explainers import LCER_METHODS, METHODS, LCERConfig, get_explainer
+from lcer_core.errors import MissingDataError
+from lcer_core.explainers import get_method
 from lcer_core.fsio import home_error
-from lcer_core.keys import run_key
 from lcer_core.paths import lcer_home
 from lcer_core.recommender.counting import CountingRecommender
+from lcer_core.runs import RunSpec  # re-exported: the shard functions take one
 from lcer_core.store.schema import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
     "RunSpec",
-    "run_spec",
     "split_users",
     "work_dir",
     "shard_path",
@@ -56,8 +49,6 @@ __all__ = [
     "read_shards",
     "split_run_frame",
     "shard_placements",
-    "check_methods",
-    "plan_runs",
 ]
 
 #: Test users per explanation shard when the caller does not say.
@@ -68,93 +59,9 @@ SHARD_KEY_FIELD = "lcer.shard_key"
 _SHARD_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """What determines one explanation run: its key, method and hyperparameters (None where unused)."""
-
-    run_id: str
-    dataset: str
-    method: str
-    k: int
-    alpha: float | None
-    lam: float | None
-    steps: int | None
-    seed: int
-    n_users: int | None
-    model_key: str
-
-    def explainer_params(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`lcer_core.api.explain` for this run."""
-        return {
-            k: v
-            for k, v in {"alpha": self.alpha, "lam": self.lam, "steps": self.steps}.items()
-            if v is not None
-        }
-
-    def explainer_config(self) -> dict[str, Any]:
-        """The explainer's whole configuration for this run (``dump_config()``), stored with it."""
-        return get_explainer(self.method, **self.explainer_params()).dump_config()
-
-    def as_row(self) -> dict[str, Any]:
-        """The run's columns of the ``runs`` table."""
-        return {
-            "run_id": self.run_id,
-            "dataset": self.dataset,
-            "method": self.method,
-            "k": self.k,
-            "alpha": self.alpha,
-            "lam": self.lam,
-            "steps": self.steps,
-            "seed": self.seed,
-            "n_users": self.n_users,
-            "model_key": self.model_key,
-        }
-
-
-def _uses_lcer_params(method: str) -> bool:
-    return method in LCER_METHODS
-
-
-def run_spec(
-    *,
-    dataset: str,
-    method: str,
-    k: int,
-    alpha: float | None,
-    lam: float | None,
-    steps: int | None,
-    seed: int,
-    n_users: int | None,
-    model_key: str,
-) -> RunSpec:
-    """The run of (method, k, α, λ): α, λ and steps are dropped for methods that have none."""
-    if method not in METHODS:
-        raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
-    checks.validate_common(k=k, alpha=alpha, lam=lam, steps=steps, n_users=n_users, seed=seed)
-    if _uses_lcer_params(method):
-        alpha = float(alpha) if alpha is not None else None
-        lam = float(lam) if lam is not None else None
-        steps = int(steps) if steps is not None else LCERConfig().steps
-    else:
-        alpha = lam = steps = None
-    key = run_key(
-        dataset=dataset,
-        method=method,
-        k=k,
-        alpha=alpha,
-        lam=lam,
-        steps=steps,
-        seed=seed,
-        model_version=model_key,
-        n_users=n_users,
-    )
-    return RunSpec(key, dataset, method, k, alpha, lam, steps, seed, n_users, model_key)
-
-
 def split_users(users: Sequence[int], shard_size: int) -> list[list[int]]:
     """``users`` in consecutive groups of ``shard_size`` (the last one may be shorter)."""
-    if not (isinstance(shard_size, int) and shard_size >= 1):
-        raise InvalidParameterError(f"--shard-size must be a positive integer, got {shard_size}")
+    check_shard_size(shard_size)
     users = list(users)
     return [users[i : i + shard_size] for i in range(0, len(users), shard_size)]
 
@@ -170,10 +77,12 @@ def shard_path(run_id: str, index: int) -> Path:
 
 
 def shard_key(spec: RunSpec, index: int, users: Sequence[int]) -> str:
-    """What one shard file holds, as a hex digest: the whole run spec, the shard's index and users."""
+    """What one shard file holds, as a hex digest: the run (its key and fields, as earlier
+    versions held them: the key covers the rest of its configuration), the shard's index and
+    users. Shard files written by earlier versions keep their keys (format 1)."""
     payload = {
         "format": _SHARD_FORMAT,
-        "spec": dataclasses.asdict(spec),
+        "spec": spec.key_fields(),
         "index": int(index),
         "users": [int(u) for u in users],
     }
@@ -199,13 +108,12 @@ def explain_users(
     pairs = api.make_pairs(recommender, data, list(users), spec.k)
     counting = CountingRecommender(recommender)
     start = time.perf_counter()
-    explanations = api.explain(
+    explainer = get_method(spec.method)(spec.config)
+    explanations = explainer.explain(
         counting,  # type: ignore[arg-type]
         pairs,
-        spec.method,
         seed=spec.seed,
         progress=progress,
-        **spec.explainer_params(),
     )
     seconds = time.perf_counter() - start
     outcomes = api.evaluate(recommender, pairs, explanations)
@@ -293,59 +201,3 @@ def split_run_frame(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     recs = frame.select([c for c in RECOMMENDATION_COLUMNS if c in frame.columns])
     expl = frame.select([c for c in EXPLANATION_COLUMNS if c in frame.columns])
     return recs, expl
-
-
-def check_methods(methods: Sequence[str]) -> list[str]:
-    """``methods`` with unknown names refused in one line (duplicates dropped, order kept)."""
-    out: list[str] = []
-    for method in methods:
-        if method not in METHODS:
-            raise UnknownMethodError(
-                f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}"
-            )
-        if method not in out:
-            out.append(method)
-    if not out:
-        raise InvalidParameterError("no method given")
-    return out
-
-
-def plan_runs(
-    *,
-    dataset: str,
-    methods: Sequence[str],
-    ks: Sequence[int],
-    alphas: Sequence[float],
-    lams: Sequence[float],
-    steps: int | None,
-    seed: int,
-    n_users: int | None,
-    model_key: str,
-) -> list[RunSpec]:
-    """Every run of the grid: LCER once per (k, α, λ), each baseline once per k (α/λ do not apply)."""
-    if not ks:
-        raise InvalidParameterError("no k given")
-    specs: dict[str, RunSpec] = {}
-    for method in check_methods(methods):
-        grid = (
-            [(a, lam) for a in alphas for lam in lams]
-            if _uses_lcer_params(method)
-            else [(None, None)]
-        )
-        if not grid:
-            raise InvalidParameterError("no alpha/lam given")
-        for k in ks:
-            for alpha, lam in grid:
-                spec = run_spec(
-                    dataset=dataset,
-                    method=method,
-                    k=k,
-                    alpha=alpha,
-                    lam=lam,
-                    steps=steps,
-                    seed=seed,
-                    n_users=n_users,
-                    model_key=model_key,
-                )
-                specs.setdefault(spec.run_id, spec)
-    return list(specs.values())

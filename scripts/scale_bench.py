@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from lcer_core.datasets import is_prepared, load_prepared, prepare_dataset
     from lcer_core.datasets.custom import register_and_prepare
     from lcer_core.datasets.synth import write_synth
+    from lcer_core.explainers import LCERConfig
     from lcer_core.metrics import summarize
     from lcer_core.recommender.multvae import MultVAEConfig
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return _finish(args, {"dataset": name, "items": data.n_items, "device": str(dev)})
     rec = model.recommender(dev)
     users = api.test_users(data, args.users)
-    params = api.default_params(args.dataset)  # syn-epinions: Epinions' α and λ
+    params = LCERConfig.defaults_for(args.dataset)  # syn-epinions: Epinions' α and λ
     summary: dict[str, Any] = {"dataset": name, "items": data.n_items, "device": str(dev)}
     for k in (int(x) for x in args.ks.split(",")):
         with stage("pairs", k=k) as row:

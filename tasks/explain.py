@@ -32,7 +32,7 @@ from prefect.states import Completed, State
 from lcer_core import api, remote, shards
 from lcer_core.datasets import load_prepared
 from lcer_core.fsio import parquet_bytes
-from lcer_core.shards import RunSpec
+from lcer_core.runs import RunSpec
 from tasks import progress
 
 __all__ = [
@@ -75,10 +75,7 @@ def _placed(frame: pl.DataFrame, index: int, node: str) -> pl.DataFrame:
 def _shard_run_name() -> str:
     params = task_run.parameters
     spec: RunSpec = params["spec"]
-    extra = (
-        f"-a{spec.alpha:g}-l{spec.lam:g}" if spec.alpha is not None and spec.lam is not None else ""
-    )
-    return f"explain-{spec.method}-k{spec.k}{extra}-shard-{params['index']:04d}"
+    return f"explain-{spec.slug}-shard-{params['index']:04d}"
 
 
 @task(

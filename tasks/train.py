@@ -52,7 +52,9 @@ class Registration:
 
 
 @task(name="train-multvae", cache_policy=NO_CACHE)
-def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelInfo:
+def train(
+    dataset: str, epochs: int = MultVAEConfig().epochs, seed: int = api.MODEL_SEED
+) -> ModelInfo:
     """Train Mult-VAE on ``dataset``, or reuse the checkpoint trained on the same data with the same settings."""
     logger = get_run_logger()
     config = MultVAEConfig(epochs=epochs)

@@ -173,17 +173,15 @@ def _run_id(method: str, users: int, steps: int | None) -> str:
     from lcer_core import api
     from lcer_core.datasets import load_prepared
     from lcer_core.recommender.multvae import MultVAEConfig
-    from lcer_core.shards import run_spec
+    from lcer_core.runs import method_configs, run_spec
 
     data = load_prepared("ml-100k")
-    defaults = api.default_params("ml-100k")
+    [config] = method_configs(method, "ml-100k", {"steps": steps})  # the paper's α and λ
     return run_spec(
         dataset="ml-100k",
         method=method,
         k=5,
-        alpha=defaults["alpha"],
-        lam=defaults["lam"],
-        steps=steps,
+        config=config,
         seed=0,
         n_users=users,
         model_key=api.model_key(data, MultVAEConfig(epochs=EPOCHS), api.MODEL_SEED),

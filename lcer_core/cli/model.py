@@ -13,7 +13,7 @@ from lcer_core.errors import InvalidParameterError, MissingDataError
 __all__ = ["explain", "ensure_model_and_data"]
 
 
-def ensure_model_and_data(dataset: str, *, no_train: bool, epochs: int = 200):  # noqa: ANN201
+def ensure_model_and_data(dataset: str, *, no_train: bool, epochs: int | None = None):  # noqa: ANN201
     """The latest trained model of ``dataset`` and its prepared data, preparing and training
     what is missing (one line on stderr says so); with ``no_train``, a missing one is refused."""
     from lcer_core import api
@@ -21,6 +21,7 @@ def ensure_model_and_data(dataset: str, *, no_train: bool, epochs: int = 200):  
     from lcer_core.datasets import is_prepared
     from lcer_core.recommender.multvae import MultVAEConfig
 
+    config = MultVAEConfig() if epochs is None else MultVAEConfig(epochs=epochs)
     model = api.find_model(dataset)
     if no_train:
         if model is None:
@@ -36,10 +37,12 @@ def ensure_model_and_data(dataset: str, *, no_train: bool, epochs: int = 200):  
     todo = (
         "training Mult-VAE" if is_prepared(dataset) else "preparing the data and training Mult-VAE"
     )
-    typer.echo(f"no trained model for {dataset} yet: {todo} ({epochs} epochs) first", err=True)
+    typer.echo(
+        f"no trained model for {dataset} yet: {todo} ({config.epochs} epochs) first", err=True
+    )
     data = api.ensure_dataset(dataset)
-    with epoch_bar(f"train Mult-VAE {dataset}", epochs) as on_epoch:
-        model, _ = api.ensure_model(data, MultVAEConfig(epochs=epochs), on_epoch=on_epoch)
+    with epoch_bar(f"train Mult-VAE {dataset}", config.epochs) as on_epoch:
+        model, _ = api.ensure_model(data, config, on_epoch=on_epoch)
     return model, data
 
 
@@ -73,7 +76,7 @@ def explain(
     ),
     lam: float = typer.Option(None, "--lam", help="LCER length weight λ (default: the paper's)."),
     users: int = typer.Option(None, "--users", help="Number of test users (default: all)."),
-    steps: int = typer.Option(3000, "--steps", help="LCER optimisation steps."),
+    steps: int = typer.Option(None, "--steps", help="LCER optimisation steps (default: LCER's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the explainer's randomness."),
     user: str = typer.Option(
         None, "--user", help="Explain this user (id of the raw file), in words."
@@ -86,28 +89,31 @@ def explain(
         False, "--no-train", help="Refuse (exit 2) instead of preparing data or training a model."
     ),
     epochs: int = typer.Option(
-        200, "--epochs", help="Mult-VAE training epochs, when there is no model yet."
+        None,
+        "--epochs",
+        help="Mult-VAE training epochs, when there is no model yet (default: Mult-VAE's).",
     ),
 ) -> None:
     """Explain recommendations with METHOD on the latest trained model (prepared and trained first if needed)."""
     from lcer_core import api, checks
     from lcer_core.datasets import get_spec
-    from lcer_core.errors import UnknownMethodError
-    from lcer_core.explainers import LCER_METHODS, METHODS, get_explainer
+    from lcer_core.explainers import get_method
+    from lcer_core.recommender.multvae import MultVAEConfig
+    from lcer_core.runs import method_configs
 
-    if method not in METHODS:
-        raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
-    params = api.default_params(dataset)
-    alpha = params["alpha"] if alpha is None else alpha
-    lam = params["lam"] if lam is None else lam
-    checks.validate_common(k=k, alpha=alpha, lam=lam, steps=steps, n_users=users, seed=seed)
+    explainer_type = get_method(method)
+    # the method's options (the others do not apply to it), with the paper's for the dataset
+    options = {"alpha": None if alpha is None else [alpha], "lam": None if lam is None else [lam]}
+    [config] = method_configs(method, dataset, {**options, "steps": steps})
+    hyper = {name: getattr(config, name) for name in config.options}
+    checks.check_k(k)
+    if users is not None:
+        checks.check_users(users)
+    checks.check_seed(seed)
     if item is not None and user is None:
         raise InvalidParameterError("--item needs --user")
-    hyper = {"alpha": alpha, "lam": lam, "steps": steps} if method in LCER_METHODS else {}
-    get_explainer(method, **hyper)  # its own checks, before any work
     get_spec(dataset)  # an unknown name fails here
-    if epochs < 1:
-        raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
+    epochs = (MultVAEConfig() if epochs is None else MultVAEConfig(epochs=epochs)).epochs
     model, data = ensure_model_and_data(dataset, no_train=no_train, epochs=epochs)
     if user is not None:  # unknown ids fail here, before the progress bar starts
         data.uid_of(user)
@@ -134,12 +140,12 @@ def explain(
                 item=item,
                 seed=seed,
                 progress=progress,
-                **hyper,
+                config=config,
             )
         else:
             rec = model.recommender()
             pairs = api.make_pairs(rec, data, test_users, k)
-            expl = api.explain(rec, pairs, method, seed=seed, progress=progress, **hyper)
+            expl = explainer_type(config).explain(rec, pairs, seed=seed, progress=progress)
             out = api.evaluate(rec, pairs, expl)
             metrics = api.summarize_frame(api.explanation_frame(data, pairs, expl, out), method)
             result = {

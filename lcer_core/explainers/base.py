@@ -24,10 +24,27 @@ __all__ = ["Explainer", "ExplainerConfig", "Explanations", "Progress"]
 
 @dataclass(frozen=True)
 class ExplainerConfig:
-    """Base of the typed configs; ``dump()`` gives the flat dict logged as MLflow params."""
+    """Base of the typed, frozen configs: each validates itself in ``__post_init__``, with
+    messages that name the field; ``dump()`` gives the flat, JSON-able dict of all fields."""
+
+    #: Fields a run may set from the command line or the flow parameters (e.g. α, λ, steps).
+    options: ClassVar[tuple[str, ...]] = ()
+    #: Options swept one run per combination, each stored in its own ``runs`` column.
+    grid: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def defaults_for(cls, dataset: str) -> dict[str, Any]:
+        """Dataset-dependent defaults of the options (e.g. the paper's α and λ); none here."""
+        return {}
 
     def dump(self) -> dict[str, Any]:
+        """Every field by name (the run's stored configuration, its MLflow params)."""
         return asdict(self)
+
+    def non_default(self) -> dict[str, Any]:
+        """The fields whose value differs from this config class's default."""
+        base = type(self)().dump()
+        return {k: v for k, v in self.dump().items() if base.get(k) != v}
 
 
 class Explainer(ABC):
@@ -37,6 +54,9 @@ class Explainer(ABC):
     #: False for methods whose output is not a counterfactual by construction (FIA):
     #: their validity is reported as NULL, as in the paper's Table 2.
     reports_validity: ClassVar[bool] = True
+    #: True for methods that optimise with gradients (LCER): on a cluster their shards ask
+    #: for a GPU; the others only call the model forward and run wherever there is a CPU.
+    prefers_gpu: ClassVar[bool] = False
     config_type: ClassVar[type[ExplainerConfig]] = ExplainerConfig
 
     def __init__(self, config: ExplainerConfig | None = None) -> None:
@@ -47,6 +67,7 @@ class Explainer(ABC):
             )
 
     def dump_config(self) -> dict[str, Any]:
+        """``{"method": name, **every config field}``: what is stored and logged with a run."""
         return {"method": self.name, **self.config.dump()}
 
     def explain(
