@@ -101,7 +101,8 @@ def validate_common(
     n_users: int | None = None,
     seed: int | None = None,
 ) -> None:
-    """The checks above for the options given (None: not given), in one call."""
+    """The checks above for the options given (None: not given), in one call (kept for callers
+    written before the single checks; the product calls those)."""
     if k is not None:
         check_k(k)
     if alpha is not None:
