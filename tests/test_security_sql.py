@@ -339,7 +339,6 @@ def test_a_planted_pickle_record_is_never_read_by_lcer_run(
 
 def test_a_shard_file_is_reused_only_with_its_own_key(tmp_path: Path) -> None:
     from lcer_core import shards
-
     from lcer_core.explainers import FIAConfig
     from lcer_core.runs import RunSpec
 
