@@ -65,6 +65,11 @@ def _stage(
     return lambda done, total: progress(stage, done, total)
 
 
+def _config(**fields: float | int | None) -> LCERConfig:
+    """LCER's config with the ``fields`` given (None: its default), validated by it."""
+    return LCERConfig(**{n: v for n, v in fields.items() if v is not None})
+
+
 def run_benchmark(
     *,
     dataset: str = "ml-100k",
@@ -90,13 +95,8 @@ def run_benchmark(
     ``progress(stage, done, total)`` the steps of the batched runs, for a progress bar.
     α, λ and steps (None: LCER's defaults), patience and min delta make one LCER config.
     """
-    options = {"alpha": alpha, "lam": lam, "steps": steps}
-    early_cfg = LCERConfig(
-        **{n: v for n, v in options.items() if v is not None},
-        patience=patience,
-        min_delta=min_delta,
-    )
-    cfg = replace(early_cfg, patience=0, min_delta=0.0)
+    early_cfg = _config(alpha=alpha, lam=lam, steps=steps, patience=patience, min_delta=min_delta)
+    cfg = replace(early_cfg, patience=0, min_delta=0.0)  # the paper's fixed number of steps
     alpha, lam, steps = cfg.alpha, cfg.lam, cfg.steps
     checks.check_k(k)
     if n_users is not None:

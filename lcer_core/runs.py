@@ -241,13 +241,17 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     return out
 
 
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
 def method_configs(
     method: str, dataset: str, options: Mapping[str, Any] | None = None
 ) -> list[ExplainerConfig]:
     """``method``'s configurations for ``dataset``: one per combination of its grid options.
 
-    ``options`` maps option names to values (a list of values for a grid option; None or an
-    empty list: not given). Only the options ``method`` declares apply to it; one not given
+    ``options`` maps option names to values (a value or a list of values for a grid option;
+    None or an empty list: not given). Only the options ``method`` declares apply to it; one not given
     takes the method's ``defaults_for(dataset)``, else its config's default.
     """
     cls = get_method(method).config_type
@@ -257,7 +261,7 @@ def method_configs(
     for name in cls.options:
         value = options.get(name)
         if name in cls.grid:
-            values = list(value) if value is not None else []
+            values = [] if value is None else list(value) if _is_list(value) else [value]
             if values:
                 axes.append([(name, v) for v in values])
             continue

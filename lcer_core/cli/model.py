@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from typing import TYPE_CHECKING
 
 import typer
 
 from lcer_core.cli.app import app, printable
 from lcer_core.errors import InvalidParameterError, MissingDataError
+
+if TYPE_CHECKING:
+    from lcer_core.explainers import ExplainerConfig
 
 __all__ = ["explain", "ensure_model_and_data"]
 
@@ -64,6 +68,15 @@ def _progress_bar(label: str):  # noqa: ANN202
     return bar
 
 
+def _explainer_config(method: str, dataset: str, **options: float | int | None) -> ExplainerConfig:
+    """``method``'s config from the options it declares (the others do not apply to it), the
+    paper's for ``dataset`` where none is given: the planner of ``lcer run``, for one run."""
+    from lcer_core.runs import method_configs
+
+    [config] = method_configs(method, dataset, options)
+    return config
+
+
 @app.command()
 def explain(
     dataset: str = typer.Argument(..., help="Dataset name, e.g. ml-100k."),
@@ -99,12 +112,9 @@ def explain(
     from lcer_core.datasets import get_spec
     from lcer_core.explainers import get_method
     from lcer_core.recommender.multvae import MultVAEConfig
-    from lcer_core.runs import method_configs
 
     explainer_type = get_method(method)
-    # the method's options (the others do not apply to it), with the paper's for the dataset
-    options = {"alpha": None if alpha is None else [alpha], "lam": None if lam is None else [lam]}
-    [config] = method_configs(method, dataset, {**options, "steps": steps})
+    config = _explainer_config(method, dataset, alpha=alpha, lam=lam, steps=steps)
     hyper = {name: getattr(config, name) for name in config.options}
     checks.check_k(k)
     if users is not None:
