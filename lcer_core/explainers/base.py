@@ -9,7 +9,7 @@ there is none) and, where the method has one, an importance per interacted item.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -42,9 +42,20 @@ class ExplainerConfig:
         return asdict(self)
 
     def non_default(self) -> dict[str, Any]:
-        """The fields whose value differs from this config class's default."""
-        base = type(self)().dump()
-        return {k: v for k, v in self.dump().items() if base.get(k) != v}
+        """The fields whose value differs from this config class's default (all fields without one)."""
+        values = self.dump()
+        out = {}
+        for f in fields(self):
+            if f.default is not MISSING:
+                default = f.default
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+            else:
+                out[f.name] = values[f.name]
+                continue
+            if values[f.name] != default:
+                out[f.name] = values[f.name]
+        return out
 
 
 class Explainer(ABC):
