@@ -28,6 +28,7 @@ import polars as pl
 import torch
 
 from lcer_core import api, checks
+from lcer_core.columns import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
 from lcer_core.datasets import PreparedDataset
 from lcer_core.errors import (
     InvalidParameterError,
@@ -39,7 +40,6 @@ from lcer_core.fsio import home_error
 from lcer_core.keys import run_key
 from lcer_core.paths import lcer_home
 from lcer_core.recommender.counting import CountingRecommender
-from lcer_core.store.schema import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",

@@ -16,6 +16,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lcer_core import plots
+from lcer_core.paper import SUBJECT_METHOD
 from lcer_core.paths import lcer_home
 from lcer_core.shards import RunSpec
 from lcer_core.store import ResultStore
@@ -202,9 +203,9 @@ def item_figures(dataset: str) -> int:
 
 def _best_baseline(dataset: str, k: int) -> dict[str, float | None] | None:
     rows = ResultStore().query(
-        "SELECT * FROM table2 WHERE dataset = ? AND k = ? AND method <> 'lcer' "
+        "SELECT * FROM table2 WHERE dataset = ? AND k = ? AND method <> ? "
         "ORDER BY fns_pct DESC NULLS LAST LIMIT 1",
-        [dataset, k],
+        [dataset, k, SUBJECT_METHOD],
     )
     if rows.height == 0:
         return None

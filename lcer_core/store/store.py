@@ -37,6 +37,7 @@ from lcer_core.store.migrations import (
     apply_migrations,
     current_version,
     disk_trouble,
+    registry_reports_validity,
 )
 from lcer_core.store.schema import (
     COST_KEYS,
@@ -197,8 +198,35 @@ def _run_row(run: Mapping[str, Any], *, status: str | None = None) -> dict[str, 
         raise InvalidParameterError(f"run kind {row['kind']!r} is not one of {', '.join(KINDS)}")
     row["started_at"] = _timestamp(run.get("started_at"), "started_at")
     row["finished_at"] = _timestamp(run.get("finished_at"), "finished_at")
+    row["config"] = _config_json(run.get("config", params.get("explainer")), row["method"])
+    row["reports_validity"] = run.get("reports_validity")
+    if row["reports_validity"] is None:
+        row["reports_validity"] = registry_reports_validity(row["method"])
+    elif not isinstance(row["reports_validity"], bool):
+        raise InvalidParameterError(
+            f"run reports_validity must be true or false, got {row['reports_validity']!r}"
+        )
     row["params_json"] = json.dumps(params, sort_keys=True, default=str)
     return row
+
+
+def _config_json(config: Any, method: str) -> str | None:
+    """The explainer configuration ``{"method": ..., field: value}`` as compact, sorted JSON."""
+    if config is None:
+        return None
+    if not isinstance(config, Mapping):
+        raise InvalidParameterError(
+            f"run config must be a mapping of the explainer's fields, not {type(config).__name__}"
+        )
+    named = config.get("method", method)
+    if named != method:
+        raise InvalidParameterError(f"run config is of method {named!r}, not {method!r}")
+    try:
+        return json.dumps(
+            dict(config), sort_keys=True, separators=(",", ":"), allow_nan=False, default=str
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"run config cannot be stored as JSON: {exc}") from None
 
 
 def _conform(
@@ -315,6 +343,9 @@ def _upsert_sql(
 
 
 _RUN_TABLE_COLUMNS = (*RUN_COLUMNS, "params_json")
+# Columns of ``runs`` a rewrite without them (NULL) leaves as they were: the MLflow link, and
+# what the run key already determines (its configuration; whether its method reports validity).
+_KEEP = ("mlflow_run_id", "config", "reports_validity")
 
 
 class ResultStore:
@@ -575,9 +606,7 @@ class ResultStore:
                         con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
                     columns = list(_RUN_TABLE_COLUMNS)
                     con.execute(
-                        _upsert_sql(
-                            "runs", columns, ("run_id",), keep=("mlflow_run_id", "started_at")
-                        ),
+                        _upsert_sql("runs", columns, ("run_id",), keep=_KEEP + ("started_at",)),
                         [row[c] for c in columns],
                     )
                     con.execute(
@@ -626,7 +655,7 @@ class ResultStore:
         columns = list(_RUN_TABLE_COLUMNS)
         with self._transaction(f"start run {row['run_id']}") as con:
             con.execute(
-                _upsert_sql("runs", columns, ("run_id",), keep=("mlflow_run_id",)),
+                _upsert_sql("runs", columns, ("run_id",), keep=_KEEP),
                 [row[c] for c in columns],
             )
         return row["run_id"]
