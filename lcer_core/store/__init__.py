@@ -1,9 +1,11 @@
 """The results database (DuckDB): runs, recommendations, explanations, metrics and views.
 
 One file, ``$LCER_HOME/results/lcer.duckdb``. Tables: ``datasets``, ``items``, ``models``,
-``runs``, ``recommendations``, ``explanations`` (one row per user × recommended item, with the
-CE's items and their importance), ``metrics`` (one row per evaluation; re-evaluations keep
-history). Views: ``table2``, ``table3``, ``run_results``, ``latest_metrics``,
+``runs`` (one row per run key: its method, k, α, λ, seed, status, ``config`` = the explainer's
+whole configuration as JSON, ``{"method": ..., field: value}``, and ``reports_validity``, false
+for a method whose explanations are not counterfactuals, FIA), ``recommendations``,
+``explanations`` (one row per user × recommended item, with the CE's items and their
+importance), ``metrics`` (one row per evaluation; re-evaluations keep history). Views: ``table2``, ``table3``, ``run_results``, ``latest_metrics``,
 ``explanation_items`` and ``item_explanations`` (section 4.3), described with example
 queries in :mod:`lcer_core.store.views`.
 
