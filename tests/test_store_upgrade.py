@@ -209,3 +209,17 @@ def test_the_core_reads_shard_columns_without_duckdb() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "13"
+
+
+def test_best_baseline_of_the_sweep_figures_is_the_best_method_but_the_subject(
+    lcer_home: Path,
+) -> None:
+    from tasks.tracking import _best_baseline
+
+    with ResultStore() as store:
+        write(store, method=SUBJECT_METHOD, metrics={"fns_pct": 90.0})
+        write(store, method="accent", metrics={"fns_pct": 50.0, "len": 3.0})
+        write(store, method="fia", metrics={"fns_pct": 60.0, "len": 1.0})
+    best = _best_baseline("ml-100k", 5)
+    assert best == {"val_pct": None, "len": 1.0, "ps_pct": 60.0, "pn_pct": 80.0, "fns_pct": 60.0}
+    assert _best_baseline("ml-100k", 10) is None
