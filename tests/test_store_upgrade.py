@@ -153,6 +153,13 @@ def test_config_and_reports_validity_are_stored_from_the_run_row(tmp_path: Path)
         fia = write(store, method="fia")
         row = store.run(fia["run_id"])
         assert row is not None and row["config"] is None and row["reports_validity"] is False
+        run, recs, expl, metrics = fake_run(method="accent")
+        config = {"method": "accent", "stop": "requery"}
+        run.update(config=None, params={"explainer": config})
+        store.write_run(run, recs, expl, metrics)
+        row = store.run(run["run_id"])
+        assert row is not None and json.loads(row["config"]) == config
+        assert row["reports_validity"] is True
 
 
 def test_views_follow_reports_validity_not_the_method_name(tmp_path: Path) -> None:

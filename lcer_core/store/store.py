@@ -198,7 +198,11 @@ def _run_row(run: Mapping[str, Any], *, status: str | None = None) -> dict[str, 
         raise InvalidParameterError(f"run kind {row['kind']!r} is not one of {', '.join(KINDS)}")
     row["started_at"] = _timestamp(run.get("started_at"), "started_at")
     row["finished_at"] = _timestamp(run.get("finished_at"), "finished_at")
-    row["config"] = _config_json(run.get("config", params.get("explainer")), row["method"])
+    # Callers written before schema 6 put the config in params["explainer"] and no validity.
+    config = run.get("config")
+    row["config"] = _config_json(
+        params.get("explainer") if config is None else config, run["method"]
+    )
     row["reports_validity"] = run.get("reports_validity")
     if row["reports_validity"] is None:
         row["reports_validity"] = registry_reports_validity(row["method"])
@@ -577,7 +581,9 @@ class ResultStore:
         """Store a finished run as a whole, replacing any earlier rows of the same run id.
 
         ``run`` holds the ``runs`` columns (``run_id``, ``dataset``, ``method``, ``k`` required;
-        ``params`` a dict; other keys join ``params``); the frames hold the columns of
+        ``config`` the explainer's ``dump_config()``, else ``params["explainer"]``;
+        ``reports_validity`` a bool, else the registry's; ``params`` a dict; other keys join
+        ``params``); the frames hold the columns of
         :data:`~lcer_core.store.schema.RECOMMENDATION_COLUMNS` and
         :data:`~lcer_core.store.schema.EXPLANATION_COLUMNS`; ``metrics`` the keys of Table 2;
         ``shards`` where each shard ran (:data:`~lcer_core.store.schema.SHARD_COLUMNS`).
