@@ -26,6 +26,7 @@ import torch
 
 from lcer_core import api
 from lcer_core.checks import check_shard_size
+from lcer_core.columns import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
 from lcer_core.datasets import PreparedDataset
 from lcer_core.errors import MissingDataError
 from lcer_core.explainers import get_method
@@ -33,7 +34,6 @@ from lcer_core.fsio import home_error
 from lcer_core.paths import lcer_home
 from lcer_core.recommender.counting import CountingRecommender
 from lcer_core.runs import RunSpec  # re-exported: the shard functions take one
-from lcer_core.store.schema import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypeVar
 
 from lcer_core.errors import InvalidParameterError, UnknownMethodError
+from lcer_core.paper import SUBJECT_METHOD
 
 if TYPE_CHECKING:
     from lcer_core.explainers.base import Explainer
@@ -23,7 +24,7 @@ METHODS: dict[str, type[Explainer]] = {}
 PAPER_METHODS: tuple[str, ...] = ("lcer", "fia", "accent", "kaffes")
 
 #: The method of the paper's α/λ sweep (section 4.1, Figures 8 and 9): ``lcer sweep``'s.
-PAPER_SWEEP_METHOD = "lcer"
+PAPER_SWEEP_METHOD = SUBJECT_METHOD
 
 E = TypeVar("E", bound="type[Explainer]")
 
