@@ -120,14 +120,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from lcer_core import api
+    from lcer_core import api, models
     from lcer_core.datasets import is_prepared, load_prepared, prepare_dataset
     from lcer_core.datasets.custom import register_and_prepare
     from lcer_core.datasets.synth import write_synth
-    from lcer_core.metrics import summarize
+    from lcer_core.devices import resolve_device
+    from lcer_core.metrics import evaluate_pairs, summarize
+    from lcer_core.pairs import make_pairs, test_users
     from lcer_core.recommender.multvae import MultVAEConfig
 
-    dev = api.resolve_device(args.device)
+    dev = resolve_device(args.device)
     name = args.dataset
     if args.synth:
         name = f"syn-{args.dataset}"
@@ -156,16 +158,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         epoch_times.append(now - last[0])
         last[0] = now
 
-    model = api.find_model(name) if args.reuse and not args.retrain else None
+    model = models.find_model(name) if args.reuse and not args.retrain else None
     if model is not None:
         pass
     elif args.train_batches:
         with stage("train", batches=args.train_batches, items=data.n_items) as row:
-            model = _time_batches(api, data, args.train_batches, dev, row)
+            model = _time_batches(models, data, args.train_batches, dev, row)
     else:
         with stage("train", epochs=args.epochs, items=data.n_items) as row:
             last[0] = time.perf_counter()
-            model = api.train_model(
+            model = models.train_model(
                 data, MultVAEConfig(epochs=args.epochs), device=dev, on_epoch=on_epoch
             )
             row["s_per_epoch"] = round(min(epoch_times), 2)
@@ -174,12 +176,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.no_explain:
         return _finish(args, {"dataset": name, "items": data.n_items, "device": str(dev)})
     rec = model.recommender(dev)
-    users = api.test_users(data, args.users)
+    users = test_users(data, args.users)
     params = api.default_params(args.dataset)  # syn-epinions: Epinions' α and λ
     summary: dict[str, Any] = {"dataset": name, "items": data.n_items, "device": str(dev)}
     for k in (int(x) for x in args.ks.split(",")):
         with stage("pairs", k=k) as row:
-            pairs = api.make_pairs(rec, data, users, k)
+            pairs = make_pairs(rec, data, users, k)
             row["pairs"] = len(pairs)
             row["mean_history"] = round(float(pairs.lengths.float().mean()), 1)
         for method in args.methods.split(","):
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["s_per_pair"] = round(row["wall_s"] / len(pairs), 5)
             row["cpu_s_per_pair"] = round(row["cpu_s"] / len(pairs), 5)
             with stage("evaluate", method=method, k=k) as row:
-                row |= summarize(api.evaluate(rec, pairs, expl))
+                row |= summarize(evaluate_pairs(rec, pairs, expl))
     return _finish(args, summary)
 
 
@@ -206,7 +208,7 @@ def _finish(args: argparse.Namespace, summary: dict[str, Any]) -> dict[str, Any]
     return summary
 
 
-def _time_batches(api: Any, data: Any, n_batches: int, dev: Any, row: dict[str, Any]) -> Any:
+def _time_batches(models: Any, data: Any, n_batches: int, dev: Any, row: dict[str, Any]) -> Any:
     """Train on ``n_batches`` batches exactly as ``fit_multvae`` does (sparse rows, one dense
     batch); seconds per batch after the first, times batches per epoch; save that model."""
     import torch
@@ -215,7 +217,7 @@ def _time_batches(api: Any, data: Any, n_batches: int, dev: Any, row: dict[str, 
 
     cfg = MultVAEConfig(epochs=1)
     train = data.rows("train", data.users_of("train"))
-    torch.manual_seed(api.MODEL_SEED)
+    torch.manual_seed(models.MODEL_SEED)
     module = MultVAE(train.shape[1], cfg).to(dev)
     opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
     order = torch.randperm(train.shape[0])
@@ -244,11 +246,11 @@ def _time_batches(api: Any, data: Any, n_batches: int, dev: Any, row: dict[str, 
         "cpu_s_per_epoch": round(c_batch * per_epoch, 1),
         "extrapolated": True,
     }
-    key = api.model_key(data, cfg, api.MODEL_SEED)
-    model = api.TrainedModel(
-        data.name, key, cfg, api.MODEL_SEED, module.cpu().eval(), {}, Path("."), data.fingerprint
+    key = models.model_key(data, cfg, models.MODEL_SEED)
+    model = models.TrainedModel(
+        data.name, key, cfg, models.MODEL_SEED, module.cpu().eval(), {}, Path("."), data.fingerprint
     )
-    return api.save_model(model, data)
+    return models.save_model(model, data)
 
 
 def _print(summary: dict[str, Any], out: Callable[[str], None] = print) -> None:

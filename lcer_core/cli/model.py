@@ -16,30 +16,30 @@ __all__ = ["explain", "ensure_model_and_data"]
 def ensure_model_and_data(dataset: str, *, no_train: bool, epochs: int = 200):  # noqa: ANN201
     """The latest trained model of ``dataset`` and its prepared data, preparing and training
     what is missing (one line on stderr says so); with ``no_train``, a missing one is refused."""
-    from lcer_core import api
     from lcer_core.cli.progress import epoch_bar
-    from lcer_core.datasets import is_prepared
+    from lcer_core.datasets import ensure_prepared, is_prepared
+    from lcer_core.models import check_model_data, ensure_model, find_model, load_model
     from lcer_core.recommender.multvae import MultVAEConfig
 
-    model = api.find_model(dataset)
+    model = find_model(dataset)
     if no_train:
         if model is None:
-            api.load_model(dataset)  # the one-line refusal that names `lcer train`
+            load_model(dataset)  # the one-line refusal that names `lcer train`
         if not is_prepared(dataset):
             raise MissingDataError(
                 f"dataset {dataset!r} is not prepared: run `lcer prepare {dataset}` first"
             )
     if model is not None:
-        data = api.ensure_dataset(dataset)
-        api.check_model_data(model, data)
+        data = ensure_prepared(dataset)
+        check_model_data(model, data)
         return model, data
     todo = (
         "training Mult-VAE" if is_prepared(dataset) else "preparing the data and training Mult-VAE"
     )
     typer.echo(f"no trained model for {dataset} yet: {todo} ({epochs} epochs) first", err=True)
-    data = api.ensure_dataset(dataset)
+    data = ensure_prepared(dataset)
     with epoch_bar(f"train Mult-VAE {dataset}", epochs) as on_epoch:
-        model, _ = api.ensure_model(data, MultVAEConfig(epochs=epochs), on_epoch=on_epoch)
+        model, _ = ensure_model(data, MultVAEConfig(epochs=epochs), on_epoch=on_epoch)
     return model, data
 
 
@@ -94,6 +94,10 @@ def explain(
     from lcer_core.datasets import get_spec
     from lcer_core.errors import UnknownMethodError
     from lcer_core.explainers import LCER_METHODS, METHODS, get_explainer
+    from lcer_core.frames import explanation_frame, summarize_frame
+    from lcer_core.metrics import evaluate_pairs
+    from lcer_core.pairs import make_pairs
+    from lcer_core.pairs import test_users as first_test_users
 
     if method not in METHODS:
         raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
@@ -114,7 +118,7 @@ def explain(
         if item is not None:
             data.sid_of(item)
     else:
-        test_users = api.test_users(data, users, strict=True)
+        test_users = first_test_users(data, users, strict=True)
     bar = _progress_bar(f"{method} {dataset}")
     with bar:
         task = bar.add_task("explain", total=1)
@@ -138,10 +142,10 @@ def explain(
             )
         else:
             rec = model.recommender()
-            pairs = api.make_pairs(rec, data, test_users, k)
-            expl = api.explain(rec, pairs, method, seed=seed, progress=progress, **hyper)
-            out = api.evaluate(rec, pairs, expl)
-            metrics = api.summarize_frame(api.explanation_frame(data, pairs, expl, out), method)
+            pairs = make_pairs(rec, data, test_users, k)
+            expl = get_explainer(method, **hyper).explain(rec, pairs, seed=seed, progress=progress)
+            frame = explanation_frame(data, pairs, expl, evaluate_pairs(rec, pairs, expl))
+            metrics = summarize_frame(frame, METHODS[method].reports_validity)
             result = {
                 "dataset": dataset,
                 "method": method,

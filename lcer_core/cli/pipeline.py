@@ -377,13 +377,13 @@ def train(
     ] = False,
 ) -> None:
     """Train Mult-VAE on DATASET (unless the same model exists) and register it in MLflow as multvae-DATASET."""
-    from lcer_core import api
     from lcer_core.datasets import get_spec
+    from lcer_core.models import MODEL_SEED
 
     get_spec(dataset)
     if epochs < 1:
         raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
-    model_seed = api.MODEL_SEED if seed is None else seed
+    model_seed = MODEL_SEED if seed is None else seed
     checks.validate_common(seed=model_seed)
     prefect_environment()
     from flows.train import lcer_train
