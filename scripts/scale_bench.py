@@ -5,7 +5,7 @@
     options: --epochs E (training epochs, default 2) --users N (test users, 100) --steps S (LCER, 3000)
              --methods lcer,fia,accent,kaffes --ks 5,10 --device cpu|cuda --json OUT
 
-Stages run in this one process through ``lcer_core.api`` (the functions the Prefect tasks
+Stages run in this one process through the core (``lcer_core.models``, ``pairs``, ``explainers``: what the Prefect tasks
 call): synth, prepare, train (seconds per epoch), pairs (top-K for the test users),
 explain + evaluate per method and K (LCER's seconds per pair). The peak is the process's
 resident memory sampled every 10 ms during the stage (it includes what earlier stages
