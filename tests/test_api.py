@@ -29,7 +29,9 @@ def test_notebook_example_of_the_api_runs_as_written(
     # it trained and stored one model, and reuses it the second time
     assert len(list(lcer_home.glob("models/ml-100k/*/model.pt"))) == 1
     data = api.load_dataset("ml-100k")
-    assert api.train_model(data, epochs=2, seed=1, device="cpu").key == api.load_model("ml-100k").key
+    assert (
+        api.train_model(data, epochs=2, seed=1, device="cpu").key == api.load_model("ml-100k").key
+    )
 
 
 def test_package_docstring_uses_only_functions_the_api_has() -> None:
@@ -63,10 +65,9 @@ def test_a_failing_write_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> 
     class Interrupted(Exception):
         pass
 
-    with pytest.raises(Interrupted):
-        with fsio.atomic_file(target) as fh:
-            fh.write(b"half")
-            raise Interrupted
+    with pytest.raises(Interrupted), fsio.atomic_file(target) as fh:
+        fh.write(b"half")
+        raise Interrupted
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
 
