@@ -49,7 +49,8 @@ from lcer_core.metrics import PairOutcomes, evaluate_pairs
 from lcer_core.metrics import summarize as summarize_outcomes
 from lcer_core.models import MODEL_SEED, TrainedModel, ensure_model
 from lcer_core.models import load_model as load_trained
-from lcer_core.pairs import PairBatch, build_pairs, test_users
+from lcer_core.pairs import PairBatch, test_users
+from lcer_core.pairs import make_pairs as pairs_of
 from lcer_core.paper import PAPER_LCER_PARAMS
 from lcer_core.recommender.base import Recommender
 from lcer_core.recommender.multvae import MultVAEConfig
@@ -97,7 +98,7 @@ def make_pairs(
     """The (user, item) pairs of the top-``k`` of ``users``: the first N test users for an int,
     these internal ids for a sequence, every test user for None."""
     chosen = test_users(data, users) if users is None or isinstance(users, int) else list(users)
-    return build_pairs(recommender, data.histories(chosen), k)
+    return pairs_of(recommender, data, chosen, k)
 
 
 def explain(

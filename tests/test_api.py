@@ -34,6 +34,24 @@ def test_notebook_example_of_the_api_runs_as_written(
     )
 
 
+def test_api_users_as_a_count_or_as_ids_and_validity_by_method(in_trained_home: Path) -> None:
+    import torch
+
+    from lcer_core.errors import InvalidParameterError
+
+    data, model = api.load_dataset("ml-100k"), api.load_model("ml-100k")
+    rec = model.recommender("cpu")
+    first_two = sorted(data.users.filter(data.users["split"] == "test")["uid"].to_list())[:2]
+    by_count, by_ids = api.make_pairs(rec, data, 2, k=3), api.make_pairs(rec, data, first_two, 3)
+    assert torch.equal(by_count.targets, by_ids.targets) and len(by_count) == 6
+    with pytest.raises(InvalidParameterError, match="users must be a positive integer, got 0"):
+        api.make_pairs(rec, data, 0)
+    expl = api.explain(rec, by_count, "fia")
+    outcomes = api.evaluate(rec, by_count, expl)
+    assert api.summarize(outcomes, "fia")["val_pct"] is None  # FIA reports no validity
+    assert api.summarize(outcomes, "lcer")["val_pct"] is not None
+
+
 def test_package_docstring_uses_only_functions_the_api_has() -> None:
     calls = {
         line.split("api.", 1)[1].split("(", 1)[0]
