@@ -84,7 +84,7 @@ class RunSpec:
     model_key: str
 
     def explainer_params(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`lcer_core.explainers.get_explainer` for this run."""
+        """Keyword arguments of :func:`lcer_core.api.explain` for this run."""
         return {
             k: v
             for k, v in {"alpha": self.alpha, "lam": self.lam, "steps": self.steps}.items()
