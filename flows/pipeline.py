@@ -32,10 +32,11 @@ from flows.explain import (
 )
 from flows.runner import default_task_runner
 from flows.train import DEFAULT_EPOCHS, prepare_and_train
-from lcer_core import api, remote
+from lcer_core import remote
 from lcer_core.datasets import load_prepared
 from lcer_core.errors import OrchestrationError
 from lcer_core.explainers import PAPER_METHODS
+from lcer_core.models import MODEL_SEED, load_model
 from lcer_core.runs import DEFAULT_KS, RunSpec, plan_runs, validate_plan
 from lcer_core.shards import (
     DEFAULT_SHARD_SIZE,
@@ -75,7 +76,7 @@ def _paths_from_deployment(
         for spec in specs:
             if spec.model_key not in bundles:
                 data = load_prepared(spec.dataset)
-                model = api.load_model(spec.dataset, spec.model_key)
+                model = load_model(spec.dataset, spec.model_key)
                 bundle = remote.make_bundle(data, model, users)
                 bundles[spec.model_key] = upload_bundle(storage, spec.model_key, users, bundle)
         parameters |= {"storage": storage, "bundles": bundles}
@@ -216,7 +217,7 @@ def lcer_pipeline(
         shard_size=shard_size,
     )
     # (model seed, explainer seed) pairs
-    plan = [(s, s) for s in dict.fromkeys(seeds)] if seeds else [(api.MODEL_SEED, seed)]
+    plan = [(s, s) for s in dict.fromkeys(seeds)] if seeds else [(MODEL_SEED, seed)]
     summaries: list[dict[str, Any]] = []
     for dataset in datasets:
         for model_seed, explain_seed in plan:

@@ -17,11 +17,14 @@ from typing import Any
 
 import torch
 
-from lcer_core import api, checks
+from lcer_core import checks
+from lcer_core.datasets import ensure_prepared
+from lcer_core.devices import resolve_device
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import LCER, LCERConfig, lcer_reference_loop
 from lcer_core.metrics import evaluate_pairs, summarize
-from lcer_core.pairs import PairBatch, build_pairs, histories_from_lists
+from lcer_core.models import check_model_data, ensure_model, find_model
+from lcer_core.pairs import PairBatch, build_pairs, histories_from_lists, make_pairs, test_users
 from lcer_core.recommender.multvae import MultVAE, MultVAEConfig, MultVAERecommender
 
 __all__ = ["run_benchmark", "estimate_flops"]
@@ -109,19 +112,19 @@ def run_benchmark(
         raise InvalidParameterError(
             f"--synthetic-items must be in [{lo}, {hi}], got {synthetic_items}"
         )
-    dev = str(api.resolve_device(device))
+    dev = str(resolve_device(device))
     if synthetic_items is not None:
         rec, pairs, n_items = _synthetic(synthetic_items, n_users or 100, seed, dev, k)
         source = f"synthetic-{synthetic_items}"
     else:
-        data = api.ensure_dataset(dataset)
-        model = api.find_model(dataset)  # the latest trained model, as `lcer explain` uses
+        data = ensure_prepared(dataset)
+        model = find_model(dataset)  # the latest trained model, as `lcer explain` uses
         if model is None:
-            model, _ = api.ensure_model(data, device=dev, on_epoch=on_epoch)
+            model, _ = ensure_model(data, device=dev, on_epoch=on_epoch)
             log(f"trained Mult-VAE {model.key} for {dataset}")
-        api.check_model_data(model, data)
+        check_model_data(model, data)
         rec = model.recommender(dev)
-        pairs = api.make_pairs(rec, data, api.test_users(data, n_users, strict=True), k)
+        pairs = make_pairs(rec, data, test_users(data, n_users, strict=True), k)
         n_items, source = data.n_items, dataset
     n_seq = len(pairs) if full else min(sample, len(pairs))
     # Spread the sample over users and ranks.

@@ -7,17 +7,20 @@ from typing import Any
 
 import torch
 
-from lcer_core import api
 from lcer_core.datasets import PreparedDataset
 from lcer_core.errors import InvalidParameterError, UnknownUserError
 from lcer_core.explainers import ExplainerConfig, get_method
+from lcer_core.frames import explanation_frame
+from lcer_core.metrics import evaluate_pairs
+from lcer_core.models import TrainedModel
+from lcer_core.pairs import make_pairs
 
 __all__ = ["explain_one_user", "sentences"]
 
 
 def explain_one_user(
     data: PreparedDataset,
-    model: api.TrainedModel,
+    model: TrainedModel,
     user: str,
     *,
     k: int = 5,
@@ -35,7 +38,7 @@ def explain_one_user(
     if not data.history(uid):
         raise UnknownUserError(f"user {user!r} has no interactions the recommender can see")
     rec = model.recommender()
-    pairs = api.make_pairs(rec, data, [uid], k)
+    pairs = make_pairs(rec, data, [uid], k)
     if item is not None:
         sid = data.sid_of(item)
         hit = (pairs.targets == sid).nonzero().flatten()
@@ -44,8 +47,8 @@ def explain_one_user(
             raise InvalidParameterError(f"item {item!r} is not in user {user!r}'s top-{k} ({top})")
         pairs = pairs.select(hit)
     expl = explainer.explain(rec, pairs, seed=seed, progress=progress)
-    outcomes = api.evaluate(rec, pairs, expl)
-    frame = api.explanation_frame(data, pairs, expl, outcomes)
+    outcomes = evaluate_pairs(rec, pairs, expl)
+    frame = explanation_frame(data, pairs, expl, outcomes)
     with torch.no_grad():
         scores = rec.scores_of_sets(pairs.items, pairs.mask.float(), pairs.targets[:, None])[
             :, 0

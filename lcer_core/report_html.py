@@ -9,7 +9,6 @@ external URL. Every string from the data (titles, ids) is escaped by Jinja's aut
 from __future__ import annotations
 
 import base64
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ import polars as pl
 from jinja2 import Environment
 
 from lcer_core import plots
-from lcer_core.errors import InvalidParameterError
+from lcer_core.errors import InvalidParameterError, LcerHomeError
 from lcer_core.explain_user import sentences
-from lcer_core.fsio import io_reason
+from lcer_core.fsio import write_text_atomic
 from lcer_core.paper import SUBJECT_METHOD
 from lcer_core.store import ResultStore, table2_report, table3_report
 from lcer_core.store.formatting import format_value
@@ -331,16 +330,8 @@ def write_html_report(dataset: str, out: Path, store: ResultStore | None = None)
     """Write ``dataset``'s page to ``out`` (whole or not at all); its path."""
     out = Path(out)
     page = render_html(build_report(dataset, store))
-    tmp = None
     try:
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.", delete=False
-        ) as f:
-            tmp = Path(f.name)
-            f.write(page)
-        os.replace(tmp, out)
-    except OSError as exc:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        raise InvalidParameterError(f"cannot write {out}: {io_reason(exc)}") from None
+        write_text_atomic(out, page, parents=False)
+    except LcerHomeError as exc:  # a path the user named: a parameter error, in the same words
+        raise InvalidParameterError(str(exc), param="out") from None
     return out

@@ -13,24 +13,24 @@ Nothing here knows about Prefect; the orchestration calls these functions.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import polars as pl
 import torch
 
-from lcer_core import api
 from lcer_core.checks import check_shard_size
 from lcer_core.columns import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
 from lcer_core.datasets import PreparedDataset
+from lcer_core.devices import default_device
 from lcer_core.errors import MissingDataError
 from lcer_core.explainers import get_method
-from lcer_core.fsio import home_error
+from lcer_core.frames import explanation_frame, recommendation_frame
+from lcer_core.metrics import evaluate_pairs
+from lcer_core.models import TrainedModel
+from lcer_core.pairs import make_pairs
 from lcer_core.paths import lcer_home
 from lcer_core.recommender.counting import CountingRecommender
 from lcer_core.runs import RunSpec  # re-exported: the shard functions take one
@@ -44,7 +44,6 @@ __all__ = [
     "SHARD_KEY_FIELD",
     "shard_key",
     "explain_users",
-    "write_parquet_atomic",
     "shard_is_complete",
     "read_shards",
     "split_run_frame",
@@ -91,7 +90,7 @@ def shard_key(spec: RunSpec, index: int, users: Sequence[int]) -> str:
 
 def explain_users(
     data: PreparedDataset,
-    model: api.TrainedModel,
+    model: TrainedModel,
     spec: RunSpec,
     users: Sequence[int],
     *,
@@ -104,21 +103,16 @@ def explain_users(
         raise MissingDataError(
             f"model {model.key} is not the model {spec.model_key} of run {spec.run_id}"
         )
-    recommender = model.recommender(device or api.default_device())
-    pairs = api.make_pairs(recommender, data, list(users), spec.k)
+    recommender = model.recommender(device or default_device())
+    pairs = make_pairs(recommender, data, list(users), spec.k)
     counting = CountingRecommender(recommender)
     start = time.perf_counter()
     explainer = get_method(spec.method)(spec.config)
-    explanations = explainer.explain(
-        counting,  # type: ignore[arg-type]
-        pairs,
-        seed=spec.seed,
-        progress=progress,
-    )
+    explanations = explainer.explain(counting, pairs, seed=spec.seed, progress=progress)
     seconds = time.perf_counter() - start
-    outcomes = api.evaluate(recommender, pairs, explanations)
-    frame = api.explanation_frame(data, pairs, explanations, outcomes)
-    recs = api.recommendation_frame(data, pairs, recommender)
+    outcomes = evaluate_pairs(recommender, pairs, explanations)
+    frame = explanation_frame(data, pairs, explanations, outcomes)
+    recs = recommendation_frame(data, pairs, recommender)
     n = max(len(pairs), 1)
     # the shard's cost spread evenly over its pairs: inputs scored and seconds of explanation
     return frame.with_columns(
@@ -127,30 +121,6 @@ def explain_users(
         forward_calls=pl.lit(counting.rows / n, dtype=pl.Float64),
         explain_s=pl.lit(seconds / n, dtype=pl.Float64),
     )
-
-
-def write_parquet_atomic(
-    frame: pl.DataFrame, path: Path, *, metadata: Mapping[str, str] | None = None
-) -> Path:
-    """Write ``frame`` (and key-value ``metadata``) to ``path``: the file is complete or absent."""
-    buf = io.BytesIO()  # written by us below: a full disk is then an OSError
-    frame.write_parquet(buf, metadata=dict(metadata) if metadata else None)
-    data = buf.getvalue()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise home_error(path, exc) from None
-    return path
 
 
 def shard_is_complete(path: Path, users: Sequence[int], key: str | None = None) -> bool:

@@ -17,6 +17,7 @@ import pytest
 from lcer_core import runs, shards
 from lcer_core.errors import InvalidParameterError, UnknownMethodError
 from lcer_core.explainers import METHODS
+from lcer_core.fsio import write_parquet_atomic
 from lcer_core.store import ResultStore
 
 pytestmark = pytest.mark.slow
@@ -229,7 +230,7 @@ def test_split_users_and_plan_runs() -> None:
 def test_shard_files_are_whole_or_absent(tmp_path: Path) -> None:
     path = tmp_path / "work" / "r" / "shard-0000.parquet"
     frame = pl.DataFrame({"uid": [3, 3, 4], "rank": [1, 2, 1]})
-    shards.write_parquet_atomic(frame, path)
+    write_parquet_atomic(frame, path)
     assert shards.shard_is_complete(path, [3, 4])
     assert not shards.shard_is_complete(path, [3, 4, 5])
     assert not shards.shard_is_complete(tmp_path / "missing.parquet", [3])

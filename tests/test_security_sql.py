@@ -340,6 +340,7 @@ def test_a_planted_pickle_record_is_never_read_by_lcer_run(
 def test_a_shard_file_is_reused_only_with_its_own_key(tmp_path: Path) -> None:
     from lcer_core import shards
     from lcer_core.explainers import FIAConfig
+    from lcer_core.fsio import write_parquet_atomic
     from lcer_core.runs import RunSpec
 
     spec = RunSpec("run", "ml-100k", "fia", 5, 0, 2, "m1", FIAConfig())
@@ -347,10 +348,10 @@ def test_a_shard_file_is_reused_only_with_its_own_key(tmp_path: Path) -> None:
     assert key != shards.shard_key(spec, 1, [3, 4]) != shards.shard_key(spec, 0, [3, 5])
     frame = pl.DataFrame({"uid": [3, 3, 4], "rank": [1, 2, 1]})
     path = tmp_path / "shard-0000.parquet"
-    shards.write_parquet_atomic(frame, path, metadata={shards.SHARD_KEY_FIELD: key})
+    write_parquet_atomic(frame, path, metadata={shards.SHARD_KEY_FIELD: key})
     assert shards.shard_is_complete(path, [3, 4], key)
     assert not shards.shard_is_complete(path, [3, 4], shards.shard_key(spec, 1, [3, 4]))
-    shards.write_parquet_atomic(frame, path)  # the same rows without a key: not reusable
+    write_parquet_atomic(frame, path)  # the same rows without a key: not reusable
     assert not shards.shard_is_complete(path, [3, 4], key)
     path.write_bytes(b"PAR1" + b"\0" * 64)  # damaged
     assert not shards.shard_is_complete(path, [3, 4], key)

@@ -22,6 +22,7 @@ FLAGS: dict[str, str] = {
     "seed": "--seed",
     "shard_size": "--shard-size",
     "epochs": "--epochs",
+    "device": "--device",
     "patience": "--patience",
     "min_delta": "--min-delta",
 }

@@ -20,23 +20,23 @@ __all__ = ["explain", "ensure_model_and_data"]
 def ensure_model_and_data(dataset: str, *, no_train: bool, epochs: int | None = None):  # noqa: ANN201
     """The latest trained model of ``dataset`` and its prepared data, preparing and training
     what is missing (one line on stderr says so); with ``no_train``, a missing one is refused."""
-    from lcer_core import api
     from lcer_core.cli.progress import epoch_bar
-    from lcer_core.datasets import is_prepared
+    from lcer_core.datasets import ensure_prepared, is_prepared
+    from lcer_core.models import check_model_data, ensure_model, find_model, load_model
     from lcer_core.recommender.multvae import MultVAEConfig
 
     config = MultVAEConfig() if epochs is None else MultVAEConfig(epochs=epochs)
-    model = api.find_model(dataset)
+    model = find_model(dataset)
     if no_train:
         if model is None:
-            api.load_model(dataset)  # the one-line refusal that names `lcer train`
+            load_model(dataset)  # the one-line refusal that names `lcer train`
         if not is_prepared(dataset):
             raise MissingDataError(
                 f"dataset {dataset!r} is not prepared: run `lcer prepare {dataset}` first"
             )
     if model is not None:
-        data = api.ensure_dataset(dataset)
-        api.check_model_data(model, data)
+        data = ensure_prepared(dataset)
+        check_model_data(model, data)
         return model, data
     todo = (
         "training Mult-VAE" if is_prepared(dataset) else "preparing the data and training Mult-VAE"
@@ -44,9 +44,9 @@ def ensure_model_and_data(dataset: str, *, no_train: bool, epochs: int | None = 
     typer.echo(
         f"no trained model for {dataset} yet: {todo} ({config.epochs} epochs) first", err=True
     )
-    data = api.ensure_dataset(dataset)
+    data = ensure_prepared(dataset)
     with epoch_bar(f"train Mult-VAE {dataset}", config.epochs) as on_epoch:
-        model, _ = api.ensure_model(data, config, on_epoch=on_epoch)
+        model, _ = ensure_model(data, config, on_epoch=on_epoch)
     return model, data
 
 
@@ -108,9 +108,13 @@ def explain(
     ),
 ) -> None:
     """Explain recommendations with METHOD on the latest trained model (prepared and trained first if needed)."""
-    from lcer_core import api, checks
+    from lcer_core import checks
     from lcer_core.datasets import get_spec
     from lcer_core.explainers import get_method
+    from lcer_core.frames import explanation_frame, summarize_frame
+    from lcer_core.metrics import evaluate_pairs
+    from lcer_core.pairs import make_pairs
+    from lcer_core.pairs import test_users as first_test_users
     from lcer_core.recommender.multvae import MultVAEConfig
 
     explainer_type = get_method(method)
@@ -130,7 +134,7 @@ def explain(
         if item is not None:
             data.sid_of(item)
     else:
-        test_users = api.test_users(data, users, strict=True)
+        test_users = first_test_users(data, users, strict=True)
     bar = _progress_bar(f"{method} {dataset}")
     with bar:
         task = bar.add_task("explain", total=1)
@@ -154,10 +158,10 @@ def explain(
             )
         else:
             rec = model.recommender()
-            pairs = api.make_pairs(rec, data, test_users, k)
+            pairs = make_pairs(rec, data, test_users, k)
             expl = explainer_type(config).explain(rec, pairs, seed=seed, progress=progress)
-            out = api.evaluate(rec, pairs, expl)
-            metrics = api.summarize_frame(api.explanation_frame(data, pairs, expl, out), method)
+            frame = explanation_frame(data, pairs, expl, evaluate_pairs(rec, pairs, expl))
+            metrics = summarize_frame(frame, explainer_type.reports_validity)
             result = {
                 "dataset": dataset,
                 "method": method,

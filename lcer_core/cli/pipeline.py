@@ -413,13 +413,13 @@ def train(
     ] = False,
 ) -> None:
     """Train Mult-VAE on DATASET (unless the same model exists) and register it in MLflow as multvae-DATASET."""
-    from lcer_core import api
     from lcer_core.checks import check_seed
     from lcer_core.datasets import get_spec
+    from lcer_core.models import MODEL_SEED
 
     get_spec(dataset)
     epochs = _training(epochs)
-    model_seed = check_seed(api.MODEL_SEED if seed is None else seed)
+    model_seed = check_seed(MODEL_SEED if seed is None else seed)
     prefect_environment()
     from flows.train import lcer_train
 
