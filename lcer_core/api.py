@@ -43,7 +43,7 @@ import torch
 
 from lcer_core.datasets import PreparedDataset, ensure_prepared
 from lcer_core.explain_user import explain_one_user
-from lcer_core.explainers import get_explainer, get_method
+from lcer_core.explainers import get_explainer, get_method, make_config
 from lcer_core.explanations import Explanations, Progress
 from lcer_core.metrics import PairOutcomes, evaluate_pairs
 from lcer_core.metrics import summarize as summarize_outcomes
@@ -140,4 +140,7 @@ def explain_user(
     """The top-``k`` of raw user ``user``, each item with its CE (ids, titles, importance) and its
     rank before and after (``lcer explain --user``; :func:`lcer_core.explain_user.sentences`
     words it)."""
-    return explain_one_user(data, model, user, k=k, method=method, item=item, seed=seed, **options)
+    config = make_config(method, **options)
+    return explain_one_user(
+        data, model, user, k=k, method=method, item=item, seed=seed, config=config
+    )
