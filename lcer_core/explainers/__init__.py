@@ -69,3 +69,18 @@ def get_explainer(method: str, **params: Any) -> Explainer:
     return cls(
         cls.config_type(**{k: v for k, v in params.items() if k in fields and v is not None})
     )
+
+
+# --- TEMPORARY (helper "contracts"): until helper "config"'s registry.py is merged, plugins are
+# registered here; the integrator drops this block for `load_plugins(register)` in the registry.
+def _register_plugin(cls: type[Explainer]) -> None:
+    if METHODS.get(cls.name) is cls:
+        return
+    if cls.name in METHODS:
+        raise InvalidParameterError(f"method name {cls.name!r} is already taken")
+    METHODS[cls.name] = cls
+
+
+from lcer_core.explainers.plugins import load_plugins  # noqa: E402
+
+load_plugins(_register_plugin)
