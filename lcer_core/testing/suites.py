@@ -11,7 +11,8 @@
 
     class TestMyRecommender(RecommenderContract):
         @pytest.fixture(scope="class")
-        def recommender(self):
+        @classmethod
+        def recommender(cls):
             return MyRecommender(...)
 
 Each test is one promise (see :mod:`lcer_core.testing.explainer` and
@@ -67,18 +68,21 @@ class ExplainerContract:
     batch_independent: ClassVar[bool] = True
 
     @pytest.fixture(scope="class")
-    def case(self) -> ExplainerCase:
+    @classmethod
+    def case(cls) -> ExplainerCase:
         """The method under test; override (e.g. parametrised) to test several."""
-        return ExplainerCase(self.method, self.config, self.claim, self.batch_independent)
+        return ExplainerCase(cls.method, cls.config, cls.claim, cls.batch_independent)
 
     @pytest.fixture(scope="class")
-    def recommender_and_pairs(self) -> tuple[Recommender, PairBatch]:
+    @classmethod
+    def recommender_and_pairs(cls) -> tuple[Recommender, PairBatch]:
         """What the method explains: a small linear recommender and its top-3 pairs."""
         return small_case()
 
     @pytest.fixture(scope="class")
+    @classmethod
     def explained(
-        self, case: ExplainerCase, recommender_and_pairs: tuple[Recommender, PairBatch]
+        cls, case: ExplainerCase, recommender_and_pairs: tuple[Recommender, PairBatch]
     ) -> tuple[Explanations, ex.ProgressLog]:
         rec, pairs = recommender_and_pairs
         log = ex.ProgressLog()
@@ -131,11 +135,13 @@ class RecommenderContract:
     """What every recommender promises; subclass and override the ``recommender`` fixture."""
 
     @pytest.fixture(scope="class")
-    def recommender(self) -> Recommender:
+    @classmethod
+    def recommender(cls) -> Recommender:
         raise NotImplementedError("override the `recommender` fixture")
 
     @pytest.fixture(scope="class")
-    def histories(self, recommender: Recommender) -> Histories:
+    @classmethod
+    def histories(cls, recommender: Recommender) -> Histories:
         """A few users' histories (one empty, one of a single item) over its items."""
         return small_histories(n_items=recommender.n_items, n_users=6)
 
