@@ -16,6 +16,7 @@ import torch
 
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import METHODS, LCERConfig, LCERPlusConfig
+from lcer_core.explainers.accent import AccentConfig
 from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations
 from lcer_core.pairs import PairBatch, build_pairs
 from lcer_core.recommender.base import Recommender
@@ -96,6 +97,14 @@ class TestLCEROnMultVAE(ExplainerContract):
     def recommender_and_pairs(cls) -> tuple[Recommender, PairBatch]:
         rec = _tiny_multvae()
         return rec, build_pairs(rec, small_histories(40, 8), 3)
+
+
+class TestAccentTopK(ExplainerContract):
+    """Accent with the re-ranked top-K test instead of its gap."""
+
+    method = METHODS["accent"]
+    config = AccentConfig(criterion="topk")
+    claim = claims.out_of_top_k
 
 
 # ---- recommenders ---------------------------------------------------------------------------
