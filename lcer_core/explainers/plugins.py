@@ -9,6 +9,7 @@ than its own is a one-line :class:`~lcer_core.errors.LcerError` naming it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -37,10 +38,23 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _importing(module: str) -> bool:
+    """Whether ``module`` is being imported right now (it imported lcer_core.explainers first)."""
+    spec = getattr(sys.modules.get(module), "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
+
+
 def load_plugins(register: Callable[[type[Explainer]], Any]) -> list[type[Explainer]]:
-    """Import every plugin explainer and ``register`` it; returns the classes in name order."""
+    """Import every plugin explainer and ``register`` it; returns the classes in name order.
+
+    A plugin whose own module is still being imported (it imported ``lcer_core.explainers``,
+    which called this) is left out rather than imported in a circle; calling this again once
+    that import is over registers it (``register`` must accept a class it already holds).
+    """
     loaded: list[type[Explainer]] = []
     for ep in plugin_entry_points():
+        if _importing(ep.module):
+            continue
         try:
             cls = ep.load()
         except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
