@@ -85,12 +85,22 @@ def _tiny_multvae(n_items: int = 40, device: str = "cpu") -> MultVAERecommender:
     return MultVAERecommender(MultVAE(n_items, MultVAEConfig(hidden=16, latent=8)), device)
 
 
-class TestLCEROnMultVAE(ExplainerContract):
-    """LCER through Mult-VAE's fused set scorer (its own backward pass), not autograd."""
+#: On Mult-VAE: fewer steps still (its fused scorer is what is under test), early stop on.
+FAST_MULTVAE: dict[str, ExplainerConfig] = {
+    "lcer": LCERConfig(steps=50, patience=10),
+    "lcer-plus": LCERPlusConfig(steps=40, candidates=4),
+}
 
-    method = METHODS["lcer"]
-    config = LCERConfig(steps=150, patience=20)
-    claim = claims.below_threshold
+
+class TestEveryRegisteredExplainerOnMultVAE(ExplainerContract):
+    """The explainer contract on a small Mult-VAE: its embedding-bag scores and, for LCER and
+    lcer-plus, its fused set scorer with a hand-written backward pass instead of autograd."""
+
+    @pytest.fixture(scope="class", params=sorted(METHODS))
+    @classmethod
+    def case(cls, request: pytest.FixtureRequest) -> ExplainerCase:
+        name = request.param
+        return ExplainerCase(METHODS[name], FAST_MULTVAE.get(name), CLAIMS.get(name))
 
     @pytest.fixture(scope="class")
     @classmethod
