@@ -192,6 +192,18 @@ class _ProgressShort(_FirstItem):
         return super()._explain(recommender, pairs, seed=seed, progress=None)
 
 
+class _ProgressBack(_FirstItem):
+    def _explain(self, recommender, pairs, *, seed, progress):
+        progress(2, 4)
+        progress(1, 4)
+        return super()._explain(recommender, pairs, seed=seed, progress=progress)
+
+
+class _NoProgress(_FirstItem):
+    def _explain(self, recommender, pairs, *, seed, progress):
+        return super()._explain(recommender, pairs, seed=seed, progress=None)
+
+
 class _BadSteps(_FirstItem):
     def _explain(self, recommender, pairs, *, seed, progress):
         out = super()._explain(recommender, pairs, seed=seed, progress=progress)
@@ -234,6 +246,8 @@ class _AcceptsAll(_FirstItem):
         (_DependsOnBatch, None, "depends on the batch"),
         (_Unseeded, None, "same seed, different answer"),
         (_ProgressShort, None, "progress ended at 1"),
+        (_ProgressBack, None, "progress went back from 2 to 1"),
+        (_NoProgress, None, "never reported progress"),
         (_BadSteps, None, "steps must be None"),
         (_NoRoundTrip, None, "differs from the config it was dumped from"),
         (_Silent, None, "raises ValueError"),

@@ -287,10 +287,9 @@ def check_progress(explainer: Explainer, log: ProgressLog) -> None:
     who = explainer.name
     if not log.calls:
         _fail(who, "never reported progress")
-    for (d0, _), (d1, t1) in zip(log.calls, log.calls[1:], strict=False):
+    for (d0, _), (d1, _) in zip(log.calls, log.calls[1:], strict=False):
         if d1 < d0:
             _fail(who, f"progress went back from {d0} to {d1}")
-        del t1
     for done, total in log.calls:
         if not (isinstance(done, int) and isinstance(total, int) and 0 <= done <= total):
             _fail(who, f"progress({done!r}, {total!r}) is out of range")
