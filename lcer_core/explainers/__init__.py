@@ -21,6 +21,7 @@ from lcer_core.explainers.registry import (
     PAPER_METHODS,
     PAPER_SWEEP_METHOD,
     get_method,
+    load_plugins,
     register,
 )
 
@@ -69,15 +70,4 @@ def get_explainer(method: str, **params: Any) -> Explainer:
     return get_method(method)(make_config(method, **params))
 
 
-def _load_plugins() -> None:
-    """Register the explainers of installed plugins (once, at import)."""
-    try:
-        from lcer_core.explainers.plugins import load_plugins
-    except ModuleNotFoundError as exc:  # a build without plugin support
-        if exc.name != "lcer_core.explainers.plugins":
-            raise
-        return
-    load_plugins()
-
-
-_load_plugins()
+load_plugins()  # the explainers installed distributions declare (entry points lcer.explainers)

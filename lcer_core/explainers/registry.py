@@ -15,7 +15,14 @@ from lcer_core.paper import SUBJECT_METHOD
 if TYPE_CHECKING:
     from lcer_core.explainers.base import Explainer
 
-__all__ = ["METHODS", "PAPER_METHODS", "PAPER_SWEEP_METHOD", "register", "get_method"]
+__all__ = [
+    "METHODS",
+    "PAPER_METHODS",
+    "PAPER_SWEEP_METHOD",
+    "register",
+    "get_method",
+    "load_plugins",
+]
 
 #: Every registered explanation method by name.
 METHODS: dict[str, type[Explainer]] = {}
@@ -47,6 +54,17 @@ def register(cls: E) -> E:
 def get_method(name: str) -> type[Explainer]:
     """The explainer class registered as ``name``; an unknown name is a one-line error."""
     cls = METHODS.get(name) if isinstance(name, str) else None
+    if cls is None and isinstance(name, str):
+        load_plugins()  # a plugin left out at import (it was importing lcer_core itself)
+        cls = METHODS.get(name)
     if cls is None:
         raise UnknownMethodError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
     return cls
+
+
+def load_plugins() -> list[type[Explainer]]:
+    """Register the explainers that installed distributions declare under the entry-point group
+    ``lcer.explainers`` (see :mod:`lcer_core.explainers.plugins`); a broken one is one line."""
+    from lcer_core.explainers.plugins import load_plugins as load
+
+    return load(register)
