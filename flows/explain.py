@@ -22,10 +22,12 @@ from prefect.futures import PrefectFuture, as_completed
 
 from flows.env import check_environment
 from flows.runner import check_cluster, default_task_runner, explain_placement, is_ray_runner
-from lcer_core import api, remote
+from lcer_core import remote
 from lcer_core.datasets import load_prepared
 from lcer_core.errors import OrchestrationError
+from lcer_core.fsio import write_parquet_atomic
 from lcer_core.keys import content_key
+from lcer_core.models import load_model
 from lcer_core.shards import (
     DEFAULT_SHARD_SIZE,
     SHARD_KEY_FIELD,
@@ -34,7 +36,6 @@ from lcer_core.shards import (
     shard_key,
     shard_path,
     split_users,
-    write_parquet_atomic,
 )
 from tasks import progress
 from tasks.explain import ShardOutput, explain_shard, explain_shard_remote
@@ -54,12 +55,7 @@ ShardFutures = dict[str, list[PrefectFuture[Any] | str]]
 
 
 def _label(spec: RunSpec) -> str:
-    grid = (
-        f" α={spec.alpha:g} λ={spec.lam:g}"
-        if spec.alpha is not None and spec.lam is not None
-        else ""
-    )
-    return f"{spec.dataset} {spec.method} k={spec.k}{grid}"
+    return spec.label
 
 
 def _plan(specs: Sequence[RunSpec], chunks: Sequence[Sequence[int]]) -> None:
@@ -155,7 +151,7 @@ def _submit_remote(
 def _bundle(spec: RunSpec, users: Sequence[int], storage: str | None, ray_runner: bool) -> Any:
     """The model and data of ``spec`` for remote shards: a storage URL, a Ray reference, or bytes."""
     data = load_prepared(spec.dataset)
-    bundle = remote.make_bundle(data, api.load_model(spec.dataset, spec.model_key), users)
+    bundle = remote.make_bundle(data, load_model(spec.dataset, spec.model_key), users)
     if storage:
         return upload_bundle(storage, spec.model_key, users, bundle)
     if ray_runner:

@@ -17,7 +17,6 @@ explanation run's MLflow run is opened before its shards are computed for that r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -33,15 +32,14 @@ from flows.explain import (
 )
 from flows.runner import default_task_runner
 from flows.train import DEFAULT_EPOCHS, prepare_and_train
-from lcer_core import api, checks, remote
-from lcer_core.datasets import get_spec, load_prepared
+from lcer_core import remote
+from lcer_core.datasets import load_prepared
 from lcer_core.errors import OrchestrationError
 from lcer_core.explainers import PAPER_METHODS
+from lcer_core.models import MODEL_SEED, load_model
+from lcer_core.runs import DEFAULT_KS, RunSpec, plan_runs, validate_plan
 from lcer_core.shards import (
     DEFAULT_SHARD_SIZE,
-    RunSpec,
-    check_methods,
-    plan_runs,
     shard_is_complete,
     shard_key,
     shard_path,
@@ -55,7 +53,6 @@ from tasks.tracking import item_figures
 __all__ = ["lcer_pipeline", "explain_runs", "DEFAULT_DATASETS", "DEFAULT_KS"]
 
 DEFAULT_DATASETS = ("ml-100k",)
-DEFAULT_KS = (5, 10)
 
 
 def _paths_from_deployment(
@@ -68,7 +65,7 @@ def _paths_from_deployment(
     """
     storage = remote.storage_url()
     parameters: dict[str, Any] = {
-        "specs": [asdict(s) for s in specs],
+        "specs": [s.to_payload() for s in specs],
         "users": list(users),
         "shard_size": shard_size,
     }
@@ -91,7 +88,7 @@ def _upload_bundles(storage: str, specs: Sequence[RunSpec], users: Sequence[int]
     for spec in specs:
         if spec.model_key not in bundles:
             data = load_prepared(spec.dataset)
-            model = api.load_model(spec.dataset, spec.model_key)
+            model = load_model(spec.dataset, spec.model_key)
             bundle = remote.make_bundle(data, model, users)
             bundles[spec.model_key] = upload_bundle(storage, spec.model_key, users, bundle)
     return bundles
@@ -196,29 +193,29 @@ def lcer_pipeline(
     check_environment()
     logger = get_run_logger()
     datasets = list(datasets or DEFAULT_DATASETS)
-    for dataset in datasets:
-        get_spec(dataset)
-    methods = check_methods(methods or list(PAPER_METHODS))
     ks = list(ks or DEFAULT_KS)
-    checks.validate_common(n_users=n_users, steps=steps, seed=seed)
-    for s in seeds or []:
-        checks.validate_common(seed=s)
-    split_users([], shard_size)  # refuses a bad shard size before any work
+    options = {"alpha": alphas, "lam": lams, "steps": steps}
+    methods = validate_plan(
+        datasets,
+        methods or list(PAPER_METHODS),
+        options,
+        ks=ks,
+        seeds=list(seeds or [seed]),
+        n_users=n_users,
+        shard_size=shard_size,
+    )
     # (model seed, explainer seed) pairs
-    plan = [(s, s) for s in dict.fromkeys(seeds)] if seeds else [(api.MODEL_SEED, seed)]
+    plan = [(s, s) for s in dict.fromkeys(seeds)] if seeds else [(MODEL_SEED, seed)]
     summaries: list[dict[str, Any]] = []
     for dataset in datasets:
         for model_seed, explain_seed in plan:
             model, _ = prepare_and_train(dataset, epochs, model_seed)
             users = test_users(dataset, n_users)
-            defaults = api.default_params(dataset)
             specs = plan_runs(
                 dataset=dataset,
                 methods=methods,
                 ks=ks,
-                alphas=alphas or [defaults["alpha"]],
-                lams=lams or [defaults["lam"]],
-                steps=steps,
+                options=options,
                 seed=explain_seed,
                 n_users=n_users,
                 model_key=model.key,

@@ -10,8 +10,10 @@ from flows.env import check_environment
 from flows.pipeline import explain_runs
 from flows.runner import default_task_runner
 from flows.train import DEFAULT_EPOCHS, prepare_and_train
+from lcer_core.explainers import PAPER_SWEEP_METHOD
 from lcer_core.paper import PAPER_ALPHAS, PAPER_LAMS
-from lcer_core.shards import DEFAULT_SHARD_SIZE, plan_runs
+from lcer_core.runs import plan_runs, validate_plan
+from lcer_core.shards import DEFAULT_SHARD_SIZE
 from tasks.data import test_users
 from tasks.tracking import close_sweep, open_sweep, sweep_figures
 
@@ -38,15 +40,23 @@ def lcer_sweep(
     check_environment()
     alphas = list(alphas or PAPER_ALPHAS)
     lams = list(lams or PAPER_LAMS)
+    options = {"alpha": alphas, "lam": lams, "steps": steps}
+    methods = validate_plan(
+        [dataset],
+        [PAPER_SWEEP_METHOD],
+        options,
+        ks=[k],
+        seeds=[seed],
+        n_users=n_users,
+        shard_size=shard_size,
+    )
     model, _ = prepare_and_train(dataset, epochs)
     users = test_users(dataset, n_users)
     specs = plan_runs(
         dataset=dataset,
-        methods=["lcer"],
+        methods=methods,
         ks=[k],
-        alphas=alphas,
-        lams=lams,
-        steps=steps,
+        options=options,
         seed=seed,
         n_users=n_users,
         model_key=model.key,
@@ -55,7 +65,7 @@ def lcer_sweep(
         "%s: sweep of %d grid points over %d test users", dataset, len(specs), len(users)
     )
     grid = {
-        "method": "lcer",
+        "method": PAPER_SWEEP_METHOD,
         "k": k,
         "alphas": alphas,
         "lams": lams,

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.env import check_environment
-from lcer_core import api
+from lcer_core.models import MODEL_SEED, training_lock
 from lcer_core.recommender.multvae import MultVAEConfig
 from tasks.data import prepare
 from tasks.store import store_dataset, store_model
@@ -16,12 +16,12 @@ from tasks.train import ModelInfo, Registration, register, train
 
 __all__ = ["lcer_train", "prepare_and_train"]
 
-#: Mult-VAE's training epochs (the reference protocol's 200).
-DEFAULT_EPOCHS = 200
+#: Mult-VAE's training epochs: its config's default (the reference protocol's).
+DEFAULT_EPOCHS = MultVAEConfig().epochs
 
 
 def prepare_and_train(
-    dataset: str, epochs: int = DEFAULT_EPOCHS, seed: int = api.MODEL_SEED
+    dataset: str, epochs: int = DEFAULT_EPOCHS, seed: int = MODEL_SEED
 ) -> tuple[ModelInfo, Registration]:
     """The first steps of every flow: prepare → train (skipped when the model exists) → register."""
     fail_stale(dataset)
@@ -29,7 +29,7 @@ def prepare_and_train(
     store_dataset(dataset)
     # One training per model at a time: a second process waits, then reuses the model and
     # its registry version.
-    with api.training_lock(dataset, MultVAEConfig(epochs=epochs), seed):
+    with training_lock(dataset, MultVAEConfig(epochs=epochs), seed):
         info = train(dataset, epochs, seed)
         registration = register(info)
         store_model(info, registration)
@@ -38,7 +38,7 @@ def prepare_and_train(
 
 @flow(name="lcer-train")
 def lcer_train(
-    dataset: str = "ml-100k", epochs: int = DEFAULT_EPOCHS, seed: int = api.MODEL_SEED
+    dataset: str = "ml-100k", epochs: int = DEFAULT_EPOCHS, seed: int = MODEL_SEED
 ) -> dict[str, Any]:
     """Train (or reuse) the Mult-VAE of ``dataset`` and register it; its key, metrics and whether it was trained now."""
     check_environment()

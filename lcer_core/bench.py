@@ -12,15 +12,19 @@ import platform
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from lcer_core import api, checks
+from lcer_core import checks
+from lcer_core.datasets import ensure_prepared
+from lcer_core.devices import resolve_device
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import LCER, LCERConfig, lcer_reference_loop
 from lcer_core.metrics import evaluate_pairs, summarize
-from lcer_core.pairs import PairBatch, build_pairs, histories_from_lists
+from lcer_core.models import check_model_data, ensure_model, find_model
+from lcer_core.pairs import PairBatch, build_pairs, histories_from_lists, make_pairs, test_users
 from lcer_core.recommender.multvae import MultVAE, MultVAEConfig, MultVAERecommender
 
 __all__ = ["run_benchmark", "estimate_flops"]
@@ -64,11 +68,16 @@ def _stage(
     return lambda done, total: progress(stage, done, total)
 
 
+def _config(**fields: float | int | None) -> LCERConfig:
+    """LCER's config with the ``fields`` given (None: its default), validated by it."""
+    return LCERConfig(**{n: v for n, v in fields.items() if v is not None})
+
+
 def run_benchmark(
     *,
     dataset: str = "ml-100k",
     k: int = 5,
-    steps: int = 3000,
+    steps: int | None = None,
     n_users: int | None = None,
     sample: int = 5,
     full: bool = False,
@@ -77,8 +86,8 @@ def run_benchmark(
     synthetic_items: int | None = None,
     device: str | None = None,
     seed: int = 0,
-    alpha: float = 0.1,
-    lam: float = 0.01,
+    alpha: float | None = None,
+    lam: float | None = None,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[Any], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
@@ -87,34 +96,36 @@ def run_benchmark(
 
     ``on_epoch`` sees each training epoch (when a model must be trained first) and
     ``progress(stage, done, total)`` the steps of the batched runs, for a progress bar.
+    α, λ and steps (None: LCER's defaults), patience and min delta make one LCER config.
     """
-    checks.validate_common(k=k, steps=steps, n_users=n_users, alpha=alpha, lam=lam, seed=seed)
+    early_cfg = _config(alpha=alpha, lam=lam, steps=steps, patience=patience, min_delta=min_delta)
+    cfg = replace(early_cfg, patience=0, min_delta=0.0)  # the paper's fixed number of steps
+    alpha, lam, steps = cfg.alpha, cfg.lam, cfg.steps
+    checks.check_k(k)
+    if n_users is not None:
+        checks.check_users(n_users)
+    checks.check_seed(seed)
     if not (isinstance(sample, int) and sample >= 1):
         raise InvalidParameterError(f"--sample must be a positive integer, got {sample}")
-    if not (isinstance(patience, int) and patience >= 0):
-        raise InvalidParameterError(f"--patience must be an integer >= 0, got {patience}")
-    if not (min_delta >= 0 and min_delta < 1e6):
-        raise InvalidParameterError(f"--min-delta must be a number >= 0, got {min_delta}")
     lo, hi = SYNTHETIC_ITEMS_RANGE
     if synthetic_items is not None and not (lo <= synthetic_items <= hi):
         raise InvalidParameterError(
             f"--synthetic-items must be in [{lo}, {hi}], got {synthetic_items}"
         )
-    dev = str(api.resolve_device(device))
+    dev = str(resolve_device(device))
     if synthetic_items is not None:
         rec, pairs, n_items = _synthetic(synthetic_items, n_users or 100, seed, dev, k)
         source = f"synthetic-{synthetic_items}"
     else:
-        data = api.ensure_dataset(dataset)
-        model = api.find_model(dataset)  # the latest trained model, as `lcer explain` uses
+        data = ensure_prepared(dataset)
+        model = find_model(dataset)  # the latest trained model, as `lcer explain` uses
         if model is None:
-            model, _ = api.ensure_model(data, device=dev, on_epoch=on_epoch)
+            model, _ = ensure_model(data, device=dev, on_epoch=on_epoch)
             log(f"trained Mult-VAE {model.key} for {dataset}")
-        api.check_model_data(model, data)
+        check_model_data(model, data)
         rec = model.recommender(dev)
-        pairs = api.make_pairs(rec, data, api.test_users(data, n_users, strict=True), k)
+        pairs = make_pairs(rec, data, test_users(data, n_users, strict=True), k)
         n_items, source = data.n_items, dataset
-    cfg = LCERConfig(alpha=alpha, lam=lam, steps=steps)
     n_seq = len(pairs) if full else min(sample, len(pairs))
     # Spread the sample over users and ranks.
     sample_idx = torch.linspace(0, len(pairs) - 1, n_seq).round().long().unique()
@@ -132,9 +143,7 @@ def run_benchmark(
     sync()
     seq_s = time.perf_counter() - t0
     log(f"batched engine: {len(pairs)} pairs x {steps} steps ...")
-    LCER(LCERConfig(alpha=alpha, lam=lam, steps=5)).explain(
-        rec, pairs.select(slice(0, 2)), seed=seed
-    )  # warm-up
+    LCER(replace(cfg, steps=5)).explain(rec, pairs.select(slice(0, 2)), seed=seed)  # warm-up
     sync()
     t0 = time.perf_counter()
     fast = LCER(cfg).explain(rec, pairs, seed=seed, progress=_stage(progress, "batched engine"))
@@ -181,9 +190,9 @@ def run_benchmark(
         log(f"batched engine with early stop (patience {patience}, min delta {min_delta}) ...")
         sync()
         t0 = time.perf_counter()
-        early = LCER(
-            LCERConfig(alpha=alpha, lam=lam, steps=steps, patience=patience, min_delta=min_delta)
-        ).explain(rec, pairs, seed=seed, progress=_stage(progress, "early stop"))
+        early = LCER(early_cfg).explain(
+            rec, pairs, seed=seed, progress=_stage(progress, "early stop")
+        )
         sync()
         early_s = time.perf_counter() - t0
         result.update(

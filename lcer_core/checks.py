@@ -1,16 +1,95 @@
-"""Range checks of the options that several commands share (k, α, λ, steps, users, seed)."""
+"""One range check per shared parameter (k, α and λ, steps, users, seed, shard size).
+
+Each check is the only definition of its parameter's valid range; its message starts with the
+parameter's library name and carries it as ``param`` (the command line shows its flag instead,
+see :mod:`lcer_core.cli.flags`). α, λ and steps are checked by the configurations that hold
+them (:class:`~lcer_core.explainers.LCERConfig`), through :func:`check_weight` and
+:func:`check_steps`.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from lcer_core.errors import InvalidParameterError
 
-__all__ = ["MAX_WEIGHT", "validate_common"]
+__all__ = [
+    "MAX_WEIGHT",
+    "MAX_STEPS",
+    "check_k",
+    "check_weight",
+    "check_steps",
+    "check_users",
+    "check_seed",
+    "check_shard_size",
+    "validate_common",
+]
 
-#: Upper bound of α and λ: beyond it the hinge or the length term swamps the other (and
-#: LCERConfig refuses it too).
+#: Upper bound of α and λ: beyond it the hinge or the length term swamps the other.
 MAX_WEIGHT = 1e6
+#: Upper bound of an optimiser's number of steps.
+MAX_STEPS = 1_000_000
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_k(k: Any) -> int:
+    """``k`` (a list length) if it is a positive integer; else a one-line error."""
+    if not (_is_int(k) and k >= 1):
+        raise InvalidParameterError(f"k must be a positive integer, got {k}", param="k")
+    return k
+
+
+def check_weight(name: str, value: Any) -> float:
+    """``value`` as a float if it is finite and in [0, MAX_WEIGHT) (α, λ); else a one-line error."""
+    try:
+        ok = math.isfinite(value) and 0 <= value < MAX_WEIGHT
+    except TypeError:
+        ok = False
+    if not ok:
+        raise InvalidParameterError(
+            f"{name} must be a finite number in [0, 1e6), got {value}", param=name
+        )
+    return float(value)
+
+
+def check_steps(steps: Any, name: str = "steps") -> int:
+    """``steps`` if it is an integer in [1, MAX_STEPS]; else a one-line error."""
+    if not (_is_int(steps) and 1 <= steps <= MAX_STEPS):
+        raise InvalidParameterError(
+            f"{name} must be an integer in [1, {MAX_STEPS}], got {steps}", param=name
+        )
+    return steps
+
+
+def check_users(n_users: Any) -> int:
+    """``n_users`` (how many test users) if it is a positive integer; else a one-line error."""
+    if not (_is_int(n_users) and n_users >= 1):
+        raise InvalidParameterError(
+            f"n_users must be a positive integer, got {n_users}", param="n_users"
+        )
+    return n_users
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` if it is an integer in [0, 2^31); else a one-line error."""
+    if not (_is_int(seed) and 0 <= seed < 2**31):
+        raise InvalidParameterError(
+            f"seed must be an integer in [0, 2^31), got {seed}", param="seed"
+        )
+    return seed
+
+
+def check_shard_size(shard_size: Any) -> int:
+    """``shard_size`` (test users per explanation shard) if it is a positive integer."""
+    if not (_is_int(shard_size) and shard_size >= 1):
+        raise InvalidParameterError(
+            f"shard_size must be a positive integer, got {shard_size}", param="shard_size"
+        )
+    return shard_size
 
 
 def validate_common(
@@ -22,16 +101,17 @@ def validate_common(
     n_users: int | None = None,
     seed: int | None = None,
 ) -> None:
-    """One-line errors for out-of-range options shared by several commands."""
-    if k is not None and not (isinstance(k, int) and k >= 1):
-        raise InvalidParameterError(f"--k must be a positive integer, got {k}")
-    if alpha is not None and not (math.isfinite(alpha) and 0 <= alpha < MAX_WEIGHT):
-        raise InvalidParameterError(f"--alpha must be a finite number in [0, 1e6), got {alpha}")
-    if lam is not None and not (math.isfinite(lam) and 0 <= lam < MAX_WEIGHT):
-        raise InvalidParameterError(f"--lam must be a finite number in [0, 1e6), got {lam}")
-    if steps is not None and not (isinstance(steps, int) and 1 <= steps <= 1_000_000):
-        raise InvalidParameterError(f"--steps must be an integer in [1, 1000000], got {steps}")
-    if n_users is not None and not (isinstance(n_users, int) and n_users >= 1):
-        raise InvalidParameterError(f"--users must be a positive integer, got {n_users}")
-    if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**31):
-        raise InvalidParameterError(f"--seed must be an integer in [0, 2^31), got {seed}")
+    """The checks above for the options given (None: not given), in one call (kept for callers
+    written before the single checks; the product calls those)."""
+    if k is not None:
+        check_k(k)
+    if alpha is not None:
+        check_weight("alpha", alpha)
+    if lam is not None:
+        check_weight("lam", lam)
+    if steps is not None:
+        check_steps(steps)
+    if n_users is not None:
+        check_users(n_users)
+    if seed is not None:
+        check_seed(seed)

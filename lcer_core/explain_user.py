@@ -7,16 +7,20 @@ from typing import Any
 
 import torch
 
-from lcer_core import api
 from lcer_core.datasets import PreparedDataset
 from lcer_core.errors import InvalidParameterError, UnknownUserError
+from lcer_core.explainers import ExplainerConfig, get_method
+from lcer_core.frames import explanation_frame
+from lcer_core.metrics import evaluate_pairs
+from lcer_core.models import TrainedModel
+from lcer_core.pairs import make_pairs
 
 __all__ = ["explain_one_user", "sentences"]
 
 
 def explain_one_user(
     data: PreparedDataset,
-    model: api.TrainedModel,
+    model: TrainedModel,
     user: str,
     *,
     k: int = 5,
@@ -24,15 +28,17 @@ def explain_one_user(
     item: str | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
-    **params: Any,
+    config: ExplainerConfig | None = None,
 ) -> dict[str, Any]:
     """The top-``k`` of raw user ``user`` with, per item, the CE (ids, titles, importance) and
-    the item's rank before and after removing it; ``item`` (a raw id) restricts to one item."""
+    the item's rank before and after removing it; ``item`` (a raw id) restricts to one item.
+    ``config`` configures ``method`` (default: its config's defaults)."""
+    explainer = get_method(method)(config)
     uid = data.uid_of(user)
     if not data.history(uid):
         raise UnknownUserError(f"user {user!r} has no interactions the recommender can see")
     rec = model.recommender()
-    pairs = api.make_pairs(rec, data, [uid], k)
+    pairs = make_pairs(rec, data, [uid], k)
     if item is not None:
         sid = data.sid_of(item)
         hit = (pairs.targets == sid).nonzero().flatten()
@@ -40,9 +46,9 @@ def explain_one_user(
             top = ", ".join(data.titles(pairs.targets.tolist()))
             raise InvalidParameterError(f"item {item!r} is not in user {user!r}'s top-{k} ({top})")
         pairs = pairs.select(hit)
-    expl = api.explain(rec, pairs, method, seed=seed, progress=progress, **params)
-    outcomes = api.evaluate(rec, pairs, expl)
-    frame = api.explanation_frame(data, pairs, expl, outcomes)
+    expl = explainer.explain(rec, pairs, seed=seed, progress=progress)
+    outcomes = evaluate_pairs(rec, pairs, expl)
+    frame = explanation_frame(data, pairs, expl, outcomes)
     with torch.no_grad():
         scores = rec.scores_of_sets(pairs.items, pairs.mask.float(), pairs.targets[:, None])[
             :, 0

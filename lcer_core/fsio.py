@@ -1,23 +1,46 @@
-"""Writing under LCER_HOME: one clear line when the disk is full, read-only or not ours.
+"""Writing under LCER_HOME: whole files or none, and one clear line when the disk is full.
 
-Every write of the package funnels its ``OSError`` through :func:`home_error`, so a full
-disk, a read-only mount or a missing permission reads the same everywhere:
-``cannot write PATH: REASON``. Parquet goes through :func:`parquet_bytes`, because the
-Parquet writer reports a failed write as an opaque format error.
+Every file the package writes goes through :func:`atomic_file` (or the ``write_*_atomic``
+helpers built on it): a temporary file in the same folder, flushed and fsynced, then moved
+onto the target with ``os.replace``, so a reader sees the old file or the new one, never half of
+one, and a failed write leaves neither the file nor the temporary behind. Every ``OSError``
+goes through :func:`home_error`, so a full disk, a read-only mount or a missing permission
+reads the same everywhere: ``cannot write PATH: REASON``. Parquet and torch objects are
+serialised to bytes first (:func:`parquet_bytes`), because their writers report a failed
+file write as an opaque format error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
+import json
+import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import IO, Any
 
 import polars as pl
 
 from lcer_core.errors import LcerHomeError
 
-__all__ = ["home_error", "io_reason", "parquet_bytes", "ensure_writable"]
+__all__ = [
+    "TMP_PREFIX",
+    "home_error",
+    "io_reason",
+    "parquet_bytes",
+    "ensure_writable",
+    "atomic_file",
+    "write_bytes_atomic",
+    "write_text_atomic",
+    "write_json_atomic",
+    "write_parquet_atomic",
+]
+
+#: Prefix of the temporary files of :func:`atomic_file` (what a leftover check looks for).
+TMP_PREFIX = ".tmp-"
 
 _HINTS = {
     errno.ENOSPC: "the disk is full",
@@ -57,3 +80,70 @@ def parquet_bytes(frame: pl.DataFrame) -> bytes:
     buf = io.BytesIO()
     frame.write_parquet(buf)
     return buf.getvalue()
+
+
+def file_mode() -> int:
+    """The mode a plain ``open`` would give a new file (``mkstemp`` makes it owner-only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_file(
+    path: Path | str, *, parents: bool = True, suffix: str | None = None
+) -> Iterator[IO[bytes]]:
+    """A binary file to write ``path``'s new content into: renamed onto ``path`` (after flush
+    and fsync) when the block ends, removed if it raises. ``fh.name`` is the temporary path
+    (to check the content before it is published). Any ``OSError`` is :func:`home_error`;
+    ``parents=False`` refuses a folder that does not exist instead of creating it; ``suffix``
+    ends the temporary's name (default: ``path``'s own)."""
+    path = Path(path)
+    try:
+        if parents:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        tail = path.suffix if suffix is None else suffix
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=tail)
+    except OSError as exc:
+        raise home_error(path, exc) from None
+    published = False
+    try:
+        os.close(fd)
+        os.chmod(tmp, file_mode())
+        with open(tmp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        published = True
+    except OSError as exc:
+        raise home_error(path, exc) from None
+    finally:
+        if not published:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path | str, data: bytes | memoryview, *, parents: bool = True) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_file`: the file is complete or absent."""
+    with atomic_file(path, parents=parents) as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def write_text_atomic(path: Path | str, text: str, *, parents: bool = True) -> Path:
+    """Write ``text`` (UTF-8) to ``path``, atomically."""
+    return write_bytes_atomic(path, text.encode("utf-8"), parents=parents)
+
+
+def write_json_atomic(path: Path | str, payload: Any, *, indent: int | None = 2) -> Path:
+    """Write ``payload`` as JSON (and a final newline) to ``path``, atomically."""
+    return write_text_atomic(path, json.dumps(payload, indent=indent, default=str) + "\n")
+
+
+def write_parquet_atomic(
+    frame: pl.DataFrame, path: Path | str, *, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``frame`` (and key-value ``metadata``) as Parquet to ``path``, atomically."""
+    buf = io.BytesIO()  # written by us: a full disk is then an OSError, not a format error
+    frame.write_parquet(buf, metadata=dict(metadata) if metadata else None)
+    return write_bytes_atomic(path, buf.getbuffer())

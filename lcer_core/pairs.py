@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from lcer_core.checks import check_k, check_users
 from lcer_core.errors import InvalidParameterError
 from lcer_core.recommender.base import Recommender, topk_excluding
 from lcer_core.recommender.training import DENSE_BATCH_CELLS
 
-__all__ = ["Histories", "PairBatch", "build_pairs", "histories_from_lists"]
+if TYPE_CHECKING:
+    from lcer_core.datasets import PreparedDataset
+
+__all__ = [
+    "Histories",
+    "PairBatch",
+    "build_pairs",
+    "histories_from_lists",
+    "make_pairs",
+    "test_users",
+]
 
 
 @dataclass(frozen=True)
@@ -88,8 +100,7 @@ class PairBatch:
 @torch.no_grad()
 def build_pairs(recommender: Recommender, histories: Histories, k: int) -> PairBatch:
     """Recommend top-``k`` for each user (excluding interacted items) and make one pair per item."""
-    if k < 1:
-        raise InvalidParameterError(f"k must be a positive integer, got {k}")
+    check_k(k)
     dev = recommender.device
     items, mask = histories.items.to(dev), histories.mask.to(dev)
     free = recommender.n_items - mask.sum(1)
@@ -124,6 +135,33 @@ def build_pairs(recommender: Recommender, histories: Histories, k: int) -> PairB
         replacements=rep(top[:, k]),
         k=k,
     )
+
+
+def test_users(
+    data: PreparedDataset, n_users: int | None = None, *, strict: bool = False
+) -> list[int]:
+    """The first ``n_users`` test users (all by default), in ascending internal id; with
+    ``strict``, asking for more users than the dataset's test users is a one-line error."""
+    users = data.users_of("test")
+    if n_users is not None:
+        check_users(n_users)
+        if strict and n_users > len(users):
+            raise InvalidParameterError(
+                f"n_users {n_users} is more than the {len(users)} test users of {data.name!r}",
+                param="n_users",
+            )
+        users = users[:n_users]
+    return users
+
+
+test_users.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+def make_pairs(
+    recommender: Recommender, data: PreparedDataset, users: list[int], k: int
+) -> PairBatch:
+    """Top-``k`` pairs of ``users`` of ``data`` with their thresholds g_{K+1}(x_f)."""
+    return build_pairs(recommender, data.histories(users), k)
 
 
 def _check_finite(scores: Tensor) -> None:

@@ -3,6 +3,11 @@
 Datasets use this project's registry names (``ml-100k``, ``ml-1m``, ``alishop``,
 ``epinions``) and methods its explainer names (``fia``, ``kaffes``, ``accent``, ``lcer``).
 Percentages are 0–100; ``val_pct`` is None for FIA ("–" in the paper).
+
+Besides the numbers, the facts the reports read their structure from (so that no SQL and no
+report names a method): the paper's row order (:data:`TABLE_ORDER`) and the method it studies
+(:data:`SUBJECT_METHOD`). A *baseline* of Table 3 is a run of a method that reports validity
+(``runs.reports_validity``; FIA's explanations are not counterfactuals) and is not the subject.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ __all__ = [
     "PAPER_LCER_PARAMS",
     "PAPER_ALPHAS",
     "PAPER_LAMS",
+    "SUBJECT_METHOD",
+    "TABLE_ORDER",
     "paper_table2",
     "paper_table3",
 ]
@@ -56,6 +63,13 @@ PAPER_TABLE2: tuple[tuple[str, str, int, float | None, float, float, float, floa
     ("epinions", "accent", 10, 57.8, 1.528, 36.85, 60.03, 45.67),
     ("epinions", "lcer", 10, 99.5, 1.551, 53.33, 62.60, 57.60),
 )
+
+#: The paper's row order of its tables (Table 2 lists its methods in this order).
+TABLE_ORDER: tuple[str, ...] = tuple(dict.fromkeys(row[1] for row in PAPER_TABLE2))
+
+#: The method the paper proposes and studies: Table 3 sets each baseline beside its runs of about
+#: the baseline's length, the α/λ figures and the λ study sweep it, the report explains with it.
+SUBJECT_METHOD = "lcer"
 
 _T3_COLUMNS = (
     "dataset",

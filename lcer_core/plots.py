@@ -12,6 +12,7 @@ this module changes no global backend and works without a display.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from lcer_core.errors import DataFormatError, InvalidParameterError
+from lcer_core.fsio import write_bytes_atomic
 
 __all__ = [
     "ITEM_COLUMNS",
@@ -87,10 +89,9 @@ def _new_figure(
 
 
 def _save(fig: Figure, out: Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=_DPI, format="png")
-    return out
+    buf = io.BytesIO()  # rendered in memory, then written whole (a full disk is one line)
+    fig.savefig(buf, dpi=_DPI, format="png")
+    return write_bytes_atomic(out, buf.getbuffer())
 
 
 def _groups(df: pl.DataFrame, keys: Sequence[str]) -> list[tuple[tuple, pl.DataFrame]]:

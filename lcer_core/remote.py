@@ -24,11 +24,11 @@ from typing import Any
 
 import polars as pl
 
-from lcer_core import api
 from lcer_core.datasets import PreparedDataset
 from lcer_core.datasets.prepared import PARTS
 from lcer_core.errors import InvalidParameterError, MissingDataError, StorageError
 from lcer_core.fsio import io_reason, parquet_bytes
+from lcer_core.models import TrainedModel, model_bytes, model_from_bytes
 
 __all__ = [
     "STORAGE_ENV",
@@ -85,18 +85,19 @@ def check_address(address: str) -> None:
 
 
 def wants_gpu(method: str) -> bool:
-    """Whether a method's shards ask a cluster for a GPU: LCER (and its variants) optimise with
-    gradients; the baselines only call the model forward and run wherever there is a CPU."""
-    return method.split("-")[0] == "lcer"
+    """Whether a method's shards ask a cluster for a GPU (the explainer's ``prefers_gpu``)."""
+    from lcer_core.explainers import get_method
+
+    return get_method(method).prefers_gpu
 
 
 def make_bundle(
-    data: PreparedDataset, model: api.TrainedModel, users: Sequence[int]
+    data: PreparedDataset, model: TrainedModel, users: Sequence[int]
 ) -> dict[str, bytes]:
     """The model and the data of ``users`` (their interactions, all items) as ``{name: bytes}``."""
     keep = pl.Series("uid", sorted(set(users)), dtype=pl.Int64)
     bundle = {
-        "model.pt": api.model_bytes(model),
+        "model.pt": model_bytes(model),
         "meta.json": json.dumps(
             {**data.meta, "bundle": {"dataset": data.name, "model_key": model.key}}
         ).encode(),
@@ -109,7 +110,7 @@ def make_bundle(
     return bundle
 
 
-def open_bundle(bundle: Mapping[str, bytes]) -> tuple[PreparedDataset, api.TrainedModel]:
+def open_bundle(bundle: Mapping[str, bytes]) -> tuple[PreparedDataset, TrainedModel]:
     """The (data, model) of :func:`make_bundle`; a bundle with a part missing is a one-line error."""
     missing = [
         n for n in ("model.pt", "meta.json", *(f"{t}.parquet" for t in _TABLES)) if n not in bundle
@@ -130,7 +131,7 @@ def open_bundle(bundle: Mapping[str, bytes]) -> tuple[PreparedDataset, api.Train
         items=tables["items"],
         _parts={p: tables[p] for p in PARTS},
     )
-    return data, api.model_from_bytes(bundle["model.pt"], name, key)
+    return data, model_from_bytes(bundle["model.pt"], name, key)
 
 
 # --------------------------------------------------------------------------- storage URL

@@ -9,7 +9,6 @@ external URL. Every string from the data (titles, ids) is escaped by Jinja's aut
 from __future__ import annotations
 
 import base64
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,10 @@ import polars as pl
 from jinja2 import Environment
 
 from lcer_core import plots
-from lcer_core.errors import InvalidParameterError
+from lcer_core.errors import InvalidParameterError, LcerHomeError
 from lcer_core.explain_user import sentences
-from lcer_core.fsio import io_reason
+from lcer_core.fsio import write_text_atomic
+from lcer_core.paper import SUBJECT_METHOD
 from lcer_core.store import ResultStore, table2_report, table3_report
 from lcer_core.store.formatting import format_value
 from lcer_core.store.report import METRIC_HEADERS, METRIC_SPECS, REPORT_METRICS
@@ -159,13 +159,13 @@ def _table3(ours: pl.DataFrame, paper: pl.DataFrame) -> tuple[list[str], list[li
 
 
 def _sweep(store: ResultStore, dataset: str, k: int) -> pl.DataFrame:
-    """The latest metrics of every finished LCER (α, λ) point of ``dataset`` at ``k``, on the
-    model, steps, seed and users of the run Table 2 shows."""
+    """The latest metrics of every finished (α, λ) point of the paper's subject (LCER) on
+    ``dataset`` at ``k``, on the model, steps, seed and users of the run Table 2 shows."""
     return store.query(
         """
         WITH shown AS (
             SELECT r.model_key, r.steps, r.seed, r.n_users FROM table2 t JOIN runs r USING (run_id)
-            WHERE t.dataset = ? AND t.k = ? AND t.method = 'lcer'
+            WHERE t.dataset = ? AND t.k = ? AND t.method = ?
         ), points AS (
             SELECT r.alpha, r.lam, m.val_pct, m.len, m.ps_pct, m.pn_pct, m.fns_pct,
                    row_number() OVER (PARTITION BY r.alpha, r.lam
@@ -173,19 +173,20 @@ def _sweep(store: ResultStore, dataset: str, k: int) -> pl.DataFrame:
             FROM runs r JOIN metrics m USING (run_id) JOIN shown s
               ON r.model_key IS NOT DISTINCT FROM s.model_key AND r.steps IS NOT DISTINCT FROM s.steps
              AND r.seed IS NOT DISTINCT FROM s.seed AND r.n_users IS NOT DISTINCT FROM s.n_users
-            WHERE r.dataset = ? AND r.k = ? AND r.method = 'lcer' AND r.status = 'finished'
+            WHERE r.dataset = ? AND r.k = ? AND r.method = ? AND r.status = 'finished'
               AND r.alpha IS NOT NULL AND r.lam IS NOT NULL
         )
         SELECT alpha, lam, val_pct, len, ps_pct, pn_pct, fns_pct FROM points WHERE latest = 1
         ORDER BY alpha, lam
         """,
-        [dataset, k, dataset, k],
+        [dataset, k, SUBJECT_METHOD, dataset, k, SUBJECT_METHOD],
     )
 
 
 def _best_baseline(table2: pl.DataFrame, k: int) -> dict[str, float | None] | None:
+    """The metrics of the method other than the subject with the highest F_NS at ``k``."""
     rows = table2.filter(
-        (pl.col("k") == k) & (pl.col("method") != "lcer") & pl.col("run_id").is_not_null()
+        (pl.col("k") == k) & (pl.col("method") != SUBJECT_METHOD) & pl.col("run_id").is_not_null()
     )
     if rows.height == 0:
         return None
@@ -243,12 +244,13 @@ def _figures(
 def _examples(
     store: ResultStore, dataset: str, table2: pl.DataFrame, k: int, n_users: int
 ) -> tuple[str | None, list[dict[str, Any]]]:
-    """A few users' explanations in words, from the stored run of LCER (else the first method) at ``k``."""
+    """A few users' explanations in words, from the stored run of the paper's subject (LCER;
+    else the first method) at ``k``."""
     rows = table2.filter((pl.col("k") == k) & pl.col("run_id").is_not_null())
     if rows.height == 0:
         return None, []
-    lcer = rows.filter(pl.col("method") == "lcer")
-    row = (lcer if lcer.height else rows).row(0, named=True)
+    subject = rows.filter(pl.col("method") == SUBJECT_METHOD)
+    row = (subject if subject.height else rows).row(0, named=True)
     expl = store.query(
         """
         WITH firsts AS (SELECT DISTINCT uid FROM explanations WHERE run_id = ? ORDER BY uid LIMIT ?)
@@ -328,16 +330,8 @@ def write_html_report(dataset: str, out: Path, store: ResultStore | None = None)
     """Write ``dataset``'s page to ``out`` (whole or not at all); its path."""
     out = Path(out)
     page = render_html(build_report(dataset, store))
-    tmp = None
     try:
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.", delete=False
-        ) as f:
-            tmp = Path(f.name)
-            f.write(page)
-        os.replace(tmp, out)
-    except OSError as exc:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        raise InvalidParameterError(f"cannot write {out}: {io_reason(exc)}") from None
+        write_text_atomic(out, page, parents=False)
+    except LcerHomeError as exc:  # a path the user named: a parameter error, in the same words
+        raise InvalidParameterError(str(exc), param="out") from None
     return out

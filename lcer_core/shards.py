@@ -12,52 +12,42 @@ Nothing here knows about Prefect; the orchestration calls these functions.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import io
 import json
-import os
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import torch
 
-from lcer_core import api, checks
+from lcer_core.checks import check_shard_size
+from lcer_core.columns import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
 from lcer_core.datasets import PreparedDataset
-from lcer_core.errors import (
-    InvalidParameterError,
-    MissingDataError,
-    UnknownMethodError,
-)
-from lcer_core.explainers import LCER_METHODS, METHODS, LCERConfig, get_explainer
-from lcer_core.fsio import home_error
-from lcer_core.keys import run_key
+from lcer_core.devices import default_device
+from lcer_core.errors import MissingDataError
+from lcer_core.explainers import get_method
+from lcer_core.frames import explanation_frame, recommendation_frame
+from lcer_core.metrics import evaluate_pairs
+from lcer_core.models import TrainedModel
+from lcer_core.pairs import make_pairs
 from lcer_core.paths import lcer_home
 from lcer_core.recommender.counting import CountingRecommender
-from lcer_core.store.schema import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
+from lcer_core.runs import RunSpec  # re-exported: the shard functions take one
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
     "RunSpec",
-    "run_spec",
     "split_users",
     "work_dir",
     "shard_path",
     "SHARD_KEY_FIELD",
     "shard_key",
     "explain_users",
-    "write_parquet_atomic",
     "shard_is_complete",
     "read_shards",
     "split_run_frame",
     "shard_placements",
-    "check_methods",
-    "plan_runs",
 ]
 
 #: Test users per explanation shard when the caller does not say.
@@ -68,93 +58,9 @@ SHARD_KEY_FIELD = "lcer.shard_key"
 _SHARD_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """What determines one explanation run: its key, method and hyperparameters (None where unused)."""
-
-    run_id: str
-    dataset: str
-    method: str
-    k: int
-    alpha: float | None
-    lam: float | None
-    steps: int | None
-    seed: int
-    n_users: int | None
-    model_key: str
-
-    def explainer_params(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`lcer_core.api.explain` for this run."""
-        return {
-            k: v
-            for k, v in {"alpha": self.alpha, "lam": self.lam, "steps": self.steps}.items()
-            if v is not None
-        }
-
-    def explainer_config(self) -> dict[str, Any]:
-        """The explainer's whole configuration for this run (``dump_config()``), stored with it."""
-        return get_explainer(self.method, **self.explainer_params()).dump_config()
-
-    def as_row(self) -> dict[str, Any]:
-        """The run's columns of the ``runs`` table."""
-        return {
-            "run_id": self.run_id,
-            "dataset": self.dataset,
-            "method": self.method,
-            "k": self.k,
-            "alpha": self.alpha,
-            "lam": self.lam,
-            "steps": self.steps,
-            "seed": self.seed,
-            "n_users": self.n_users,
-            "model_key": self.model_key,
-        }
-
-
-def _uses_lcer_params(method: str) -> bool:
-    return method in LCER_METHODS
-
-
-def run_spec(
-    *,
-    dataset: str,
-    method: str,
-    k: int,
-    alpha: float | None,
-    lam: float | None,
-    steps: int | None,
-    seed: int,
-    n_users: int | None,
-    model_key: str,
-) -> RunSpec:
-    """The run of (method, k, α, λ): α, λ and steps are dropped for methods that have none."""
-    if method not in METHODS:
-        raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
-    checks.validate_common(k=k, alpha=alpha, lam=lam, steps=steps, n_users=n_users, seed=seed)
-    if _uses_lcer_params(method):
-        alpha = float(alpha) if alpha is not None else None
-        lam = float(lam) if lam is not None else None
-        steps = int(steps) if steps is not None else LCERConfig().steps
-    else:
-        alpha = lam = steps = None
-    key = run_key(
-        dataset=dataset,
-        method=method,
-        k=k,
-        alpha=alpha,
-        lam=lam,
-        steps=steps,
-        seed=seed,
-        model_version=model_key,
-        n_users=n_users,
-    )
-    return RunSpec(key, dataset, method, k, alpha, lam, steps, seed, n_users, model_key)
-
-
 def split_users(users: Sequence[int], shard_size: int) -> list[list[int]]:
     """``users`` in consecutive groups of ``shard_size`` (the last one may be shorter)."""
-    if not (isinstance(shard_size, int) and shard_size >= 1):
-        raise InvalidParameterError(f"--shard-size must be a positive integer, got {shard_size}")
+    check_shard_size(shard_size)
     users = list(users)
     return [users[i : i + shard_size] for i in range(0, len(users), shard_size)]
 
@@ -170,10 +76,12 @@ def shard_path(run_id: str, index: int) -> Path:
 
 
 def shard_key(spec: RunSpec, index: int, users: Sequence[int]) -> str:
-    """What one shard file holds, as a hex digest: the whole run spec, the shard's index and users."""
+    """What one shard file holds, as a hex digest: the run (its key and fields, as earlier
+    versions held them: the key covers the rest of its configuration), the shard's index and
+    users. Shard files written by earlier versions keep their keys (format 1)."""
     payload = {
         "format": _SHARD_FORMAT,
-        "spec": dataclasses.asdict(spec),
+        "spec": spec.key_fields(),
         "index": int(index),
         "users": [int(u) for u in users],
     }
@@ -182,7 +90,7 @@ def shard_key(spec: RunSpec, index: int, users: Sequence[int]) -> str:
 
 def explain_users(
     data: PreparedDataset,
-    model: api.TrainedModel,
+    model: TrainedModel,
     spec: RunSpec,
     users: Sequence[int],
     *,
@@ -195,22 +103,16 @@ def explain_users(
         raise MissingDataError(
             f"model {model.key} is not the model {spec.model_key} of run {spec.run_id}"
         )
-    recommender = model.recommender(device or api.default_device())
-    pairs = api.make_pairs(recommender, data, list(users), spec.k)
+    recommender = model.recommender(device or default_device())
+    pairs = make_pairs(recommender, data, list(users), spec.k)
     counting = CountingRecommender(recommender)
     start = time.perf_counter()
-    explanations = api.explain(
-        counting,  # type: ignore[arg-type]
-        pairs,
-        spec.method,
-        seed=spec.seed,
-        progress=progress,
-        **spec.explainer_params(),
-    )
+    explainer = get_method(spec.method)(spec.config)
+    explanations = explainer.explain(counting, pairs, seed=spec.seed, progress=progress)
     seconds = time.perf_counter() - start
-    outcomes = api.evaluate(recommender, pairs, explanations)
-    frame = api.explanation_frame(data, pairs, explanations, outcomes)
-    recs = api.recommendation_frame(data, pairs, recommender)
+    outcomes = evaluate_pairs(recommender, pairs, explanations)
+    frame = explanation_frame(data, pairs, explanations, outcomes)
+    recs = recommendation_frame(data, pairs, recommender)
     n = max(len(pairs), 1)
     # the shard's cost spread evenly over its pairs: inputs scored and seconds of explanation
     return frame.with_columns(
@@ -219,30 +121,6 @@ def explain_users(
         forward_calls=pl.lit(counting.rows / n, dtype=pl.Float64),
         explain_s=pl.lit(seconds / n, dtype=pl.Float64),
     )
-
-
-def write_parquet_atomic(
-    frame: pl.DataFrame, path: Path, *, metadata: Mapping[str, str] | None = None
-) -> Path:
-    """Write ``frame`` (and key-value ``metadata``) to ``path``: the file is complete or absent."""
-    buf = io.BytesIO()  # written by us below: a full disk is then an OSError
-    frame.write_parquet(buf, metadata=dict(metadata) if metadata else None)
-    data = buf.getvalue()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise home_error(path, exc) from None
-    return path
 
 
 def shard_is_complete(path: Path, users: Sequence[int], key: str | None = None) -> bool:
@@ -293,59 +171,3 @@ def split_run_frame(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     recs = frame.select([c for c in RECOMMENDATION_COLUMNS if c in frame.columns])
     expl = frame.select([c for c in EXPLANATION_COLUMNS if c in frame.columns])
     return recs, expl
-
-
-def check_methods(methods: Sequence[str]) -> list[str]:
-    """``methods`` with unknown names refused in one line (duplicates dropped, order kept)."""
-    out: list[str] = []
-    for method in methods:
-        if method not in METHODS:
-            raise UnknownMethodError(
-                f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}"
-            )
-        if method not in out:
-            out.append(method)
-    if not out:
-        raise InvalidParameterError("no method given")
-    return out
-
-
-def plan_runs(
-    *,
-    dataset: str,
-    methods: Sequence[str],
-    ks: Sequence[int],
-    alphas: Sequence[float],
-    lams: Sequence[float],
-    steps: int | None,
-    seed: int,
-    n_users: int | None,
-    model_key: str,
-) -> list[RunSpec]:
-    """Every run of the grid: LCER once per (k, α, λ), each baseline once per k (α/λ do not apply)."""
-    if not ks:
-        raise InvalidParameterError("no k given")
-    specs: dict[str, RunSpec] = {}
-    for method in check_methods(methods):
-        grid = (
-            [(a, lam) for a in alphas for lam in lams]
-            if _uses_lcer_params(method)
-            else [(None, None)]
-        )
-        if not grid:
-            raise InvalidParameterError("no alpha/lam given")
-        for k in ks:
-            for alpha, lam in grid:
-                spec = run_spec(
-                    dataset=dataset,
-                    method=method,
-                    k=k,
-                    alpha=alpha,
-                    lam=lam,
-                    steps=steps,
-                    seed=seed,
-                    n_users=n_users,
-                    model_key=model_key,
-                )
-                specs.setdefault(spec.run_id, spec)
-    return list(specs.values())

@@ -19,14 +19,14 @@ from lcer_core.metrics import evaluate_pairs, summarize
 def main() -> None:
     n_users, keys = int(sys.argv[1]), sys.argv[2:]
     torch.set_num_threads(1)
-    data = api.ensure_dataset("ml-100k")
+    data = api.load_dataset("ml-100k")
     print("| seed | K | stop rule | Val | Len | PS | PN | F_NS | s/pair |")
     print("|---|---|---|---|---|---|---|---|---|")
     for key in keys:
         model = api.load_model("ml-100k", key)
         rec = model.recommender()
         for k in (5, 10):
-            pairs = api.make_pairs(rec, data, api.test_users(data, n_users), k=k)
+            pairs = api.make_pairs(rec, data, users=n_users, k=k)
             for stop in ("requery", "additive"):
                 t0 = time.perf_counter()
                 out = Accent(AccentConfig(stop=stop)).explain(rec, pairs)

@@ -17,10 +17,12 @@ import argparse
 
 import torch
 
-from lcer_core import api
+from lcer_core import models
+from lcer_core.datasets import ensure_prepared
 from lcer_core.early_stop import record_run
 from lcer_core.explainers import LCERConfig
 from lcer_core.metrics import evaluate_pairs, summarize
+from lcer_core.pairs import make_pairs, test_users
 
 
 def main() -> None:
@@ -34,10 +36,10 @@ def main() -> None:
     args = ap.parse_args()
     rules = [(int(p), float(d)) for p, d in (r.split(":") for r in args.rules.split(","))]
 
-    data = api.ensure_dataset(args.dataset)
-    model = api.find_model(args.dataset) or api.ensure_model(data)[0]
+    data = ensure_prepared(args.dataset)
+    model = models.find_model(args.dataset) or models.ensure_model(data)[0]
     rec = model.recommender("cpu")
-    pairs = api.make_pairs(rec, data, api.test_users(data, args.users, strict=True), args.k)
+    pairs = make_pairs(rec, data, test_users(data, args.users, strict=True), args.k)
     run = record_run(rec, pairs, LCERConfig(steps=args.steps), seed=args.seed)
     lengths = run.pairs.mask.sum(1).float()
     total = len(run.pairs) * args.steps

@@ -36,13 +36,13 @@ OFF = dict(prefix=True, prune=False, sufficiency=0.0, fallback=False)
 def main() -> None:
     key, n_users, ks = sys.argv[1], int(sys.argv[2]), [int(k) for k in sys.argv[3:]] or [5, 10]
     torch.set_num_threads(1)
-    data, model = api.ensure_dataset("ml-100k"), api.load_model("ml-100k", key)
+    data, model = api.load_dataset("ml-100k"), api.load_model("ml-100k", key)
     rec = model.recommender()
     seed = model.seed  # the explainer's seed is the model's (lcer run --seeds)
     print("| K | variant | Val | Len | PS | PN | F_NS | calls/pair | s/pair |")
     print("|---|---|---|---|---|---|---|---|---|")
     for k in ks:
-        pairs = api.make_pairs(rec, data, api.test_users(data, n_users), k=k)
+        pairs = api.make_pairs(rec, data, users=n_users, k=k)
         cfg = LCERPlusConfig()
         plus = LCERPlus(cfg)
         t0 = time.perf_counter()

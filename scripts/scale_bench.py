@@ -5,7 +5,7 @@
     options: --epochs E (training epochs, default 2) --users N (test users, 100) --steps S (LCER, 3000)
              --methods lcer,fia,accent,kaffes --ks 5,10 --device cpu|cuda --json OUT
 
-Stages run in this one process through ``lcer_core.api`` (the functions the Prefect tasks
+Stages run in this one process through the core (``lcer_core.models``, ``pairs``, ``explainers``: what the Prefect tasks
 call): synth, prepare, train (seconds per epoch), pairs (top-K for the test users),
 explain + evaluate per method and K (LCER's seconds per pair). The peak is the process's
 resident memory sampled every 10 ms during the stage (it includes what earlier stages
@@ -120,14 +120,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from lcer_core import api
+    from lcer_core import api, models
     from lcer_core.datasets import is_prepared, load_prepared, prepare_dataset
     from lcer_core.datasets.custom import register_and_prepare
     from lcer_core.datasets.synth import write_synth
-    from lcer_core.metrics import summarize
+    from lcer_core.devices import resolve_device
+    from lcer_core.explainers import LCERConfig
+    from lcer_core.metrics import evaluate_pairs, summarize
+    from lcer_core.pairs import make_pairs, test_users
     from lcer_core.recommender.multvae import MultVAEConfig
 
-    dev = api.resolve_device(args.device)
+    dev = resolve_device(args.device)
     name = args.dataset
     if args.synth:
         name = f"syn-{args.dataset}"
@@ -156,16 +159,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         epoch_times.append(now - last[0])
         last[0] = now
 
-    model = api.find_model(name) if args.reuse and not args.retrain else None
+    model = models.find_model(name) if args.reuse and not args.retrain else None
     if model is not None:
         pass
     elif args.train_batches:
         with stage("train", batches=args.train_batches, items=data.n_items) as row:
-            model = _time_batches(api, data, args.train_batches, dev, row)
+            model = _time_batches(models, data, args.train_batches, dev, row)
     else:
         with stage("train", epochs=args.epochs, items=data.n_items) as row:
             last[0] = time.perf_counter()
-            model = api.train_model(
+            model = models.train_model(
                 data, MultVAEConfig(epochs=args.epochs), device=dev, on_epoch=on_epoch
             )
             row["s_per_epoch"] = round(min(epoch_times), 2)
@@ -174,12 +177,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.no_explain:
         return _finish(args, {"dataset": name, "items": data.n_items, "device": str(dev)})
     rec = model.recommender(dev)
-    users = api.test_users(data, args.users)
-    params = api.default_params(args.dataset)  # syn-epinions: Epinions' α and λ
+    users = test_users(data, args.users)
+    params = LCERConfig.defaults_for(args.dataset)  # syn-epinions: Epinions' α and λ
     summary: dict[str, Any] = {"dataset": name, "items": data.n_items, "device": str(dev)}
     for k in (int(x) for x in args.ks.split(",")):
         with stage("pairs", k=k) as row:
-            pairs = api.make_pairs(rec, data, users, k)
+            pairs = make_pairs(rec, data, users, k)
             row["pairs"] = len(pairs)
             row["mean_history"] = round(float(pairs.lengths.float().mean()), 1)
         for method in args.methods.split(","):
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["s_per_pair"] = round(row["wall_s"] / len(pairs), 5)
             row["cpu_s_per_pair"] = round(row["cpu_s"] / len(pairs), 5)
             with stage("evaluate", method=method, k=k) as row:
-                row |= summarize(api.evaluate(rec, pairs, expl))
+                row |= summarize(evaluate_pairs(rec, pairs, expl))
     return _finish(args, summary)
 
 
@@ -206,7 +209,7 @@ def _finish(args: argparse.Namespace, summary: dict[str, Any]) -> dict[str, Any]
     return summary
 
 
-def _time_batches(api: Any, data: Any, n_batches: int, dev: Any, row: dict[str, Any]) -> Any:
+def _time_batches(models: Any, data: Any, n_batches: int, dev: Any, row: dict[str, Any]) -> Any:
     """Train on ``n_batches`` batches exactly as ``fit_multvae`` does (sparse rows, one dense
     batch); seconds per batch after the first, times batches per epoch; save that model."""
     import torch
@@ -215,7 +218,7 @@ def _time_batches(api: Any, data: Any, n_batches: int, dev: Any, row: dict[str, 
 
     cfg = MultVAEConfig(epochs=1)
     train = data.rows("train", data.users_of("train"))
-    torch.manual_seed(api.MODEL_SEED)
+    torch.manual_seed(models.MODEL_SEED)
     module = MultVAE(train.shape[1], cfg).to(dev)
     opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
     order = torch.randperm(train.shape[0])
@@ -244,11 +247,11 @@ def _time_batches(api: Any, data: Any, n_batches: int, dev: Any, row: dict[str, 
         "cpu_s_per_epoch": round(c_batch * per_epoch, 1),
         "extrapolated": True,
     }
-    key = api.model_key(data, cfg, api.MODEL_SEED)
-    model = api.TrainedModel(
-        data.name, key, cfg, api.MODEL_SEED, module.cpu().eval(), {}, Path("."), data.fingerprint
+    key = models.model_key(data, cfg, models.MODEL_SEED)
+    model = models.TrainedModel(
+        data.name, key, cfg, models.MODEL_SEED, module.cpu().eval(), {}, Path("."), data.fingerprint
     )
-    return api.save_model(model, data)
+    return models.save_model(model, data)
 
 
 def _print(summary: dict[str, Any], out: Callable[[str], None] = print) -> None:

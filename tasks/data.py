@@ -7,7 +7,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lcer_core import api
+from lcer_core import pairs
 from lcer_core.datasets import load_prepared, prepare_dataset
 from lcer_core.errors import DownloadError
 
@@ -41,6 +41,6 @@ def prepare(dataset: str) -> dict[str, Any]:
 @task(name="test-users", cache_policy=NO_CACHE)
 def test_users(dataset: str, n_users: int | None = None) -> list[int]:
     """Internal ids of the first ``n_users`` test users of ``dataset`` (all by default)."""
-    users = api.test_users(load_prepared(dataset), n_users)
+    users = pairs.test_users(load_prepared(dataset), n_users)
     get_run_logger().info("%s: %d test users to explain", dataset, len(users))
     return users

@@ -9,8 +9,14 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lcer_core import api, shards
+from lcer_core import shards
 from lcer_core.datasets import load_prepared
+from lcer_core.devices import default_device
+from lcer_core.explainers import get_method
+from lcer_core.frames import explanation_frame, pairs_from_frame, summarize_frame
+from lcer_core.fsio import write_parquet_atomic
+from lcer_core.metrics import evaluate_pairs
+from lcer_core.models import load_model
 from lcer_core.shards import RunSpec
 
 __all__ = ["RunResult", "evaluate_run", "reevaluate_run"]
@@ -34,8 +40,8 @@ def _fmt(metrics: dict[str, Any]) -> str:
 def evaluate_run(spec: RunSpec, shard_paths: list[str]) -> RunResult:
     """Concatenate the run's shard files into ``explanations.parquet`` and compute its metrics."""
     frame = shards.read_shards(shard_paths)
-    path = shards.write_parquet_atomic(frame, shards.work_dir(spec.run_id) / "explanations.parquet")
-    metrics = api.summarize_frame(frame, spec.method)
+    path = write_parquet_atomic(frame, shards.work_dir(spec.run_id) / "explanations.parquet")
+    metrics = summarize_frame(frame, get_method(spec.method).reports_validity)
     devices = sorted(set(frame["device"].to_list())) if "device" in frame.columns else []
     get_run_logger().info(
         "%s %s k=%d alpha=%s lam=%s: %s",
@@ -54,12 +60,12 @@ def reevaluate_run(run: dict[str, Any], explanations: pl.DataFrame) -> dict[str,
     """Metrics of a stored run's CEs against the dataset's current (latest trained) model."""
     dataset, method, k = run["dataset"], run["method"], int(run["k"])
     data = load_prepared(dataset)
-    model = api.load_model(dataset)
-    recommender = model.recommender(api.default_device())
-    pairs, ces = api.pairs_from_frame(data, recommender, explanations, k)
-    outcomes = api.evaluate(recommender, pairs, ces)
-    frame = api.explanation_frame(data, pairs, ces, outcomes)
-    metrics = api.summarize_frame(frame, method)
+    model = load_model(dataset)
+    recommender = model.recommender(default_device())
+    pairs, ces = pairs_from_frame(data, recommender, explanations, k)
+    outcomes = evaluate_pairs(recommender, pairs, ces)
+    frame = explanation_frame(data, pairs, ces, outcomes)
+    metrics = summarize_frame(frame, get_method(method).reports_validity)
     get_run_logger().info(
         "re-evaluated run %s (%s %s k=%d) against model %s: %s",
         run["run_id"],

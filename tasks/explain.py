@@ -29,10 +29,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 from prefect.states import Completed, State
 
-from lcer_core import api, remote, shards
+from lcer_core import remote, shards
 from lcer_core.datasets import load_prepared
-from lcer_core.fsio import parquet_bytes
-from lcer_core.shards import RunSpec
+from lcer_core.devices import default_device
+from lcer_core.fsio import parquet_bytes, write_parquet_atomic
+from lcer_core.models import load_model
+from lcer_core.runs import RunSpec
 from tasks import progress
 
 __all__ = [
@@ -70,10 +72,7 @@ def _placed(frame: pl.DataFrame, index: int, node: str) -> pl.DataFrame:
 def _shard_run_name() -> str:
     params = task_run.parameters
     spec: RunSpec = params["spec"]
-    extra = (
-        f"-a{spec.alpha:g}-l{spec.lam:g}" if spec.alpha is not None and spec.lam is not None else ""
-    )
-    return f"explain-{spec.method}-k{spec.k}{extra}-shard-{params['index']:04d}"
+    return f"explain-{spec.slug}-shard-{params['index']:04d}"
 
 
 @task(
@@ -98,18 +97,16 @@ def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str
         )
         return Completed(name="Cached", message=f"complete shard file {out}", data=str(out))
     start = time.perf_counter()
-    device = api.default_device()
+    device = default_device()
     data = load_prepared(spec.dataset)
-    model = api.load_model(spec.dataset, spec.model_key)
+    model = load_model(spec.dataset, spec.model_key)
 
     def report(done: int, total: int) -> None:
         progress.emit(progress.STEPS, run=spec.run_id, index=index, done=done, total=total)
 
     node = node_name()
     frame = shards.explain_users(data, model, spec, users, device=device, progress=report)
-    shards.write_parquet_atomic(
-        _placed(frame, index, node), out, metadata={shards.SHARD_KEY_FIELD: key}
-    )
+    write_parquet_atomic(_placed(frame, index, node), out, metadata={shards.SHARD_KEY_FIELD: key})
     _log_done(spec, index, users, frame, node, device.type, start)
     return str(out)
 
@@ -163,7 +160,7 @@ def explain_shard_remote(
         node,
         pid,
     )
-    device = api.default_device()
+    device = default_device()
     data, model = remote.open_bundle(
         remote.get_bundle(bundle) if isinstance(bundle, str) else bundle
     )

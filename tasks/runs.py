@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from lcer_core.shards import RunSpec
+from lcer_core.runs import RunSpec
 from tasks.evaluate import RunResult, evaluate_run
 from tasks.store import begin_runs, link_mlflow, mark_failed, store_run
 from tasks.tracking import fail_tracked, open_runs, track_run

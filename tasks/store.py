@@ -16,7 +16,8 @@ from prefect.cache_policies import NO_CACHE
 
 from lcer_core.datasets import load_prepared
 from lcer_core.errors import StoreLockedError
-from lcer_core.shards import RunSpec, read_shards, shard_placements, split_run_frame
+from lcer_core.runs import RunSpec
+from lcer_core.shards import read_shards, shard_placements, split_run_frame
 from lcer_core.store import ResultStore
 from tasks.evaluate import RunResult
 from tasks.train import ModelInfo, Registration
@@ -87,8 +88,8 @@ def begin_runs(specs: Sequence[RunSpec], params: dict[str, Any]) -> list[str]:
     for spec in specs:
         earlier = store.run(spec.run_id)
         if earlier is None or earlier["status"] != "finished":
-            config = {"explainer": spec.explainer_config()}
-            store.begin_run({**spec.as_row(), "params": {**params, **config}})
+            row = spec.as_row()
+            store.begin_run({**row, "params": {**params, "explainer": row["config"]}})
             begun.append(spec.run_id)
     return begun
 
@@ -98,8 +99,9 @@ def store_run(result: RunResult, params: dict[str, Any]) -> str:
     """Load a run's rows into DuckDB in one transaction (replacing an earlier copy); its run id."""
     frame = read_shards([result.path])
     recommendations, explanations = split_run_frame(frame)
-    params = {**params, "explainer": result.spec.explainer_config()}
-    run = {**result.spec.as_row(), "device": result.device, "kind": "explain", "params": params}
+    row = result.spec.as_row()
+    params = {**params, "explainer": row["config"]}
+    run = {**row, "device": result.device, "kind": "explain", "params": params}
     run_id = ResultStore().write_run(
         run,
         recommendations,

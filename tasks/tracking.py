@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lcer_core import plots
 from lcer_core.paths import lcer_home
-from lcer_core.shards import RunSpec
+from lcer_core.runs import RunSpec
 from lcer_core.store import ResultStore
 from tasks import mlflow_client
 from tasks.evaluate import RunResult
@@ -51,13 +51,15 @@ _RUN_KEY_TAG = "lcer.run_key"
 
 
 def _open_params(spec: RunSpec, params: dict[str, Any]) -> dict[str, Any]:
-    """An explanation run's MLflow params known before it runs (``device`` comes at the end)."""
+    """An explanation run's MLflow params known before it runs (``device`` comes at the end):
+    beside ``method, k, alpha, lam``, every field of the explainer's config (``explainer.lr``)."""
     return {
         "steps": spec.steps,
         "seed": spec.seed,
         "n_users": spec.n_users,
         "model_key": spec.model_key,
         "run_key": spec.run_id,
+        **{f"explainer.{name}": value for name, value in spec.config.dump().items()},
         **params,
     }
 
@@ -200,11 +202,12 @@ def item_figures(dataset: str) -> int:
     return done
 
 
-def _best_baseline(dataset: str, k: int) -> dict[str, float | None] | None:
+def _best_baseline(dataset: str, k: int, method: str) -> dict[str, float | None] | None:
+    """The Table 2 row of the best other method than the swept ``method`` (highest F_NS)."""
     rows = ResultStore().query(
-        "SELECT * FROM table2 WHERE dataset = ? AND k = ? AND method <> 'lcer' "
+        "SELECT * FROM table2 WHERE dataset = ? AND k = ? AND method <> ? "
         "ORDER BY fns_pct DESC NULLS LAST LIMIT 1",
-        [dataset, k],
+        [dataset, k, method],
     )
     if rows.height == 0:
         return None
@@ -230,7 +233,9 @@ def sweep_figures(parent_run_id: str, results: Sequence[RunResult]) -> list[str]
         schema={c: pl.Float64 for c in plots.SWEEP_COLUMNS},
     )
     paths = plots.render_sweep_figures(
-        sweep, _figure_dir(f"sweep-{parent_run_id}"), baseline=_best_baseline(spec.dataset, spec.k)
+        sweep,
+        _figure_dir(f"sweep-{parent_run_id}"),
+        baseline=_best_baseline(spec.dataset, spec.k, spec.method),
     )
     mlflow_client.log_figures(parent_run_id, paths)
     get_run_logger().info("attached %d sweep figures to MLflow run %s", len(paths), parent_run_id)

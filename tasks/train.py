@@ -15,7 +15,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lcer_core import api
+from lcer_core import models
 from lcer_core.datasets import load_prepared
 from lcer_core.recommender.multvae import MultVAEConfig
 from lcer_core.recommender.training import EpochReport
@@ -52,7 +52,9 @@ class Registration:
 
 
 @task(name="train-multvae", cache_policy=NO_CACHE)
-def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelInfo:
+def train(
+    dataset: str, epochs: int = MultVAEConfig().epochs, seed: int = models.MODEL_SEED
+) -> ModelInfo:
     """Train Mult-VAE on ``dataset``, or reuse the checkpoint trained on the same data with the same settings."""
     logger = get_run_logger()
     config = MultVAEConfig(epochs=epochs)
@@ -78,8 +80,8 @@ def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelI
             report.best_epoch,
         )
 
-    key = api.model_key(data, config, seed)
-    model = api.find_model(dataset, key, damaged_as_absent=True)  # a damaged one is retrained
+    key = models.model_key(data, config, seed)
+    model = models.find_model(dataset, key, damaged_as_absent=True)  # a damaged one is retrained
     trained_now, run_id = model is None, None
     if model is not None:
         logger.info(
@@ -102,7 +104,7 @@ def train(dataset: str, epochs: int = 200, seed: int = api.MODEL_SEED) -> ModelI
         )
         logger.info("training model %s (MLflow run %s)", key, run_id)
         try:
-            model = api.train_model(data, config, seed=seed, on_epoch=on_epoch)
+            model = models.train_model(data, config, seed=seed, on_epoch=on_epoch)
         except BaseException as exc:
             mlflow_client.fail_run(run_id, exc)
             raise
@@ -164,7 +166,7 @@ def register(info: ModelInfo) -> Registration:
         if info.mlflow_run_id is not None:  # trained again (checkpoint lost): close its run
             mlflow_client.end_run(info.mlflow_run_id, "FINISHED")
         return found
-    model = api.load_model(info.dataset, info.key)
+    model = models.load_model(info.dataset, info.key)
     data = load_prepared(info.dataset)
     _, example = data.matrix("test_tr", data.users_of("test")[:1])
     out = mlflow_client.log_model(

@@ -66,15 +66,16 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory, http_mirror: str) -> 
     trained (10 epochs): shared, read-mostly state for tests of the commands built on them."""
     import os
 
-    from lcer_core import api
+    from lcer_core import models
+    from lcer_core.datasets import ensure_prepared
     from lcer_core.recommender.multvae import MultVAEConfig
 
     home = tmp_path_factory.mktemp("trained-home")
     saved = {k: os.environ.get(k) for k in ("LCER_HOME", "LCER_MIRROR")}
     os.environ["LCER_HOME"], os.environ["LCER_MIRROR"] = str(home), http_mirror
     try:
-        data = api.ensure_dataset("ml-100k")
-        api.train_model(data, MultVAEConfig(epochs=10), seed=1, device="cpu")
+        data = ensure_prepared("ml-100k")
+        models.train_model(data, MultVAEConfig(epochs=10), seed=1, device="cpu")
     finally:
         for k, v in saved.items():
             if v is None:

@@ -42,19 +42,19 @@ def _cli(argv: list[str]) -> int:
 
 
 def _train(dataset: str) -> int:
-    from lcer_core import api
+    from lcer_core import models
     from lcer_core.datasets import load_prepared
     from lcer_core.recommender.multvae import MultVAEConfig
 
     small = MultVAEConfig(hidden=16, latent=8, epochs=1)  # fast, and still ~190 KB on disk
-    api.train_model(load_prepared(dataset), small, seed=1, device="cpu")
+    models.train_model(load_prepared(dataset), small, seed=1, device="cpu")
     return 0
 
 
 def _write_shard(path: str) -> int:
     import polars as pl
 
-    from lcer_core.shards import write_parquet_atomic
+    from lcer_core.fsio import write_parquet_atomic
 
     frame = pl.DataFrame(
         {"uid": pl.int_range(50_000, eager=True), "score": pl.repeat(0.5, 50_000, eager=True)}

@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from lcer_core import api
+from lcer_core import models
 from lcer_core.cli import main
+from lcer_core.datasets import load_prepared
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -44,11 +45,7 @@ def test_bad_input_is_one_line_and_status_2(in_trained_home, capsys, args, needl
 
 
 def test_one_user_in_words_and_json_match_the_recommender(in_trained_home, capsys):
-    data = (
-        api.load_prepared("ml-100k")
-        if hasattr(api, "load_prepared")
-        else api.ensure_dataset("ml-100k")
-    )
+    data = load_prepared("ml-100k")
     raw_user = data.users.filter(data.users["split"] == "test")["raw_id"][0]
     code, out, err = run_cli(
         ["explain", "ml-100k", "--user", raw_user, "--k", "5", "--steps", "300", "--json"], capsys
@@ -56,7 +53,7 @@ def test_one_user_in_words_and_json_match_the_recommender(in_trained_home, capsy
     assert code == 0, err
     res = json.loads(out)
     assert res["user"] == raw_user and len(res["recommendations"]) == 5
-    model = api.load_model("ml-100k")
+    model = models.load_model("ml-100k")
     rec = model.recommender("cpu")
     uid = data.uid_of(raw_user)
     history = data.history(uid)
@@ -108,6 +105,6 @@ def test_explain_in_an_empty_home_prepares_trains_and_ends_with_the_explanation(
         line.startswith(("  If you had not watched ", "  Without ", "  No counterfactual"))
         for line in lines[1:]
     ), out
-    assert api.find_model("ml-100k") is not None
+    assert models.find_model("ml-100k") is not None
     code, again, err = run_cli([*argv, "--no-train"], capsys)
     assert code == 0 and err == "" and again == out

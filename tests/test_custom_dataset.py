@@ -126,16 +126,18 @@ def test_ml100k_as_csv_equals_builtin(
     # Same data, same seed: the same model and the same explanations as the built-in dataset.
     import torch
 
-    from lcer_core import api
+    from lcer_core import models
+    from lcer_core.explainers import get_explainer
+    from lcer_core.pairs import make_pairs, test_users
     from lcer_core.recommender.multvae import MultVAEConfig
 
     answers = []
     for name in ("ml-100k", "mylens"):
         data = load_prepared(name)
-        model = api.train_model(data, MultVAEConfig(epochs=2), seed=3, device="cpu")
+        model = models.train_model(data, MultVAEConfig(epochs=2), seed=3, device="cpu")
         rec = model.recommender("cpu")
-        pairs = api.make_pairs(rec, data, api.test_users(data, 2), 5)
-        expl = api.explain(rec, pairs, "lcer", seed=1, steps=60)
+        pairs = make_pairs(rec, data, test_users(data, 2), 5)
+        expl = get_explainer("lcer", steps=60).explain(rec, pairs, seed=1)
         answers.append((model.key, pairs.targets, expl.removed))
     assert answers[0][0] == answers[1][0]
     assert torch.equal(answers[0][1], answers[1][1]) and torch.equal(answers[0][2], answers[1][2])

@@ -33,8 +33,9 @@ import pytest
 import torch
 from tiny_recommenders import LinearRecommender
 
-from lcer_core import api
+from lcer_core import models
 from lcer_core.cli import main
+from lcer_core.datasets import ensure_prepared
 from lcer_core.errors import NonFiniteScoresError
 from lcer_core.explainers import METHODS, Explanations, get_explainer
 from lcer_core.metrics import evaluate_pairs
@@ -349,12 +350,12 @@ def test_metrics_refuse_nan_scores_of_a_counterfactual_input() -> None:
 def _save_broken(trained_home: Path, home: Path, monkeypatch: pytest.MonkeyPatch, break_) -> None:
     """Save the trained Mult-VAE, with ``break_`` applied to it, as the latest model of ``home``."""
     monkeypatch.setenv("LCER_HOME", str(trained_home))
-    model = api.load_model("ml-100k")
-    data = api.ensure_dataset("ml-100k")
+    model = models.load_model("ml-100k")
+    data = ensure_prepared("ml-100k")
     with torch.no_grad():
         break_(model.module, data)
     monkeypatch.setenv("LCER_HOME", str(home))
-    api.save_model(model, api.ensure_dataset("ml-100k"))
+    models.save_model(model, ensure_prepared("ml-100k"))
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:

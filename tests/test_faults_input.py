@@ -211,7 +211,7 @@ def test_stale_or_damaged_model_says_to_train_again(
 ) -> None:
     """A model trained before the dataset was registered anew from another file, or a
     checkpoint that was damaged, is refused with the command that fixes it."""
-    from lcer_core import api
+    from lcer_core import models
     from lcer_core.datasets import load_prepared
     from lcer_core.recommender.multvae import MultVAEConfig
 
@@ -221,7 +221,7 @@ def test_stale_or_damaged_model_says_to_train_again(
     register = ["prepare", "byo", "--from", str(first), *BYO, "--heldout", "5"]
     assert run_cli(register, capsys)[0] == 0
     small = MultVAEConfig(hidden=16, latent=8, epochs=1)
-    api.train_model(load_prepared("byo"), small, seed=0, device="cpu")
+    models.train_model(load_prepared("byo"), small, seed=0, device="cpu")
     assert run_cli(["explain", "byo", "--steps", "5", "--users", "1"], capsys)[0] == 0
     register[3] = str(second)
     assert run_cli([*register, "--force"], capsys)[0] == 0
@@ -230,7 +230,7 @@ def test_stale_or_damaged_model_says_to_train_again(
     assert_refused(code, out, err, "was trained on data prepared differently")
     assert "run `lcer train byo` again" in err
 
-    ckpt = api.train_model(load_prepared("byo"), small, seed=0, device="cpu").path
+    ckpt = models.train_model(load_prepared("byo"), small, seed=0, device="cpu").path
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     code, out, err = run_cli(["explain", "byo", "--steps", "5"], capsys)
     assert_refused(code, out, err, f"the model checkpoint {ckpt} cannot be read")

@@ -171,23 +171,21 @@ def _no_run_left_running() -> None:
 
 def _run_id(method: str, users: int, steps: int | None) -> str:
     """The run key the pipeline gives (method, k=5, users, steps) on the module's model."""
-    from lcer_core import api
+    from lcer_core import models
     from lcer_core.datasets import load_prepared
     from lcer_core.recommender.multvae import MultVAEConfig
-    from lcer_core.shards import run_spec
+    from lcer_core.runs import method_configs, run_spec
 
     data = load_prepared("ml-100k")
-    defaults = api.default_params("ml-100k")
+    [config] = method_configs(method, "ml-100k", {"steps": steps})  # the paper's α and λ
     return run_spec(
         dataset="ml-100k",
         method=method,
         k=5,
-        alpha=defaults["alpha"],
-        lam=defaults["lam"],
-        steps=steps,
+        config=config,
         seed=0,
         n_users=users,
-        model_key=api.model_key(data, MultVAEConfig(epochs=EPOCHS), api.MODEL_SEED),
+        model_key=models.model_key(data, MultVAEConfig(epochs=EPOCHS), models.MODEL_SEED),
     ).run_id
 
 
@@ -276,9 +274,9 @@ def test_kill_during_training_then_rerun_trains_once(env: dict[str, str], tmp_pa
     assert len(re.findall(r"trained model \w+:", out)) == 1
     [checkpoint] = home.glob("models/ml-100k/*/model.pt")
     assert not list(checkpoint.parent.glob(".tmp-*"))
-    from lcer_core import api
+    from lcer_core import models
 
-    assert api.load_model("ml-100k").path == checkpoint
+    assert models.load_model("ml-100k").path == checkpoint
 
     # MLflow: the killed training run FAILED (closed by the re-run), the new one FINISHED
     # with the registered model; nothing left RUNNING.

@@ -14,9 +14,10 @@ from typing import Any
 import polars as pl
 import pytest
 
-from lcer_core import shards
+from lcer_core import runs, shards
 from lcer_core.errors import InvalidParameterError, UnknownMethodError
 from lcer_core.explainers import METHODS
+from lcer_core.fsio import write_parquet_atomic
 from lcer_core.store import ResultStore
 
 pytestmark = pytest.mark.slow
@@ -206,15 +207,13 @@ def test_reevaluate_adds_a_timestamped_metrics_row_per_table2_run(flow_home: Pat
 
 def test_split_users_and_plan_runs() -> None:
     assert shards.split_users([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
-    with pytest.raises(InvalidParameterError, match="shard-size"):
+    with pytest.raises(InvalidParameterError, match="shard_size"):
         shards.split_users([1], 0)
-    specs = shards.plan_runs(
+    specs = runs.plan_runs(
         dataset="ml-100k",
         methods=["lcer", "fia"],
         ks=[5, 10],
-        alphas=[0.1, 0.2],
-        lams=[0.01],
-        steps=None,
+        options={"alpha": [0.1, 0.2], "lam": [0.01], "steps": None},
         seed=0,
         n_users=4,
         model_key="m",
@@ -225,13 +224,13 @@ def test_split_users_and_plan_runs() -> None:
     assert all(s.steps is not None for s in lcer) and all(s.steps is None for s in fia)
     assert len({s.run_id for s in specs}) == len(specs)
     with pytest.raises(UnknownMethodError, match="nope"):
-        shards.check_methods(["lcer", "nope"])
+        runs.check_methods(["lcer", "nope"])
 
 
 def test_shard_files_are_whole_or_absent(tmp_path: Path) -> None:
     path = tmp_path / "work" / "r" / "shard-0000.parquet"
     frame = pl.DataFrame({"uid": [3, 3, 4], "rank": [1, 2, 1]})
-    shards.write_parquet_atomic(frame, path)
+    write_parquet_atomic(frame, path)
     assert shards.shard_is_complete(path, [3, 4])
     assert not shards.shard_is_complete(path, [3, 4, 5])
     assert not shards.shard_is_complete(tmp_path / "missing.parquet", [3])
@@ -264,7 +263,7 @@ def test_ray_runner_without_prefect_ray_is_one_clear_line() -> None:
         (["run", "--address", "ray://x:1"], "--address only applies with --runner ray"),
         (
             ["sweep", "ml-100k", "--alphas", "0.1,-1"],
-            "--alphas: -1 is not a finite number in [0, 1e6)",
+            "--alphas must be a finite number in [0, 1e6), got -1.0",
         ),
         (["train", "ml-100k", "--epochs", "0"], "--epochs must be >= 1"),
     ],

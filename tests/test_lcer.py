@@ -75,31 +75,13 @@ def test_no_ce_when_nothing_can_flip_the_item():
     assert m["val_pct"] == 0.0 and m["len"] != m["len"]  # NaN: no CE to measure
 
 
-def test_empty_history_gives_no_ce():
-    rec = random_linear(12, seed=1)
-    pairs = build_pairs(rec, histories_from_lists([0, 1], [[], [1, 2, 3]]), 2)
-    expl = LCER(LCERConfig(steps=50)).explain(rec, pairs, seed=0)
-    assert expl.removed.shape == pairs.mask.shape
-    assert not expl.removed[:2].any()
-    assert not (expl.removed & ~pairs.mask).any()
-
-
-def test_same_seed_same_answer_and_batching_does_not_matter():
+def test_another_seed_gives_another_answer():
+    # same seed, same answer and batch independence: the shared contract (test_contracts.py)
     rec = random_linear(40, seed=2, bias_scale=0.5)
     lists = [list(range(u, u + 8 + u % 5)) for u in range(6)]
     pairs = build_pairs(rec, histories_from_lists(list(range(6)), lists), 3)
     cfg = LCERConfig(alpha=0.05, lam=0.02, steps=150)
     a = LCER(cfg).explain(rec, pairs, seed=7)
-    b = LCER(cfg).explain(rec, pairs, seed=7)
-    assert torch.equal(a.removed, b.removed)
-    assert torch.allclose(a.importance, b.importance, equal_nan=True)
-    # Explaining pairs one at a time gives the same sets: the noise is a function of the pair.
-    single = [
-        LCER(cfg).explain(rec, pairs.select(slice(i, i + 1)), seed=7) for i in range(len(pairs))
-    ]
-    for i, s in enumerate(single):
-        n = int(pairs.mask[i].sum())
-        assert torch.equal(s.removed[0, :n], a.removed[i, :n])
     c = LCER(cfg).explain(rec, pairs, seed=8)
     assert not torch.equal(a.importance.nan_to_num(), c.importance.nan_to_num())
 
@@ -112,20 +94,6 @@ def test_reference_loop_agrees_with_the_batched_engine():
     fast = LCER(cfg).explain(rec, pairs, seed=1)
     slow = lcer_reference_loop(rec, pairs, cfg, seed=1)
     assert torch.equal(fast.removed, slow.removed)
-
-
-def test_every_found_ce_satisfies_the_threshold():
-    rec = random_linear(50, seed=5, bias_scale=0.3)
-    lists = [
-        sorted(torch.randperm(50, generator=torch.Generator().manual_seed(u))[:10].tolist())
-        for u in range(8)
-    ]
-    pairs = build_pairs(rec, histories_from_lists(list(range(8)), lists), 5)
-    expl = LCER(LCERConfig(alpha=0.1, lam=0.01, steps=300)).explain(rec, pairs, seed=0)
-    assert expl.found.float().mean() > 0.5
-    keep = (pairs.mask & ~expl.removed).float()
-    s = rec.scores_of_sets(pairs.items, keep, pairs.targets[:, None])[:, 0]
-    assert bool((s[expl.found] < pairs.thresholds[expl.found]).all())
 
 
 def test_early_stop_keeps_the_answer_on_easy_pairs():

@@ -159,7 +159,7 @@ def test_registered_with_lcer_params_and_bad_values_refused():
 
 
 def test_its_whole_configuration_travels_with_the_run():
-    from lcer_core.shards import run_spec
+    from lcer_core.runs import run_spec
 
     common = dict(dataset="ml-100k", k=5, steps=50, seed=1, n_users=3, model_key="m1")
     spec = run_spec(method="lcer-plus", alpha=0.1, lam=0.04, **common)
@@ -168,4 +168,7 @@ def test_its_whole_configuration_travels_with_the_run():
     assert config["select"] == "topk" and config["sufficiency"] == 4.0 and config["prune"]
     other = run_spec(method="lcer-plus", alpha=0.1, lam=0.05, **common)
     assert other.run_id != spec.run_id  # λ is part of the run's key, as for lcer
-    assert run_spec(method="kaffes-topk", alpha=0.1, lam=0.04, **common).alpha is None
+    common.pop("steps")
+    assert run_spec(method="kaffes-topk", **common).alpha is None  # a baseline has no α
+    with pytest.raises(InvalidParameterError, match="no option"):
+        run_spec(method="kaffes-topk", alpha=0.1, **common)  # refused, not dropped

@@ -276,7 +276,7 @@ def test_deployments_workers_fan_out_and_kill_resume(
     argv = [sys.executable, "-c", CLI, "run", "ml-100k", "--methods", "lcer", "--k", "10",
             "--users", "4", "--steps", "400", "--shard-size", "1", "--epochs", "3"]  # fmt: skip
     model_key = ResultStore().query("SELECT model_key FROM models")["model_key"][0]
-    from lcer_core.shards import run_spec
+    from lcer_core.runs import run_spec
 
     run_id = run_spec(dataset="ml-100k", method="lcer", k=10, alpha=0.1, lam=0.01, steps=400,
                       seed=0, n_users=4, model_key=model_key).run_id  # fmt: skip

@@ -9,9 +9,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from lcer_core import api, remote, shards
+from lcer_core import models, remote, shards
 from lcer_core.datasets import load_prepared
 from lcer_core.errors import InvalidParameterError, MissingDataError, StorageError
+from lcer_core.runs import run_spec
 
 
 def _closed_port() -> int:
@@ -22,9 +23,9 @@ def _closed_port() -> int:
 
 def test_a_bundle_explains_exactly_like_lcer_home(in_trained_home: Path) -> None:
     data = load_prepared("ml-100k")
-    model = api.load_model("ml-100k")
+    model = models.load_model("ml-100k")
     users = data.users_of("test")[:3]
-    spec = shards.run_spec(dataset="ml-100k", method="lcer", k=5, alpha=0.1, lam=0.01, steps=30,
+    spec = run_spec(dataset="ml-100k", method="lcer", k=5, alpha=0.1, lam=0.01, steps=30,
                            seed=0, n_users=3, model_key=model.key)  # fmt: skip
     here = shards.explain_users(data, model, spec, users, device="cpu")
 

@@ -216,10 +216,10 @@ def test_titles_with_control_characters_are_printed_escaped(home: Path, tmp_path
     proc = lcer(["prepare", "byo", "--from", str(ratings), *BYO, "--items", str(items)], home)
     assert proc.returncode == 0, proc.stderr
     script = (
-        "from lcer_core import api; from lcer_core.datasets import load_prepared;"
+        "from lcer_core import models; from lcer_core.datasets import load_prepared;"
         "from lcer_core.recommender.multvae import MultVAEConfig as C;"
         "d = load_prepared('byo');"
-        "api.train_model(d, C(hidden=16, latent=8, epochs=1), seed=0, device='cpu');"
+        "models.train_model(d, C(hidden=16, latent=8, epochs=1), seed=0, device='cpu');"
         "print(d.users.filter(d.users['split'] == 'test')['raw_id'][0])"
     )
     env = os.environ | {"LCER_HOME": str(home)}

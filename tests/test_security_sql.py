@@ -267,16 +267,19 @@ def _shard_cache_keys(home: Path) -> list[str]:
     this change) would look up for the shards of every run stored in ``home``."""
     from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-    from lcer_core.shards import RunSpec
+    from lcer_core.runs import run_spec
     from tasks.explain import explain_shard
 
-    fields = [f for f in RunSpec.__dataclass_fields__]
+    fields = ["run_id", "dataset", "method", "k", "alpha", "lam", "steps", "seed", "n_users"]
     runs = ResultStore(home / "results" / "lcer.duckdb").query(
-        f"SELECT {', '.join(fields)} FROM runs"
+        f"SELECT {', '.join(fields)}, model_key FROM runs"
     )
     keys = []
     for row in runs.iter_rows(named=True):
-        spec = RunSpec(**row)
+        options = {n: row.pop(n) for n in ("alpha", "lam", "steps")}
+        run_id = row.pop("run_id")
+        spec = run_spec(**row, **options)
+        assert spec.run_id == run_id
         for index, path in enumerate(sorted((home / "work" / spec.run_id).glob("shard-*.parquet"))):
             users = pl.read_parquet(path, columns=["uid"])["uid"].unique(maintain_order=True)
             inputs = {"spec": spec, "index": index, "users": users.to_list(), "path": str(path)}
@@ -336,16 +339,19 @@ def test_a_planted_pickle_record_is_never_read_by_lcer_run(
 
 def test_a_shard_file_is_reused_only_with_its_own_key(tmp_path: Path) -> None:
     from lcer_core import shards
+    from lcer_core.explainers import FIAConfig
+    from lcer_core.fsio import write_parquet_atomic
+    from lcer_core.runs import RunSpec
 
-    spec = shards.RunSpec("run", "ml-100k", "fia", 5, None, None, None, 0, 2, "m1")
+    spec = RunSpec("run", "ml-100k", "fia", 5, 0, 2, "m1", FIAConfig())
     key = shards.shard_key(spec, 0, [3, 4])
     assert key != shards.shard_key(spec, 1, [3, 4]) != shards.shard_key(spec, 0, [3, 5])
     frame = pl.DataFrame({"uid": [3, 3, 4], "rank": [1, 2, 1]})
     path = tmp_path / "shard-0000.parquet"
-    shards.write_parquet_atomic(frame, path, metadata={shards.SHARD_KEY_FIELD: key})
+    write_parquet_atomic(frame, path, metadata={shards.SHARD_KEY_FIELD: key})
     assert shards.shard_is_complete(path, [3, 4], key)
     assert not shards.shard_is_complete(path, [3, 4], shards.shard_key(spec, 1, [3, 4]))
-    shards.write_parquet_atomic(frame, path)  # the same rows without a key: not reusable
+    write_parquet_atomic(frame, path)  # the same rows without a key: not reusable
     assert not shards.shard_is_complete(path, [3, 4], key)
     path.write_bytes(b"PAR1" + b"\0" * 64)  # damaged
     assert not shards.shard_is_complete(path, [3, 4], key)

@@ -106,9 +106,9 @@ def test_builtin_settings_are_kept_by_train_and_other_ones_refused(
     assert (first["seed"], first["test_users"], first["val_users"]) == (1, 50, 50)
     # A small model, then the commands that prepare what they need (the defaults, on main).
     script = (
-        "from lcer_core import api; from lcer_core.datasets import load_prepared;"
+        "from lcer_core import models; from lcer_core.datasets import load_prepared;"
         "from lcer_core.recommender.multvae import MultVAEConfig as C;"
-        "api.train_model(load_prepared('ml-100k'), C(hidden=16, latent=8, epochs=1), seed=0,"
+        "models.train_model(load_prepared('ml-100k'), C(hidden=16, latent=8, epochs=1), seed=0,"
         " device='cpu')"
     )
     env = os.environ | {"LCER_HOME": str(home), "LCER_MIRROR": http_mirror}

@@ -1,4 +1,5 @@
-"""Hand-made recommenders whose scores can be worked out on paper, for the explainer tests.
+"""Hand-made recommenders whose scores can be worked out on paper, for the explainer tests
+(the linear ones live in :mod:`lcer_core.testing.recommenders`, for plugins' tests too).
 
 ``LinearRecommender`` scores ``x @ W + b``: removing interacted item j lowers the score of
 item c by exactly ``W[j, c]``. ``CountingRecommender`` wraps any recommender and counts
@@ -11,35 +12,9 @@ import torch
 from torch import Tensor
 
 from lcer_core.recommender.base import Recommender
+from lcer_core.testing.recommenders import LinearRecommender, random_linear
 
 __all__ = ["CountingRecommender", "LinearRecommender", "random_linear"]
-
-
-class LinearRecommender(Recommender):
-    """Scores ``x @ W + b`` with a hand-set ``W: [M, M]`` and ``b: [M]``; differentiable in x."""
-
-    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
-        weight = torch.as_tensor(weight, dtype=torch.float32)
-        if weight.ndim != 2 or weight.shape[0] != weight.shape[1]:
-            raise ValueError(f"weight must be square [M, M], got {tuple(weight.shape)}")
-        self.weight = weight
-        self.bias = (
-            torch.zeros(weight.shape[0])
-            if bias is None
-            else torch.as_tensor(bias, dtype=torch.float32).to(weight.device)
-        )
-        self.n_items = int(weight.shape[0])
-
-    @property
-    def device(self) -> torch.device:
-        return self.weight.device
-
-    def scores(self, x: Tensor) -> Tensor:
-        return x @ self.weight + self.bias
-
-    def to(self, device: torch.device | str) -> LinearRecommender:
-        """A copy on ``device``."""
-        return LinearRecommender(self.weight.to(device), self.bias.to(device))
 
 
 class CountingRecommender(Recommender):
@@ -59,14 +34,3 @@ class CountingRecommender(Recommender):
         self.calls += 1
         self.rows += int(x.shape[0])
         return self.inner.scores(x)
-
-
-def random_linear(n_items: int, seed: int = 0, bias_scale: float = 1.0) -> LinearRecommender:
-    """A linear recommender with Gaussian weights and biases, reproducible from ``seed``.
-
-    A larger ``bias_scale`` makes recommendations harder to flip by removing items.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    weight = torch.randn(n_items, n_items, generator=gen)
-    bias = torch.randn(n_items, generator=gen) * bias_scale
-    return LinearRecommender(weight, bias)

@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         # (standalone Typer draws a multi-line box).
         code = app(args=argv, standalone_mode=False)
     except LcerError as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        from lcer_core.cli.flags import cli_message
+
+        fail(cli_message(exc, sys.argv[1:] if argv is None else argv))
     except TyperException as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `lcer`: the help, as before
             typer.echo(exc.format_message())

@@ -22,7 +22,7 @@ def bench(
         "ml-100k", "--dataset", help="Dataset whose test users are explained."
     ),
     k: int = typer.Option(5, "--k"),
-    steps: int = typer.Option(3000, "--steps"),
+    steps: int = typer.Option(None, "--steps", help="LCER optimisation steps (default: LCER's)."),
     users: int = typer.Option(None, "--users", help="Test users (default: all)."),
     sample: int = typer.Option(5, "--sample", help="Pairs run through the sequential loop."),
     full: bool = typer.Option(

@@ -4,42 +4,49 @@ from __future__ import annotations
 
 import json
 import math
+from typing import TYPE_CHECKING
 
 import typer
 
 from lcer_core.cli.output import printable
 from lcer_core.errors import InvalidParameterError, MissingDataError
 
+if TYPE_CHECKING:
+    from lcer_core.explainers import ExplainerConfig
+
 __all__ = ["explain", "ensure_model_and_data"]
 
 
-def ensure_model_and_data(dataset: str, *, no_train: bool, epochs: int = 200):  # noqa: ANN201
+def ensure_model_and_data(dataset: str, *, no_train: bool, epochs: int | None = None):  # noqa: ANN201
     """The latest trained model of ``dataset`` and its prepared data, preparing and training
     what is missing (one line on stderr says so); with ``no_train``, a missing one is refused."""
-    from lcer_core import api
     from lcer_core.cli.progress import epoch_bar
-    from lcer_core.datasets import is_prepared
+    from lcer_core.datasets import ensure_prepared, is_prepared
+    from lcer_core.models import check_model_data, ensure_model, find_model, load_model
     from lcer_core.recommender.multvae import MultVAEConfig
 
-    model = api.find_model(dataset)
+    config = MultVAEConfig() if epochs is None else MultVAEConfig(epochs=epochs)
+    model = find_model(dataset)
     if no_train:
         if model is None:
-            api.load_model(dataset)  # the one-line refusal that names `lcer train`
+            load_model(dataset)  # the one-line refusal that names `lcer train`
         if not is_prepared(dataset):
             raise MissingDataError(
                 f"dataset {dataset!r} is not prepared: run `lcer prepare {dataset}` first"
             )
     if model is not None:
-        data = api.ensure_dataset(dataset)
-        api.check_model_data(model, data)
+        data = ensure_prepared(dataset)
+        check_model_data(model, data)
         return model, data
     todo = (
         "training Mult-VAE" if is_prepared(dataset) else "preparing the data and training Mult-VAE"
     )
-    typer.echo(f"no trained model for {dataset} yet: {todo} ({epochs} epochs) first", err=True)
-    data = api.ensure_dataset(dataset)
-    with epoch_bar(f"train Mult-VAE {dataset}", epochs) as on_epoch:
-        model, _ = api.ensure_model(data, MultVAEConfig(epochs=epochs), on_epoch=on_epoch)
+    typer.echo(
+        f"no trained model for {dataset} yet: {todo} ({config.epochs} epochs) first", err=True
+    )
+    data = ensure_prepared(dataset)
+    with epoch_bar(f"train Mult-VAE {dataset}", config.epochs) as on_epoch:
+        model, _ = ensure_model(data, config, on_epoch=on_epoch)
     return model, data
 
 
@@ -61,6 +68,15 @@ def _progress_bar(label: str):  # noqa: ANN202
     return bar
 
 
+def _explainer_config(method: str, dataset: str, **options: float | int | None) -> ExplainerConfig:
+    """``method``'s config from the options it declares (the others do not apply to it), the
+    paper's for ``dataset`` where none is given: the planner of ``lcer run``, for one run."""
+    from lcer_core.runs import method_configs
+
+    [config] = method_configs(method, dataset, options)
+    return config
+
+
 def explain(
     dataset: str = typer.Argument(..., help="Dataset name, e.g. ml-100k."),
     method: str = typer.Option(
@@ -72,7 +88,7 @@ def explain(
     ),
     lam: float = typer.Option(None, "--lam", help="LCER length weight λ (default: the paper's)."),
     users: int = typer.Option(None, "--users", help="Number of test users (default: all)."),
-    steps: int = typer.Option(3000, "--steps", help="LCER optimisation steps."),
+    steps: int = typer.Option(None, "--steps", help="LCER optimisation steps (default: LCER's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the explainer's randomness."),
     user: str = typer.Option(
         None, "--user", help="Explain this user (id of the raw file), in words."
@@ -85,35 +101,39 @@ def explain(
         False, "--no-train", help="Refuse (exit 2) instead of preparing data or training a model."
     ),
     epochs: int = typer.Option(
-        200, "--epochs", help="Mult-VAE training epochs, when there is no model yet."
+        None,
+        "--epochs",
+        help="Mult-VAE training epochs, when there is no model yet (default: Mult-VAE's).",
     ),
 ) -> None:
     """Explain recommendations with METHOD on the latest trained model (prepared and trained first if needed)."""
-    from lcer_core import api, checks
+    from lcer_core import checks
     from lcer_core.datasets import get_spec
-    from lcer_core.errors import UnknownMethodError
-    from lcer_core.explainers import LCER_METHODS, METHODS, get_explainer
+    from lcer_core.explainers import get_method
+    from lcer_core.frames import explanation_frame, summarize_frame
+    from lcer_core.metrics import evaluate_pairs
+    from lcer_core.pairs import make_pairs
+    from lcer_core.pairs import test_users as first_test_users
+    from lcer_core.recommender.multvae import MultVAEConfig
 
-    if method not in METHODS:
-        raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
-    params = api.default_params(dataset)
-    alpha = params["alpha"] if alpha is None else alpha
-    lam = params["lam"] if lam is None else lam
-    checks.validate_common(k=k, alpha=alpha, lam=lam, steps=steps, n_users=users, seed=seed)
+    explainer_type = get_method(method)
+    config = _explainer_config(method, dataset, alpha=alpha, lam=lam, steps=steps)
+    hyper = {name: getattr(config, name) for name in config.options}
+    checks.check_k(k)
+    if users is not None:
+        checks.check_users(users)
+    checks.check_seed(seed)
     if item is not None and user is None:
         raise InvalidParameterError("--item needs --user")
-    hyper = {"alpha": alpha, "lam": lam, "steps": steps} if method in LCER_METHODS else {}
-    get_explainer(method, **hyper)  # its own checks, before any work
     get_spec(dataset)  # an unknown name fails here
-    if epochs < 1:
-        raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
+    epochs = (MultVAEConfig() if epochs is None else MultVAEConfig(epochs=epochs)).epochs
     model, data = ensure_model_and_data(dataset, no_train=no_train, epochs=epochs)
     if user is not None:  # unknown ids fail here, before the progress bar starts
         data.uid_of(user)
         if item is not None:
             data.sid_of(item)
     else:
-        test_users = api.test_users(data, users, strict=True)
+        test_users = first_test_users(data, users, strict=True)
     bar = _progress_bar(f"{method} {dataset}")
     with bar:
         task = bar.add_task("explain", total=1)
@@ -133,14 +153,14 @@ def explain(
                 item=item,
                 seed=seed,
                 progress=progress,
-                **hyper,
+                config=config,
             )
         else:
             rec = model.recommender()
-            pairs = api.make_pairs(rec, data, test_users, k)
-            expl = api.explain(rec, pairs, method, seed=seed, progress=progress, **hyper)
-            out = api.evaluate(rec, pairs, expl)
-            metrics = api.summarize_frame(api.explanation_frame(data, pairs, expl, out), method)
+            pairs = make_pairs(rec, data, test_users, k)
+            expl = explainer_type(config).explain(rec, pairs, seed=seed, progress=progress)
+            frame = explanation_frame(data, pairs, expl, evaluate_pairs(rec, pairs, expl))
+            metrics = summarize_frame(frame, explainer_type.reports_validity)
             result = {
                 "dataset": dataset,
                 "method": method,

@@ -8,14 +8,13 @@ Prefect starts, so a bad option costs one line and no server.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lcer_core import checks, paths
+from lcer_core import paths
 from lcer_core.cli.progress import Session, session
 from lcer_core.errors import InvalidParameterError
 
@@ -137,7 +136,9 @@ def run(
             help="Comma-separated methods (default: the paper's lcer,fia,accent,kaffes; also kaffes-topk)."
         ),
     ] = None,
-    k: Annotated[str, typer.Option("--k", help="Comma-separated list lengths K.")] = "5,10",
+    k: Annotated[
+        str | None, typer.Option("--k", help="Comma-separated list lengths K (default: 5,10).")
+    ] = None,
     users: Annotated[
         int | None, typer.Option(help="Explain the first N test users (default: all).")
     ] = None,
@@ -161,8 +162,11 @@ def run(
     ] = None,
     shard_size: Annotated[int, typer.Option(help="Test users per explanation task.")] = 25,
     epochs: Annotated[
-        int, typer.Option(help="Mult-VAE training epochs (when it must be trained).")
-    ] = 200,
+        int | None,
+        typer.Option(
+            help="Mult-VAE training epochs (when it must be trained; default: Mult-VAE's)."
+        ),
+    ] = None,
     runner: Annotated[str, typer.Option(help="Task runner: threads or ray.")] = "threads",
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (with --runner ray).")
@@ -211,7 +215,7 @@ def run_pipeline(
     names: list[str],
     *,
     methods: str | None = None,
-    k: str = "5,10",
+    k: str | None = None,
     users: int | None = None,
     steps: int | None = None,
     seed: int = 0,
@@ -219,38 +223,36 @@ def run_pipeline(
     alpha: float | None = None,
     lam: str | None = None,
     shard_size: int = 25,
-    epochs: int = 200,
+    epochs: int | None = None,
     runner: str = "threads",
     address: str | None = None,
     storage: str | None = None,
     verbose: bool = False,
 ) -> tuple[list[dict[str, Any]], Session]:
     """Validate ``lcer run``'s options, then run the pipeline flow; its rows and the display session."""
-    from lcer_core.datasets import get_spec
     from lcer_core.explainers import PAPER_METHODS
-    from lcer_core.shards import check_methods, split_users
+    from lcer_core.runs import DEFAULT_KS
 
-    for name in names:
-        get_spec(name)
-    method_list = check_methods(parse_list(methods, str, "--methods") or list(PAPER_METHODS))
-    ks = parse_list(k, int, "--k") or []
-    for value in ks:
-        checks.validate_common(k=value)
     seed_list = parse_list(seeds, int, "--seeds") if seeds is not None else None
     if seeds is not None and not seed_list:
         raise InvalidParameterError("--seeds must name at least one seed")
     if seed_list and seed != 0:
         raise InvalidParameterError("--seed and --seeds cannot be combined (--seeds sets both)")
+    ks = parse_list(k, int, "--k") or list(DEFAULT_KS)
     lam_list = parse_list(lam, float, "--lam") if lam is not None else None
-    for value in lam_list or [None]:
-        checks.validate_common(lam=value)
-    for value in seed_list or []:
-        checks.validate_common(seed=value)
-    checks.validate_common(alpha=alpha, steps=steps, n_users=users, seed=seed)
-    split_users([], shard_size)
-    if epochs < 1:
-        raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
-    _check_runner(runner, address)
+    options = {"alpha": None if alpha is None else [alpha], "lam": lam_list, "steps": steps}
+    method_list = _validate_explanations(
+        names,
+        parse_list(methods, str, "--methods") or list(PAPER_METHODS),
+        options,
+        ks=ks,
+        users=users,
+        seeds=seed_list or [seed],
+        shard_size=shard_size,
+        runner=runner,
+        address=address,
+    )
+    epochs = _training(epochs)
     _check_storage(storage)
     prefect_environment()
     from flows.pipeline import lcer_pipeline
@@ -261,7 +263,7 @@ def run_pipeline(
             datasets=names,
             methods=method_list,
             ks=ks,
-            alphas=None if alpha is None else [alpha],
+            alphas=options["alpha"],
             lams=lam_list or None,
             n_users=users,
             steps=steps,
@@ -271,6 +273,36 @@ def run_pipeline(
             seeds=seed_list,
         )
     return rows, shown
+
+
+def _training(epochs: int | None) -> int:
+    """``--epochs`` (None: Mult-VAE's default), checked by Mult-VAE's config."""
+    from lcer_core.recommender.multvae import MultVAEConfig
+
+    return (MultVAEConfig() if epochs is None else MultVAEConfig(epochs=epochs)).epochs
+
+
+def _validate_explanations(
+    datasets: list[str],
+    methods: list[str],
+    options: dict[str, Any],
+    *,
+    ks: list[int],
+    users: int | None,
+    seeds: list[int],
+    shard_size: int,
+    runner: str,
+    address: str | None,
+) -> list[str]:
+    """The prologue of ``lcer run`` and ``lcer sweep``: the plan checked by the core function
+    the flows use (every explainer configuration built once), then the runner; the methods."""
+    from lcer_core.runs import validate_plan
+
+    method_list = validate_plan(
+        datasets, methods, options, ks=ks, seeds=seeds, n_users=users, shard_size=shard_size
+    )
+    _check_runner(runner, address)
+    return method_list
 
 
 def sweep(
@@ -291,8 +323,11 @@ def sweep(
     seed: Annotated[int, typer.Option(help="Seed of the explanations.")] = 0,
     shard_size: Annotated[int, typer.Option(help="Test users per explanation task.")] = 25,
     epochs: Annotated[
-        int, typer.Option(help="Mult-VAE training epochs (when it must be trained).")
-    ] = 200,
+        int | None,
+        typer.Option(
+            help="Mult-VAE training epochs (when it must be trained; default: Mult-VAE's)."
+        ),
+    ] = None,
     runner: Annotated[str, typer.Option(help="Task runner: threads or ray.")] = "threads",
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (with --runner ray).")
@@ -303,27 +338,26 @@ def sweep(
     ] = False,
 ) -> None:
     """The α/λ grid of LCER over one trained model: one MLflow child run per grid point under a parent run."""
-    from lcer_core.datasets import get_spec
-    from lcer_core.shards import split_users
+    from lcer_core.explainers import PAPER_SWEEP_METHOD
 
-    get_spec(dataset)
     alpha_list = parse_list(alphas, float, "--alphas")
     lam_list = parse_list(lams, float, "--lams")
-    for option, values in (("--alphas", alpha_list), ("--lams", lam_list)):
-        for value in values or []:
-            if not (math.isfinite(value) and 0 <= value < 1e6):
-                raise InvalidParameterError(
-                    f"{option}: {value:g} is not a finite number in [0, 1e6)"
-                )
-    checks.validate_common(k=k, steps=steps, n_users=users, seed=seed)
-    split_users([], shard_size)
-    if epochs < 1:
-        raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
-    _check_runner(runner, address)
+    methods = _validate_explanations(
+        [dataset],
+        [PAPER_SWEEP_METHOD],
+        {"alpha": alpha_list, "lam": lam_list, "steps": steps},
+        ks=[k],
+        users=users,
+        seeds=[seed],
+        shard_size=shard_size,
+        runner=runner,
+        address=address,
+    )
+    epochs = _training(epochs)
     prefect_environment()
     from flows.sweep import lcer_sweep
 
-    flow = _with_runner(lcer_sweep, runner, address, ["lcer"])
+    flow = _with_runner(lcer_sweep, runner, address, methods)
     with session(verbose=verbose, plain_fallback=runner != "threads") as shown:
         rows = flow(
             dataset=dataset,
@@ -342,7 +376,9 @@ def sweep(
 
 def train(
     dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 200,
+    epochs: Annotated[
+        int | None, typer.Option(help="Training epochs (default: Mult-VAE's).")
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of the model's initialisation and batches.")
     ] = None,
@@ -352,14 +388,13 @@ def train(
     ] = False,
 ) -> None:
     """Train Mult-VAE on DATASET (unless the same model exists) and register it in MLflow as multvae-DATASET."""
-    from lcer_core import api
+    from lcer_core.checks import check_seed
     from lcer_core.datasets import get_spec
+    from lcer_core.models import MODEL_SEED
 
     get_spec(dataset)
-    if epochs < 1:
-        raise InvalidParameterError(f"--epochs must be >= 1, got {epochs}")
-    model_seed = api.MODEL_SEED if seed is None else seed
-    checks.validate_common(seed=model_seed)
+    epochs = _training(epochs)
+    model_seed = check_seed(MODEL_SEED if seed is None else seed)
     prefect_environment()
     from flows.train import lcer_train
 

@@ -292,7 +292,7 @@ def session(*, verbose: bool = False, plain_fallback: bool = False) -> Iterator[
 
 @contextmanager
 def epoch_bar(label: str, epochs: int) -> Iterator[Any]:
-    """``on_epoch`` for :func:`lcer_core.api.ensure_model`: a transient bar with validation NDCG@100 (terminal only)."""
+    """``on_epoch`` for :func:`lcer_core.models.ensure_model`: a transient bar with validation NDCG@100 (terminal only)."""
     console = Console(stderr=True)
     bar = Progress(
         TextColumn(label),

@@ -4,7 +4,7 @@
 dataset into ``$LCER_HOME/data/ml-100k/``; ``load_prepared("ml-100k")`` reads it back.
 """
 
-from lcer_core.datasets.prepare import PrepareResult, prepare, prepare_dataset
+from lcer_core.datasets.prepare import PrepareResult, ensure_prepared, prepare, prepare_dataset
 from lcer_core.datasets.prepared import PreparedDataset, is_prepared, load_prepared
 from lcer_core.datasets.registry import DEFAULT_SEED, DatasetSpec, get_spec, known_datasets
 
@@ -13,6 +13,7 @@ __all__ = [
     "DatasetSpec",
     "PrepareResult",
     "PreparedDataset",
+    "ensure_prepared",
     "get_spec",
     "is_prepared",
     "known_datasets",

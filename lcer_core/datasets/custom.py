@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from lcer_core.errors import DataFormatError, InvalidParameterError
-from lcer_core.fsio import home_error
+from lcer_core.fsio import home_error, write_json_atomic
 
 from .download import copy_into, sha256_file
 from .parse import RawInteractions
@@ -297,17 +294,6 @@ def _same_registration(a: CustomSource, b: CustomSource) -> bool:
     )
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".source-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def register_and_prepare(
     name: str,
     file: Path,
@@ -402,7 +388,7 @@ def register_and_prepare(
             if old is not None:
                 for stale in {old.file, old.items_file} - set(originals) - {None}:
                     (spec.raw_dir() / stale).unlink(missing_ok=True)
-            _write_json_atomic(source_json_path(name), src.to_json())
+            write_json_atomic(source_json_path(name), src.to_json())
             source = source_record(spec, src.sha256, dict(spec.checksums))
             write_prepared(folder, result, _meta(spec, result, seed, n_heldout, source))
         except OSError as exc:

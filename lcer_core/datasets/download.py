@@ -30,7 +30,6 @@ import hashlib
 import os
 import shutil
 import sys
-import tempfile
 import time
 import zipfile
 import zlib
@@ -50,7 +49,7 @@ from lcer_core.errors import (
     LcerHomeError,
     MissingDataError,
 )
-from lcer_core.fsio import home_error
+from lcer_core.fsio import atomic_file, home_error
 from lcer_core.paths import mirror_base
 
 from .registry import DatasetSpec
@@ -549,13 +548,6 @@ def _fetch_file(url: str, sink: _Sink, advance) -> None:
             advance(len(chunk), total)
 
 
-def _file_mode() -> int:
-    """The mode a plain ``open`` would give a new file (mkstemp makes it owner-only)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _home_error(path: Path, exc: OSError) -> LcerHomeError:
     return home_error(path, exc)
 
@@ -603,34 +595,23 @@ def _download(
     last = ""
     for attempt in range(1, settings.attempts + 1):
         try:
-            fd, tmp_name = tempfile.mkstemp(
-                prefix=f".{dest.name}.", suffix=".part", dir=dest.parent
-            )
-            os.fchmod(fd, _file_mode())
-        except OSError as exc:
-            raise _home_error(dest.parent, exc) from None
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out, _progress_bar(progress, f"{dest.name}") as advance:
+            with (
+                atomic_file(dest, suffix=".part") as out,
+                _progress_bar(progress, f"{dest.name}") as advance,
+            ):
                 sink = _Sink(out, cap, url)
                 if scheme == "file":
                     _fetch_file(url, sink, advance)
                 else:
                     _fetch_http(url, sink, settings, advance)
-                out.flush()
-                os.fsync(out.fileno())
-            if verify is not None:
-                verify(tmp)
-            os.replace(tmp, dest)
+                if verify is not None:
+                    out.flush()
+                    verify(Path(out.name))  # before the rename: a bad archive is never published
             return sink.hash.hexdigest()
         except _Retryable as exc:
             last = str(exc)
         except _Final as exc:
             raise DownloadError(f"cannot download {url}: {exc}") from None
-        except OSError as exc:
-            raise _home_error(dest, exc) from None
-        finally:
-            tmp.unlink(missing_ok=True)
         if attempt < settings.attempts:
             time.sleep(settings.backoff * 2 ** (attempt - 1))
     raise DownloadError(f"cannot download {url} after {settings.attempts} attempts: {last}")
@@ -708,18 +689,5 @@ def _remove_empty_dirs(folder: Path, stop: Path) -> None:
 
 def copy_into(src: Path, dest: Path) -> None:
     """Copy ``src`` to ``dest`` through a temporary file and a rename (never half-written)."""
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        os.fchmod(fd, _file_mode())
-    except OSError as exc:
-        raise _home_error(dest.parent, exc) from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
-            shutil.copyfileobj(fh, out, _CHUNK)
-        os.replace(tmp, dest)
-    except OSError as exc:
-        raise _home_error(dest, exc) from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(dest, suffix=".part") as out, open(src, "rb") as fh:
+        shutil.copyfileobj(fh, out, _CHUNK)

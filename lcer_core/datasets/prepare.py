@@ -32,12 +32,19 @@ from typing import Any
 
 from lcer_core import __version__
 from lcer_core.errors import DamagedDataError, InvalidParameterError, LcerHomeError
-from lcer_core.fsio import ensure_writable, home_error, io_reason, parquet_bytes
+from lcer_core.fsio import (
+    TMP_PREFIX,
+    ensure_writable,
+    home_error,
+    io_reason,
+    parquet_bytes,
+    write_text_atomic,
+)
 from lcer_core.paths import dataset_dir, lcer_home
 
 from .download import DownloadSettings, FetchedArchive, fetch_archive, read_members, sha256_file
 from .parse import GivenSplit, RawInteractions, parse_members
-from .prepared import CURRENT, PARTS, VERSION_PREFIX, prepared_dir
+from .prepared import CURRENT, PARTS, VERSION_PREFIX, PreparedDataset, load_prepared, prepared_dir
 from .preprocess import SPLITS, TEST_PROP, SplitResult, from_given_split, split_mult_vae
 from .registry import DEFAULT_SEED, DatasetSpec, get_spec
 
@@ -206,15 +213,7 @@ def _meta(
 
 def _write_pointer(folder: Path, version: str) -> None:
     """Point ``folder/current`` at ``version``, atomically (a reader sees the old or the new)."""
-    fd, tmp = tempfile.mkstemp(prefix=".current-", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(version + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / CURRENT)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_text_atomic(folder / CURRENT, version + "\n", parents=False)
 
 
 def _remove_stale(folder: Path, keep: str) -> None:
@@ -225,7 +224,7 @@ def _remove_stale(folder: Path, keep: str) -> None:
         if child.is_dir() and child.name.startswith((VERSION_PREFIX, ".prepare-")):
             shutil.rmtree(child, ignore_errors=True)
         elif child.name in {META, *(f"{t}.parquet" for t in TABLES)} or child.name.startswith(
-            ".current-"
+            (".current-", TMP_PREFIX)  # a pointer's temporary file (.current- before fsio)
         ):
             child.unlink(missing_ok=True)
 
@@ -430,3 +429,9 @@ def prepare(
 ) -> Path:
     """Download, filter and split dataset ``name`` into ``$LCER_HOME/data/NAME``; its folder."""
     return prepare_dataset(name, seed=seed, force=force, heldout=heldout).path
+
+
+def ensure_prepared(name: str) -> PreparedDataset:
+    """Dataset ``name``, prepared first if it is not yet (idempotent)."""
+    prepare(name)
+    return load_prepared(name)

@@ -35,8 +35,6 @@ files (ML 1M: 1,000,209 ratings of 6,040 users on 3,706 movies; Epinions: 664,82
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +42,7 @@ import numpy as np
 import polars as pl
 
 from lcer_core.errors import InvalidParameterError
-from lcer_core.fsio import home_error, parquet_bytes
+from lcer_core.fsio import atomic_file, parquet_bytes
 
 from .registry import BUILTIN, Table1
 
@@ -308,18 +306,8 @@ def write_synth(shape: str, out: Path, *, seed: int = 0) -> pl.DataFrame:
         raise InvalidParameterError(f"--out must end in .parquet or .csv, got {out.name!r}")
     out = out.expanduser().absolute()
     _table1(shape)
-    tmp: str | None = None
-    try:
-        # The temporary file first: a folder that cannot be written fails before the work.
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            frame = synthesize(shape, seed=seed)
-            fh.write(parquet_bytes(frame) if suffix != ".csv" else frame.write_csv().encode())
-        os.replace(tmp, out)
-        tmp = None
-    except OSError as exc:
-        raise home_error(out, exc) from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+    # The temporary file first: a folder that cannot be written fails before the work.
+    with atomic_file(out, parents=False) as fh:
+        frame = synthesize(shape, seed=seed)
+        fh.write(parquet_bytes(frame) if suffix != ".csv" else frame.write_csv().encode())
     return frame

@@ -1,16 +1,29 @@
-"""Explanation methods behind one interface, and the registry that names them."""
+"""Explanation methods behind one interface, and the registry that names them.
+
+Each method's module registers it (:func:`~lcer_core.explainers.registry.register`); importing
+this package imports the built-in ones, then the plugins that installed distributions declare
+under the ``lcer.explainers`` entry-point group.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from lcer_core.errors import InvalidParameterError, UnknownMethodError
+from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers.accent import Accent, AccentConfig
 from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations
 from lcer_core.explainers.fia import FIA, FIAConfig
 from lcer_core.explainers.kaffes import KaffesCE, KaffesConfig, KaffesTopK, KaffesTopKConfig
 from lcer_core.explainers.lcer import LCER, LCERConfig, lcer_reference_loop
 from lcer_core.explainers.lcer_plus import LCERPlus, LCERPlusConfig
+from lcer_core.explainers.registry import (
+    METHODS,
+    PAPER_METHODS,
+    PAPER_SWEEP_METHOD,
+    get_method,
+    load_plugins,
+    register,
+)
 
 __all__ = [
     "Explainer",
@@ -31,41 +44,30 @@ __all__ = [
     "KaffesTopKConfig",
     "METHODS",
     "PAPER_METHODS",
-    "LCER_METHODS",
+    "PAPER_SWEEP_METHOD",
+    "register",
+    "get_method",
+    "make_config",
     "get_explainer",
 ]
 
 
-#: Every explanation method by its name in the CLI, the flows and the results store.
-METHODS: dict[str, type[Explainer]] = {
-    "lcer": LCER,
-    "fia": FIA,
-    "accent": Accent,
-    "kaffes": KaffesCE,
-    "kaffes-topk": KaffesTopK,
-    "lcer-plus": LCERPlus,
-}
-
-#: Methods that take LCER's hyperparameters α, λ and steps (and run once per (α, λ)).
-LCER_METHODS: tuple[str, ...] = ("lcer", "lcer-plus")
-
-#: The paper's four methods: what the pipeline runs when no methods are given.
-PAPER_METHODS: tuple[str, ...] = ("lcer", "fia", "accent", "kaffes")
+def make_config(method: str, **params: Any) -> ExplainerConfig:
+    """``method``'s config with ``params`` set (None: the field's default); a field the method
+    does not have is refused, never dropped."""
+    cls = get_method(method).config_type
+    fields = set(cls.__dataclass_fields__)
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise InvalidParameterError(
+            f"method {method!r} has no parameter(s) {', '.join(unknown)}", param=unknown[0]
+        )
+    return cls(**{k: v for k, v in params.items() if v is not None})
 
 
 def get_explainer(method: str, **params: Any) -> Explainer:
-    """An explainer by name, configured with the parameters its config type knows (others ignored
-    only if they are the shared LCER hyperparameters α/λ/steps, which baselines do not have)."""
-    cls = METHODS.get(method)
-    if cls is None:
-        raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
-    fields = set(cls.config_type.__dataclass_fields__)
-    shared = {"alpha", "lam", "steps", "patience", "min_delta"}
-    unknown = set(params) - fields - shared
-    if unknown:
-        raise InvalidParameterError(
-            f"method {method!r} has no parameter(s) {', '.join(sorted(unknown))}"
-        )
-    return cls(
-        cls.config_type(**{k: v for k, v in params.items() if k in fields and v is not None})
-    )
+    """An explainer by name, configured with ``params`` (see :func:`make_config`)."""
+    return get_method(method)(make_config(method, **params))
+
+
+load_plugins()  # the explainers installed distributions declare (entry points lcer.explainers)

@@ -16,6 +16,7 @@ from lcer_core.explainers.influence import (
     evaluate_sets,
     leave_one_out,
 )
+from lcer_core.explainers.registry import register
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
 
@@ -55,6 +56,7 @@ class AccentConfig(ExplainerConfig):
             raise InvalidParameterError("stop='additive' estimates the gap: use criterion='gap'")
 
 
+@register
 class Accent(Explainer):
     """Accent: the shortest influence-ordered prefix of interactions whose removal closes the gap.
 

@@ -9,7 +9,7 @@ there is none) and, where the method has one, an importance per interacted item.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -24,10 +24,38 @@ __all__ = ["Explainer", "ExplainerConfig", "Explanations", "Progress"]
 
 @dataclass(frozen=True)
 class ExplainerConfig:
-    """Base of the typed configs; ``dump()`` gives the flat dict logged as MLflow params."""
+    """Base of the typed, frozen configs: each validates itself in ``__post_init__``, with
+    messages that name the field; ``dump()`` gives the flat, JSON-able dict of all fields."""
+
+    #: Fields a run may set from the command line or the flow parameters (e.g. α, λ, steps).
+    options: ClassVar[tuple[str, ...]] = ()
+    #: Options swept one run per combination, each stored in its own ``runs`` column.
+    grid: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def defaults_for(cls, dataset: str) -> dict[str, Any]:
+        """Dataset-dependent defaults of the options (e.g. the paper's α and λ); none here."""
+        return {}
 
     def dump(self) -> dict[str, Any]:
+        """Every field by name (the run's stored configuration, its MLflow params)."""
         return asdict(self)
+
+    def non_default(self) -> dict[str, Any]:
+        """The fields whose value differs from this config class's default (all fields without one)."""
+        values = self.dump()
+        out = {}
+        for f in fields(self):
+            if f.default is not MISSING:
+                default = f.default
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+            else:
+                out[f.name] = values[f.name]
+                continue
+            if values[f.name] != default:
+                out[f.name] = values[f.name]
+        return out
 
 
 class Explainer(ABC):
@@ -37,6 +65,9 @@ class Explainer(ABC):
     #: False for methods whose output is not a counterfactual by construction (FIA):
     #: their validity is reported as NULL, as in the paper's Table 2.
     reports_validity: ClassVar[bool] = True
+    #: True for methods that optimise with gradients (LCER): on a cluster their shards ask
+    #: for a GPU; the others only call the model forward and run wherever there is a CPU.
+    prefers_gpu: ClassVar[bool] = False
     config_type: ClassVar[type[ExplainerConfig]] = ExplainerConfig
 
     def __init__(self, config: ExplainerConfig | None = None) -> None:
@@ -47,6 +78,7 @@ class Explainer(ABC):
             )
 
     def dump_config(self) -> dict[str, Any]:
+        """``{"method": name, **every config field}``: what is stored and logged with a run."""
         return {"method": self.name, **self.config.dump()}
 
     def explain(

@@ -10,6 +10,7 @@ import torch
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations, Progress
 from lcer_core.explainers.influence import DEFAULT_CHUNK_MB, leave_one_out
+from lcer_core.explainers.registry import register
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
 
@@ -27,6 +28,7 @@ class FIAConfig(ExplainerConfig):
             raise InvalidParameterError(f"chunk_mb must be positive, got {self.chunk_mb}")
 
 
+@register
 class FIA(Explainer):
     """Fast influence analysis: explain (u, i) by the interacted item with the largest influence on g_i.
 

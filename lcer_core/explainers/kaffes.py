@@ -18,6 +18,7 @@ from lcer_core.explainers.influence import (
     evaluate_sets,
     leave_one_out,
 )
+from lcer_core.explainers.registry import register
 from lcer_core.noise import mix
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
@@ -69,6 +70,7 @@ class KaffesConfig(ExplainerConfig):
             raise InvalidParameterError(f"chunk_mb must be positive, got {self.chunk_mb}")
 
 
+@register
 class KaffesCE(Explainer):
     """Search over removal sets guided by normalised length and impotence, with a query budget.
 
@@ -261,6 +263,7 @@ class KaffesTopKConfig(KaffesConfig):
     criterion: Literal["threshold", "topk"] = "topk"
 
 
+@register
 class KaffesTopK(KaffesCE):
     """KaffesCE with the top-K flip test (``criterion="topk"``), registered as ``kaffes-topk``.
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lcer_core.checks import MAX_WEIGHT, check_steps, check_weight
 from lcer_core.errors import InvalidParameterError, NonFiniteScoresError
 from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations, Progress
+from lcer_core.explainers.registry import register
 from lcer_core.noise import mix, stream_logistic, stream_uniform
 from lcer_core.pairs import PairBatch
+from lcer_core.paper import PAPER_LCER_PARAMS
 from lcer_core.recommender.base import Recommender
 
 __all__ = ["LCER", "LCERConfig", "lcer_loss", "lcer_reference_loop", "patience_update"]
@@ -36,23 +39,39 @@ class LCERConfig(ExplainerConfig):
     #: Pairs optimised together at most; bounds memory (a few hidden-size vectors per pair).
     max_pairs: int = 8192
 
+    #: α, λ and the number of steps come from the command line / the flow parameters.
+    options: ClassVar[tuple[str, ...]] = ("alpha", "lam", "steps")
+    #: One run per (α, λ), each stored in the ``alpha`` and ``lam`` columns of ``runs``.
+    grid: ClassVar[tuple[str, ...]] = ("alpha", "lam")
+
+    @classmethod
+    def defaults_for(cls, dataset: str) -> dict[str, Any]:
+        """The paper's α and λ for ``dataset`` (section 4.1), ML 100K's for any other."""
+        return dict(PAPER_LCER_PARAMS.get(dataset, PAPER_LCER_PARAMS["ml-100k"]))
+
     def __post_init__(self) -> None:
-        if not (self.alpha >= 0 and self.alpha < 1e6):
-            raise InvalidParameterError(f"alpha must be a non-negative number, got {self.alpha}")
-        if not (self.lam >= 0 and self.lam < 1e6):
-            raise InvalidParameterError(f"lam must be a non-negative number, got {self.lam}")
-        if not (isinstance(self.steps, int) and 1 <= self.steps <= 1_000_000):
-            raise InvalidParameterError(
-                f"steps must be an integer in [1, 1000000], got {self.steps}"
-            )
+        # floats, so that a config built from an int keys and dumps as the same run
+        object.__setattr__(self, "alpha", check_weight("alpha", self.alpha))
+        object.__setattr__(self, "lam", check_weight("lam", self.lam))
+        check_steps(self.steps)
         if not self.lr > 0:
-            raise InvalidParameterError(f"lr must be positive, got {self.lr}")
+            raise InvalidParameterError(f"lr must be positive, got {self.lr}", param="lr")
         if not self.temperature > 0:
-            raise InvalidParameterError(f"temperature must be positive, got {self.temperature}")
-        if self.patience < 0:
-            raise InvalidParameterError(f"patience must be >= 0, got {self.patience}")
-        if not (self.min_delta >= 0 and self.min_delta < 1e6):
-            raise InvalidParameterError(f"min_delta must be >= 0, got {self.min_delta}")
+            raise InvalidParameterError(
+                f"temperature must be positive, got {self.temperature}", param="temperature"
+            )
+        if not (isinstance(self.patience, int) and self.patience >= 0):
+            raise InvalidParameterError(
+                f"patience must be an integer >= 0, got {self.patience}", param="patience"
+            )
+        if not (self.min_delta >= 0 and self.min_delta < MAX_WEIGHT):
+            raise InvalidParameterError(
+                f"min_delta must be a number >= 0, got {self.min_delta}", param="min_delta"
+            )
+        if not (isinstance(self.max_pairs, int) and self.max_pairs >= 1):
+            raise InvalidParameterError(
+                f"max_pairs must be a positive integer, got {self.max_pairs}", param="max_pairs"
+            )
 
 
 def lcer_loss(
@@ -94,6 +113,7 @@ def _initial_logits(streams: Tensor) -> Tensor:
     return stream_uniform(streams, -1)
 
 
+@register
 class LCER(Explainer):
     """Learning-based counterfactual explanations (Zhang et al., "Learning-based counterfactual
     explanations for recommendation", Sci. China Inf. Sci., section 3.2.2 and Algorithm 1).
@@ -109,6 +129,7 @@ class LCER(Explainer):
     """
 
     name = "lcer"
+    prefers_gpu = True
     config_type = LCERConfig
     config: LCERConfig
 

@@ -44,6 +44,7 @@ from lcer_core.explainers.lcer import (
     _streams,
     lcer_loss,
 )
+from lcer_core.explainers.registry import register
 from lcer_core.noise import mix
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
@@ -100,12 +101,14 @@ class LCERPlusConfig(LCERConfig):
             raise InvalidParameterError(f"chunk_mb must be positive, got {self.chunk_mb}")
 
 
+@register
 class LCERPlus(Explainer):
     """LCER's optimisation (Zhang et al., Algorithm 1) with the answer chosen among the sampled
     sets and an importance prefix by the re-ranked top-K test, made sufficiency-aware and
     pruned to a 1-minimal set; registered as ``lcer-plus``. See the module docstring."""
 
     name: ClassVar[str] = "lcer-plus"
+    prefers_gpu: ClassVar[bool] = True
     config_type = LCERPlusConfig
     config: LCERPlusConfig
 

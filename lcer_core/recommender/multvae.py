@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lcer_core.errors import InvalidParameterError
 from lcer_core.recommender.base import Recommender, SetScorer
 
 __all__ = ["MultVAE", "MultVAEConfig", "MultVAERecommender"]
@@ -32,6 +33,10 @@ class MultVAEConfig:
     lr: float = 1e-3
     total_anneal_steps: int = 200_000
     anneal_cap: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            raise InvalidParameterError(f"epochs must be >= 1, got {self.epochs}", param="epochs")
 
     def dump(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,9 +1,11 @@
 """The results database (DuckDB): runs, recommendations, explanations, metrics and views.
 
 One file, ``$LCER_HOME/results/lcer.duckdb``. Tables: ``datasets``, ``items``, ``models``,
-``runs``, ``recommendations``, ``explanations`` (one row per user × recommended item, with the
-CE's items and their importance), ``metrics`` (one row per evaluation; re-evaluations keep
-history). Views: ``table2``, ``table3``, ``run_results``, ``latest_metrics``,
+``runs`` (one row per run key: its method, k, α, λ, seed, status, ``config`` = the explainer's
+whole configuration as JSON, ``{"method": ..., field: value}``, and ``reports_validity``, false
+for a method whose explanations are not counterfactuals, FIA), ``recommendations``,
+``explanations`` (one row per user × recommended item, with the CE's items and their
+importance), ``metrics`` (one row per evaluation; re-evaluations keep history). Views: ``table2``, ``table3``, ``run_results``, ``latest_metrics``,
 ``explanation_items`` and ``item_explanations`` (section 4.3), described with example
 queries in :mod:`lcer_core.store.views`.
 
@@ -20,49 +22,51 @@ Which items appear most often in LCER's CEs, and how popular they are::
     WHERE dataset = 'ml-100k' AND method = 'lcer' AND k = 5 ORDER BY explanation_count DESC;
 """
 
-import importlib
-from typing import Any
+from lcer_core.store.formatting import FORMATS, print_frame, render, to_csv, to_json, to_rich_table
+from lcer_core.store.migrations import SCHEMA_VERSION, apply_migrations, current_version
+from lcer_core.store.report import REPORT_METRICS, table2_report, table3_report
+from lcer_core.store.schema import (
+    COST_KEYS,
+    EXPLANATION_COLUMNS,
+    ITEM_COLUMNS,
+    KINDS,
+    METRIC_KEYS,
+    RECOMMENDATION_COLUMNS,
+    STATUSES,
+    TABLES,
+)
+from lcer_core.store.store import DEFAULT_LOCK_TIMEOUT, READ_ONLY_CONFIG, ResultStore
+from lcer_core.store.views import METHOD_ORDER, TABLE2_COLUMNS, TABLE3_COLUMNS, VIEWS
 
-# Names load on first use (PEP 562): importing ``lcer_core.store.schema`` (the columns a shard
-# file holds) must not pull in DuckDB, so that the science core runs where only torch and
-# polars are installed (the GPU benchmark's machine, for one). The paper's numbers are in
-# :mod:`lcer_core.paper`.
-_HOMES = {
-    "lcer_core.store.formatting": (
-        "FORMATS",
-        "print_frame",
-        "render",
-        "to_csv",
-        "to_json",
-        "to_rich_table",
-    ),
-    "lcer_core.store.migrations": ("SCHEMA_VERSION", "apply_migrations", "current_version"),
-    "lcer_core.store.report": ("REPORT_METRICS", "table2_report", "table3_report"),
-    "lcer_core.store.schema": (
-        "COST_KEYS",
-        "EXPLANATION_COLUMNS",
-        "ITEM_COLUMNS",
-        "KINDS",
-        "METRIC_KEYS",
-        "RECOMMENDATION_COLUMNS",
-        "STATUSES",
-        "TABLES",
-    ),
-    "lcer_core.store.store": ("DEFAULT_LOCK_TIMEOUT", "READ_ONLY_CONFIG", "ResultStore"),
-    "lcer_core.store.views": ("METHOD_ORDER", "TABLE2_COLUMNS", "TABLE3_COLUMNS", "VIEWS"),
-}
-_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
-__all__ = sorted(_MODULE_OF)  # the names of _HOMES, the one list of them
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+# Plain imports: the package needs DuckDB. The science core reads the columns of a shard file
+# from :mod:`lcer_core.columns` and the paper's numbers from :mod:`lcer_core.paper`, neither of
+# which imports DuckDB, so it runs where only torch and polars are installed.
+__all__ = [
+    "COST_KEYS",
+    "DEFAULT_LOCK_TIMEOUT",
+    "EXPLANATION_COLUMNS",
+    "FORMATS",
+    "ITEM_COLUMNS",
+    "KINDS",
+    "METHOD_ORDER",
+    "METRIC_KEYS",
+    "READ_ONLY_CONFIG",
+    "RECOMMENDATION_COLUMNS",
+    "REPORT_METRICS",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "TABLE2_COLUMNS",
+    "TABLE3_COLUMNS",
+    "TABLES",
+    "VIEWS",
+    "ResultStore",
+    "apply_migrations",
+    "current_version",
+    "print_frame",
+    "render",
+    "table2_report",
+    "table3_report",
+    "to_csv",
+    "to_json",
+    "to_rich_table",
+]

@@ -18,10 +18,17 @@ from datetime import UTC, datetime
 import duckdb
 
 from lcer_core.errors import LcerHomeError, StoreError
-from lcer_core.store.schema import V1_DDL, V2_DDL, V3_DDL, V4_DDL, V5_DDL
+from lcer_core.store.schema import V1_DDL, V2_DDL, V3_DDL, V4_DDL, V5_DDL, V6_DDL
 from lcer_core.store.views import create_views
 
-__all__ = ["SCHEMA_VERSION", "MIGRATIONS", "current_version", "apply_migrations", "disk_trouble"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "MIGRATIONS",
+    "current_version",
+    "apply_migrations",
+    "disk_trouble",
+    "registry_reports_validity",
+]
 
 #: How DuckDB words the failures of the file system under it (they are LCER_HOME's problem).
 _DISK_MARKERS = (
@@ -46,6 +53,39 @@ def _run_all(statements: tuple[str, ...]) -> Callable[[duckdb.DuckDBPyConnection
     return apply
 
 
+def registry_reports_validity(method: str) -> bool | None:
+    """Whether the registered explainer ``method`` reports validity; None for an unknown name."""
+    from lcer_core.explainers import METHODS  # lazily: the registry imports torch
+
+    cls = METHODS.get(method)
+    return None if cls is None else bool(cls.reports_validity)
+
+
+def _v6(con: duckdb.DuckDBPyConnection) -> None:
+    """``runs.config`` and ``runs.reports_validity``, filled for the runs already stored."""
+    _run_all(V6_DDL)(con)
+    # config: what earlier versions kept in params_json's "explainer" (dump_config()), if an object
+    con.execute(
+        """
+        UPDATE runs SET config = json_extract(params_json, '$.explainer')
+        WHERE config IS NULL
+          AND CASE WHEN json_valid(params_json)
+                   THEN json_type(params_json, '$.explainer') = 'OBJECT' ELSE false END
+        """
+    )
+    methods = con.execute(
+        "SELECT DISTINCT method FROM runs WHERE reports_validity IS NULL ORDER BY method"
+    ).fetchall()
+    for (method,) in methods:
+        reports = registry_reports_validity(method)
+        if reports is not None:
+            con.execute(
+                "UPDATE runs SET reports_validity = ? "
+                "WHERE method = ? AND reports_validity IS NULL",
+                [reports, method],
+            )
+
+
 #: (version, what it does, how) in order; version N brings a database from N-1 to N.
 MIGRATIONS: tuple[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]], ...] = (
     (1, "datasets, items, models, runs, recommendations, explanations, metrics", _run_all(V1_DDL)),
@@ -61,6 +101,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]], 
     ),
     (4, "metrics.calls_per_pair, metrics.s_per_pair (what a run cost)", _run_all(V4_DDL)),
     (5, "shards: where each explanation shard ran (node, device)", _run_all(V5_DDL)),
+    (6, "runs.config (the explainer's whole configuration), runs.reports_validity", _v6),
 )
 
 #: The version this code writes and understands.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from lcer_core.errors import MissingDataError
-from lcer_core.paper import paper_table2, paper_table3
+from lcer_core.paper import SUBJECT_METHOD, paper_table2, paper_table3
 from lcer_core.store.store import ResultStore
 from lcer_core.store.views import METHOD_ORDER
 
@@ -105,7 +105,8 @@ def table3_report(store: ResultStore, dataset: str) -> tuple[pl.DataFrame, pl.Da
 
 
 def lam_report(store: ResultStore, dataset: str) -> pl.DataFrame:
-    """LCER per (k, α, λ): means over seeds beside the paper's row, and which λ is closest.
+    """LCER (the paper's subject) per (k, α, λ): means over seeds beside the paper's row, and
+    which λ is closest.
 
     Runs with the α, steps and users of ``table2``'s LCER row; per seed the latest run.
     ``distance`` is the mean relative difference from the paper's Val, Len, PS, PN and F_NS;
@@ -114,21 +115,21 @@ def lam_report(store: ResultStore, dataset: str) -> pl.DataFrame:
     runs = store.query(
         """
         WITH cfg AS (
-            SELECT t.dataset, t.k, t.alpha, r.steps, r.n_users
+            SELECT t.dataset, t.method, t.k, t.alpha, r.steps, r.n_users
             FROM table2 t JOIN run_results r ON r.run_id = t.run_id
-            WHERE t.method = 'lcer' AND t.dataset = ?
+            WHERE t.method = ? AND t.dataset = ?
         )
         SELECT * EXCLUDE (rn) FROM (
             SELECT rr.*, row_number() OVER (
                 PARTITION BY rr.k, rr.lam, rr.seed ORDER BY rr.finished_at DESC, rr.run_id
             ) AS rn
             FROM run_results rr JOIN cfg c
-              ON rr.dataset = c.dataset AND rr.k = c.k AND rr.method = 'lcer'
+              ON rr.dataset = c.dataset AND rr.k = c.k AND rr.method = c.method
              AND rr.alpha IS NOT DISTINCT FROM c.alpha AND rr.steps IS NOT DISTINCT FROM c.steps
              AND rr.n_users IS NOT DISTINCT FROM c.n_users
         ) WHERE rn = 1
         """,
-        [dataset],
+        [SUBJECT_METHOD, dataset],
     )
     if runs.height == 0 or runs.group_by("k").agg(pl.col("lam").n_unique()).max()[0, 1] < 2:
         return pl.DataFrame()
@@ -138,7 +139,7 @@ def lam_report(store: ResultStore, dataset: str) -> pl.DataFrame:
         *[pl.col(m).mean().alias(m) for m in REPORT_METRICS],
         *[pl.col(m).std().alias(f"{m}_std") for m in REPORT_METRICS],
     )
-    paper = paper_table2(dataset).filter(pl.col("method") == "lcer").drop("method")
+    paper = paper_table2(dataset).filter(pl.col("method") == SUBJECT_METHOD).drop("method")
     paper = paper.rename({m: f"paper_{m}" for m in REPORT_METRICS})
     out = means.join(paper, on=["dataset", "k"], how="left")
     distance = pl.mean_horizontal(

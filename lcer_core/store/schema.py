@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from lcer_core.columns import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
+
 __all__ = [
     "TABLES",
     "STATUSES",
@@ -45,7 +47,9 @@ METRIC_KEYS = ("n_pairs", "val_pct", "len", "ps_pct", "pn_pct", "fns_pct")
 #: What an explanation run cost, per pair: recommender inputs scored and seconds (optional).
 COST_KEYS = ("calls_per_pair", "s_per_pair")
 
-#: Columns of ``runs`` a caller may give (besides ``params``, a dict stored as JSON).
+#: Columns of ``runs`` a caller may give (besides ``params``, a dict stored as JSON). ``config``
+#: is the explainer's whole configuration (a dict, ``Explainer.dump_config()``, stored as JSON),
+#: ``reports_validity`` whether the method reports validity (FIA does not: ``val_pct`` NULL).
 RUN_COLUMNS = (
     "run_id",
     "dataset",
@@ -63,34 +67,11 @@ RUN_COLUMNS = (
     "finished_at",
     "mlflow_run_id",
     "kind",
+    "config",
+    "reports_validity",
 )
 
 # Frame specs: column -> (polars dtype, required).
-RECOMMENDATION_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
-    "uid": (pl.Int64(), True),
-    "raw_user": (pl.String(), False),
-    "rank": (pl.Int32(), True),
-    "sid": (pl.Int64(), True),
-    "raw_item": (pl.String(), False),
-    "score": (pl.Float64(), False),
-}
-
-EXPLANATION_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
-    "uid": (pl.Int64(), True),
-    "raw_user": (pl.String(), False),
-    "sid": (pl.Int64(), True),
-    "raw_item": (pl.String(), False),
-    "rank": (pl.Int32(), False),
-    "found": (pl.Boolean(), False),
-    "ce_items": (pl.List(pl.Int32()), True),
-    "ce_raw": (pl.List(pl.String()), False),
-    "ce_importance": (pl.List(pl.Float64()), False),
-    "length": (pl.Int32(), False),
-    "sufficient": (pl.Boolean(), False),
-    "necessary": (pl.Boolean(), False),
-    "rank_after": (pl.Int32(), False),
-}
-
 ITEM_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
     "sid": (pl.Int64(), True),
     "raw_id": (pl.String(), False),
@@ -243,6 +224,15 @@ V5_DDL = (
         PRIMARY KEY (run_id, shard)
     )
     """,
+)
+
+# Version 6: each run's whole explainer configuration (JSON: {"method": ..., every field}) and
+# whether its method reports validity, so that the views need no method's name. Existing rows
+# are filled by :mod:`lcer_core.store.migrations` (from params_json's "explainer", and from the
+# registry of explainers).
+V6_DDL = (
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS config JSON",
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS reports_validity BOOLEAN",
 )
 
 #: Columns of ``shards`` (besides ``run_id``), as :meth:`ResultStore.write_run` takes them.

@@ -37,6 +37,7 @@ from lcer_core.store.migrations import (
     apply_migrations,
     current_version,
     disk_trouble,
+    registry_reports_validity,
 )
 from lcer_core.store.schema import (
     COST_KEYS,
@@ -197,8 +198,39 @@ def _run_row(run: Mapping[str, Any], *, status: str | None = None) -> dict[str, 
         raise InvalidParameterError(f"run kind {row['kind']!r} is not one of {', '.join(KINDS)}")
     row["started_at"] = _timestamp(run.get("started_at"), "started_at")
     row["finished_at"] = _timestamp(run.get("finished_at"), "finished_at")
+    # Callers written before schema 6 put the config in params["explainer"] and no validity.
+    config = run.get("config")
+    row["config"] = _config_json(
+        params.get("explainer") if config is None else config, run["method"]
+    )
+    row["reports_validity"] = run.get("reports_validity")
+    if row["reports_validity"] is None:
+        row["reports_validity"] = registry_reports_validity(row["method"])
+    elif not isinstance(row["reports_validity"], bool):
+        raise InvalidParameterError(
+            f"run reports_validity must be true or false, got {row['reports_validity']!r}"
+        )
     row["params_json"] = json.dumps(params, sort_keys=True, default=str)
     return row
+
+
+def _config_json(config: Any, method: str) -> str | None:
+    """The explainer configuration ``{"method": ..., field: value}`` as compact, sorted JSON."""
+    if config is None:
+        return None
+    if not isinstance(config, Mapping):
+        raise InvalidParameterError(
+            f"run config must be a mapping of the explainer's fields, not {type(config).__name__}"
+        )
+    named = config.get("method", method)
+    if named != method:
+        raise InvalidParameterError(f"run config is of method {named!r}, not {method!r}")
+    try:
+        return json.dumps(
+            dict(config), sort_keys=True, separators=(",", ":"), allow_nan=False, default=str
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"run config cannot be stored as JSON: {exc}") from None
 
 
 def _conform(
@@ -315,6 +347,9 @@ def _upsert_sql(
 
 
 _RUN_TABLE_COLUMNS = (*RUN_COLUMNS, "params_json")
+# Columns of ``runs`` a rewrite without them (NULL) leaves as they were: the MLflow link, and
+# what the run key already determines (its configuration; whether its method reports validity).
+_KEEP = ("mlflow_run_id", "config", "reports_validity")
 
 
 class ResultStore:
@@ -545,7 +580,9 @@ class ResultStore:
         """Store a finished run as a whole, replacing any earlier rows of the same run id.
 
         ``run`` holds the ``runs`` columns (``run_id``, ``dataset``, ``method``, ``k`` required;
-        ``params`` a dict; other keys join ``params``); the frames hold the columns of
+        ``config`` the explainer's ``dump_config()``, else ``params["explainer"]``;
+        ``reports_validity`` a bool, else the registry's; ``params`` a dict; other keys join
+        ``params``); the frames hold the columns of
         :data:`~lcer_core.store.schema.RECOMMENDATION_COLUMNS` and
         :data:`~lcer_core.store.schema.EXPLANATION_COLUMNS`; ``metrics`` the keys of Table 2;
         ``shards`` where each shard ran (:data:`~lcer_core.store.schema.SHARD_COLUMNS`).
@@ -572,9 +609,7 @@ class ResultStore:
                         con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
                     columns = list(_RUN_TABLE_COLUMNS)
                     con.execute(
-                        _upsert_sql(
-                            "runs", columns, ("run_id",), keep=("mlflow_run_id", "started_at")
-                        ),
+                        _upsert_sql("runs", columns, ("run_id",), keep=_KEEP + ("started_at",)),
                         [row[c] for c in columns],
                     )
                     con.execute(
@@ -621,7 +656,7 @@ class ResultStore:
         columns = list(_RUN_TABLE_COLUMNS)
         with self._transaction(f"start run {row['run_id']}") as con:
             con.execute(
-                _upsert_sql("runs", columns, ("run_id",), keep=("mlflow_run_id",)),
+                _upsert_sql("runs", columns, ("run_id",), keep=_KEEP),
                 [row[c] for c in columns],
             )
         return row["run_id"]

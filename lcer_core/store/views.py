@@ -2,13 +2,15 @@
 
 - ``table2``: one row per (dataset, method, k), the latest finished explanation run and its
   latest metrics: ``dataset, method, k, alpha, lam, n_pairs, val_pct, len, ps_pct, pn_pct,
-  fns_pct, run_id, finished_at`` (percentages 0–100; ``val_pct`` NULL for FIA, as in the paper).
-- ``table3``: per (dataset, k, CE baseline) of ``table2`` (every method but LCER and FIA,
-  whose explanations are not CEs), the LCER run (any α/λ, same model and number of users)
-  whose average length is closest to the baseline's, within 0.05, with both methods'
-  Val/PS/PN/F_NS side by side.
+  fns_pct, run_id, finished_at`` (percentages 0–100; ``val_pct`` NULL for a method that does
+  not report validity, ``runs.reports_validity`` false: FIA, as in the paper).
+- ``table3``: per (dataset, k, CE baseline) of ``table2`` (every method that reports validity
+  but the paper's subject, LCER: :data:`lcer_core.paper.SUBJECT_METHOD`), the LCER run (any
+  α/λ, same model and number of users) whose average length is closest to the baseline's,
+  within 0.05, with both methods' Val/PS/PN/F_NS side by side.
 - ``run_results``: every finished explanation run with its latest metrics (the sweep grid)
   and what it cost per pair (``calls_per_pair``: recommender inputs scored; ``s_per_pair``).
+  The run's whole configuration is in ``runs.config`` (JSON, e.g. ``config->>'lr'``).
 - ``seed_results``: per (dataset, method, k) of ``table2`` and seed, the latest run with
   ``table2``'s α, λ, steps and users: the rows ``lcer report`` averages over seeds.
 - ``latest_metrics``: the newest metrics row of each run (re-evaluations keep their history
@@ -45,6 +47,8 @@ Section 4.3 with one query each::
 from __future__ import annotations
 
 import duckdb
+
+from lcer_core.paper import SUBJECT_METHOD, TABLE_ORDER
 
 __all__ = ["VIEWS", "create_views", "TABLE2_COLUMNS", "TABLE3_COLUMNS", "METHOD_ORDER"]
 
@@ -85,11 +89,22 @@ TABLE3_COLUMNS = (
     "lcer_run_id",
 )
 
-#: Row order of the paper's tables.
-METHOD_ORDER = ("fia", "kaffes", "accent", "lcer")
+#: Row order of the paper's tables (:data:`lcer_core.paper.TABLE_ORDER`).
+METHOD_ORDER = TABLE_ORDER
 
-_ORDER = "CASE method " + " ".join(f"WHEN '{m}' THEN {i}" for i, m in enumerate(METHOD_ORDER))
-_ORDER += f" ELSE {len(METHOD_ORDER)} END"
+
+def _literal(text: str) -> str:
+    """``text`` as an SQL string literal (views take no parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _order(column: str) -> str:
+    """An SQL expression ranking ``column`` (a method name) in the paper's row order."""
+    cases = " ".join(f"WHEN {_literal(m)} THEN {i}" for i, m in enumerate(METHOD_ORDER))
+    return f"CASE {column} {cases} ELSE {len(METHOD_ORDER)} END"
+
+
+_SUBJECT = _literal(SUBJECT_METHOD)
 
 # Length tolerance of Table 3 (the paper: "when their lengths are close").
 _LEN_TOLERANCE = 0.05
@@ -101,11 +116,14 @@ VIEWS: dict[str, str] = {
             FROM metrics m
         ) WHERE rn = 1
     """,
+    # val_pct NULL where the method does not report validity; a method this lcer does not
+    # know (reports_validity NULL) keeps its value, as the views did before the column existed
     "run_results": """
         SELECT r.run_id, r.dataset, r.method, r.k, r.alpha, r.lam, r.steps, r.seed, r.n_users,
                r.model_key, r.device, r.started_at, r.finished_at, r.mlflow_run_id,
                m.n_pairs,
-               CASE WHEN r.method = 'fia' THEN NULL ELSE m.val_pct END AS val_pct,
+               CASE WHEN NOT coalesce(r.reports_validity, true) THEN NULL
+                    ELSE m.val_pct END AS val_pct,
                m.len, m.ps_pct, m.pn_pct, m.fns_pct, m.evaluated_at, m.kind AS metrics_kind,
                c.calls_per_pair, c.s_per_pair
         FROM runs r JOIN latest_metrics m ON m.run_id = r.run_id
@@ -148,13 +166,14 @@ VIEWS: dict[str, str] = {
             ) AS rn
             FROM run_results
         ) WHERE rn = 1
-        ORDER BY dataset, k, {_ORDER}, method
+        ORDER BY dataset, k, {_order("method")}, method
     """,
     "table3": f"""
         WITH base AS (
+            -- the baselines: methods that report validity (CEs), except the subject
             SELECT t.*, r.model_key, r.n_users
-            FROM table2 t JOIN run_results r ON r.run_id = t.run_id
-            WHERE t.method NOT IN ('lcer', 'fia')
+            FROM table2 t JOIN runs r ON r.run_id = t.run_id
+            WHERE t.method <> {_SUBJECT} AND coalesce(r.reports_validity, true)
         ),
         lcer AS (
             SELECT * EXCLUDE (rn) FROM (
@@ -162,7 +181,7 @@ VIEWS: dict[str, str] = {
                     PARTITION BY dataset, k, alpha, lam, model_key, n_users
                     ORDER BY finished_at DESC NULLS LAST, run_id
                 ) AS rn
-                FROM run_results WHERE method = 'lcer'
+                FROM run_results WHERE method = {_SUBJECT}
             ) WHERE rn = 1
         ),
         matched AS (
@@ -184,8 +203,7 @@ VIEWS: dict[str, str] = {
              AND abs(l.len - b.len) <= {_LEN_TOLERANCE} + 1e-9
         )
         SELECT * EXCLUDE (rn) FROM matched WHERE rn = 1
-        ORDER BY dataset, k, CASE baseline WHEN 'fia' THEN 0 WHEN 'kaffes' THEN 1
-                                           WHEN 'accent' THEN 2 ELSE 3 END, baseline
+        ORDER BY dataset, k, {_order("baseline")}, baseline
     """,
     "explanation_items": """
         SELECT run_id, uid, raw_user, sid AS rec_sid, rank,

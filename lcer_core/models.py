@@ -1,0 +1,301 @@
+"""Trained recommenders under ``LCER_HOME/models``: training, checkpoints, lookup and locking.
+
+A model is keyed by what determines it (:func:`model_key`: the prepared data's content hash,
+the hyperparameters and the seed); its checkpoint ``model.pt`` holds plain tensors and values
+(read back with ``weights_only``), written atomically beside ``train.json`` (how it was
+trained) and the dataset's ``latest`` pointer. Consumers see a
+:class:`~lcer_core.recommender.base.Recommender` (:meth:`TrainedModel.recommender`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lcer_core.datasets import PreparedDataset
+from lcer_core.devices import default_device
+from lcer_core.errors import DamagedDataError, MissingDataError
+from lcer_core.fsio import (
+    ensure_writable,
+    home_error,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from lcer_core.keys import content_key
+from lcer_core.paths import models_dir
+from lcer_core.recommender.base import Recommender
+from lcer_core.recommender.multvae import MultVAE, MultVAEConfig, MultVAERecommender
+from lcer_core.recommender.training import EpochReport, evaluate_ranking, fit_multvae
+
+__all__ = [
+    "MODEL_SEED",
+    "TRAIN_JSON",
+    "TrainedModel",
+    "model_key",
+    "train_model",
+    "save_model",
+    "checkpoint",
+    "model_bytes",
+    "model_from_bytes",
+    "repair_command",
+    "find_model",
+    "load_model",
+    "training_lock",
+    "check_model_data",
+    "ensure_model",
+]
+
+#: The seed of a model trained without one (``lcer train``'s default).
+MODEL_SEED = 98765
+TRAIN_JSON = "train.json"  # beside model.pt: the config and seed it was trained with
+
+
+@dataclass
+class TrainedModel:
+    """A trained Mult-VAE with what determines it and how well it ranks."""
+
+    dataset: str
+    key: str
+    config: MultVAEConfig
+    seed: int
+    module: MultVAE
+    metrics: dict[str, float]
+    path: Path
+    #: Content hash of the prepared data it was trained on (None for old checkpoints).
+    data_fingerprint: str | None = None
+
+    def recommender(self, device: torch.device | str | None = None) -> Recommender:
+        """The model as a :class:`Recommender` on ``device`` (default: CUDA if visible)."""
+        return MultVAERecommender(self.module, device or default_device())
+
+    @property
+    def version(self) -> str:
+        return self.key
+
+
+def model_key(data: PreparedDataset, config: MultVAEConfig, seed: int) -> str:
+    """Key of a model: the data's content hash, the hyperparameters and the seed."""
+    return content_key({"data": data.fingerprint, "config": config.dump(), "seed": seed})
+
+
+def train_model(
+    data: PreparedDataset,
+    config: MultVAEConfig | None = None,
+    *,
+    seed: int = MODEL_SEED,
+    device: torch.device | str | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> TrainedModel:
+    """Train Mult-VAE on the training users, pick the best epoch on validation NDCG@100,
+    report NDCG@100 and Recall@20/50 on the test users, and save the checkpoint atomically."""
+    cfg = config or MultVAEConfig()
+    ensure_writable(models_dir() / data.name)
+    dev = device or default_device()
+    train = data.rows("train", data.users_of("train"))  # sparse: one dense batch at a time
+    val_users = data.users_of("val")
+    vtr, vte = data.rows("val_tr", val_users), data.rows("val_te", val_users)
+    gen = fit_multvae(train, vtr, vte, config=cfg, seed=seed, device=dev)
+    best_epoch = 0
+    while True:
+        try:
+            report = next(gen)
+        except StopIteration as stop:
+            module: MultVAE = stop.value
+            break
+        best_epoch = report.best_epoch
+        if on_epoch is not None:
+            on_epoch(report)
+    test = data.users_of("test")
+    ttr, tte = data.rows("test_tr", test), data.rows("test_te", test)
+    metrics = {**evaluate_ranking(module, ttr, tte), "best_epoch": float(best_epoch)}
+    key = model_key(data, cfg, seed)
+    model = TrainedModel(
+        data.name,
+        key,
+        cfg,
+        seed,
+        module,
+        metrics,
+        models_dir() / data.name / key / "model.pt",
+        data.fingerprint,
+    )
+    return save_model(model, data)
+
+
+def save_model(model: TrainedModel, data: PreparedDataset) -> TrainedModel:
+    """Write ``model``'s checkpoint under ``LCER_HOME/models/DATASET/KEY/`` (atomically) and make it
+    the dataset's latest; a write that fails (permissions, full disk) leaves no partial file."""
+    path = models_dir() / data.name / model.key / "model.pt"
+    model.data_fingerprint = data.fingerprint
+    write_bytes_atomic(path, model_bytes(model))
+    # How it was trained, beside it: what a damaged checkpoint's error names as its repair.
+    write_json_atomic(
+        path.parent / TRAIN_JSON, {"config": model.config.dump(), "seed": model.seed}, indent=None
+    )
+    write_text_atomic(path.parent.parent / "latest", model.key)
+    model.path = path
+    return model
+
+
+def checkpoint(model: TrainedModel) -> dict[str, Any]:
+    """What a model's checkpoint file holds (weights, configuration, metrics), as plain tensors and values."""
+    return {
+        "state_dict": model.module.state_dict(),
+        "config": model.config.dump(),
+        "seed": model.seed,
+        "n_items": model.module.n_items,
+        "metrics": model.metrics,
+        "data_fingerprint": model.data_fingerprint,
+        "dataset": model.dataset,
+    }
+
+
+def model_bytes(model: TrainedModel) -> bytes:
+    """The model's checkpoint as bytes: the file's content, or what a worker that cannot read
+    ``LCER_HOME`` is sent (serialised in memory: torch reports a failed file write opaquely)."""
+    buf = io.BytesIO()
+    torch.save(checkpoint(model), buf)
+    return buf.getvalue()
+
+
+def model_from_bytes(blob: bytes, dataset: str, key: str) -> TrainedModel:
+    """The model of :func:`model_bytes` (weights only: nothing in it is executed)."""
+    return _load_checkpoint(dataset, key, io.BytesIO(blob))
+
+
+def repair_command(dataset: str, key: str) -> str:
+    """The ``lcer train`` command line that trains model ``key`` again (from its train.json)."""
+    command = f"lcer train {dataset}"
+    try:
+        recorded = json.loads((models_dir() / dataset / key / TRAIN_JSON).read_text())
+        cfg, seed = MultVAEConfig(**recorded["config"]), int(recorded["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return command
+    if cfg != MultVAEConfig(epochs=cfg.epochs):
+        return command  # hyperparameters the command line cannot set
+    if cfg.epochs != MultVAEConfig().epochs:
+        command += f" --epochs {cfg.epochs}"
+    if seed != MODEL_SEED:
+        command += f" --seed {seed}"
+    return command
+
+
+def _load_checkpoint(dataset: str, key: str, source: io.BytesIO | None = None) -> TrainedModel:
+    path = models_dir() / dataset / key / "model.pt"
+    try:
+        blob = torch.load(path if source is None else source, map_location="cpu", weights_only=True)
+        cfg = MultVAEConfig(**blob["config"])
+        module = MultVAE(int(blob["n_items"]), cfg)
+        module.load_state_dict(blob["state_dict"])
+        model = TrainedModel(
+            dataset,
+            key,
+            cfg,
+            int(blob["seed"]),
+            module.eval(),
+            dict(blob["metrics"]),
+            path,
+            blob.get("data_fingerprint"),
+        )
+    except Exception as exc:  # noqa: BLE001  any failure to read it (truncated, a pickle payload
+        # that weights_only refuses, wrong contents) means the file is damaged
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        if source is not None:
+            raise DamagedDataError(
+                f"the model {key} sent to this worker cannot be read ({reason})"
+            ) from None
+        raise DamagedDataError(
+            f"the model checkpoint {path} cannot be read ({reason}): "
+            f"run `{repair_command(dataset, key)}` again"
+        ) from None
+    return model
+
+
+def find_model(
+    dataset: str, key: str | None = None, *, damaged_as_absent: bool = False
+) -> TrainedModel | None:
+    """The model with ``key`` (default: the latest trained) for ``dataset``, or None; a damaged
+    checkpoint is a :class:`DamagedDataError`, or None with ``damaged_as_absent`` (training)."""
+    if key is None:
+        latest = models_dir() / dataset / "latest"
+        if not latest.is_file():
+            return None
+        key = latest.read_text().strip()
+    if not (models_dir() / dataset / key / "model.pt").is_file():
+        return None
+    try:
+        return _load_checkpoint(dataset, key)
+    except DamagedDataError:
+        if damaged_as_absent:
+            return None
+        raise
+
+
+@contextlib.contextmanager
+def training_lock(
+    dataset: str, config: MultVAEConfig | None = None, seed: int = MODEL_SEED
+) -> Iterator[None]:
+    """Hold the lock of one model (dataset, hyperparameters, seed) across processes: a second
+    training of the same model waits here, then finds the first one's checkpoint."""
+    cfg = config or MultVAEConfig()
+    folder = models_dir() / dataset
+    path = folder / f".train-{content_key({'config': cfg.dump(), 'seed': seed})[:16]}.lock"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise home_error(path, exc) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def load_model(dataset: str, key: str | None = None) -> TrainedModel:
+    """Like :func:`find_model`, but a missing model is a one-line error."""
+    found = find_model(dataset, key)
+    if found is None:
+        raise MissingDataError(
+            f"no trained model for {dataset!r}: run `lcer train {dataset}` first"
+        )
+    return found
+
+
+def check_model_data(model: TrainedModel, data: PreparedDataset) -> None:
+    """A model trained on other data than ``data`` (re-prepared with another seed, another file)
+    would explain the wrong users: a one-line error that says to train again."""
+    if model.module.n_items != data.n_items or (
+        model.data_fingerprint is not None and model.data_fingerprint != data.fingerprint
+    ):
+        raise MissingDataError(
+            f"the latest model of {data.name!r} ({model.key}) was trained on data prepared "
+            f"differently from the current {data.name!r}: run `lcer train {data.name}` again"
+        )
+
+
+def ensure_model(
+    data: PreparedDataset,
+    config: MultVAEConfig | None = None,
+    *,
+    seed: int = MODEL_SEED,
+    device: torch.device | str | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> tuple[TrainedModel, bool]:
+    """The model for (data, config, seed), trained only if no checkpoint exists; (model, trained?)."""
+    cfg = config or MultVAEConfig()
+    with training_lock(data.name, cfg, seed):
+        existing = find_model(data.name, model_key(data, cfg, seed), damaged_as_absent=True)
+        if existing is not None:
+            return existing, False
+        return train_model(data, cfg, seed=seed, device=device, on_epoch=on_epoch), True

@@ -1,0 +1,347 @@
+"""Explanation runs: one :class:`RunSpec` per (dataset, method, k, configuration, seed, model).
+
+The command line and the flows build runs through the same functions: :func:`method_configs`
+turns the options (``{"alpha": [...], "lam": [...], "steps": 300}``) into one validated,
+frozen configuration per combination of the method's ``grid`` options (only the options the
+method declares apply to it, with its ``defaults_for(dataset)`` where none is given), and
+:func:`plan_runs` makes the runs of every method and k. The configuration is carried whole:
+the run key, the ``runs`` row (:meth:`RunSpec.as_row`), the MLflow params and the task names
+derive from it, and it crosses the ``lcer-explain`` deployment boundary as
+:meth:`RunSpec.to_payload` (rebuilt and re-keyed by :meth:`RunSpec.from_payload`).
+
+Run keys stay those of earlier versions. The key payload is unchanged
+(:func:`lcer_core.keys.run_key`: dataset, method, k, alpha, lam, steps, seed, model, users,
+extra), with ``alpha``, ``lam`` and ``steps`` read from the configuration's options (None for
+a method without them), and ``extra`` = the configuration's other fields whose value differs
+from the config class's default. Every run an earlier version could make has default values
+there (it could set nothing else), so its ``extra`` is empty and its key the same: a re-run
+replaces it instead of storing a duplicate. A run with, say, another learning rate or
+KaffesCE budget gets a key of its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lcer_core.checks import check_k, check_seed, check_shard_size, check_users
+from lcer_core.errors import InvalidParameterError
+from lcer_core.explainers import ExplainerConfig, get_method
+from lcer_core.keys import run_key
+
+__all__ = [
+    "DEFAULT_KS",
+    "RunSpec",
+    "run_spec",
+    "check_methods",
+    "method_configs",
+    "plan_configs",
+    "plan_runs",
+    "validate_plan",
+]
+
+#: The list lengths K explained when none are given (the paper's Table 2).
+DEFAULT_KS: tuple[int, ...] = (5, 10)
+
+#: Options of earlier versions' key payload, in their own fields (None where a method lacks one).
+_KEYED_OPTIONS = ("alpha", "lam", "steps")
+#: How a grid option shows in a run's label.
+_SYMBOLS = {"alpha": "α", "lam": "λ"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What determines one explanation run: its key, dataset, method, k, seed, users, model and
+    the method's whole configuration."""
+
+    run_id: str
+    dataset: str
+    method: str
+    k: int
+    seed: int
+    n_users: int | None
+    model_key: str
+    config: ExplainerConfig
+
+    def option(self, name: str) -> Any:
+        """The value of the configuration's option ``name``; None if the method has no such option."""
+        return getattr(self.config, name) if name in type(self.config).options else None
+
+    @property
+    def alpha(self) -> float | None:
+        """α of the run (None for methods without it)."""
+        return self.option("alpha")
+
+    @property
+    def lam(self) -> float | None:
+        """λ of the run (None for methods without it)."""
+        return self.option("lam")
+
+    @property
+    def steps(self) -> int | None:
+        """Optimisation steps of the run (None for methods without them)."""
+        return self.option("steps")
+
+    def grid_values(self) -> dict[str, Any]:
+        """The values of the configuration's grid options (α and λ for LCER), by name."""
+        return {name: getattr(self.config, name) for name in type(self.config).grid}
+
+    @property
+    def label(self) -> str:
+        """One line naming the run, e.g. ``ml-100k lcer k=5 α=0.1 λ=0.01``."""
+        grid = "".join(f" {_SYMBOLS.get(n, n)}={v:g}" for n, v in self.grid_values().items())
+        return f"{self.dataset} {self.method} k={self.k}{grid}"
+
+    @property
+    def slug(self) -> str:
+        """The run in a task name, e.g. ``lcer-k5-a0.1-l0.01``."""
+        grid = "".join(f"-{n[0]}{v:g}" for n, v in self.grid_values().items())
+        return f"{self.method}-k{self.k}{grid}"
+
+    def explainer_config(self) -> dict[str, Any]:
+        """The explainer's whole configuration, ``{"method": ..., **fields}`` (``dump_config()``)."""
+        return {"method": self.method, **self.config.dump()}
+
+    def key_fields(self) -> dict[str, Any]:
+        """The run's fields as earlier versions held them (shard files are keyed by these)."""
+        return {
+            "run_id": self.run_id,
+            "dataset": self.dataset,
+            "method": self.method,
+            "k": self.k,
+            "alpha": self.alpha,
+            "lam": self.lam,
+            "steps": self.steps,
+            "seed": self.seed,
+            "n_users": self.n_users,
+            "model_key": self.model_key,
+        }
+
+    def as_row(self) -> dict[str, Any]:
+        """The run's columns of the ``runs`` table (``config``: the whole configuration)."""
+        return {
+            **self.key_fields(),
+            "config": self.explainer_config(),
+            "reports_validity": get_method(self.method).reports_validity,
+        }
+
+    def to_payload(self) -> dict[str, Any]:
+        """The run as JSON-able data (a deployment's parameters); :meth:`from_payload` reverses it."""
+        return {
+            "run_id": self.run_id,
+            "dataset": self.dataset,
+            "method": self.method,
+            "k": self.k,
+            "seed": self.seed,
+            "n_users": self.n_users,
+            "model_key": self.model_key,
+            "config": self.config.dump(),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: RunSpec | Mapping[str, Any]) -> RunSpec:
+        """A run from :meth:`to_payload`'s data, its configuration validated and its key
+        recomputed (a payload whose ``run_id`` is not its content's key is refused)."""
+        if isinstance(payload, RunSpec):
+            return payload
+        if not isinstance(payload, Mapping):
+            raise InvalidParameterError(f"a run must be a mapping, got {type(payload).__name__}")
+        try:
+            fields = dict(payload["config"])
+            method = payload["method"]
+            spec = run_spec(
+                dataset=payload["dataset"],
+                method=method,
+                k=payload["k"],
+                seed=payload["seed"],
+                n_users=payload["n_users"],
+                model_key=payload["model_key"],
+                config=get_method(method).config_type(**fields),
+            )
+        except (KeyError, TypeError) as exc:
+            raise InvalidParameterError(f"malformed run payload: {exc}") from None
+        if payload.get("run_id") != spec.run_id:
+            raise InvalidParameterError(
+                f"run payload {payload.get('run_id')!r} does not match its content ({spec.run_id})"
+            )
+        return spec
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        """Through pydantic (a flow's parameters), a run is validated by :meth:`from_payload`."""
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_plain_validator_function(
+            cls.from_payload,
+            serialization=core_schema.plain_serializer_function_ser_schema(cls.to_payload),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """A run's JSON schema (deployment parameters): an object, see :meth:`to_payload`."""
+        return {"type": "object", "title": "RunSpec"}
+
+
+def run_spec(
+    *,
+    dataset: str,
+    method: str,
+    k: int,
+    seed: int,
+    n_users: int | None,
+    model_key: str,
+    config: ExplainerConfig | None = None,
+    **options: Any,
+) -> RunSpec:
+    """The run of ``method`` with ``config`` (or its config with ``options`` set, None: default),
+    keyed as earlier versions keyed it (see the module docstring)."""
+    cls = get_method(method)
+    if config is None:
+        declared = cls.config_type.options
+        unknown = sorted(n for n, v in options.items() if v is not None and n not in declared)
+        if unknown:
+            raise InvalidParameterError(f"method {method!r} has no option(s) {', '.join(unknown)}")
+        config = cls.config_type(**{n: v for n, v in options.items() if v is not None})
+    elif options:
+        raise InvalidParameterError("give either a config or options, not both")
+    if not isinstance(config, cls.config_type):
+        raise InvalidParameterError(
+            f"{method} expects a {cls.config_type.__name__}, got {type(config).__name__}"
+        )
+    check_k(k)
+    check_seed(seed)
+    if n_users is not None:
+        check_users(n_users)
+    keyed = {n: (getattr(config, n) if n in config.options else None) for n in _KEYED_OPTIONS}
+    extra = {n: v for n, v in config.non_default().items() if n not in config.options}
+    key = run_key(
+        dataset=dataset,
+        method=method,
+        k=k,
+        **keyed,
+        seed=seed,
+        model_version=model_key,
+        n_users=n_users,
+        extra=extra,
+    )
+    return RunSpec(key, dataset, method, k, seed, n_users, model_key, config)
+
+
+def check_methods(methods: Sequence[str]) -> list[str]:
+    """``methods`` with unknown names refused in one line (duplicates dropped, order kept)."""
+    out: list[str] = []
+    for method in methods:
+        get_method(method)
+        if method not in out:
+            out.append(method)
+    if not out:
+        raise InvalidParameterError("no method given")
+    return out
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def method_configs(
+    method: str, dataset: str, options: Mapping[str, Any] | None = None
+) -> list[ExplainerConfig]:
+    """``method``'s configurations for ``dataset``: one per combination of its grid options.
+
+    ``options`` maps option names to values (a value or a list of values for a grid option;
+    None or an empty list: not given). Only the options ``method`` declares apply to it; one not given
+    takes the method's ``defaults_for(dataset)``, else its config's default.
+    """
+    cls = get_method(method).config_type
+    options = options or {}
+    base = dict(cls.defaults_for(dataset))
+    axes: list[list[tuple[str, Any]]] = []
+    for name in cls.options:
+        value = options.get(name)
+        if name in cls.grid:
+            values = [] if value is None else list(value) if _is_list(value) else [value]
+            if values:
+                axes.append([(name, v) for v in values])
+            continue
+        if value is not None:
+            base[name] = value
+    configs: dict[str, ExplainerConfig] = {}
+    for combo in itertools.product(*axes):
+        config = cls(**{**base, **dict(combo)})
+        configs.setdefault(repr(config.dump()), config)
+    return list(configs.values())
+
+
+def plan_configs(
+    dataset: str, methods: Sequence[str], options: Mapping[str, Any] | None = None
+) -> list[tuple[str, ExplainerConfig]]:
+    """Every (method, configuration) of the grid for ``dataset``, validated (see :func:`method_configs`)."""
+    return [
+        (method, config)
+        for method in check_methods(methods)
+        for config in method_configs(method, dataset, options)
+    ]
+
+
+def plan_runs(
+    *,
+    dataset: str,
+    methods: Sequence[str],
+    ks: Sequence[int],
+    options: Mapping[str, Any] | None = None,
+    seed: int,
+    n_users: int | None,
+    model_key: str,
+) -> list[RunSpec]:
+    """Every run of the grid: each method once per k and per combination of its grid options
+    (LCER per (α, λ); a baseline, which has none, once per k)."""
+    if not ks:
+        raise InvalidParameterError("no k given", param="k")
+    specs: dict[str, RunSpec] = {}
+    for method, config in plan_configs(dataset, methods, options):
+        for k in ks:
+            spec = run_spec(
+                dataset=dataset,
+                method=method,
+                k=k,
+                seed=seed,
+                n_users=n_users,
+                model_key=model_key,
+                config=config,
+            )
+            specs.setdefault(spec.run_id, spec)
+    return list(specs.values())
+
+
+def validate_plan(
+    datasets: Sequence[str],
+    methods: Sequence[str],
+    options: Mapping[str, Any] | None = None,
+    *,
+    ks: Sequence[int],
+    seeds: Sequence[int],
+    n_users: int | None,
+    shard_size: int,
+) -> list[str]:
+    """Check a whole plan before any work (the command line before Prefect starts, a flow
+    started from a deployment before training): datasets, methods, every configuration of
+    every dataset, ks, seeds, users and shard size. The methods, unknown names refused."""
+    from lcer_core.datasets import get_spec
+
+    for name in datasets:
+        get_spec(name)
+    method_list = check_methods(methods)
+    for name in datasets:
+        plan_configs(name, method_list, options)
+    if not ks:
+        raise InvalidParameterError("no k given", param="k")
+    for value in ks:
+        check_k(value)
+    for value in seeds:
+        check_seed(value)
+    if n_users is not None:
+        check_users(n_users)
+    check_shard_size(shard_size)
+    return method_list
