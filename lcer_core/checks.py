@@ -23,7 +23,6 @@ __all__ = [
     "check_users",
     "check_seed",
     "check_shard_size",
-    "validate_common",
 ]
 
 #: Upper bound of α and λ: beyond it the hinge or the length term swamps the other.
@@ -90,28 +89,3 @@ def check_shard_size(shard_size: Any) -> int:
             f"shard_size must be a positive integer, got {shard_size}", param="shard_size"
         )
     return shard_size
-
-
-def validate_common(
-    *,
-    k: int | None = None,
-    alpha: float | None = None,
-    lam: float | None = None,
-    steps: int | None = None,
-    n_users: int | None = None,
-    seed: int | None = None,
-) -> None:
-    """The checks above for the options given (None: not given), in one call (kept for callers
-    written before the single checks; the product calls those)."""
-    if k is not None:
-        check_k(k)
-    if alpha is not None:
-        check_weight("alpha", alpha)
-    if lam is not None:
-        check_weight("lam", lam)
-    if steps is not None:
-        check_steps(steps)
-    if n_users is not None:
-        check_users(n_users)
-    if seed is not None:
-        check_seed(seed)

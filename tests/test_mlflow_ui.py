@@ -21,7 +21,7 @@ from browser import render, require_chromium
 from mlflow.tracking import MlflowClient
 from mlflow_fixtures import mlflow_template_db_fixture, store_fixture  # noqa: F401
 
-from lcer_core.cli.tracking import compare_runs_url, free_port, wait_until_ready
+from lcer_core.cli.mlflow_ui import compare_runs_url, free_port, wait_until_ready
 from tasks import mlflow_client
 
 pytestmark = pytest.mark.slow

@@ -381,7 +381,7 @@ def test_mlflow_telemetry_is_off_wherever_lcer_starts_mlflow(
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "True"]
 
-    from lcer_core.cli.tracking import server_env
+    from lcer_core.cli.mlflow_ui import server_env
 
     monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
     assert server_env()["MLFLOW_DISABLE_TELEMETRY"] == "true"  # the `lcer ui` server
@@ -414,7 +414,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
 def test_kill_9_of_lcer_ui_frees_its_port(tmp_path: Path) -> None:
-    from lcer_core.cli.tracking import free_port
+    from lcer_core.cli.mlflow_ui import free_port
 
     home = tmp_path / "home"
     home.mkdir()

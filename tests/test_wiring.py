@@ -39,8 +39,8 @@ def test_command_modules_register_nothing_and_import_no_framework() -> None:
     tasks, MLflow nor torch: those come when a command runs."""
     code = (
         "import sys\n"
-        "from lcer_core.cli import bench, data, model, pipeline, results, tracking\n"
-        "mods = (bench, data, model, pipeline, results, tracking)\n"
+        "from lcer_core.cli import bench, data, mlflow_ui, model, pipeline, results\n"
+        "mods = (bench, data, mlflow_ui, model, pipeline, results)\n"
         "print([m.__name__ for m in mods if hasattr(m, 'app')])\n"
         "roots = ('prefect', 'flows', 'tasks', 'mlflow', 'torch', 'ray')\n"
         "print(sorted({n.split('.')[0] for n in sys.modules} & set(roots)))\n"

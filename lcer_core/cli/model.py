@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -12,7 +12,10 @@ from lcer_core.cli.output import printable
 from lcer_core.errors import InvalidParameterError, MissingDataError
 
 if TYPE_CHECKING:
+    from lcer_core.datasets import PreparedDataset
     from lcer_core.explainers import ExplainerConfig
+    from lcer_core.explanations import Progress
+    from lcer_core.models import TrainedModel
 
 __all__ = ["explain", "ensure_model_and_data"]
 
@@ -109,16 +112,10 @@ def explain(
     """Explain recommendations with METHOD on the latest trained model (prepared and trained first if needed)."""
     from lcer_core import checks
     from lcer_core.datasets import get_spec
-    from lcer_core.explainers import get_method
-    from lcer_core.frames import explanation_frame, summarize_frame
-    from lcer_core.metrics import evaluate_pairs
-    from lcer_core.pairs import make_pairs
     from lcer_core.pairs import test_users as first_test_users
     from lcer_core.recommender.multvae import MultVAEConfig
 
-    explainer_type = get_method(method)
     config = _explainer_config(method, dataset, alpha=alpha, lam=lam, steps=steps)
-    hyper = {name: getattr(config, name) for name in config.options}
     checks.check_k(k)
     if users is not None:
         checks.check_users(users)
@@ -142,7 +139,7 @@ def explain(
             bar.update(task, completed=done, total=total)
 
         if user is not None:
-            from lcer_core.explain_user import explain_one_user, sentences
+            from lcer_core.explain_user import explain_one_user
 
             result = explain_one_user(
                 data,
@@ -156,20 +153,56 @@ def explain(
                 config=config,
             )
         else:
-            rec = model.recommender()
-            pairs = make_pairs(rec, data, test_users, k)
-            expl = explainer_type(config).explain(rec, pairs, seed=seed, progress=progress)
-            frame = explanation_frame(data, pairs, expl, evaluate_pairs(rec, pairs, expl))
-            metrics = summarize_frame(frame, explainer_type.reports_validity)
-            result = {
-                "dataset": dataset,
-                "method": method,
-                "k": k,
-                "model": model.key,
-                **hyper,
-                "seed": seed,
-                **metrics,
-            }
+            result = _explain_test_users(
+                data,
+                model,
+                test_users,
+                method=method,
+                config=config,
+                k=k,
+                seed=seed,
+                progress=progress,
+            )
+    title = f"User {user} of {dataset}, top-{k} by Mult-VAE, explained by {method}:"
+    _print_result(result, as_json=as_json, title=None if user is None else title)
+
+
+def _explain_test_users(
+    data: PreparedDataset,
+    model: TrainedModel,
+    users: list[int],
+    *,
+    method: str,
+    config: ExplainerConfig,
+    k: int,
+    seed: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Explain the top-``k`` of ``users`` with ``method`` configured by ``config``: what was
+    run (its declared options included) and Table 2's metrics, as one dict."""
+    from lcer_core.explainers import get_method
+    from lcer_core.frames import explanation_frame, summarize_frame
+    from lcer_core.metrics import evaluate_pairs
+    from lcer_core.pairs import make_pairs
+
+    explainer_type = get_method(method)
+    rec = model.recommender()
+    pairs = make_pairs(rec, data, users, k)
+    expl = explainer_type(config).explain(rec, pairs, seed=seed, progress=progress)
+    frame = explanation_frame(data, pairs, expl, evaluate_pairs(rec, pairs, expl))
+    return {
+        "dataset": data.name,
+        "method": method,
+        "k": k,
+        "model": model.key,
+        **{name: getattr(config, name) for name in config.options},
+        "seed": seed,
+        **summarize_frame(frame, explainer_type.reports_validity),
+    }
+
+
+def _print_result(result: dict[str, Any], *, as_json: bool, title: str | None) -> None:
+    """``result`` as JSON, as sentences under ``title`` (one user), or as Table 2's metrics."""
     if as_json:
         typer.echo(
             json.dumps(
@@ -178,10 +211,10 @@ def explain(
                 default=lambda v: None if isinstance(v, float) and math.isnan(v) else v,
             )
         )
-    elif user is not None:
-        typer.echo(
-            printable(f"User {user} of {dataset}, top-{k} by Mult-VAE, explained by {method}:")
-        )
+    elif title is not None:
+        from lcer_core.explain_user import sentences
+
+        typer.echo(printable(title))
         for line in sentences(result):
             typer.echo(f"  {printable(line)}")
     else:
