@@ -270,7 +270,7 @@ def test_unknown_run_is_a_clear_error(store: ResultStore) -> None:
             "val_pct=160.0 is outside 0–100",
         ),
         (lambda r, rc, e, m: (r, rc, e, {**m, "validity": 0.8}), "unknown metric.*validity"),
-        (lambda r, rc, e, m: ({**r, "k": 0}, rc, e, m), "k >= 1"),
+        (lambda r, rc, e, m: ({**r, "k": 0}, rc, e, m), "k must be a positive integer"),
         (lambda r, rc, e, m: ({**r, "run_id": ""}, rc, e, m), "non-empty run_id"),
         (
             lambda r, rc, e, m: (r, pl.concat([rc, rc.head(1)]), e, m),

@@ -25,6 +25,7 @@ import duckdb
 import polars as pl
 
 from lcer_core import paths
+from lcer_core.checks import check_k
 from lcer_core.errors import (
     InvalidParameterError,
     LcerHomeError,
@@ -179,9 +180,7 @@ def _run_row(run: Mapping[str, Any], *, status: str | None = None) -> dict[str, 
         "dataset": run["dataset"],
         "method": run["method"],
     }
-    row["k"] = _number(run.get("k"), "k", int)
-    if row["k"] is None or row["k"] < 1:
-        raise InvalidParameterError(f"run needs k >= 1, got {run.get('k')!r}")
+    row["k"] = check_k(_number(run.get("k"), "k", int))
     for key in ("alpha", "lam"):
         row[key] = _number(run.get(key), key, float)
     for key in ("steps", "seed", "n_users"):
