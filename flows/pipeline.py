@@ -166,6 +166,44 @@ def explain_runs(
     return outcomes
 
 
+def _explain_model(
+    dataset: str,
+    model_key: str,
+    seeds: tuple[int, int],
+    methods: list[str],
+    ks: list[int],
+    options: dict[str, Any],
+    *,
+    n_users: int | None,
+    shard_size: int,
+    explain_deployment: str | None,
+) -> list[dict[str, Any]]:
+    """Plan and run every explanation run of one trained model (``seeds``: the model's and the
+    explainers'); their Table 2 rows."""
+    logger = get_run_logger()
+    model_seed, explain_seed = seeds
+    users = test_users(dataset, n_users)
+    specs = plan_runs(
+        dataset=dataset,
+        methods=methods,
+        ks=ks,
+        options=options,
+        seed=explain_seed,
+        n_users=n_users,
+        model_key=model_key,
+    )
+    logger.info(
+        "%s (model seed %d, explainer seed %d): %d explanation runs over %d test users",
+        dataset,
+        model_seed,
+        explain_seed,
+        len(specs),
+        len(users),
+    )
+    outcomes = explain_runs(specs, users, shard_size, explain_deployment=explain_deployment)
+    return [outcome.summary() for outcome in outcomes]
+
+
 @flow(name="lcer-pipeline", task_runner=default_task_runner())
 def lcer_pipeline(
     datasets: list[str] | None = None,
@@ -191,7 +229,6 @@ def lcer_pipeline(
     is the explainers'.
     """
     check_environment()
-    logger = get_run_logger()
     datasets = list(datasets or DEFAULT_DATASETS)
     ks = list(ks or DEFAULT_KS)
     options = {"alpha": alphas, "lam": lams, "steps": steps}
@@ -210,26 +247,17 @@ def lcer_pipeline(
     for dataset in datasets:
         for model_seed, explain_seed in plan:
             model, _ = prepare_and_train(dataset, epochs, model_seed)
-            users = test_users(dataset, n_users)
-            specs = plan_runs(
-                dataset=dataset,
-                methods=methods,
-                ks=ks,
-                options=options,
-                seed=explain_seed,
-                n_users=n_users,
-                model_key=model.key,
-            )
-            logger.info(
-                "%s (model seed %d, explainer seed %d): %d explanation runs over %d test users",
+            summaries += _explain_model(
                 dataset,
-                model_seed,
-                explain_seed,
-                len(specs),
-                len(users),
+                model.key,
+                (model_seed, explain_seed),
+                methods,
+                ks,
+                options,
+                n_users=n_users,
+                shard_size=shard_size,
+                explain_deployment=explain_deployment,
             )
-            outcomes = explain_runs(specs, users, shard_size, explain_deployment=explain_deployment)
-            summaries += [outcome.summary() for outcome in outcomes]
         item_figures(dataset)
         html_report(dataset)
     return summaries

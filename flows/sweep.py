@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -12,12 +13,35 @@ from flows.runner import default_task_runner
 from flows.train import DEFAULT_EPOCHS, prepare_and_train
 from lcer_core.explainers import PAPER_SWEEP_METHOD
 from lcer_core.paper import PAPER_ALPHAS, PAPER_LAMS
-from lcer_core.runs import plan_runs, validate_plan
+from lcer_core.runs import RunSpec, plan_runs, validate_plan
 from lcer_core.shards import DEFAULT_SHARD_SIZE
 from tasks.data import test_users
+from tasks.runs import RunOutcome
 from tasks.tracking import close_sweep, open_sweep, sweep_figures
 
 __all__ = ["lcer_sweep"]
+
+
+def _run_tracked(
+    dataset: str,
+    grid: dict[str, Any],
+    specs: Sequence[RunSpec],
+    users: Sequence[int],
+    shard_size: int,
+) -> list[RunOutcome]:
+    """Run the grid's ``specs`` as children of one parent MLflow run, closed FINISHED with the
+    sweep's figures, or FAILED if anything fails."""
+    parent = open_sweep(dataset, grid)
+    try:
+        outcomes = explain_runs(
+            specs, users, shard_size, params={"sweep": parent}, parent_run_id=parent
+        )
+        sweep_figures(parent, [outcome.result for outcome in outcomes if outcome.result])
+    except BaseException:
+        close_sweep(parent, "FAILED")
+        raise
+    close_sweep(parent, "FINISHED")
+    return outcomes
 
 
 @flow(name="lcer-sweep", task_runner=default_task_runner())
@@ -74,14 +98,5 @@ def lcer_sweep(
         "n_users": n_users,
         "model_key": model.key,
     }
-    parent = open_sweep(dataset, grid)
-    try:
-        outcomes = explain_runs(
-            specs, users, shard_size, params={"sweep": parent}, parent_run_id=parent
-        )
-        sweep_figures(parent, [outcome.result for outcome in outcomes if outcome.result])
-    except BaseException:
-        close_sweep(parent, "FAILED")
-        raise
-    close_sweep(parent, "FINISHED")
+    outcomes = _run_tracked(dataset, grid, specs, users, shard_size)
     return [outcome.summary() for outcome in outcomes]

@@ -22,6 +22,7 @@ from lcer_core.datasets import ensure_prepared
 from lcer_core.devices import resolve_device
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import LCER, LCERConfig, lcer_reference_loop
+from lcer_core.explanations import Explanations
 from lcer_core.metrics import evaluate_pairs, summarize
 from lcer_core.models import check_model_data, ensure_model, find_model
 from lcer_core.pairs import PairBatch, build_pairs, histories_from_lists, make_pairs, test_users
@@ -73,6 +74,165 @@ def _config(**fields: float | int | None) -> LCERConfig:
     return LCERConfig(**{n: v for n, v in fields.items() if v is not None})
 
 
+def _check_options(
+    k: int, n_users: int | None, seed: int, sample: int, synthetic_items: int | None
+) -> None:
+    """Check the options the LCER config does not cover, in the order the CLI reports them."""
+    checks.check_k(k)
+    if n_users is not None:
+        checks.check_users(n_users)
+    checks.check_seed(seed)
+    if not (isinstance(sample, int) and sample >= 1):
+        raise InvalidParameterError(f"--sample must be a positive integer, got {sample}")
+    lo, hi = SYNTHETIC_ITEMS_RANGE
+    if synthetic_items is not None and not (lo <= synthetic_items <= hi):
+        raise InvalidParameterError(
+            f"--synthetic-items must be in [{lo}, {hi}], got {synthetic_items}"
+        )
+
+
+def _load(
+    dataset: str,
+    k: int,
+    n_users: int | None,
+    synthetic_items: int | None,
+    seed: int,
+    dev: str,
+    log: Callable[[str], None],
+    on_epoch: Callable[[Any], None] | None,
+) -> tuple[MultVAERecommender, PairBatch, int, str]:
+    """The recommender, its pairs, the catalogue's size and the source's name to benchmark on."""
+    if synthetic_items is not None:
+        rec, pairs, n_items = _synthetic(synthetic_items, n_users or 100, seed, dev, k)
+        return rec, pairs, n_items, f"synthetic-{synthetic_items}"
+    data = ensure_prepared(dataset)
+    model = find_model(dataset)  # the latest trained model, as `lcer explain` uses
+    if model is None:
+        model, _ = ensure_model(data, device=dev, on_epoch=on_epoch)
+        log(f"trained Mult-VAE {model.key} for {dataset}")
+    check_model_data(model, data)
+    rec = model.recommender(dev)
+    pairs = make_pairs(rec, data, test_users(data, n_users, strict=True), k)
+    return rec, pairs, data.n_items, dataset
+
+
+def _sample(pairs: PairBatch, sample: int, full: bool) -> tuple[torch.Tensor, PairBatch]:
+    """The indices and pairs the sequential loop runs on: all with ``full``, else ``sample``."""
+    n_seq = len(pairs) if full else min(sample, len(pairs))
+    # Spread the sample over users and ranks.
+    sample_idx = torch.linspace(0, len(pairs) - 1, n_seq).round().long().unique()
+    return sample_idx, pairs.select(sample_idx.to(pairs.items.device))
+
+
+def _speed(
+    pairs: PairBatch, seq_pairs: PairBatch, steps: int, seq_s: float, fast_s: float
+) -> dict[str, float]:
+    """Seconds per pair of both runs, the speed-up, and the engine's work and throughput."""
+    flops = estimate_flops(pairs, steps)
+    return {
+        "sequential_s_per_pair": seq_s / len(seq_pairs),
+        "batched_s_per_pair": fast_s / len(pairs),
+        "batched_total_s": fast_s,
+        "speedup": (seq_s / len(seq_pairs)) / (fast_s / len(pairs)),
+        "gflop": flops / 1e9,
+        "gflop_per_s": flops / 1e9 / fast_s,
+    }
+
+
+def _sync(dev: str) -> None:
+    """Wait for the device's queued work, so that a timing includes it."""
+    if dev.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time_sequential(
+    rec: MultVAERecommender, seq_pairs: PairBatch, cfg: LCERConfig, seed: int, dev: str
+) -> tuple[Explanations, float]:
+    """The reference loop's explanations of ``seq_pairs`` and its time, after a warm-up."""
+    lcer_reference_loop(rec, seq_pairs.select(slice(0, 1)), LCERConfig(steps=20), seed=seed)
+    _sync(dev)  # warmed up, as the batched engine is
+    t0 = time.perf_counter()
+    seq = lcer_reference_loop(rec, seq_pairs, cfg, seed=seed)
+    _sync(dev)
+    return seq, time.perf_counter() - t0
+
+
+def _time_batched(
+    rec: MultVAERecommender,
+    pairs: PairBatch,
+    cfg: LCERConfig,
+    seed: int,
+    dev: str,
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[Explanations, float]:
+    """The batched engine's explanations of all ``pairs`` and its time, after a warm-up."""
+    LCER(replace(cfg, steps=5)).explain(rec, pairs.select(slice(0, 2)), seed=seed)  # warm-up
+    _sync(dev)
+    t0 = time.perf_counter()
+    fast = LCER(cfg).explain(rec, pairs, seed=seed, progress=_stage(progress, "batched engine"))
+    _sync(dev)
+    return fast, time.perf_counter() - t0
+
+
+def _compare(
+    rec: MultVAERecommender,
+    pairs: PairBatch,
+    seq_pairs: PairBatch,
+    sample_idx: torch.Tensor,
+    seq: Explanations,
+    fast: Explanations,
+) -> dict[str, Any]:
+    """The two runs' metrics, the engine's on the sample too, and how often their sets agree."""
+    fast_metrics = summarize(evaluate_pairs(rec, pairs, fast))
+    fast_on_sample = summarize(
+        evaluate_pairs(
+            rec, seq_pairs, fast.__class__(fast.removed[sample_idx], fast.importance[sample_idx])
+        )
+    )
+    seq_metrics = summarize(evaluate_pairs(rec, seq_pairs, seq))
+    agree = float(
+        (seq.removed == fast.removed[sample_idx][:, : seq.removed.shape[1]]).all(1).float().mean()
+    )
+    return {
+        "same_sets_on_sample_pct": 100 * agree,
+        "metrics_batched": fast_metrics,
+        "metrics_batched_on_sample": fast_on_sample,
+        "metrics_sequential": seq_metrics,
+    }
+
+
+def _early_stop(
+    rec: MultVAERecommender,
+    pairs: PairBatch,
+    early_cfg: LCERConfig,
+    fast_s: float,
+    seed: int,
+    dev: str,
+    log: Callable[[str], None],
+    progress: Callable[[str, int, int], None] | None,
+) -> dict[str, Any]:
+    """The batched engine with early stop: its time, the work it saves and its metrics."""
+    patience, min_delta, steps = early_cfg.patience, early_cfg.min_delta, early_cfg.steps
+    log(f"batched engine with early stop (patience {patience}, min delta {min_delta}) ...")
+    _sync(dev)
+    t0 = time.perf_counter()
+    early = LCER(early_cfg).explain(rec, pairs, seed=seed, progress=_stage(progress, "early stop"))
+    _sync(dev)
+    early_s = time.perf_counter() - t0
+    return {
+        "patience": patience,
+        "min_delta": min_delta,
+        "early_stop_s_per_pair": early_s / len(pairs),
+        "early_stop_speedup_over_batched": fast_s / early_s,
+        # the work early stop saves, before what it costs to realise: pair-steps run,
+        # as a share of the full run's
+        "early_stop_pair_steps_pct": 100.0 * float(early.steps.sum()) / (len(pairs) * steps)
+        if early.steps is not None
+        else None,
+        "metrics_early_stop": summarize(evaluate_pairs(rec, pairs, early)),
+    }
+
+
 def run_benchmark(
     *,
     dataset: str = "ml-100k",
@@ -101,65 +261,17 @@ def run_benchmark(
     early_cfg = _config(alpha=alpha, lam=lam, steps=steps, patience=patience, min_delta=min_delta)
     cfg = replace(early_cfg, patience=0, min_delta=0.0)  # the paper's fixed number of steps
     alpha, lam, steps = cfg.alpha, cfg.lam, cfg.steps
-    checks.check_k(k)
-    if n_users is not None:
-        checks.check_users(n_users)
-    checks.check_seed(seed)
-    if not (isinstance(sample, int) and sample >= 1):
-        raise InvalidParameterError(f"--sample must be a positive integer, got {sample}")
-    lo, hi = SYNTHETIC_ITEMS_RANGE
-    if synthetic_items is not None and not (lo <= synthetic_items <= hi):
-        raise InvalidParameterError(
-            f"--synthetic-items must be in [{lo}, {hi}], got {synthetic_items}"
-        )
+    _check_options(k, n_users, seed, sample, synthetic_items)
     dev = str(resolve_device(device))
-    if synthetic_items is not None:
-        rec, pairs, n_items = _synthetic(synthetic_items, n_users or 100, seed, dev, k)
-        source = f"synthetic-{synthetic_items}"
-    else:
-        data = ensure_prepared(dataset)
-        model = find_model(dataset)  # the latest trained model, as `lcer explain` uses
-        if model is None:
-            model, _ = ensure_model(data, device=dev, on_epoch=on_epoch)
-            log(f"trained Mult-VAE {model.key} for {dataset}")
-        check_model_data(model, data)
-        rec = model.recommender(dev)
-        pairs = make_pairs(rec, data, test_users(data, n_users, strict=True), k)
-        n_items, source = data.n_items, dataset
-    n_seq = len(pairs) if full else min(sample, len(pairs))
-    # Spread the sample over users and ranks.
-    sample_idx = torch.linspace(0, len(pairs) - 1, n_seq).round().long().unique()
-    seq_pairs = pairs.select(sample_idx.to(pairs.items.device))
-
-    def sync() -> None:
-        if dev.startswith("cuda"):
-            torch.cuda.synchronize()
-
+    rec, pairs, n_items, source = _load(
+        dataset, k, n_users, synthetic_items, seed, dev, log, on_epoch
+    )
+    sample_idx, seq_pairs = _sample(pairs, sample, full)
     log(f"sequential reference loop: {len(seq_pairs)} pairs x {steps} steps ...")
-    lcer_reference_loop(rec, seq_pairs.select(slice(0, 1)), LCERConfig(steps=20), seed=seed)
-    sync()  # warmed up, as the batched engine is
-    t0 = time.perf_counter()
-    seq = lcer_reference_loop(rec, seq_pairs, cfg, seed=seed)
-    sync()
-    seq_s = time.perf_counter() - t0
+    seq, seq_s = _time_sequential(rec, seq_pairs, cfg, seed, dev)
     log(f"batched engine: {len(pairs)} pairs x {steps} steps ...")
-    LCER(replace(cfg, steps=5)).explain(rec, pairs.select(slice(0, 2)), seed=seed)  # warm-up
-    sync()
-    t0 = time.perf_counter()
-    fast = LCER(cfg).explain(rec, pairs, seed=seed, progress=_stage(progress, "batched engine"))
-    sync()
-    fast_s = time.perf_counter() - t0
-    fast_metrics = summarize(evaluate_pairs(rec, pairs, fast))
-    fast_on_sample = summarize(
-        evaluate_pairs(
-            rec, seq_pairs, fast.__class__(fast.removed[sample_idx], fast.importance[sample_idx])
-        )
-    )
-    seq_metrics = summarize(evaluate_pairs(rec, seq_pairs, seq))
-    agree = float(
-        (seq.removed == fast.removed[sample_idx][:, : seq.removed.shape[1]]).all(1).float().mean()
-    )
-    flops = estimate_flops(pairs, steps)
+    fast, fast_s = _time_batched(rec, pairs, cfg, seed, dev, progress)
+    comparison = _compare(rec, pairs, seq_pairs, sample_idx, seq, fast)
     result: dict[str, Any] = {
         "source": source,
         "device": dev,
@@ -172,41 +284,12 @@ def run_benchmark(
         "k": k,
         "alpha": alpha,
         "lam": lam,
-        "sequential_s_per_pair": seq_s / len(seq_pairs),
-        "batched_s_per_pair": fast_s / len(pairs),
-        "batched_total_s": fast_s,
-        "speedup": (seq_s / len(seq_pairs)) / (fast_s / len(pairs)),
-        "gflop": flops / 1e9,
-        "gflop_per_s": flops / 1e9 / fast_s,
+        **_speed(pairs, seq_pairs, steps, seq_s, fast_s),
         "peak_rss_mb": _peak_rss_mb(),
-        "same_sets_on_sample_pct": 100 * agree,
-        "metrics_batched": fast_metrics,
-        "metrics_batched_on_sample": fast_on_sample,
-        "metrics_sequential": seq_metrics,
+        **comparison,
     }
     if dev.startswith("cuda"):
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if patience:
-        log(f"batched engine with early stop (patience {patience}, min delta {min_delta}) ...")
-        sync()
-        t0 = time.perf_counter()
-        early = LCER(early_cfg).explain(
-            rec, pairs, seed=seed, progress=_stage(progress, "early stop")
-        )
-        sync()
-        early_s = time.perf_counter() - t0
-        result.update(
-            {
-                "patience": patience,
-                "min_delta": min_delta,
-                "early_stop_s_per_pair": early_s / len(pairs),
-                "early_stop_speedup_over_batched": fast_s / early_s,
-                # the work early stop saves, before what it costs to realise: pair-steps run,
-                # as a share of the full run's
-                "early_stop_pair_steps_pct": 100.0 * float(early.steps.sum()) / (len(pairs) * steps)
-                if early.steps is not None
-                else None,
-                "metrics_early_stop": summarize(evaluate_pairs(rec, pairs, early)),
-            }
-        )
+        result.update(_early_stop(rec, pairs, early_cfg, fast_s, seed, dev, log, progress))
     return result

@@ -9,6 +9,8 @@ checkpoint, since checkpoints are written whole or not at all.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lcer_core import models
-from lcer_core.datasets import load_prepared
+from lcer_core.datasets import PreparedDataset, load_prepared
 from lcer_core.recommender.multvae import MultVAEConfig
 from lcer_core.recommender.training import EpochReport
 from tasks import mlflow_client, progress
@@ -24,6 +26,7 @@ from tasks import mlflow_client, progress
 __all__ = ["ModelInfo", "Registration", "train", "register"]
 
 _MODEL_KEY_TAG = "lcer.model_key"
+_Logger = logging.Logger | logging.LoggerAdapter[Any]  # what get_run_logger returns
 
 
 @dataclass(frozen=True)
@@ -51,15 +54,10 @@ class Registration:
     new: bool
 
 
-@task(name="train-multvae", cache_policy=NO_CACHE)
-def train(
-    dataset: str, epochs: int = MultVAEConfig().epochs, seed: int = models.MODEL_SEED
-) -> ModelInfo:
-    """Train Mult-VAE on ``dataset``, or reuse the checkpoint trained on the same data with the same settings."""
-    logger = get_run_logger()
-    config = MultVAEConfig(epochs=epochs)
-    data = load_prepared(dataset)
-    history: dict[str, list[float]] = {"loss": [], "val_ndcg100": []}
+def _epoch_reporter(
+    dataset: str, epochs: int, history: dict[str, list[float]], logger: _Logger
+) -> Callable[[EpochReport], None]:
+    """A callback that records each epoch in ``history``, emits its progress and logs it."""
 
     def on_epoch(report: EpochReport) -> None:
         history["loss"].append(report.loss)
@@ -80,6 +78,53 @@ def train(
             report.best_epoch,
         )
 
+    return on_epoch
+
+
+def _train_tracked(
+    dataset: str,
+    data: PreparedDataset,
+    config: MultVAEConfig,
+    seed: int,
+    key: str,
+    on_epoch: Callable[[EpochReport], None],
+    logger: _Logger,
+) -> tuple[models.TrainedModel, str]:
+    """Open the training's MLflow run and train; a failed training marks that run FAILED."""
+    mlflow_client.configure()
+    run_id = mlflow_client.start_run(
+        dataset,
+        run_name=mlflow_client.TRAIN_RUN_NAME,
+        params={
+            "dataset": dataset,
+            **config.dump(),
+            "seed": seed,
+            "data_fingerprint": data.fingerprint,
+            **_source_params(data.meta),
+            "model_key": key,
+        },
+        tags={"lcer.kind": "train", _MODEL_KEY_TAG: key},
+    )
+    logger.info("training model %s (MLflow run %s)", key, run_id)
+    try:
+        model = models.train_model(data, config, seed=seed, on_epoch=on_epoch)
+    except BaseException as exc:
+        mlflow_client.fail_run(run_id, exc)
+        raise
+    logger.info("trained model %s: %s", model.key, _fmt(model.metrics))
+    return model, run_id
+
+
+@task(name="train-multvae", cache_policy=NO_CACHE)
+def train(
+    dataset: str, epochs: int = MultVAEConfig().epochs, seed: int = models.MODEL_SEED
+) -> ModelInfo:
+    """Train Mult-VAE on ``dataset``, or reuse the checkpoint trained on the same data with the same settings."""
+    logger = get_run_logger()
+    config = MultVAEConfig(epochs=epochs)
+    data = load_prepared(dataset)
+    history: dict[str, list[float]] = {"loss": [], "val_ndcg100": []}
+    on_epoch = _epoch_reporter(dataset, epochs, history, logger)
     key = models.model_key(data, config, seed)
     model = models.find_model(dataset, key, damaged_as_absent=True)  # a damaged one is retrained
     trained_now, run_id = model is None, None
@@ -88,27 +133,7 @@ def train(
             "model %s already trained (%s): not training again", model.key, _fmt(model.metrics)
         )
     else:
-        mlflow_client.configure()
-        run_id = mlflow_client.start_run(
-            dataset,
-            run_name=mlflow_client.TRAIN_RUN_NAME,
-            params={
-                "dataset": dataset,
-                **config.dump(),
-                "seed": seed,
-                "data_fingerprint": data.fingerprint,
-                **_source_params(data.meta),
-                "model_key": key,
-            },
-            tags={"lcer.kind": "train", _MODEL_KEY_TAG: key},
-        )
-        logger.info("training model %s (MLflow run %s)", key, run_id)
-        try:
-            model = models.train_model(data, config, seed=seed, on_epoch=on_epoch)
-        except BaseException as exc:
-            mlflow_client.fail_run(run_id, exc)
-            raise
-        logger.info("trained model %s: %s", model.key, _fmt(model.metrics))
+        model, run_id = _train_tracked(dataset, data, config, seed, key, on_epoch, logger)
     return ModelInfo(
         dataset=dataset,
         key=model.key,

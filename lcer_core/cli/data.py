@@ -24,62 +24,97 @@ def _summary(stats: dict[str, Any]) -> str:
     )
 
 
+DatasetArg = Annotated[
+    str, typer.Argument(help="Dataset name: ml-100k, ml-1m, alishop, epinions, or yours.")
+]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        help=f"Seed of the user shuffle and the 80/20 fold-in split (default: the stored "
+        f"one, else {DEFAULT_SEED})."
+    ),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Prepare again even if already prepared.")]
+HeldoutOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Validation users, and as many test users (default: the stored number, else the registry's)."
+    ),
+]
+SplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="reference (Mult-VAE's protocol) or authors-notebook (the LCER authors' "
+        "notebook as it ran: shuffled numbers 0..n-1 used as raw user ids); default: the "
+        "stored split, else reference."
+    ),
+]
+FromOpt = Annotated[
+    Path | None,
+    typer.Option("--from", help="Register your own interactions (.csv or .parquet) as DATASET."),
+]
+UserColOpt = Annotated[str | None, typer.Option(help="With --from: the user id column.")]
+ItemColOpt = Annotated[str | None, typer.Option(help="With --from: the item id column.")]
+RatingColOpt = Annotated[
+    str | None, typer.Option(help="With --from: the rating column (optional).")
+]
+ThresholdOpt = Annotated[
+    float | None, typer.Option(help="With --rating-col: keep ratings above this (default 3.5).")
+]
+ItemsOpt = Annotated[Path | None, typer.Option(help="With --from: a file of item titles.")]
+ItemIdColOpt = Annotated[str | None, typer.Option(help="With --items: its item id column.")]
+TitleColOpt = Annotated[
+    str | None, typer.Option(help="With --items: its title column (default title).")
+]
+GenresColOpt = Annotated[str | None, typer.Option(help="With --items: its genres/category column.")]
+SepOpt = Annotated[
+    str | None,
+    typer.Option(help="With --from: the CSV separator (default: tab for .tsv, else comma)."),
+]
+
+
+def _prepare_registry(
+    dataset: str,
+    seed: int | None,
+    force: bool,
+    heldout: int | None,
+    split: str | None,
+    file_options: dict[str, Any],
+) -> Any:
+    """Prepare a registry dataset; the options of ``--from`` must not be given."""
+    stray = [k for k, v in file_options.items() if v is not None]
+    if stray:
+        raise InvalidParameterError(f"{', '.join(stray)} only apply with --from FILE")
+    from lcer_core.datasets import prepare_dataset
+
+    return prepare_dataset(dataset, seed=seed, force=force, heldout=heldout, log=_err, split=split)
+
+
+def _check_from(split: str | None, user_col: str | None, item_col: str | None) -> None:
+    """With ``--from``: no split but the reference one, and both id columns named."""
+    if split not in (None, "reference"):
+        raise InvalidParameterError("--split applies to registry datasets, not with --from")
+    if not user_col or not item_col:
+        missing = [k for k, v in {"--user-col": user_col, "--item-col": item_col}.items() if not v]
+        raise InvalidParameterError(f"--from needs {' and '.join(missing)}")
+
+
 def prepare(
-    dataset: Annotated[
-        str, typer.Argument(help="Dataset name: ml-100k, ml-1m, alishop, epinions, or yours.")
-    ],
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            help=f"Seed of the user shuffle and the 80/20 fold-in split (default: the stored "
-            f"one, else {DEFAULT_SEED})."
-        ),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Prepare again even if already prepared.")
-    ] = False,
-    heldout: Annotated[
-        int | None,
-        typer.Option(
-            help="Validation users, and as many test users (default: the stored number, else the registry's)."
-        ),
-    ] = None,
-    split: Annotated[
-        str | None,
-        typer.Option(
-            help="reference (Mult-VAE's protocol) or authors-notebook (the LCER authors' "
-            "notebook as it ran: shuffled numbers 0..n-1 used as raw user ids); default: the "
-            "stored split, else reference."
-        ),
-    ] = None,
-    from_: Annotated[
-        Path | None,
-        typer.Option(
-            "--from", help="Register your own interactions (.csv or .parquet) as DATASET."
-        ),
-    ] = None,
-    user_col: Annotated[str | None, typer.Option(help="With --from: the user id column.")] = None,
-    item_col: Annotated[str | None, typer.Option(help="With --from: the item id column.")] = None,
-    rating_col: Annotated[
-        str | None, typer.Option(help="With --from: the rating column (optional).")
-    ] = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="With --rating-col: keep ratings above this (default 3.5).")
-    ] = None,
-    items: Annotated[Path | None, typer.Option(help="With --from: a file of item titles.")] = None,
-    item_id_col: Annotated[
-        str | None, typer.Option(help="With --items: its item id column.")
-    ] = None,
-    title_col: Annotated[
-        str | None, typer.Option(help="With --items: its title column (default title).")
-    ] = None,
-    genres_col: Annotated[
-        str | None, typer.Option(help="With --items: its genres/category column.")
-    ] = None,
-    sep: Annotated[
-        str | None,
-        typer.Option(help="With --from: the CSV separator (default: tab for .tsv, else comma)."),
-    ] = None,
+    dataset: DatasetArg,
+    seed: SeedOpt = None,
+    force: ForceOpt = False,
+    heldout: HeldoutOpt = None,
+    split: SplitOpt = None,
+    from_: FromOpt = None,
+    user_col: UserColOpt = None,
+    item_col: ItemColOpt = None,
+    rating_col: RatingColOpt = None,
+    threshold: ThresholdOpt = None,
+    items: ItemsOpt = None,
+    item_id_col: ItemIdColOpt = None,
+    title_col: TitleColOpt = None,
+    genres_col: GenresColOpt = None,
+    sep: SepOpt = None,
 ) -> None:
     """Download (or take from LCER_MIRROR), filter and split DATASET; a second call does no work."""
     if from_ is None:
@@ -93,22 +128,9 @@ def prepare(
             "--title-col": title_col,
             "--genres-col": genres_col,
         }
-        stray = [k for k, v in given.items() if v is not None]
-        if stray:
-            raise InvalidParameterError(f"{', '.join(stray)} only apply with --from FILE")
-        from lcer_core.datasets import prepare_dataset
-
-        result = prepare_dataset(
-            dataset, seed=seed, force=force, heldout=heldout, log=_err, split=split
-        )
+        result = _prepare_registry(dataset, seed, force, heldout, split, given)
     else:
-        if split not in (None, "reference"):
-            raise InvalidParameterError("--split applies to registry datasets, not with --from")
-        if not user_col or not item_col:
-            missing = [
-                k for k, v in {"--user-col": user_col, "--item-col": item_col}.items() if not v
-            ]
-            raise InvalidParameterError(f"--from needs {' and '.join(missing)}")
+        _check_from(split, user_col, item_col)
         from lcer_core.datasets.custom import register_and_prepare
 
         result = register_and_prepare(

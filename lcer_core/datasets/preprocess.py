@@ -114,20 +114,17 @@ def _check_ids(df: pl.DataFrame) -> None:
             raise DataFormatError(f"{col} ids must be integers or strings, got {df[col].dtype}")
 
 
-def split_mult_vae(
+def _filter_checked(
     name: str,
     ratings: pl.DataFrame,
-    item_meta: pl.DataFrame,
     *,
     threshold: float | None,
     min_user_interactions: int,
     heldout_users: int,
-    seed: int = DEFAULT_SEED,
-    test_prop: float = TEST_PROP,
-    split: str = "reference",
-) -> SplitResult:
-    """Filter ``ratings`` (``user``, ``item``, ``rating``) and split them by the reference protocol
-    (or, with ``split="authors-notebook"``, as the authors' notebook did)."""
+    split: str,
+) -> tuple[pl.DataFrame, int, dict[str, Any]]:
+    """Check the options, filter ``ratings`` and check enough users are left; return the rows
+    kept, their number of users and their Table 1 statistics."""
     if split not in SPLITS:
         raise InvalidParameterError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if heldout_users < 1:
@@ -147,7 +144,15 @@ def split_mult_vae(
             f"{name}: {n_users} users left after filtering, too few to hold out {heldout_users} "
             f"validation and {heldout_users} test users and train on the rest (lower --heldout)"
         )
+    return kept, n_users, stats
 
+
+def _assign_users(
+    name: str, kept: pl.DataFrame, n_users: int, heldout_users: int, seed: int, split: str
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """Shuffle the users into train, validation and test and number them; return the users, the
+    rows with each user's ``uid`` and ``split``, and the notebook split's extra statistics."""
+    extra: dict[str, Any] = {}
     ordered = kept["user"].unique().sort()
     perm = np.random.RandomState(seed).permutation(n_users)
     n_train = n_users - 2 * heldout_users
@@ -162,7 +167,7 @@ def split_mult_vae(
         users = pl.DataFrame({"user": order.filter(has), "split": split_of[has]})
         users = users.with_columns(uid=pl.int_range(pl.len(), dtype=pl.Int64))
         kept = kept.filter(pl.col("user").is_in(users["user"].implode()))
-        stats["notebook_users_without_data"] = {
+        extra["notebook_users_without_data"] = {
             part: int((~has & (split_of == part)).sum()) for part in ("train", "val", "test")
         }
     else:
@@ -176,7 +181,14 @@ def split_mult_vae(
     kept = kept.join(
         users.select("user", "uid", "split"), on="user", how="left", maintain_order="left"
     )
+    return users, kept, extra
 
+
+def _split_parts(
+    kept: pl.DataFrame, seed: int, test_prop: float
+) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, int]:
+    """Number the training items and split the held-out users' rows into fold-in and test parts;
+    return the five parts as (uid, sid), the item numbering and the held-out rows dropped."""
     train = kept.filter(pl.col("split") == "train")
     sids = train.select(pl.col("item").unique(maintain_order=True)).with_columns(
         pl.int_range(pl.len(), dtype=_ID).alias("sid")
@@ -197,6 +209,16 @@ def split_mult_vae(
         .sort("uid", "sid")
         for k, df in parts.items()
     }
+    return parts, sids, dropped
+
+
+def _id_tables(
+    users: pl.DataFrame,
+    sids: pl.DataFrame,
+    item_meta: pl.DataFrame,
+    parts: dict[str, pl.DataFrame],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The users' and the items' tables: internal id, raw id, and the split or the metadata."""
     users_out = users.select(
         pl.col("uid").cast(_ID), pl.col("user").cast(pl.String).alias("raw_id"), "split"
     ).sort("uid")
@@ -206,7 +228,35 @@ def split_mult_vae(
         .select("sid", pl.col("item").cast(pl.String).alias("raw_id"), "title", "genres")
         .sort("sid")
     )
-    items = _with_popularity(items, parts)
+    return users_out, _with_popularity(items, parts)
+
+
+def split_mult_vae(
+    name: str,
+    ratings: pl.DataFrame,
+    item_meta: pl.DataFrame,
+    *,
+    threshold: float | None,
+    min_user_interactions: int,
+    heldout_users: int,
+    seed: int = DEFAULT_SEED,
+    test_prop: float = TEST_PROP,
+    split: str = "reference",
+) -> SplitResult:
+    """Filter ``ratings`` (``user``, ``item``, ``rating``) and split them by the reference protocol
+    (or, with ``split="authors-notebook"``, as the authors' notebook did)."""
+    kept, n_users, stats = _filter_checked(
+        name,
+        ratings,
+        threshold=threshold,
+        min_user_interactions=min_user_interactions,
+        heldout_users=heldout_users,
+        split=split,
+    )
+    users, kept, extra = _assign_users(name, kept, n_users, heldout_users, seed, split)
+    stats |= extra
+    parts, sids, dropped = _split_parts(kept, seed, test_prop)
+    users_out, items = _id_tables(users, sids, item_meta, parts)
     stats |= _split_stats(users_out, items, parts) | {
         "heldout_users": heldout_users,
         "dropped_heldout_interactions": dropped,
