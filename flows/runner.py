@@ -52,7 +52,9 @@ _FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_RESULTS_PERSIST_BY_DEFAULT")
 
 def _check_choice(kind: str, address: str | None) -> None:
     if kind not in RUNNERS:
-        raise InvalidParameterError(f"--runner must be one of {', '.join(RUNNERS)}, got {kind!r}")
+        raise InvalidParameterError(
+            f"runner must be one of {', '.join(RUNNERS)}, got {kind!r}", param="runner"
+        )
     if address and kind != "ray":
         raise InvalidParameterError("--address only applies with --runner ray")
 

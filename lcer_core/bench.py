@@ -83,11 +83,14 @@ def _check_options(
         checks.check_users(n_users)
     checks.check_seed(seed)
     if not (isinstance(sample, int) and sample >= 1):
-        raise InvalidParameterError(f"--sample must be a positive integer, got {sample}")
+        raise InvalidParameterError(
+            f"sample must be a positive integer, got {sample}", param="sample"
+        )
     lo, hi = SYNTHETIC_ITEMS_RANGE
     if synthetic_items is not None and not (lo <= synthetic_items <= hi):
         raise InvalidParameterError(
-            f"--synthetic-items must be in [{lo}, {hi}], got {synthetic_items}"
+            f"synthetic_items must be in [{lo}, {hi}], got {synthetic_items}",
+            param="synthetic_items",
         )
 
 

@@ -1,4 +1,4 @@
-"""One range check per shared parameter (k, α and λ, steps, users, seed, shard size).
+"""One range check per shared parameter (k, α and λ, steps, users, seed, shard size, held-out users).
 
 Each check is the only definition of its parameter's valid range; its message starts with the
 parameter's library name and carries it as ``param`` (the command line shows its flag instead,
@@ -22,6 +22,7 @@ __all__ = [
     "check_steps",
     "check_users",
     "check_seed",
+    "check_heldout",
     "check_shard_size",
 ]
 
@@ -89,3 +90,10 @@ def check_shard_size(shard_size: Any) -> int:
             f"shard_size must be a positive integer, got {shard_size}", param="shard_size"
         )
     return shard_size
+
+
+def check_heldout(heldout: Any) -> int:
+    """``heldout`` (users held out for validation, and as many for test) if it is an integer >= 1."""
+    if not (_is_int(heldout) and heldout >= 1):
+        raise InvalidParameterError(f"heldout must be >= 1, got {heldout}", param="heldout")
+    return heldout

@@ -69,7 +69,7 @@ def check_address(address: str) -> None:
     host, sep, port_text = hostport.rstrip("/").rpartition(":")
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise InvalidParameterError(
-            f"--address must be HOST:PORT (or ray://HOST:PORT), got {address!r}"
+            f"address must be HOST:PORT (or ray://HOST:PORT), got {address!r}", param="address"
         )
     try:
         with socket.create_connection(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
+from lcer_core.checks import check_heldout, check_seed
 from lcer_core.errors import DataFormatError, InvalidParameterError
 from lcer_core.fsio import home_error, write_json_atomic
 
@@ -28,7 +29,6 @@ from .prepare import (
     PrepareResult,
     _meta,
     build,
-    check_seed,
     dataset_lock,
     prepare_dataset,
     source_record,
@@ -137,7 +137,7 @@ def load_table(path: Path, *, sep: str | None = None) -> tuple[pl.DataFrame, Loc
             locate: Locate = lambda i: f"row {i + 1}"  # noqa: E731
         elif suffix in _CSV:
             if len(sep) != 1:
-                raise InvalidParameterError(f"--sep must be one character, got {sep!r}")
+                raise InvalidParameterError(f"sep must be one character, got {sep!r}", param="sep")
             df, locate = _read_csv(path, sep)
         else:
             raise InvalidParameterError(
@@ -315,7 +315,9 @@ def _check_options(
     if seed is not None:
         check_seed(seed)
     if threshold is not None and not math.isfinite(threshold):
-        raise InvalidParameterError(f"--threshold must be a finite number, got {threshold}")
+        raise InvalidParameterError(
+            f"threshold must be a finite number, got {threshold}", param="threshold"
+        )
     if threshold is not None and rating_col is None:
         raise InvalidParameterError(
             "--threshold needs --rating-col (without ratings every row is kept)"
@@ -323,9 +325,7 @@ def _check_options(
     if items_file is None and (item_id_col or title_col or genres_col):
         raise InvalidParameterError("--item-id-col, --title-col and --genres-col need --items FILE")
     n_heldout = CUSTOM_HELDOUT_DEFAULT if heldout is None else heldout
-    if n_heldout < 1:
-        raise InvalidParameterError(f"--heldout must be >= 1, got {n_heldout}")
-    return n_heldout
+    return check_heldout(n_heldout)
 
 
 def _locate_files(

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lcer_core import __version__
+from lcer_core.checks import check_heldout, check_seed
 from lcer_core.errors import DamagedDataError, InvalidParameterError, LcerHomeError
 from lcer_core.fsio import (
     TMP_PREFIX,
@@ -45,7 +46,13 @@ from lcer_core.paths import dataset_dir, lcer_home
 from .download import DownloadSettings, FetchedArchive, fetch_archive, read_members, sha256_file
 from .parse import GivenSplit, RawInteractions, parse_members
 from .prepared import CURRENT, PARTS, VERSION_PREFIX, PreparedDataset, load_prepared, prepared_dir
-from .preprocess import SPLITS, TEST_PROP, SplitResult, from_given_split, split_mult_vae
+from .preprocess import (
+    TEST_PROP,
+    SplitResult,
+    check_split,
+    from_given_split,
+    split_mult_vae,
+)
 from .registry import DEFAULT_SEED, DatasetSpec, get_spec
 
 __all__ = [
@@ -56,7 +63,6 @@ __all__ = [
     "write_prepared",
     "fingerprint",
     "dataset_lock",
-    "check_seed",
     "source_record",
     "damaged_file",
     "stored_settings",
@@ -109,12 +115,6 @@ def dataset_lock() -> Iterator[None]:
                 _lock_state.depth = 0
         finally:
             os.close(fd)  # closing releases the flock
-
-
-def check_seed(seed: int) -> None:
-    """The split's seed must be one numpy's RandomState takes, and the CLI's other seeds too."""
-    if not (isinstance(seed, int) and 0 <= seed < 2**31):
-        raise InvalidParameterError(f"--seed must be an integer in [0, 2^31), got {seed}")
 
 
 def fingerprint(result: SplitResult) -> str:
@@ -385,18 +385,17 @@ def prepare_dataset(
     say = log or log_.info
     if seed is not None:
         check_seed(seed)
-    if heldout is not None and heldout < 1:
-        raise InvalidParameterError(f"--heldout must be >= 1, got {heldout}")
-    if split is not None and split not in SPLITS:
-        raise InvalidParameterError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if heldout is not None:
+        check_heldout(heldout)
+    if split is not None:
+        check_split(split)
     spec = get_spec(name)
     folder = dataset_dir(name)
     with dataset_lock():
         seed, n_heldout = _resolve_settings(name, spec, seed, heldout, force)
         split = _resolve_split(name, split, force)
         check_seed(seed)
-        if n_heldout < 1:
-            raise InvalidParameterError(f"--heldout must be >= 1, got {n_heldout}")
+        check_heldout(n_heldout)
         meta = _read_meta(name)
         if (
             not force

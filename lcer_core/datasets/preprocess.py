@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from lcer_core.checks import check_heldout
 from lcer_core.errors import DataFormatError, EmptyDatasetError, InvalidParameterError
 
 from .parse import GivenSplit
@@ -52,6 +53,16 @@ __all__ = [
 #: How users are assigned to train/validation/test: the reference protocol, or the authors'
 #: notebook as it ran (raw user ids taken from a RangeIndex; see the module docstring).
 SPLITS = ("reference", "authors-notebook")
+
+
+def check_split(split: str) -> str:
+    """``split`` if it names one of :data:`SPLITS`; else a one-line error."""
+    if split not in SPLITS:
+        raise InvalidParameterError(
+            f"split must be one of {', '.join(SPLITS)}, got {split!r}", param="split"
+        )
+    return split
+
 
 TEST_PROP = 0.2  # share of a held-out user's items held out for evaluation
 MIN_FOLD_IN_SPLIT = 5  # held-out users with fewer items keep them all in fold-in
@@ -125,10 +136,8 @@ def _filter_checked(
 ) -> tuple[pl.DataFrame, int, dict[str, Any]]:
     """Check the options, filter ``ratings`` and check enough users are left; return the rows
     kept, their number of users and their Table 1 statistics."""
-    if split not in SPLITS:
-        raise InvalidParameterError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if heldout_users < 1:
-        raise InvalidParameterError(f"held-out users must be >= 1, got {heldout_users}")
+    check_split(split)
+    check_heldout(heldout_users)
     _check_ids(ratings)
     kept = filter_ratings(ratings, threshold=threshold, min_user_interactions=min_user_interactions)
     if kept.height == 0:

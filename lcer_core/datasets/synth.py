@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from lcer_core.checks import check_seed
 from lcer_core.errors import InvalidParameterError
 from lcer_core.fsio import atomic_file, parquet_bytes
 
@@ -206,8 +207,7 @@ def _once(values: np.ndarray, among: np.ndarray) -> np.ndarray:
 def synthesize(shape: str, *, seed: int = 0) -> pl.DataFrame:
     """A raw interaction table (``user``, ``item``, ``rating``) of the dataset's shape, per seed."""
     t1 = _table1(shape)
-    if not (isinstance(seed, int) and 0 <= seed < 2**63):
-        raise InvalidParameterError(f"--seed must be a non-negative integer, got {seed}")
+    check_seed(seed)
     spec = SHAPES[shape]
     rng = np.random.default_rng(seed)
     n_users, n_items, n_rows = t1.users, t1.items, t1.interactions
@@ -303,7 +303,9 @@ def write_synth(shape: str, out: Path, *, seed: int = 0) -> pl.DataFrame:
     """Write :func:`synthesize`'s table to ``out`` (Parquet or CSV by suffix), atomically."""
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".pq", ".csv"):
-        raise InvalidParameterError(f"--out must end in .parquet or .csv, got {out.name!r}")
+        raise InvalidParameterError(
+            f"out must end in .parquet or .csv, got {out.name!r}", param="out"
+        )
     out = out.expanduser().absolute()
     _table1(shape)
     # The temporary file first: a folder that cannot be written fails before the work.
