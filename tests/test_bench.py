@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from test_cli_explain import run_cli
+from dataset_fixtures import run_cli
 
 
 def test_bench_json_fields_and_agreement(in_trained_home, capsys):

@@ -6,20 +6,10 @@ import json
 
 import pytest
 import torch
+from dataset_fixtures import run_cli
 
 from lcer_core import models
-from lcer_core.cli import main
 from lcer_core.datasets import load_prepared
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize(

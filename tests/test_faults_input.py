@@ -15,8 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-
-from lcer_core.cli import main
+from dataset_fixtures import run_cli
 
 # A valid custom dataset (300 users x 12 items, 5 stars) and broken variants of it.
 _GOOD = "customer,movie,stars\n" + "".join(
@@ -128,16 +127,6 @@ def _prepared(home: Path) -> Path:
     """The current preparation's folder of ML 100K under ``home``."""
     folder = home / "data" / "ml-100k"
     return folder / (folder / "current").read_text().strip()
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def assert_refused(code: int, out: str, err: str, needle: str) -> None:

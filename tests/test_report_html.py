@@ -20,10 +20,10 @@ import numpy as np
 import polars as pl
 import pytest
 from browser import render, require_chromium
+from dataset_fixtures import run_cli
 from markupsafe import escape
 from test_store import T0, write
 
-from lcer_core.cli import main
 from lcer_core.store import ResultStore
 
 HOSTILE = '<script>alert("x")</script> & <img src="https://evil.example/p.png">'
@@ -34,16 +34,6 @@ STATS = {
     "interactions": 55361,
     "density_pct": 4.079,
 }
-
-
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture()
@@ -97,10 +87,10 @@ def _images(page: str) -> list[bytes]:
 def test_html_report_is_self_contained_and_escapes_titles(
     results_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, plain_out, _ = _cli(["report", "ml-100k"], capsys)
+    code, plain_out, _ = run_cli(["report", "ml-100k"], capsys)
     assert code == 0
     out_file = tmp_path / "report.html"
-    code, out, err = _cli(["report", "ml-100k", "--html", str(out_file)], capsys)
+    code, out, err = run_cli(["report", "ml-100k", "--html", str(out_file)], capsys)
     assert code == 0, err
     assert out == plain_out  # the tables on stdout are unchanged
     page = out_file.read_text()
@@ -125,7 +115,7 @@ def test_html_report_is_self_contained_and_escapes_titles(
 def test_html_report_refusals_are_one_line(
     lcer_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = _cli(
+    code, out, err = run_cli(
         ["report", "ml-100k", "--no-train", "--html", str(tmp_path / "r.html")], capsys
     )
     assert code == 2 and out == "" and len(err.splitlines()) == 1
@@ -137,7 +127,7 @@ def test_html_report_to_an_unwritable_place_is_one_line(
     results_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = tmp_path / "no" / "such" / "dir" / "r.html"
-    code, out, err = _cli(["report", "ml-100k", "--html", str(target)], capsys)
+    code, out, err = run_cli(["report", "ml-100k", "--html", str(target)], capsys)
     assert (
         code == 2
         and out == ""
@@ -152,7 +142,7 @@ def test_html_report_renders_offline_in_headless_chromium(
 ) -> None:
     require_chromium()
     page = tmp_path / "report.html"
-    code, _, err = _cli(["report", "ml-100k", "--html", str(page)], capsys)
+    code, _, err = run_cli(["report", "ml-100k", "--html", str(page)], capsys)
     assert code == 0, err
     # A test copy reports each image's natural size into the DOM once the page has loaded.
     probe = tmp_path / "probe.html"

@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 import polars as pl
 import pytest
+from dataset_fixtures import run_cli
 
 from lcer_core.errors import (
     InvalidParameterError,
@@ -567,21 +568,11 @@ def test_default_path_is_under_lcer_home(lcer_home: Path) -> None:
 # ---------------------------------------------------------------------------------- CLI
 
 
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from lcer_core.cli import results  # noqa: F401  (registers `sql` and `report`)
-    from lcer_core.cli.app import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
-
-
 def test_cli_sql_formats_and_errors(lcer_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with ResultStore() as store:
         for method in ("fia", "lcer"):
             write(store, method=method)
-    code, out, _ = _cli(
+    code, out, _ = run_cli(
         ["sql", "SELECT method, k, val_pct, len FROM table2", "--format", "json"], capsys
     )
     assert code == 0
@@ -589,22 +580,22 @@ def test_cli_sql_formats_and_errors(lcer_home: Path, capsys: pytest.CaptureFixtu
         {"method": "fia", "k": 5, "val_pct": None, "len": 1.5},
         {"method": "lcer", "k": 5, "val_pct": 100.0, "len": 1.5},
     ]
-    code, out, _ = _cli(["sql", "SELECT method, val_pct FROM table2", "--format", "csv"], capsys)
+    code, out, _ = run_cli(["sql", "SELECT method, val_pct FROM table2", "--format", "csv"], capsys)
     assert code == 0 and out.splitlines() == ["method,val_pct", "fia,", "lcer,100.0"]
-    code, out, _ = _cli(["sql", "SELECT * FROM table2"], capsys)
+    code, out, _ = run_cli(["sql", "SELECT * FROM table2"], capsys)
     assert code == 0
     assert all(c in out for c in TABLE2_COLUMNS) and "lcer" in out and "NULL" in out
-    code, out, err = _cli(["sql", "SELECT nope FROM table2"], capsys)
+    code, out, err = run_cli(["sql", "SELECT nope FROM table2"], capsys)
     assert code == 2 and out == ""
     assert err.startswith("error: SQL error:") and len(err.strip().splitlines()) == 1
-    code, _, err = _cli(["sql", "SELECT 1", "--format", "xml"], capsys)
+    code, _, err = run_cli(["sql", "SELECT 1", "--format", "xml"], capsys)
     assert code == 2
 
 
 def test_cli_report_prints_table2_beside_the_paper(
     lcer_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = _cli(["report", "ml-100k", "--no-train"], capsys)
+    code, out, err = run_cli(["report", "ml-100k", "--no-train"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "no finished runs for dataset 'ml-100k'" in err
 
@@ -620,7 +611,7 @@ def test_cli_report_prints_table2_beside_the_paper(
             finished_at=T0 - timedelta(hours=1),
             metrics={"len": 1.54},
         )
-    code, out, _ = _cli(["report", "ml-100k", "--format", "json"], capsys)
+    code, out, _ = run_cli(["report", "ml-100k", "--format", "json"], capsys)
     assert code == 0
     payload = json.loads(out)
     rows = {(r["k"], r["method"]): r for r in payload["table2"]}
@@ -637,7 +628,7 @@ def test_cli_report_prints_table2_beside_the_paper(
         (10, "accent"),
     ]
 
-    code, out, _ = _cli(["report", "ml-100k"], capsys)
+    code, out, _ = run_cli(["report", "ml-100k"], capsys)
     assert code == 0
     assert "top-5" in out and "top-10" in out and "Table 3" in out
     assert "58.34" in out and "17.34" in out and "not run" in out
