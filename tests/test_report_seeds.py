@@ -7,7 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from test_store import T0, _cli, write
+from dataset_fixtures import run_cli
+from test_store import T0, write
 
 from lcer_core.store import ResultStore, table2_report
 from lcer_core.store.report import lam_report
@@ -50,13 +51,13 @@ def test_cli_report_prints_mean_std_beyond_the_paper_and_per_seed(
 ) -> None:
     with ResultStore() as store:
         _fill(store)
-    code, out, _ = _cli(["report", "ml-100k", "--per-seed"], capsys)
+    code, out, _ = run_cli(["report", "ml-100k", "--per-seed"], capsys)
     assert code == 0
     paper_part, beyond = out.split("Beyond the paper")
     assert "62.00 ± 2.00" in paper_part and "58.34" in paper_part
     assert "lcer-plus" not in paper_part and "81.00 ± 1.41" in beyond
     assert "3042 ± 1" in beyond and "Per seed" in beyond
-    code, out, _ = _cli(["report", "ml-100k", "--format", "json", "--per-seed"], capsys)
+    code, out, _ = run_cli(["report", "ml-100k", "--format", "json", "--per-seed"], capsys)
     payload = json.loads(out)
     assert sorted((r["method"], r["seed"]) for r in payload["per_seed"] if r["k"] == 5) == [
         ("kaffes-topk", 1),
@@ -99,6 +100,6 @@ def test_run_refuses_bad_seeds_and_lams_in_one_line(
 ) -> None:
     from lcer_core.cli import pipeline  # noqa: F401  (registers `run`)
 
-    code, out, err = _cli(["run", "ml-100k", *argv], capsys)
+    code, out, err = run_cli(["run", "ml-100k", *argv], capsys)
     assert code == 2 and err.strip().startswith(line) and len(err.strip().splitlines()) == 1
     assert not any(lcer_home.iterdir())  # refused before any work
