@@ -42,8 +42,9 @@ __all__ = [
 
 RUNNERS = ("threads", "ray")
 #: Explanation shards run at once by the thread runner unless Prefect's setting says otherwise:
-#: each shard already uses every core through torch, more would only compete for memory.
-DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
+#: one per core (each shard computes with ``lcer_core.devices.ANSWER_THREADS`` thread, so that
+#: answers do not depend on the cores), at most 8 so that memory stays that of 8 shards.
+DEFAULT_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 # What a Ray worker needs from the flow's environment: the Prefect server it reports to, no
 # pickled results. Not LCER_HOME: the worker may be another machine.

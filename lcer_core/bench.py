@@ -19,7 +19,7 @@ import torch
 
 from lcer_core import checks
 from lcer_core.datasets import ensure_prepared
-from lcer_core.devices import resolve_device
+from lcer_core.devices import ANSWER_THREADS, answer_threads, resolve_device
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import LCER, LCERConfig, lcer_reference_loop
 from lcer_core.explanations import Explanations
@@ -271,7 +271,8 @@ def run_benchmark(
     )
     sample_idx, seq_pairs = _sample(pairs, sample, full)
     log(f"sequential reference loop: {len(seq_pairs)} pairs x {steps} steps ...")
-    seq, seq_s = _time_sequential(rec, seq_pairs, cfg, seed, dev)
+    with answer_threads():  # the batched engine computes with the same thread count
+        seq, seq_s = _time_sequential(rec, seq_pairs, cfg, seed, dev)
     log(f"batched engine: {len(pairs)} pairs x {steps} steps ...")
     fast, fast_s = _time_batched(rec, pairs, cfg, seed, dev, progress)
     comparison = _compare(rec, pairs, seq_pairs, sample_idx, seq, fast)
@@ -279,7 +280,7 @@ def run_benchmark(
         "source": source,
         "device": dev,
         "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
+        "threads": ANSWER_THREADS,
         "n_items": n_items,
         "pairs": len(pairs),
         "sequential_pairs": len(seq_pairs),

@@ -1,12 +1,64 @@
-"""Where tensors run: the default device and the validation of a device name."""
+"""Where tensors run: the default device, the validation of a device name, and the fixed CPU
+thread count of every computation whose result is stored."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
 import torch
 
 from lcer_core.errors import InvalidParameterError
 
-__all__ = ["default_device", "resolve_device"]
+__all__ = [
+    "ANSWER_THREADS",
+    "answer_threads",
+    "with_answer_threads",
+    "default_device",
+    "resolve_device",
+]
+
+#: CPU threads (torch intra-op) of every computation whose result is stored: the pairs' top-K
+#: and thresholds, the explainers, the metrics' re-rankings. A parallel reduction or matrix
+#: product splits its work by thread count, and a different split rounds differently (one
+#: float32 ULP is enough to change which optimisation step had the lowest loss), so answers
+#: are computed with one fixed count, never "as many as there are cores": the same on a
+#: 2-core laptop, a 64-core node and a Ray worker. Parallelism comes from running shards side
+#: by side (the thread runner's pool, Ray's workers). Training keeps torch's default threads.
+ANSWER_THREADS = 1
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+@contextmanager
+def answer_threads() -> Iterator[None]:
+    """Run the block with :data:`ANSWER_THREADS` intra-op threads in this thread, then restore.
+
+    torch's (OpenMP's and MKL's) thread count is per calling thread, so shards explained side
+    by side in a thread pool each hold their own setting.
+    """
+    before = torch.get_num_threads()
+    if before != ANSWER_THREADS:
+        torch.set_num_threads(ANSWER_THREADS)
+    try:
+        yield
+    finally:
+        if before != ANSWER_THREADS:
+            torch.set_num_threads(before)
+
+
+def with_answer_threads(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorate ``fn`` to run under :func:`answer_threads`."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with answer_threads():
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def default_device() -> torch.device:

@@ -12,6 +12,7 @@ import polars as pl
 import torch
 
 from lcer_core.datasets import PreparedDataset
+from lcer_core.devices import with_answer_threads
 from lcer_core.explanations import Explanations
 from lcer_core.metrics import PairOutcomes, summarize
 from lcer_core.pairs import PairBatch, build_pairs
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 
+@with_answer_threads
 def recommendation_frame(
     data: PreparedDataset, pairs: PairBatch, recommender: Recommender
 ) -> pl.DataFrame:

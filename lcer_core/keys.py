@@ -37,10 +37,17 @@ def run_key(
     model_version: str,
     n_users: int | None = None,
     extra: dict[str, Any] | None = None,
+    pairs_version: int = 1,
 ) -> str:
-    """Key of an explanation run: the same inputs give the same key, so a re-run replaces its rows."""
+    """Key of an explanation run: the same inputs give the same key, so a re-run replaces its rows.
+
+    ``pairs_version`` is how the run's (user, item) pairs were computed; version 1 (the first
+    releases) is keyed without the field, so those keys are what they always were.
+    """
+    versioned = {} if pairs_version == 1 else {"pairs": pairs_version}
     return content_key(
         {
+            **versioned,
             "dataset": dataset,
             "method": method,
             "k": k,

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lcer_core.devices import with_answer_threads
 from lcer_core.errors import NonFiniteScoresError
 from lcer_core.explanations import Explanations
 from lcer_core.pairs import PairBatch
-from lcer_core.recommender.base import Recommender, dense_from_sets
+from lcer_core.recommender.base import Recommender, history_mask
 
 __all__ = ["PairOutcomes", "evaluate_pairs", "summarize", "validity", "length", "ps", "pn", "f_ns"]
 
@@ -46,7 +47,7 @@ def _ranks(recommender: Recommender, pairs: PairBatch, weights: Tensor, chunk: i
             raise NonFiniteScoresError(
                 "the recommender produced non-finite scores during evaluation"
             )
-        excluded = dense_from_sets(items, w, recommender.n_items) > 0
+        excluded = history_mask(items, w > 0, recommender.n_items)
         masked = scores.masked_fill(excluded, float("-inf"))
         own = masked.gather(1, tgt[:, None])
         rank = (masked > own).sum(1) + 1
@@ -56,6 +57,7 @@ def _ranks(recommender: Recommender, pairs: PairBatch, weights: Tensor, chunk: i
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
+@with_answer_threads
 @torch.no_grad()
 def evaluate_pairs(
     recommender: Recommender,

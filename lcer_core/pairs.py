@@ -9,14 +9,16 @@ import torch
 from torch import Tensor
 
 from lcer_core.checks import check_k, check_users
+from lcer_core.devices import with_answer_threads
 from lcer_core.errors import InvalidParameterError
-from lcer_core.recommender.base import Recommender, topk_excluding
+from lcer_core.recommender.base import Recommender, history_mask, topk_excluding
 from lcer_core.recommender.training import DENSE_BATCH_CELLS
 
 if TYPE_CHECKING:
     from lcer_core.datasets import PreparedDataset
 
 __all__ = [
+    "PAIRS_VERSION",
     "Histories",
     "PairBatch",
     "build_pairs",
@@ -24,6 +26,13 @@ __all__ = [
     "make_pairs",
     "test_users",
 ]
+
+
+#: How the pairs of a model and users are computed; part of every run key, so runs stored with
+#: other pairs are never mistaken for (or replaced by) today's. 2: a user's history is
+#: excluded from their top-K by a sentinel, never overwritten by padding (version 1
+#: recommended item 0 to some users who had it).
+PAIRS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -97,9 +106,15 @@ class PairBatch:
         return x.scatter_add(1, self.items, w)
 
 
+@with_answer_threads
 @torch.no_grad()
-def build_pairs(recommender: Recommender, histories: Histories, k: int) -> PairBatch:
-    """Recommend top-``k`` for each user (excluding interacted items) and make one pair per item."""
+def build_pairs(
+    recommender: Recommender, histories: Histories, k: int, *, chunk: int | None = None
+) -> PairBatch:
+    """Recommend top-``k`` for each user (excluding interacted items) and make one pair per item.
+
+    Users are scored ``chunk`` at a time (default: as many as fit one dense score block).
+    """
     check_k(k)
     dev = recommender.device
     items, mask = histories.items.to(dev), histories.mask.to(dev)
@@ -110,14 +125,13 @@ def build_pairs(recommender: Recommender, histories: Histories, k: int) -> PairB
             f"(smallest here: {int(free.min())})"
         )
     # Users in chunks: one dense [users, items] score matrix per chunk, never all users'.
-    chunk = max(1, DENSE_BATCH_CELLS // max(recommender.n_items, 1))
+    if chunk is None:
+        chunk = max(1, DENSE_BATCH_CELLS // max(recommender.n_items, 1))
     tops, all_vals = [], []
     for s in range(0, max(len(histories), 1), chunk):
         scores = recommender.scores_of_sets(items[s : s + chunk], mask[s : s + chunk].float())
         _check_finite(scores)
-        exclude = torch.zeros_like(scores, dtype=torch.bool).scatter(
-            1, items[s : s + chunk], mask[s : s + chunk]
-        )
+        exclude = history_mask(items[s : s + chunk], mask[s : s + chunk], recommender.n_items)
         top, vals = topk_excluding(scores, exclude, k + 1)
         tops.append(top)
         all_vals.append(vals)

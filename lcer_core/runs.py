@@ -9,14 +9,15 @@ the run key, the ``runs`` row (:meth:`RunSpec.as_row`), the MLflow params and th
 derive from it, and it crosses the ``lcer-explain`` deployment boundary as
 :meth:`RunSpec.to_payload` (rebuilt and re-keyed by :meth:`RunSpec.from_payload`).
 
-Run keys stay those of earlier versions. The key payload is unchanged
-(:func:`lcer_core.keys.run_key`: dataset, method, k, alpha, lam, steps, seed, model, users,
-extra), with ``alpha``, ``lam`` and ``steps`` read from the configuration's options (None for
-a method without them), and ``extra`` = the configuration's other fields whose value differs
-from the config class's default. Every run an earlier version could make has default values
-there (it could set nothing else), so its ``extra`` is empty and its key the same: a re-run
-replaces it instead of storing a duplicate. A run with, say, another learning rate or
-KaffesCE budget gets a key of its own.
+Run keys are stable across versions. The key payload (:func:`lcer_core.keys.run_key`:
+dataset, method, k, alpha, lam, steps, seed, model, users, extra, and the pairs' version
+:data:`lcer_core.pairs.PAIRS_VERSION`) has ``alpha``, ``lam`` and ``steps`` read from the
+configuration's options (None for a method without them), and ``extra`` = the
+configuration's other fields whose value differs from the config class's default: a run
+that sets nothing else keys as it did, and a re-run replaces it instead of storing a
+duplicate; a run with, say, another learning rate or KaffesCE budget gets a key of its own.
+Runs stored with pairs of an earlier version (before the item-0 fix: no ``pairs`` field)
+keep their keys and are neither replaced by nor mistaken for today's runs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lcer_core.checks import check_k, check_seed, check_shard_size, check_users
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import ExplainerConfig, get_method
 from lcer_core.keys import run_key
+from lcer_core.pairs import PAIRS_VERSION
 
 __all__ = [
     "DEFAULT_KS",
@@ -225,6 +227,7 @@ def run_spec(
         model_version=model_key,
         n_users=n_users,
         extra=extra,
+        pairs_version=PAIRS_VERSION,
     )
     return RunSpec(key, dataset, method, k, seed, n_users, model_key, config)
 

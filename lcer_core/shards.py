@@ -24,7 +24,7 @@ import torch
 from lcer_core.checks import check_shard_size
 from lcer_core.columns import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
 from lcer_core.datasets import PreparedDataset
-from lcer_core.devices import default_device
+from lcer_core.devices import default_device, with_answer_threads
 from lcer_core.errors import MissingDataError
 from lcer_core.explainers import get_method
 from lcer_core.frames import explanation_frame, recommendation_frame
@@ -88,6 +88,7 @@ def shard_key(spec: RunSpec, index: int, users: Sequence[int]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+@with_answer_threads
 def explain_users(
     data: PreparedDataset,
     model: TrainedModel,

@@ -24,14 +24,17 @@ from lcer_core.explainers import (
     get_method,
     register,
 )
+from lcer_core.keys import run_key
+from lcer_core.pairs import PAIRS_VERSION
 from lcer_core.runs import RunSpec, method_configs, plan_runs, run_spec
 from lcer_core.shards import shard_key
 
 COMMON = {"dataset": "ml-100k", "k": 5, "seed": 0, "model_key": "abc123"}
 
-# Computed with main's code (commit e0d35e4, shards.run_spec) before this change: the key of
-# every run an earlier version could store must stay the same, or a re-run would duplicate it.
-OLD_KEYS = [
+# Keys of the same runs as computed by main's code before the item-0 fix (pairs version 1,
+# commit e0d35e4): today's runs must not take them (their pairs differ), and ``run_key`` with
+# ``pairs_version=1`` still gives them (old homes' rows stay addressable).
+V1_KEYS = [
     ("lcer", {"alpha": 0.1, "lam": 0.01, "steps": 300}, None, "f41e1b3198ac1528"),
     ("lcer", {"alpha": 0.1, "lam": 0.01, "steps": 300}, 20, "212ed75262e20e0d"),
     ("lcer", {"alpha": 0.1, "lam": 0.01}, None, "b5e65afaa5db188e"),  # LCER's 3000 steps
@@ -40,32 +43,66 @@ OLD_KEYS = [
     ("fia", {}, 20, "47165b315731b244"),
     ("accent", {}, None, "5edb988ad8bb1126"),
 ]
+# The same runs' keys with today's pairs (version 2): every later version must keep these.
+KEYS = [
+    "cb4722b964403233",
+    "94dd8cbb96d8e572",
+    "b9ca20eec84d0140",
+    "ed1fe2e929d583f5",
+    "70e687b8ccead47f",
+    "0eeca0029f58a7a7",
+    "a33c7e19014f8d5d",
+]
 
 
-@pytest.mark.parametrize(("method", "options", "n_users", "key"), OLD_KEYS)
-def test_a_default_config_keeps_the_key_earlier_versions_gave(
-    method: str, options: dict, n_users: int | None, key: str
+@pytest.mark.parametrize(
+    ("method", "options", "n_users", "v1_key", "key"),
+    [(*old, new) for old, new in zip(V1_KEYS, KEYS, strict=True)],
+)
+def test_keys_are_stable_and_versioned_by_the_pairs(
+    method: str, options: dict, n_users: int | None, v1_key: str, key: str
 ) -> None:
-    assert run_spec(method=method, n_users=n_users, **options, **COMMON).run_id == key
+    spec = run_spec(method=method, n_users=n_users, **options, **COMMON)
+    assert PAIRS_VERSION == 2
+    assert spec.run_id == key != v1_key
     # the same through the planner the CLI and the flows use (an int α keys as the float)
-    [spec] = plan_runs(
+    [planned] = plan_runs(
         methods=[method],
         ks=[5],
         options={n: [v] if n in ("alpha", "lam") else v for n, v in options.items()},
         n_users=n_users,
         **{n: v for n, v in COMMON.items() if n != "k"},
     )
-    assert spec.run_id == key
+    assert planned.run_id == key
+    # the payload of version 1 (no "pairs" field) still gives version 1's key
+    keyed = {n: options.get(n) for n in ("alpha", "lam", "steps")}
+    if method == "lcer" and keyed["steps"] is None:
+        keyed["steps"] = 3000
+    if method == "lcer-plus":
+        keyed["steps"] = spec.config.steps
+    assert (
+        run_key(
+            dataset="ml-100k",
+            method=method,
+            k=5,
+            **keyed,
+            seed=0,
+            model_version="abc123",
+            n_users=n_users,
+            pairs_version=1,
+        )
+        == v1_key
+    )
 
 
-def test_shard_files_of_earlier_versions_keep_their_keys() -> None:
+def test_shard_files_are_keyed_by_their_run() -> None:
     lcer = run_spec(method="lcer", alpha=0.1, lam=0.01, n_users=None, **COMMON)
     fia = run_spec(method="fia", n_users=None, **{**COMMON, "k": 10})
     assert shard_key(lcer, 0, [1, 2, 3]) == (
-        "fc28bed405d5728d591f0b9f304eef876deea09b515340af869e762f5bcc5613"
+        "a8441a6585c01454b71fdb73c492c9428c8f8d043557fe4ff10d263666bb5bfe"
     )
     assert shard_key(fia, 0, [1, 2, 3]) == (
-        "eb19d8feb74f97bc77efe7a753f02f49bd427fa75ea33e474750d3bc7543ca9c"
+        "7de19b653e05731ade19833d85cbd7959ee9f0a80eb3b586583e4db2afc52983"
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from lcer_core.devices import answer_threads
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explanations import Explanations, Progress
 from lcer_core.pairs import PairBatch
@@ -98,7 +99,8 @@ class Explainer(ABC):
             )
             return Explanations(empty, empty.float().fill_(float("nan")))
         pairs = pairs.to(recommender.device)
-        out = self._explain(recommender, pairs, seed=seed, progress=progress)
+        with answer_threads():  # the same answer whatever the machine's cores
+            out = self._explain(recommender, pairs, seed=seed, progress=progress)
         removed = out.removed & pairs.mask
         importance = out.importance.masked_fill(~pairs.mask, float("nan"))
         return Explanations(removed, importance, out.steps, out.forward_calls)

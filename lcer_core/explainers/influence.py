@@ -22,7 +22,7 @@ from torch import Tensor
 
 from lcer_core.errors import NonFiniteScoresError
 from lcer_core.pairs import PairBatch
-from lcer_core.recommender.base import Recommender
+from lcer_core.recommender.base import Recommender, history_mask
 
 __all__ = [
     "DEFAULT_CHUNK_MB",
@@ -163,8 +163,7 @@ def evaluate_removals(
             "the recommender produced non-finite scores for an input with items removed"
         )
     n_items = recommender.n_items
-    exclude = torch.zeros(items.shape[0], n_items + 1, dtype=torch.bool, device=items.device)
-    exclude = exclude.scatter_(1, items.masked_fill(~keep, n_items), True)[:, :n_items]
+    exclude = history_mask(items, keep, n_items)
     masked = scores.masked_fill(exclude, float("-inf"))
     vals, idx = torch.topk(masked, k + 1, dim=1, sorted=True)
     in_top = (idx[:, None, :k] == targets[:, :, None]).any(-1)

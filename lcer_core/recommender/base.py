@@ -13,6 +13,7 @@ __all__ = [
     "SetScorer",
     "AutogradSetScorer",
     "dense_from_sets",
+    "history_mask",
     "topk_excluding",
     "rank_of",
 ]
@@ -25,6 +26,17 @@ def dense_from_sets(items: Tensor, weights: Tensor, n_items: int) -> Tensor:
     """
     x = torch.zeros(items.shape[0], n_items, dtype=weights.dtype, device=weights.device)
     return x.scatter_add(1, items, weights)
+
+
+def history_mask(items: Tensor, mask: Tensor, n_items: int) -> Tensor:
+    """Dense ``[B, M]`` bool mask of the items in each padded history (``items[b, l]`` where ``mask[b, l]``).
+
+    Padding entries (index 0, mask False) go to a sentinel column that is cut off: a scatter of
+    the mask itself would let a padding ``False`` overwrite a real item 0 (scatter keeps one of
+    several writes to the same index, not their OR).
+    """
+    out = torch.zeros(items.shape[0], n_items + 1, dtype=torch.bool, device=items.device)
+    return out.scatter_(1, items.masked_fill(~mask, n_items), True)[:, :n_items]
 
 
 class SetScorer(ABC):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lcer_core.pairs import Histories
-from lcer_core.recommender.base import Recommender, dense_from_sets
+from lcer_core.pairs import Histories, build_pairs, histories_from_lists
+from lcer_core.recommender.base import Recommender, dense_from_sets, topk_excluding
 from lcer_core.testing.explainer import ContractError
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "check_sets_agree",
     "check_set_scorers",
     "check_no_autograd_state",
+    "check_recommendations",
+    "edge_histories",
 ]
 
 ATOL, RTOL = 1e-4, 1e-4
@@ -155,3 +157,41 @@ def check_recommender(recommender: Recommender, histories: Histories) -> None:
     check_sets_agree(recommender, histories)
     check_set_scorers(recommender, histories)
     check_no_autograd_state(recommender, histories)
+
+
+def edge_histories(n_items: int, seed: int = 0) -> Histories:
+    """Histories that meet the padding: every length from 1 to ``n_items // 2`` in one batch,
+    holding item 0, the last item, both, or neither."""
+    gen = torch.Generator().manual_seed(seed)
+    lists = []
+    for length in range(1, max(n_items // 2, 1) + 1):
+        for forced in ([0], [n_items - 1], [0, n_items - 1], []):
+            rest = [int(i) for i in torch.randperm(n_items, generator=gen) if int(i) not in forced]
+            lists.append(sorted(set(forced[:length] + rest[: length - len(forced[:length])])))
+    return histories_from_lists(list(range(len(lists))), lists)
+
+
+@torch.no_grad()
+def check_recommendations(
+    recommender: Recommender, histories: Histories, k: int = 3, chunk: int | None = None
+) -> None:
+    """:func:`build_pairs` never recommends an item of the user's history, and its top-``k`` (and
+    the (k+1)-th score) equals a dense reference ranking with the history excluded."""
+    pairs = build_pairs(recommender, histories, k, chunk=chunk)
+    n, m = len(histories), recommender.n_items
+    owned = torch.zeros(n, m, dtype=torch.bool)
+    for row, (items, mask) in enumerate(zip(histories.items, histories.mask, strict=True)):
+        owned[row, items[mask]] = True  # the slow, obviously right reference
+    targets = pairs.targets.cpu().view(n, k)
+    if owned.gather(1, targets).any():
+        bad = int(owned.gather(1, targets).any(1).nonzero()[0, 0])
+        _fail(
+            recommender, f"recommends an item of user {bad}'s own history: {targets[bad].tolist()}"
+        )
+    dense = recommender.scores(owned.float().to(recommender.device)).cpu()
+    _, ref_vals = topk_excluding(dense, owned, k + 1)
+    got_vals = dense.gather(1, targets).sort(1, descending=True).values
+    if not _close(got_vals, ref_vals[:, :k]):
+        _fail(recommender, "the recommended items are not the dense reference's top-k")
+    if not _close(pairs.thresholds.cpu().view(n, k)[:, 0], ref_vals[:, k]):
+        _fail(recommender, "the (k+1)-th score differs from the dense reference's")

@@ -158,3 +158,10 @@ class RecommenderContract:
 
     def test_no_autograd_state_left(self, recommender: Recommender, histories: Histories) -> None:
         rc.check_no_autograd_state(recommender, histories)
+
+    @pytest.mark.parametrize("chunk", [None, 1, 7])
+    def test_recommendations_exclude_the_history(
+        self, recommender: Recommender, chunk: int | None
+    ) -> None:
+        edges = rc.edge_histories(recommender.n_items)
+        rc.check_recommendations(recommender, edges, k=3, chunk=chunk)
