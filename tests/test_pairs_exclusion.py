@@ -7,11 +7,20 @@ pairs of a real ML 100K run, through SQL.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import polars as pl
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lcer_core.datasets.prepared import load_prepared
 from lcer_core.pairs import build_pairs, histories_from_lists
 from lcer_core.recommender.base import history_mask
 from lcer_core.recommender.counting import CountingRecommender
@@ -64,3 +73,36 @@ def test_edge_histories_through_every_chunk_size() -> None:
         rc.check_recommendations(rec, edges, k=4, chunk=chunk)
     pairs = build_pairs(rec, edges, 4)
     assert int(pairs.targets.min()) >= 0 and int(pairs.targets.max()) < N_ITEMS
+
+
+@pytest.mark.slow
+def test_no_stored_pair_targets_an_item_of_its_users_fold_in(
+    trained_home: Path, tmp_path: Path, http_mirror: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test user of ML 100K, K = 5 and 10 (1,500 pairs), through `lcer run` and DuckDB."""
+    home = tmp_path / "home"
+    shutil.copytree(trained_home, home)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LCER_", "MLFLOW_"))}
+    env |= {"LCER_HOME": str(home), "LCER_MIRROR": http_mirror}
+    lcer = str(Path(sys.executable).parent / "lcer")
+    argv = [lcer, "run", "ml-100k", "--methods", "fia", "--k", "5,10", "--epochs", "10"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.setenv("LCER_HOME", str(home))
+    data = load_prepared("ml-100k")
+    fold_in = pl.DataFrame(
+        [(u, s) for u in data.users_of("test") for s in data.history(u)],
+        schema={"uid": pl.Int64, "sid": pl.Int64},
+        orient="row",
+    )
+    con = duckdb.connect(str(home / "results" / "lcer.duckdb"), read_only=True)
+    con.register("fold_in", fold_in.to_arrow())
+    (pairs,) = con.execute("select count(*) from recommendations").fetchone()
+    (in_history,) = con.execute(
+        "select count(*) from recommendations r join fold_in f using (uid, sid)"
+    ).fetchone()
+    (item0_users,) = con.execute("select count(distinct uid) from fold_in where sid = 0").fetchone()
+    con.close()
+    assert pairs == 15 * len(data.users_of("test")) == 1500
+    assert item0_users > 0  # the case that went wrong is present
+    assert in_history == 0
