@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lcer_core.errors import InvalidParameterError
 from lcer_core.store import ResultStore, print_frame, table2_report, table3_report
 from lcer_core.store.formatting import format_value, plain
 from lcer_core.store.report import (
@@ -18,6 +19,7 @@ from lcer_core.store.report import (
     METRIC_SPECS,
     REPORT_METRICS,
     lam_report,
+    paired_report,
     seed_rows,
 )
 from lcer_core.store.views import METHOD_ORDER
@@ -127,6 +129,45 @@ def _lam_view(frame: pl.DataFrame, dataset: str) -> Table:
     return table
 
 
+def _paired_view(frame: pl.DataFrame, dataset: str) -> Table:
+    first = frame.row(0, named=True)
+    table = Table(
+        title=(
+            f"Paired comparison · {dataset} · {first['a']} − {first['b']} on the same pairs "
+            f"(strict, all pairs; {first['level']:.0%} bootstrap interval over users)"
+        ),
+        header_style="bold",
+    )
+    for header in ("k", "pairs", "users", f"F_NS {first['a']}", f"F_NS {first['b']}"):
+        table.add_column(header, justify="right")
+    for header in ("Δ F_NS", "Δ PS", "Δ PN"):
+        table.add_column(header, justify="right")
+    for row in frame.iter_rows(named=True):
+        cells = [str(row["k"]), str(row["pairs"]), str(row["users"])]
+        cells += [f"{row['fns_a']:.2f}", f"{row['fns_b']:.2f}"]
+        for name in ("fns", "ps", "pn"):
+            low, high = row[f"d_{name}_ci"]
+            cells.append(f"{row[f'd_{name}']:+.2f} [{low:+.2f}, {high:+.2f}]")
+        table.add_row(*cells)
+    return table
+
+
+def _compared(value: str | None) -> tuple[str, str] | None:
+    """``--compare A,B`` as two registered method names (one line for anything else)."""
+    if value is None:
+        return None
+    from lcer_core.explainers import get_method
+
+    names = [v.strip() for v in value.split(",")]
+    if len(names) != 2 or names[0] == names[1]:
+        raise InvalidParameterError(
+            f"--compare takes two different methods A,B, got {value!r}", param="compare"
+        )
+    for name in names:
+        get_method(name)
+    return names[0], names[1]
+
+
 def _seed_view(frame: pl.DataFrame, dataset: str) -> Table:
     table = Table(title=f"Per seed · {dataset}", header_style="bold")
     for header in ("k", "Method", "seed", "α", "λ", "pairs"):
@@ -206,6 +247,12 @@ def report(
         help="Refuse (exit 2) instead of running the pipeline when there are no results.",
     ),
     per_seed: bool = typer.Option(False, "--per-seed", help="Also one row per seed."),
+    compare: str | None = typer.Option(
+        None,
+        "--compare",
+        help="A,B: method A against B on the same pairs, per K (strict F_NS, PS, PN; "
+        "bootstrap interval over users).",
+    ),
 ) -> None:
     """Table 2 (and Table 3) of the paper for DATASET, from the results database, beside the paper's.
 
@@ -213,6 +260,7 @@ def report(
     methods beyond the paper (kaffes-topk, lcer-plus) are in a table of their own. With no
     finished run for DATASET, runs the pipeline first (`lcer run DATASET`), unless --no-train.
     """
+    pair = _compared(compare)
     _ensure_results(dataset, no_train)
     if html is not None:
         from lcer_core.report_html import write_html_report
@@ -225,6 +273,7 @@ def report(
         table3, paper3 = table3_report(store, dataset)
         seeds = seed_rows(store, dataset)
         lams = lam_report(store, dataset)
+        paired = paired_report(store, dataset, *pair) if pair else None
     if format is ReportFormat.json:
         payload = {
             "dataset": dataset,
@@ -233,6 +282,7 @@ def report(
             "lcer_by_lam": [plain(r) for r in lams.to_dicts()],
             "table3": [plain(r) for r in table3.to_dicts()],
             "paper_table3": [plain(r) for r in paper3.to_dicts()],
+            **({"paired": [plain(r) for r in paired.to_dicts()]} if paired is not None else {}),
         }
         typer.echo(json.dumps(payload, ensure_ascii=False))
         return
@@ -246,6 +296,13 @@ def report(
         console.print(_seed_view(seeds, dataset))
     if lams.height:
         console.print(_lam_view(lams, dataset))
+    if paired is not None:
+        if paired.height:
+            console.print(_paired_view(paired, dataset))
+        else:
+            console.print(
+                f"Paired comparison: {pair[0]} and {pair[1]} have no K with runs on the same pairs"
+            )
     if table3.height or paper3.height:
         console.print(_table3_view(table3, paper3, dataset))
     else:

@@ -15,6 +15,7 @@ __all__ = [
     "METRIC_SPECS",
     "COST_METRICS",
     "lam_report",
+    "paired_report",
     "seed_rows",
     "table2_report",
     "table3_report",
@@ -148,3 +149,27 @@ def lam_report(store: ResultStore, dataset: str) -> pl.DataFrame:
     out = out.with_columns(distance=distance)
     out = out.with_columns(closest=pl.col("distance") == pl.col("distance").min().over("k"))
     return out.sort(["k", "lam"])
+
+
+def paired_report(
+    store: ResultStore, dataset: str, method_a: str, method_b: str, *, resamples: int = 2000
+) -> pl.DataFrame:
+    """Per K where both methods have a ``table2`` run on the same pairs: the paired comparison
+    of A with B (:func:`lcer_core.paired.paired_comparison`; strict metrics, bootstrap over
+    users). A K where they explain other pairs (another model or users) is left out."""
+    from lcer_core.errors import InvalidParameterError
+    from lcer_core.paired import PAIR_COLUMNS, paired_comparison
+
+    latest = store.table2(dataset).filter(pl.col("method").is_in([method_a, method_b]))
+    out = []
+    for k in sorted(set(latest["k"].to_list())):
+        runs = dict(latest.filter(pl.col("k") == k).select("method", "run_id").iter_rows())
+        if len(runs) < 2:
+            continue
+        a, b = (store.explanations(runs[m]).select(PAIR_COLUMNS) for m in (method_a, method_b))
+        try:
+            result = paired_comparison(a, b, resamples=resamples)
+        except InvalidParameterError:
+            continue
+        out.append({"dataset": dataset, "k": k, "a": method_a, "b": method_b, **result.as_dict()})
+    return pl.DataFrame(out)
