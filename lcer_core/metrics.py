@@ -19,7 +19,17 @@ from lcer_core.explanations import Explanations
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender, history_mask
 
-__all__ = ["PairOutcomes", "evaluate_pairs", "summarize", "validity", "length", "ps", "pn", "f_ns"]
+__all__ = [
+    "PairOutcomes",
+    "evaluate_pairs",
+    "summarize",
+    "strict_summary",
+    "validity",
+    "length",
+    "ps",
+    "pn",
+    "f_ns",
+]
 
 
 @dataclass(frozen=True)
@@ -127,4 +137,24 @@ def summarize(
         "ps_pct": p,
         "pn_pct": n,
         "fns_pct": f_ns(p, n),
+    }
+
+
+def strict_summary(outcomes: PairOutcomes) -> dict[str, float]:
+    """The strict metrics, over *all* pairs (a pair without a set is a failure), in %:
+    verified validity (the set really drops the item out of the re-ranked top-K), PS, PN,
+    F_NS, and the length of the verified sets. Comparable across methods, unlike Table 2's
+    Val (each method's own acceptance test) and PS/PN (over the found sets only)."""
+    f = outcomes.found.cpu()
+    n_all = int(f.numel())
+    verified = outcomes.necessary.cpu() & f
+    suff = outcomes.sufficient.cpu() & f
+    share = (lambda t: 100.0 * int(t.sum()) / n_all) if n_all else (lambda t: math.nan)
+    p, n = share(suff), share(verified)
+    return {
+        "strict_val_pct": share(verified),
+        "strict_len": length(verified, outcomes.length.cpu()),
+        "strict_ps_pct": p,
+        "strict_pn_pct": n,
+        "strict_fns_pct": f_ns(p, n),
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lcer_core.cli import bench, data, mlflow_ui, model, pipeline, results
+from lcer_core.cli import bench, data, mlflow_ui, model, pipeline, results, tune
 
 __all__ = ["COMMANDS"]
 
@@ -25,5 +25,6 @@ COMMANDS: tuple[Callable[..., Any], ...] = (
     pipeline.train,
     results.sql,
     results.report,
+    tune.tune,
     mlflow_ui.ui,
 )
