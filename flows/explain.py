@@ -11,7 +11,6 @@ store (or the storage URL, when set).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -173,16 +172,17 @@ def shard_file(spec: RunSpec, index: int, users: Sequence[int], result: str | Sh
     """The path of a finished shard's file: a remote shard's bytes are written here first."""
     if isinstance(result, ShardOutput):
         path = shard_path(spec.run_id, index)
-        return str(write_shard_bytes(result.parquet, path, shard_key(spec, index, users)))
+        key = shard_key(spec, index, users)
+        return str(write_shard_bytes(result.parquet, path, key, len(users) * spec.k))
     return str(result)
 
 
-def write_shard_bytes(data: bytes, path: Path, key: str) -> Path:
+def write_shard_bytes(data: bytes, path: Path, key: str, pairs: int) -> Path:
     """Write a shard file received as bytes, with its key, whole or not at all (bytes that are
-    no Parquet file raise)."""
+    no Parquet file raise, and so do more rows than the shard's ``pairs``, before decoding)."""
     try:
-        frame = pl.read_parquet(io.BytesIO(data))
-    except pl.exceptions.PolarsError as exc:
+        frame = remote.read_parquet_object(data, f"shard {path.name}", max_rows=pairs)
+    except (ValueError, pl.exceptions.PolarsError) as exc:
         raise OrchestrationError(f"shard {path.name} came back unreadable: {exc}") from None
     return write_parquet_atomic(frame, path, metadata={SHARD_KEY_FIELD: key})
 

@@ -103,7 +103,7 @@ def _fetch_shards(
         key = shard_key(spec, index, chunk)
         if storage and not shard_is_complete(path, chunk, key):
             data = remote.get_bytes(remote.shard_url(storage, spec.run_id, index))
-            write_shard_bytes(data, path, key)
+            write_shard_bytes(data, path, key, len(chunk) * spec.k)
         if not shard_is_complete(path, chunk, key):
             raise OrchestrationError(f"{deployment} finished but shard {path} is missing here")
     return [str(p) for p in paths]

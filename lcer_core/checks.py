@@ -1,4 +1,5 @@
-"""One range check per shared parameter (k, α and λ, steps, users, seed, shard size, held-out users).
+"""One range check per shared parameter (k, α and λ, steps, users, seed, shard size, held-out
+users, the byte caps read from the environment).
 
 Each check is the only definition of its parameter's valid range; its message starts with the
 parameter's library name and carries it as ``param`` (the command line shows its flag instead,
@@ -10,6 +11,7 @@ them (:class:`~lcer_core.explainers.LCERConfig`), through :func:`check_weight` a
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from lcer_core.errors import InvalidParameterError
@@ -24,6 +26,7 @@ __all__ = [
     "check_seed",
     "check_heldout",
     "check_shard_size",
+    "env_byte_cap",
 ]
 
 #: Upper bound of α and λ: beyond it the hinge or the length term swamps the other.
@@ -97,3 +100,13 @@ def check_heldout(heldout: Any) -> int:
     if not (_is_int(heldout) and heldout >= 1):
         raise InvalidParameterError(f"heldout must be >= 1, got {heldout}", param="heldout")
     return heldout
+
+
+def env_byte_cap(var: str, default: int) -> int:
+    """The byte cap set by the environment variable ``var`` (a positive integer), else ``default``."""
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise InvalidParameterError(f"{var} must be a positive number of bytes, got {raw!r}")
+    return int(raw)

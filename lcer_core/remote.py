@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from lcer_core.checks import env_byte_cap
 from lcer_core.datasets import PreparedDataset
 from lcer_core.datasets.prepared import PARTS
 from lcer_core.errors import InvalidParameterError, MissingDataError, StorageError
@@ -43,15 +44,23 @@ __all__ = [
     "get_bundle",
     "put_bytes",
     "get_bytes",
+    "max_object_bytes",
+    "parquet_extent",
+    "read_parquet_object",
     "shard_url",
 ]
 
 #: Environment variable naming the storage URL shared by the flow and its workers.
 STORAGE_ENV = "LCER_STORAGE"
-#: The largest object read from the storage URL (whoever can write there must not fill memory):
-#: far above an Epinions-shaped checkpoint (139 M parameters, 0.56 GB) and far below the machine.
+#: The largest object read from the storage URL, and the most a Parquet object received may
+#: decode to (whoever can write there must not fill memory): far above an Epinions-shaped
+#: checkpoint (139 M parameters, 0.56 GB) and far below the machine.
 MAX_OBJECT_BYTES_ENV = "LCER_MAX_STORAGE_BYTES"
 MAX_OBJECT_BYTES = 4 << 30
+_READ_CHUNK = 1 << 20
+#: Bytes a value of each Parquet physical type takes once decoded (a string: its 16-byte view,
+#: its characters being counted in the column's uncompressed size).
+_DECODED_WIDTH = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
 
 _TABLES = ("users", "items", *PARTS)
 
@@ -120,7 +129,7 @@ def open_bundle(bundle: Mapping[str, bytes]) -> tuple[PreparedDataset, TrainedMo
     try:
         meta = json.loads(bundle["meta.json"])
         name, key = str(meta["bundle"]["dataset"]), str(meta["bundle"]["model_key"])
-        tables = {t: pl.read_parquet(io.BytesIO(bundle[f"{t}.parquet"])) for t in _TABLES}
+        tables = {t: read_parquet_object(bundle[f"{t}.parquet"], f"{t}.parquet") for t in _TABLES}
     except (ValueError, KeyError, TypeError, pl.exceptions.PolarsError) as exc:
         raise MissingDataError(f"the shard's inputs cannot be read: {io_reason(exc)}") from None
     data = PreparedDataset(
@@ -170,10 +179,19 @@ def put_bytes(url: str, data: bytes) -> None:
         raise StorageError(f"cannot write {url}: {io_reason(exc)}") from None
 
 
+def max_object_bytes() -> int:
+    """The cap of one object read from storage, and of what Parquet received decodes to:
+    ``LCER_MAX_STORAGE_BYTES``, else 4 GiB."""
+    return env_byte_cap(MAX_OBJECT_BYTES_ENV, MAX_OBJECT_BYTES)
+
+
 def get_bytes(url: str) -> bytes:
-    """The bytes at ``url``; a missing or unreadable object is a one-line error."""
+    """The bytes at ``url``, read in chunks under the cap (nothing reserved up front); a missing,
+    unreadable or too large object is a one-line error."""
+    cap = max_object_bytes()
     fs, path = _fs(url)
-    cap = int(os.environ.get(MAX_OBJECT_BYTES_ENV) or MAX_OBJECT_BYTES)
+    parts: list[bytes] = []
+    n = 0
     try:
         size = fs.size(path)
         if size is not None and size > cap:
@@ -181,14 +199,56 @@ def get_bytes(url: str) -> bytes:
                 f"{url} holds {size:,} bytes, more than the {cap:,} allowed "
                 f"({MAX_OBJECT_BYTES_ENV}); not read"
             )
-        data = bytes(fs.cat_file(path, start=0, end=cap + 1))
+        with fs.open(path, "rb") as fh:
+            while n <= cap and (chunk := fh.read(min(_READ_CHUNK, cap + 1 - n))):
+                parts.append(chunk)
+                n += len(chunk)
     except StorageError:
         raise
     except Exception as exc:
         raise StorageError(f"cannot read {url}: {io_reason(exc)}") from None
-    if len(data) > cap:  # the size the store reported was wrong
+    if n > cap:  # the size the store reported was wrong
         raise StorageError(f"{url} holds more than the {cap:,} bytes allowed; not read")
-    return data
+    return b"".join(parts)
+
+
+def parquet_extent(data: bytes) -> tuple[int, int]:
+    """(rows, bytes) that Parquet ``data`` decodes to, as its footer tells (nothing decoded):
+    the bytes estimated from each column chunk's value count and uncompressed size. A few MB
+    of Parquet can hold 600 M rows; Parquet that is no Parquet raises ``ValueError``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(pa.BufferReader(data)).metadata
+    rows, size = meta.num_rows, 0
+    groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+    for group in groups:
+        for j in range(group.num_columns):
+            column = group.column(j)
+            width = _DECODED_WIDTH.get(column.physical_type, 16)
+            if column.physical_type == "FIXED_LEN_BYTE_ARRAY":
+                width = meta.schema.column(j).length
+            size += column.num_values * (width + 1) + column.total_uncompressed_size
+    return max(rows, sum(g.num_rows for g in groups)), size
+
+
+def read_parquet_object(data: bytes, what: str, *, max_rows: int | None = None) -> pl.DataFrame:
+    """Parquet ``data`` received from storage or a worker as a frame, decoded only once its
+    footer shows at most ``max_rows`` rows and a decoded size within :func:`max_object_bytes`
+    (polars aborts the whole process when it cannot allocate what a file declares).
+    Unreadable Parquet raises ``ValueError`` or a polars error; too much, :class:`StorageError`."""
+    cap = max_object_bytes()
+    rows, size = parquet_extent(data)
+    if max_rows is not None and rows > max_rows:
+        raise StorageError(
+            f"{what} declares {rows:,} rows, more than the {max_rows:,} expected; not read"
+        )
+    if size > cap:
+        raise StorageError(
+            f"{what} decodes to about {size:,} bytes, more than the {cap:,} allowed "
+            f"({MAX_OBJECT_BYTES_ENV}); not read"
+        )
+    return pl.read_parquet(io.BytesIO(data))
 
 
 def check_storage(url: str) -> str:
@@ -196,6 +256,7 @@ def check_storage(url: str) -> str:
     url = storage_url(url) or ""
     if not url:
         raise StorageError("the storage URL is empty")
+    max_object_bytes()  # a bad cap is refused before anything runs
     probe = f"{url}/.lcer-probe-{uuid.uuid4().hex}"
     put_bytes(probe, b"lcer")
     fs, path = _fs(probe)

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -51,8 +51,8 @@ MOVIES = {10 + 3 * i: (f"Movie {i} (1990)", "Drama") for i in range(40)}
 # --------------------------------------------------------------------------- helpers
 
 
-def _limit_address_space() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+def _address_space_limit(size: int) -> Callable[[], None]:
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (size, size))
 
 
 def _lcer(
@@ -61,10 +61,12 @@ def _lcer(
     mirror: str,
     *,
     bounded: bool = False,
+    address_space: int = ADDRESS_SPACE,
     env: dict[str, str] | None = None,
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``lcer`` on ``home`` and ``mirror`` (under 2 GiB of address space if ``bounded``)."""
+    """Run the installed ``lcer`` on ``home`` and ``mirror`` (under ``address_space`` bytes of
+    address space, 2 GiB unless told, if ``bounded``)."""
     full = {
         **os.environ,
         "LCER_HOME": str(home),
@@ -81,7 +83,7 @@ def _lcer(
         capture_output=True,
         text=True,
         timeout=timeout,
-        preexec_fn=_limit_address_space if bounded else None,
+        preexec_fn=_address_space_limit(address_space) if bounded else None,
     )
 
 
@@ -211,6 +213,74 @@ def test_zip_member_lying_about_its_size_is_read_only_as_far_as_declared(
     before = tree_digest(home)
     proc = _lcer(["prepare", "ml-100k"], home, url, bounded=True)
     _assert_refused(proc, home, before, "ml-100k.zip is not a valid zip archive", "u.genre")
+
+
+def _bomb_member(path: Path, shared: Path, member: str, method: int, size: int) -> Path:
+    """The real ML 100K archive with ``member`` compressed by ``method`` and holding ``size``
+    zero bytes, but declaring its real size."""
+    members = ml100k_members(shared)
+    real = len(members.pop(member))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+        info = zipfile.ZipInfo(member)
+        info.compress_type = method
+        with zf.open(info, "w", force_zip64=True) as fh:
+            for _ in range(size // len(ZERO_MIB)):
+                fh.write(ZERO_MIB)
+    path.write_bytes(_declare_size(path.read_bytes(), member, real))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("member", "method", "name", "size"),
+    [
+        ("ml-100k/u.genre", zipfile.ZIP_BZIP2, "bzip2", 768 << 20),
+        ("ml-100k/u.item", zipfile.ZIP_LZMA, "lzma", 512 << 20),
+    ],
+)
+def test_bzip2_and_lzma_members_are_refused_unread(
+    home: Path,
+    mirror: tuple[Path, str],
+    shared_datasets: Path,
+    member: str,
+    method: int,
+    name: str,
+    size: int,
+) -> None:
+    """A bzip2 or LZMA member that declares its real size and holds hundreds of MiB of zeros
+    in under 1 MB: zipfile decompresses a whole block per read, unbounded (a MemoryError under
+    1 GiB of address space). The real archives are deflated: other methods are refused unread."""
+    folder, url = mirror
+    archive = _bomb_member(folder / "ml-100k.zip", shared_datasets, member, method, size)
+    assert archive.stat().st_size < 1 << 20
+    with zipfile.ZipFile(archive) as zf:
+        assert zf.getinfo(member).file_size == len(ml100k_members(shared_datasets)[member])
+    before = tree_digest(home)
+    proc = _lcer(["prepare", "ml-100k"], home, url, bounded=True, address_space=GIB)
+    _assert_refused(
+        proc,
+        home,
+        before,
+        f"ml-100k.zip: {member} is compressed with {name} (zip method {method})",
+        "only stored and deflate members are read",
+    )
+
+
+def test_out_of_memory_anywhere_is_one_line(
+    home: Path, mirror: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The user's own file, bigger than the process may hold (3 GiB, sparse, under 2 GiB of
+    address space): it is read whole, runs out of memory, and that is one line and exit 2
+    too, with nothing written."""
+    big = tmp_path / "big.csv"
+    with big.open("wb") as fh:
+        fh.write(b"user,item\n1,2\n")
+        fh.truncate(3 * GIB)
+    before = tree_digest(home)
+    args = ["prepare", "mine", "--from", str(big), "--user-col", "user", "--item-col", "item"]
+    proc = _lcer(args, home, mirror[1], bounded=True)
+    _assert_refused(proc, home, before, "out of memory (", "more memory than this process may use")
 
 
 def test_bz2_bomb_for_epinions_is_stopped_at_the_member_cap(

@@ -2,7 +2,8 @@
 
 :func:`build_app` registers the commands listed in :mod:`lcer_core.cli.commands` (plain
 functions of their modules, which import nothing from here); :func:`main` maps every
-:class:`~lcer_core.errors.LcerError` to exit status 2 and one line on stderr, with no traceback.
+:class:`~lcer_core.errors.LcerError` (and a ``MemoryError``) to exit status 2 and one line on
+stderr, with no traceback.
 """
 
 from __future__ import annotations
@@ -46,10 +47,16 @@ def _usage_line(exc: TyperException) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lcer`` command."""
     app = build_app()
+    out_of_memory: str | None = None
     try:
         # Not standalone: usage errors come back as exceptions, so that they print as one line
         # (standalone Typer draws a multi-line box).
         code = app(args=argv, standalone_mode=False)
+    except MemoryError as exc:  # an input too big for this process, wherever: still one line
+        out_of_memory = (
+            f"out of memory ({str(exc) or 'no detail'}): the command needs more memory than "
+            "this process may use"
+        )
     except LcerError as exc:
         from lcer_core.cli.flags import cli_message
 
@@ -66,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    if out_of_memory is not None:  # out of the handler: its traceback, and what it held, freed
+        fail(out_of_memory)
     # As in Typer's standalone mode: always leave through SystemExit, with Exit's code if any.
     status = code if isinstance(code, int) else 0
     if status == 130:

@@ -17,7 +17,8 @@ counted while it streams; a member is read in chunks, capped at ``LCER_MAX_MEMBE
 (default 256 MiB, ten times the largest real member, ML 1M's 24.6 MB ``ratings.dat``;
 twice that for all members of one archive together), checked against the size the zip
 declares before reading and counted while decompressing (bz2 and gz in a stream too); a
-zip may list at most 10,000 entries. Every digest (of the download, of each member) is
+zip may list at most 10,000 entries, and only stored or deflated members are read (what the
+real archives hold; zipfile decompresses a whole bzip2 or LZMA block per read, unbounded). Every digest (of the download, of each member) is
 computed while the bytes stream past.
 """
 
@@ -41,6 +42,7 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
+from lcer_core.checks import env_byte_cap
 from lcer_core.errors import (
     ChecksumMismatchError,
     DataFormatError,
@@ -124,20 +126,11 @@ class ArchiveLimits:
         return 2 * self.member_bytes
 
 
-def _env_cap(var: str, default: int) -> int:
-    raw = os.environ.get(var, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise InvalidParameterError(f"{var} must be a positive number of bytes, got {raw!r}")
-    return int(raw)
-
-
 def archive_limits() -> ArchiveLimits:
     """The caps from ``LCER_MAX_DOWNLOAD_BYTES`` and ``LCER_MAX_MEMBER_BYTES``, else the defaults."""
     return ArchiveLimits(
-        download_bytes=_env_cap("LCER_MAX_DOWNLOAD_BYTES", MAX_DOWNLOAD_BYTES),
-        member_bytes=_env_cap("LCER_MAX_MEMBER_BYTES", MAX_MEMBER_BYTES),
+        download_bytes=env_byte_cap("LCER_MAX_DOWNLOAD_BYTES", MAX_DOWNLOAD_BYTES),
+        member_bytes=env_byte_cap("LCER_MAX_MEMBER_BYTES", MAX_MEMBER_BYTES),
     )
 
 
@@ -285,6 +278,23 @@ def _zip_directory(path: Path) -> tuple[int, int] | None:
     return int(rec[zipfile._ECD_ENTRIES_TOTAL]), int(rec[zipfile._ECD_SIZE])
 
 
+#: The zip compression methods read: the real archives' (every member of ML 100K and ML 1M is
+#: deflated). zipfile inflates deflate to the size asked for, but decompresses a whole bzip2 or
+#: LZMA block (or zstd frame) per read, with no limit on its output.
+_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+
+
+def _check_method(label: str, info: zipfile.ZipInfo) -> None:
+    """Refuse a member compressed with a method other than stored or deflate, before reading it."""
+    method = info.compress_type
+    if method not in _ZIP_METHODS:
+        name = getattr(zipfile, "compressor_names", {}).get(method, "an unknown method")
+        raise DataFormatError(
+            f"{label}: {info.filename} is compressed with {name} (zip method {method}); only "
+            f"{' and '.join(_ZIP_METHODS.values())} members are read, as in the real archives; not read"
+        )
+
+
 def _read_zip(
     spec: DatasetSpec,
     path: Path,
@@ -318,6 +328,7 @@ def _read_zip(
                     )
                 continue
             info = zf.getinfo(member)
+            _check_method(label, info)
             budget.check_declared(member, info.file_size)
             found.append((name, info))
         for name, info in found:
