@@ -104,7 +104,7 @@ class RunSpec:
 
     def explainer_config(self) -> dict[str, Any]:
         """The explainer's whole configuration, ``{"method": ..., **fields}`` (``dump_config()``)."""
-        return {"method": self.method, **self.config.dump()}
+        return get_method(self.method)(self.config).dump_config()
 
     def key_fields(self) -> dict[str, Any]:
         """The run's fields as earlier versions held them (shard files are keyed by these)."""

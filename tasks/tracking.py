@@ -1,4 +1,4 @@
-"""Prefect tasks around :mod:`tasks.track` (MLflow): explanation runs, sweeps, figures, stale runs.
+"""Prefect tasks around :mod:`tasks.mlflow_client` (MLflow): explanation runs, sweeps, figures, stale runs.
 
 An explanation run's MLflow run is opened (RUNNING) before its shards are computed and closed
 when it is tracked, so a pipeline killed on the way leaves it RUNNING; the next flow's

@@ -61,6 +61,19 @@ def registry_reports_validity(method: str) -> bool | None:
     return None if cls is None else bool(cls.reports_validity)
 
 
+#: Whether each built-in method reported validity when schema v6 was written: the migration
+#: reads this frozen table, never today's registry (installed plugins must not change what a
+#: migration does). Other names (plugins of the time) stay NULL.
+_V6_REPORTS_VALIDITY = {
+    "lcer": True,
+    "fia": False,
+    "accent": True,
+    "kaffes": True,
+    "kaffes-topk": True,
+    "lcer-plus": True,
+}
+
+
 def _v6(con: duckdb.DuckDBPyConnection) -> None:
     """``runs.config`` and ``runs.reports_validity``, filled for the runs already stored."""
     _run_all(V6_DDL)(con)
@@ -77,7 +90,7 @@ def _v6(con: duckdb.DuckDBPyConnection) -> None:
         "SELECT DISTINCT method FROM runs WHERE reports_validity IS NULL ORDER BY method"
     ).fetchall()
     for (method,) in methods:
-        reports = registry_reports_validity(method)
+        reports = _V6_REPORTS_VALIDITY.get(method)
         if reports is not None:
             con.execute(
                 "UPDATE runs SET reports_validity = ? "

@@ -52,7 +52,7 @@ from lcer_core.paper import SUBJECT_METHOD, TABLE_ORDER
 
 __all__ = ["VIEWS", "create_views", "TABLE2_COLUMNS", "TABLE3_COLUMNS", "METHOD_ORDER"]
 
-#: The columns of ``table2``, in order (the contract of DESIGN.md).
+#: The columns of ``table2``, in order: a contract that users' queries and our checks rely on.
 TABLE2_COLUMNS = (
     "dataset",
     "method",
