@@ -19,7 +19,6 @@ import duckdb
 
 from lcer_core.errors import LcerHomeError, StoreError
 from lcer_core.store.schema import (
-    STRICT_KEYS,
     V1_DDL,
     V2_DDL,
     V3_DDL,

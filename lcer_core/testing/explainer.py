@@ -87,7 +87,9 @@ def check_selects_on(explainer_cls: type[Explainer]) -> None:
         _fail(who, f"selects_on names unknown test(s) {unknown}; known: {sorted(SELECTION_TESTS)}")
     selects = explainer_cls(explainer_cls.config_type()).selects()
     if selects != declared:
-        _fail(who, f"selects() is {sorted(selects)} with the default config, not {sorted(declared)}")
+        _fail(
+            who, f"selects() is {sorted(selects)} with the default config, not {sorted(declared)}"
+        )
 
 
 def check_config(explainer_cls: type[Explainer], config: ExplainerConfig | None = None) -> None:
