@@ -11,6 +11,7 @@ alone is a migration too (with no statement), so that old databases get the new 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -144,8 +145,6 @@ def _v8(con: duckdb.DuckDBPyConnection) -> None:
 def _selects_on_of(method: str, config: str | None) -> list[str] | None:
     """What ``method`` with its stored configuration selects on (the class default when the
     configuration no longer builds); None for a method this lcer does not know."""
-    import json
-
     from lcer_core.explainers import METHODS  # lazily: the registry imports torch
 
     cls = METHODS.get(method)
