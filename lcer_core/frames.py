@@ -11,10 +11,11 @@ import math
 import polars as pl
 import torch
 
+from lcer_core.columns import COST_COLUMNS
 from lcer_core.datasets import PreparedDataset
 from lcer_core.devices import with_answer_threads
 from lcer_core.explanations import Explanations
-from lcer_core.metrics import PairOutcomes, summarize
+from lcer_core.metrics import PairOutcomes, strict_summary, summarize
 from lcer_core.pairs import PairBatch, build_pairs
 from lcer_core.recommender.base import Recommender
 
@@ -143,9 +144,11 @@ def summarize_frame(frame: pl.DataFrame, reports_validity: bool) -> dict[str, fl
         necessary=torch.tensor(frame["necessary"].to_list(), dtype=torch.bool),
         rank_after=torch.tensor(frame["rank_after"].fill_null(0).to_list(), dtype=torch.long),
     )
-    out = summarize(outcomes, reports_validity=reports_validity)
+    out = summarize(outcomes, reports_validity=reports_validity) | strict_summary(outcomes)
     # what the run cost per pair, when the shards recorded it (see shards.explain_users)
-    for key, column in (("calls_per_pair", "forward_calls"), ("s_per_pair", "explain_s")):
+    for key, column in COST_COLUMNS.items():
         if column in frame.columns and frame.height and frame[column].null_count() == 0:
             out[key] = float(frame[column].mean())  # type: ignore[arg-type]
+    if "threads" in frame.columns and frame["threads"].drop_nulls().n_unique() == 1:
+        out["threads"] = int(frame["threads"].drop_nulls()[0])
     return out

@@ -3,6 +3,13 @@
 Per pair, the recommender re-scores two inputs: x without the CE (necessity: is the item
 out of the top-K now?) and x with only the CE (sufficiency: is it still in the top-K?),
 each ranking excluding its own input items. Aggregates return NaN where undefined.
+
+The paper's PS and PN divide by the pairs with a set, and its validity is each method's own
+acceptance test, so neither compares methods that find sets for different pairs. The strict
+metrics (:func:`strict_summary`) divide by *all* pairs, a pair without a set counting as a
+failure: verified validity is the share of all pairs whose set really drops the item out of
+the re-ranked top-K (the PN test, so it equals strict PN by definition), and Len is averaged
+over those verified sets.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lcer_core.columns import STRICT_KEYS
 from lcer_core.devices import with_answer_threads
 from lcer_core.errors import NonFiniteScoresError
 from lcer_core.explanations import Explanations
@@ -21,6 +29,7 @@ from lcer_core.recommender.base import Recommender, history_mask
 
 __all__ = [
     "PairOutcomes",
+    "STRICT_KEYS",
     "evaluate_pairs",
     "summarize",
     "strict_summary",
@@ -141,20 +150,17 @@ def summarize(
 
 
 def strict_summary(outcomes: PairOutcomes) -> dict[str, float]:
-    """The strict metrics, over *all* pairs (a pair without a set is a failure), in %:
-    verified validity (the set really drops the item out of the re-ranked top-K), PS, PN,
-    F_NS, and the length of the verified sets. Comparable across methods, unlike Table 2's
-    Val (each method's own acceptance test) and PS/PN (over the found sets only)."""
+    """The strict metrics over *all* pairs (a pair without a set fails both tests).
+
+    ``strict_val_pct``: share of pairs whose set really drops the item out of the re-ranked
+    top-K (verified validity; the PN test, hence equal to ``strict_pn_pct``); ``strict_len``:
+    mean size of those verified sets; ``strict_ps_pct``/``strict_pn_pct``/``strict_fns_pct``:
+    PS, PN and their harmonic mean with every pair in the denominator.
+    """
     f = outcomes.found.cpu()
-    n_all = int(f.numel())
+    every = torch.ones_like(f)
     verified = outcomes.necessary.cpu() & f
-    suff = outcomes.sufficient.cpu() & f
-    share = (lambda t: 100.0 * int(t.sum()) / n_all) if n_all else (lambda t: math.nan)
-    p, n = share(suff), share(verified)
-    return {
-        "strict_val_pct": share(verified),
-        "strict_len": length(verified, outcomes.length.cpu()),
-        "strict_ps_pct": p,
-        "strict_pn_pct": n,
-        "strict_fns_pct": f_ns(p, n),
-    }
+    p = ps(every, outcomes.sufficient.cpu() & f)
+    n = pn(every, verified)
+    values = (n, length(verified, outcomes.length.cpu()), p, n, f_ns(p, n))
+    return dict(zip(STRICT_KEYS, values, strict=True))

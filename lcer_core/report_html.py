@@ -1,4 +1,5 @@
-"""One self-contained HTML page per dataset: Table 2 beside the paper, Table 3, the figures and
+"""One self-contained HTML page per dataset: Table 2 beside the paper, Table 3, the strict
+comparison over all pairs (with each method's cost and what it selects on), the figures and
 a few explained recommendations in words (``lcer report DATASET --html FILE``, and an MLflow
 artifact of each pipeline run).
 
@@ -23,7 +24,15 @@ from lcer_core.fsio import write_text_atomic
 from lcer_core.paper import SUBJECT_METHOD
 from lcer_core.store import ResultStore, table2_report, table3_report
 from lcer_core.store.formatting import format_value
-from lcer_core.store.report import METRIC_HEADERS, METRIC_SPECS, REPORT_METRICS
+from lcer_core.store.report import (
+    METRIC_HEADERS,
+    METRIC_SPECS,
+    REPORT_METRICS,
+    STRICT_COLUMNS,
+    strict_cells,
+    strict_report,
+    strict_title,
+)
 
 __all__ = ["build_report", "render_html", "write_html_report", "EXAMPLE_USERS"]
 
@@ -86,6 +95,20 @@ ol.explained li { margin: .35rem 0; }
 </table>
 {% else %}
 <p class="note">No LCER run matches a baseline's length within 0.05 (run <code>lcer sweep {{ dataset }}</code> for more α/λ points).</p>
+{% endif %}
+
+<h2>{{ strict_title }}</h2>
+{% if strict %}
+<table class="strict" id="strict">
+<caption>PS, PN and F_NS with every pair in the denominator; selects on: the evaluation tests a method queries to choose its answer (its score on them is high by construction)</caption>
+<thead><tr>{% for h in strict_headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in strict %}<tr>{% for c in row %}<td class="num">{{ c }}</td>{% endfor %}</tr>
+{% endfor %}
+</tbody>
+</table>
+{% else %}
+<p class="note">No finished run to compare.</p>
 {% endif %}
 
 <h2>Figures</h2>
@@ -312,6 +335,9 @@ def build_report(
         "table2": _table2(table2),
         "table3_headers": headers3,
         "table3": rows3,
+        "strict_title": strict_title(dataset),
+        "strict_headers": [header for _, header, _ in STRICT_COLUMNS],
+        "strict": [strict_cells(r) for r in strict_report(store, dataset).iter_rows(named=True)],
         "figures": figures,
         "figure_notes": notes,
         "examples_method": method,

@@ -121,12 +121,17 @@ class RunSpec:
             "model_key": self.model_key,
         }
 
+    def selects_on(self) -> list[str]:
+        """The evaluation tests the run's explainer, so configured, chooses its answers with."""
+        return sorted(get_method(self.method)(self.config).selects())
+
     def as_row(self) -> dict[str, Any]:
         """The run's columns of the ``runs`` table (``config``: the whole configuration)."""
         return {
             **self.key_fields(),
             "config": self.explainer_config(),
             "reports_validity": get_method(self.method).reports_validity,
+            "selects_on": self.selects_on(),
         }
 
     def to_payload(self) -> dict[str, Any]:

@@ -115,12 +115,17 @@ def explain_users(
     frame = explanation_frame(data, pairs, explanations, outcomes)
     recs = recommendation_frame(data, pairs, recommender)
     n = max(len(pairs), 1)
-    # the shard's cost spread evenly over its pairs: inputs scored and seconds of explanation
+    # the shard's cost spread evenly over its pairs: inputs scored, whole-catalogue and
+    # target-only scorings, gradient steps and seconds of explanation (on these threads)
     return frame.with_columns(
         score=recs["score"],
         device=pl.lit(torch.device(recommender.device).type),
         forward_calls=pl.lit(counting.rows / n, dtype=pl.Float64),
+        catalogue_calls=pl.lit(counting.catalogue_rows / n, dtype=pl.Float64),
+        target_calls=pl.lit(counting.target_scores / n, dtype=pl.Float64),
+        grad_steps=pl.lit(counting.grad_rows / n, dtype=pl.Float64),
         explain_s=pl.lit(seconds / n, dtype=pl.Float64),
+        threads=pl.lit(torch.get_num_threads(), dtype=pl.Int32),
     )
 
 

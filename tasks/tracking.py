@@ -16,9 +16,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lcer_core import plots
+from lcer_core.columns import COST_COLUMNS, STRICT_KEYS
 from lcer_core.paths import lcer_home
 from lcer_core.runs import RunSpec
 from lcer_core.store import ResultStore
+from lcer_core.store.report import selects_text
 from tasks import mlflow_client
 from tasks.evaluate import RunResult
 
@@ -52,8 +54,11 @@ _RUN_KEY_TAG = "lcer.run_key"
 
 def _open_params(spec: RunSpec, params: dict[str, Any]) -> dict[str, Any]:
     """An explanation run's MLflow params known before it runs (``device`` comes at the end):
-    beside ``method, k, alpha, lam``, every field of the explainer's config (``explainer.lr``)."""
+    beside ``method, k, alpha, lam``, every field of the explainer's config (``explainer.lr``)
+    and ``selects_on``, the evaluation tests the method chooses its answers with
+    (``topk+sufficiency``, ``topk`` or ``none``)."""
     return {
+        "selects_on": selects_text(spec.selects_on()),
         "steps": spec.steps,
         "seed": spec.seed,
         "n_users": spec.n_users,
@@ -119,18 +124,22 @@ def track_run(
     parent_run_id: str | None = None,
     mlflow_run_id: str | None = None,
 ) -> str:
-    """One MLflow run for the (method, k, α, λ): params, the five metrics, the explanations Parquet; its id.
+    """One MLflow run for the (method, k, α, λ): params, the five metrics (and the ``strict_*``
+    ones and the cost per pair), the explanations Parquet; its id.
 
     ``mlflow_run_id`` is the run :func:`open_runs` opened for it, closed here; without one,
     outside a sweep, a re-run whose metrics are those of an earlier finished run of the same
     run key reuses that run instead of logging a duplicate.
     """
     spec = result.spec
-    metrics = {k: result.metrics.get(k) for k in (*mlflow_client.METRICS, "n_pairs")}
+    # the paper's metrics and the strict ones over all pairs (``strict_*``) tell a re-run; the
+    # cost per pair (seconds vary) is logged beside them
+    metrics = {k: result.metrics.get(k) for k in (*mlflow_client.METRICS, "n_pairs", *STRICT_KEYS)}
+    logged = {**metrics, **{k: result.metrics.get(k) for k in (*COST_COLUMNS, "threads")}}
     if mlflow_run_id is not None:
         mlflow_client.finish_explain_run(
             mlflow_run_id,
-            metrics=metrics,
+            metrics=logged,
             params={**_open_params(spec, params), "device": result.device},
             explanations_parquet=Path(result.path),
         )
@@ -150,7 +159,7 @@ def track_run(
         alpha=spec.alpha,
         lam=spec.lam,
         params={**_open_params(spec, params), "device": result.device},
-        metrics=metrics,
+        metrics=logged,
         explanations_parquet=Path(result.path),
         parent_run_id=parent_run_id,
         tags={_RUN_KEY_TAG: spec.run_id},

@@ -96,6 +96,15 @@ def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: P
     counts = store.counts()
     assert counts["recommendations"] == counts["explanations"] == 20 * len(methods)
     assert store.query("SELECT count(*) AS n FROM models")["n"][0] == 1
+    # cost per pair in its own units: LCER takes `steps` gradient steps per pair, KaffesCE none
+    cost = {
+        r["method"]: r
+        for r in store.query("SELECT * FROM strict WHERE dataset = 'ml-100k'").iter_rows(named=True)
+    }
+    assert cost["lcer"]["grad_steps_per_pair"] == cost["lcer"]["target_per_pair"] == 30
+    assert cost["lcer"]["catalogue_per_pair"] == 0 and cost["lcer"]["selects_on"] == []
+    assert cost["kaffes"]["grad_steps_per_pair"] == 0 and cost["kaffes"]["catalogue_per_pair"] > 0
+    assert cost["lcer-plus"]["selects_on"] == ["sufficiency", "topk"]
 
     # MLflow holds the same figures as DuckDB, and the explanations Parquet as an artifact.
     client = mlflow_client.client()
@@ -104,6 +113,11 @@ def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: P
         logged = client.get_run(mlflow_id)
         assert logged.data.params["method"] == row["method"]
         assert logged.data.metrics["fns_pct"] == pytest.approx(row["fns_pct"])
+        # the strict comparison: strict_* metrics, the cost per pair, what it selects on
+        strict = store.query("SELECT * FROM strict WHERE run_id = ?", [row["run_id"]])
+        for key in ("strict_ps_pct", "strict_pn_pct", "strict_fns_pct", "grad_steps_per_pair"):
+            assert logged.data.metrics[key] == pytest.approx(strict[key][0]), key
+        assert logged.data.params["selects_on"] == ("+".join(strict["selects_on"][0]) or "none")
         artifacts = {a.path for a in client.list_artifacts(mlflow_id)}
         assert {"explanations", "figures"} <= artifacts
     assert client.get_registered_model("multvae-ml-100k") is not None

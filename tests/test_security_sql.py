@@ -224,6 +224,8 @@ def test_lcer_sql_still_reads_every_view_and_the_readme_queries(
         "order by explanation_count desc limit 10",
         "table3": "select * from table3",
         "run_results": "select run_id, method from run_results",
+        "strict": "select method, k, strict_fns_pct, grad_steps_per_pair, catalogue_per_pair, "
+        "selects_on from strict where dataset = 'ml-100k' and list_contains(selects_on, 'topk')",
         "explanation_items": "select count(*) as n from explanation_items",
         "settings": "select current_setting('enable_external_access') as external, "
         "current_setting('lock_configuration') as locked",
@@ -238,6 +240,7 @@ def test_lcer_sql_still_reads_every_view_and_the_readme_queries(
     assert len(lines["item_explanations"]) > 1
     assert int(lines["explanation_items"][1]) > 0
     assert lines["settings"] == ["external,locked", "false,true"]
+    assert lines["strict"][0].startswith("method,k,strict_fns_pct,")
 
 
 def test_lcer_sql_without_a_database_creates_nothing(tmp_path: Path) -> None:

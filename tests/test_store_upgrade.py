@@ -94,7 +94,7 @@ def test_a_v5_store_is_migrated_filled_and_reads_the_same(tmp_path: Path) -> Non
     assert before["table2"].height == 5 and before["table3"].height == 3  # the data is meaningful
 
     with ResultStore(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 6
+        assert store.schema_version() == SCHEMA_VERSION == 8
         stored = {r["run_id"]: r for r in store.query("SELECT * FROM runs").iter_rows(named=True)}
         for run, *_ in runs:
             row = stored[run["run_id"]]
@@ -103,10 +103,29 @@ def test_a_v5_store_is_migrated_filled_and_reads_the_same(tmp_path: Path) -> Non
             validity = {"fia": False, "mystery": None}.get(run["method"], True)
             assert row["reports_validity"] is validity, run["method"]
             assert json.loads(row["params_json"]) == run["params"]  # kept as it was
+            # v8: what the method selects on, from the registry (NULL for an unknown method)
+            assert row["selects_on"] == (None if run["method"] == "mystery" else []), run
+        # v8: the strict metrics of the stored explanations, over all pairs; no cost measured
+        strict = store.query(
+            "SELECT s.run_id, s.strict_pn_pct, s.strict_val_pct, s.strict_ps_pct, "
+            "s.catalogue_per_pair, 100.0 * avg((e.found AND e.necessary)::INT) AS pn, "
+            "100.0 * avg((e.found AND e.sufficient)::INT) AS ps "
+            "FROM strict s JOIN explanations e USING (run_id) GROUP BY ALL"
+        )
+        assert strict.height == len(runs)
+        for row in strict.iter_rows(named=True):
+            assert row["strict_pn_pct"] == pytest.approx(row["pn"])
+            assert row["strict_val_pct"] == row["strict_pn_pct"]
+            assert row["strict_ps_pct"] == pytest.approx(row["ps"])
+            assert row["catalogue_per_pair"] is None  # not measured before v8
         after = {name: store.query(sql) for name, sql in VIEW_QUERIES.items()}
         for name in VIEW_QUERIES:
-            assert after[name].equals(before[name]), name
-            assert after[name].schema == before[name].schema, name
+            # v8 adds columns to run_results and seed_results (strict metrics, cost, selects_on)
+            added = set(after[name].columns) - set(before[name].columns)
+            assert not added or name in ("run_results", "seed_results"), (name, added)
+            old = after[name].select(before[name].columns)
+            assert old.equals(before[name]), name
+            assert old.schema == before[name].schema, name
         fia = store.table2().filter(pl.col("method") == "fia").row(0, named=True)
         assert fia["val_pct"] is None
         mystery = store.table2().filter(pl.col("method") == "mystery").row(0, named=True)
@@ -125,7 +144,7 @@ def test_a_v5_store_is_migrated_filled_and_reads_the_same(tmp_path: Path) -> Non
         row = store.run(lcer["run_id"])
         assert row is not None and json.loads(row["config"]) == config
         for name, sql in VIEW_QUERIES.items():
-            assert store.query(sql).equals(before[name]), name
+            assert store.query(sql).select(before[name].columns).equals(before[name]), name
         # ... and so does a run row in version 5's shape (the config only in params).
         store.write_run(lcer, recs, expl, metrics)
         assert store.counts() == counts

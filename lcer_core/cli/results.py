@@ -18,9 +18,13 @@ from lcer_core.store.report import (
     METRIC_HEADERS,
     METRIC_SPECS,
     REPORT_METRICS,
+    STRICT_COLUMNS,
     lam_report,
     paired_report,
     seed_rows,
+    strict_cells,
+    strict_report,
+    strict_title,
 )
 from lcer_core.store.views import METHOD_ORDER
 
@@ -103,6 +107,16 @@ def _table2_view(frame: pl.DataFrame, dataset: str, k: int, *, paper: bool) -> T
                 cells.append(format_value(row[f"paper_{metric}"], "–", spec))
         cells += [_cell(row, "calls_per_pair", ".0f"), _cell(row, "s_per_pair", ".4f")]
         table.add_row(*cells)
+    return table
+
+
+def _strict_view(frame: pl.DataFrame, dataset: str) -> Table:
+    """The strict comparison over all pairs, apart from the paper's tables."""
+    table = Table(title=strict_title(dataset), header_style="bold")
+    for column, header, _ in STRICT_COLUMNS:
+        table.add_column(header, justify="left" if column in ("method", "selects_on") else "right")
+    for row in frame.iter_rows(named=True):
+        table.add_row(*strict_cells(row))
     return table
 
 
@@ -273,6 +287,7 @@ def report(
         table3, paper3 = table3_report(store, dataset)
         seeds = seed_rows(store, dataset)
         lams = lam_report(store, dataset)
+        strict = strict_report(store, dataset)
         paired = paired_report(store, dataset, *pair) if pair else None
     if format is ReportFormat.json:
         payload = {
@@ -282,6 +297,7 @@ def report(
             "lcer_by_lam": [plain(r) for r in lams.to_dicts()],
             "table3": [plain(r) for r in table3.to_dicts()],
             "paper_table3": [plain(r) for r in paper3.to_dicts()],
+            "strict": [plain(r) for r in strict.to_dicts()],
             **({"paired": [plain(r) for r in paired.to_dicts()]} if paired is not None else {}),
         }
         typer.echo(json.dumps(payload, ensure_ascii=False))
@@ -310,3 +326,5 @@ def report(
             "Table 3: no LCER run matches a baseline's length within 0.05 "
             f"(run `lcer sweep {dataset}` for more α/λ points)."
         )
+    if strict.height:
+        console.print(_strict_view(strict, dataset))

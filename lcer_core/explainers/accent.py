@@ -74,8 +74,15 @@ class Accent(Explainer):
     """
 
     name: ClassVar[str] = "accent"
+    #: None with Accent's own ``criterion="gap"``: the prefix stops when the (K+1)-th factual
+    #: item overtakes the target, one comparison, not the top-K of the re-ranked list
+    #: (``stop="additive"`` does not even re-query); ``criterion="topk"`` is PN's test.
+    selects_on: ClassVar[frozenset[str]] = frozenset()
     config_type: ClassVar[type[ExplainerConfig]] = AccentConfig
     config: AccentConfig
+
+    def selects(self) -> frozenset[str]:
+        return frozenset({"topk"}) if self.config.criterion == "topk" else frozenset()
 
     def _explain(
         self,

@@ -20,7 +20,13 @@ from lcer_core.explanations import Explanations, Progress
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
 
-__all__ = ["Explainer", "ExplainerConfig", "Explanations", "Progress"]
+__all__ = ["Explainer", "ExplainerConfig", "Explanations", "Progress", "SELECTION_TESTS"]
+
+#: The evaluation tests an explainer may query while choosing its answer (``selects_on``):
+#: ``"topk"``, the top-K drop-out test on the re-ranked list (PN's test), and
+#: ``"sufficiency"``, the only-these-items test (PS's test). A method that selects on a test
+#: is scored by that test on its own choices: its PN (or PS) is high by construction.
+SELECTION_TESTS = frozenset({"topk", "sufficiency"})
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,15 @@ class Explainer(ABC):
     #: True for methods that optimise with gradients (LCER): on a cluster their shards ask
     #: for a GPU; the others only call the model forward and run wherever there is a CPU.
     prefers_gpu: ClassVar[bool] = False
+    #: The evaluation tests (:data:`SELECTION_TESTS`) the method queries while choosing its
+    #: answer, with its default configuration; empty for none. :meth:`selects` gives them for
+    #: the configuration at hand (where an option switches a test on or off).
+    selects_on: ClassVar[frozenset[str]] = frozenset()
     config_type: ClassVar[type[ExplainerConfig]] = ExplainerConfig
+
+    def selects(self) -> frozenset[str]:
+        """The evaluation tests this explainer, so configured, queries to choose its answer."""
+        return self.selects_on
 
     def __init__(self, config: ExplainerConfig | None = None) -> None:
         self.config = config if config is not None else self.config_type()

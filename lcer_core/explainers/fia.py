@@ -44,6 +44,8 @@ class FIA(Explainer):
 
     name: ClassVar[str] = "fia"
     reports_validity: ClassVar[bool] = False
+    #: None: the most influential item is taken whatever either test would say.
+    selects_on: ClassVar[frozenset[str]] = frozenset()
     config_type: ClassVar[type[ExplainerConfig]] = FIAConfig
     config: FIAConfig
 

@@ -103,8 +103,14 @@ class KaffesCE(Explainer):
     """
 
     name: ClassVar[str] = "kaffes"
+    #: None with the paper's ``criterion="threshold"``: a set counts when the target's score
+    #: falls under the factual g_{K+1}(x), not on the re-ranked list; ``"topk"`` is PN's test.
+    selects_on: ClassVar[frozenset[str]] = frozenset()
     config_type: ClassVar[type[ExplainerConfig]] = KaffesConfig
     config: KaffesConfig
+
+    def selects(self) -> frozenset[str]:
+        return frozenset({"topk"}) if self.config.criterion == "topk" else frozenset()
 
     def _explain(
         self,
@@ -273,6 +279,7 @@ class KaffesTopK(KaffesCE):
     """
 
     name: ClassVar[str] = "kaffes-topk"
+    selects_on: ClassVar[frozenset[str]] = frozenset({"topk"})
     config_type: ClassVar[type[ExplainerConfig]] = KaffesTopKConfig
 
 

@@ -130,6 +130,10 @@ class LCER(Explainer):
 
     name = "lcer"
     prefers_gpu = True
+    #: None: its acceptance test compares the target's score with the *factual* (K+1)-th score
+    #: g_{K+1}(x_f), a fixed number, and never re-ranks the catalogue; the top-K drop-out test
+    #: (PN's) re-ranks x \ C, where the other items' scores move too, so the two can disagree.
+    selects_on: ClassVar[frozenset[str]] = frozenset()
     config_type = LCERConfig
     config: LCERConfig
 

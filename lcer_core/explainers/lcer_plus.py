@@ -109,8 +109,16 @@ class LCERPlus(Explainer):
 
     name: ClassVar[str] = "lcer-plus"
     prefers_gpu: ClassVar[bool] = True
+    #: The top-K test chooses among its sets (``select="topk"``) and the PS test makes the
+    #: choice sufficiency-aware (``sufficiency > 0``): both are the tests the metrics score.
+    selects_on: ClassVar[frozenset[str]] = frozenset({"topk", "sufficiency"})
     config_type = LCERPlusConfig
     config: LCERPlusConfig
+
+    def selects(self) -> frozenset[str]:
+        cfg = self.config
+        tests = {"topk"} if cfg.select == "topk" else set()
+        return frozenset(tests | ({"sufficiency"} if cfg.sufficiency > 0 else set()))
 
     def _explain(
         self, recommender: Recommender, pairs: PairBatch, *, seed: int, progress: Progress | None

@@ -2,10 +2,13 @@
 
 One file, ``$LCER_HOME/results/lcer.duckdb``. Tables: ``datasets``, ``items``, ``models``,
 ``runs`` (one row per run key: its method, k, α, λ, seed, status, ``config`` = the explainer's
-whole configuration as JSON, ``{"method": ..., field: value}``, and ``reports_validity``, false
-for a method whose explanations are not counterfactuals, FIA), ``recommendations``,
+whole configuration as JSON, ``{"method": ..., field: value}``, ``reports_validity``, false
+for a method whose explanations are not counterfactuals, FIA, and ``selects_on``, the
+evaluation tests the method chose its answers with), ``recommendations``,
 ``explanations`` (one row per user × recommended item, with the CE's items and their
-importance), ``metrics`` (one row per evaluation; re-evaluations keep history). Views: ``table2``, ``table3``, ``run_results``, ``latest_metrics``,
+importance), ``metrics`` (one row per evaluation; re-evaluations keep history; the paper's metrics, the
+strict metrics over all pairs and the cost per pair). Views: ``table2``, ``table3``,
+``strict`` (the strict comparison), ``run_results``, ``latest_metrics``,
 ``explanation_items`` and ``item_explanations`` (section 4.3), described with example
 queries in :mod:`lcer_core.store.views`.
 
@@ -24,7 +27,7 @@ Which items appear most often in LCER's CEs, and how popular they are::
 
 from lcer_core.store.formatting import FORMATS, print_frame, render, to_csv, to_json, to_rich_table
 from lcer_core.store.migrations import SCHEMA_VERSION, apply_migrations, current_version
-from lcer_core.store.report import REPORT_METRICS, table2_report, table3_report
+from lcer_core.store.report import REPORT_METRICS, strict_report, table2_report, table3_report
 from lcer_core.store.schema import (
     COST_KEYS,
     EXPLANATION_COLUMNS,
@@ -65,6 +68,7 @@ __all__ = [
     "print_frame",
     "render",
     "table2_report",
+    "strict_report",
     "table3_report",
     "to_csv",
     "to_json",

@@ -11,6 +11,7 @@ alone is a migration too (with no statement), so that old databases get the new 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -18,7 +19,16 @@ from datetime import UTC, datetime
 import duckdb
 
 from lcer_core.errors import LcerHomeError, StoreError
-from lcer_core.store.schema import V1_DDL, V2_DDL, V3_DDL, V4_DDL, V5_DDL, V6_DDL
+from lcer_core.store.schema import (
+    V1_DDL,
+    V2_DDL,
+    V3_DDL,
+    V4_DDL,
+    V5_DDL,
+    V6_DDL,
+    V7_DDL,
+    V8_DDL,
+)
 from lcer_core.store.views import create_views
 
 __all__ = [
@@ -28,6 +38,7 @@ __all__ = [
     "apply_migrations",
     "disk_trouble",
     "registry_reports_validity",
+    "registry_selects_on",
 ]
 
 #: How DuckDB words the failures of the file system under it (they are LCER_HOME's problem).
@@ -99,6 +110,75 @@ def _v6(con: duckdb.DuckDBPyConnection) -> None:
             )
 
 
+def registry_selects_on(method: str) -> list[str] | None:
+    """The tests the registered explainer ``method`` selects on (its default configuration),
+    sorted; None for an unknown name."""
+    from lcer_core.explainers import METHODS  # lazily: the registry imports torch
+
+    cls = METHODS.get(method)
+    return None if cls is None else sorted(cls.selects_on)
+
+
+def _v8(con: duckdb.DuckDBPyConnection) -> None:
+    """Strict metrics and cost columns, ``runs.selects_on``; filled where the rows allow it.
+
+    ``selects_on`` from the run's stored configuration by :func:`_selects_on_of`'s frozen rules; the strict metrics of each run's ``explain`` metrics row from its
+    stored explanations (their ``found``, ``sufficient``, ``necessary`` and ``length`` are that
+    evaluation's); re-evaluations and the cost columns stay NULL (not measured).
+    """
+    _run_all(V8_DDL)(con)
+    runs = con.execute(
+        "SELECT run_id, method, config FROM runs WHERE selects_on IS NULL ORDER BY run_id"
+    ).fetchall()
+    for run_id, method, config in runs:
+        tests = _selects_on_of(method, config)
+        if tests is not None:
+            con.execute("UPDATE runs SET selects_on = ? WHERE run_id = ?", [tests, run_id])
+    con.execute(
+        """
+        UPDATE metrics SET
+            strict_ps_pct = s.ps, strict_pn_pct = s.pn, strict_val_pct = s.pn,
+            strict_len = s.len,
+            strict_fns_pct = CASE WHEN s.ps + s.pn = 0 THEN 0.0
+                                  ELSE 2 * s.ps * s.pn / (s.ps + s.pn) END
+        FROM (
+            SELECT run_id,
+                   100.0 * count(*) FILTER (WHERE found AND sufficient) / count(*) AS ps,
+                   100.0 * count(*) FILTER (WHERE found AND necessary) / count(*) AS pn,
+                   avg(length) FILTER (WHERE found AND necessary) AS len
+            FROM explanations GROUP BY run_id
+        ) s
+        WHERE metrics.run_id = s.run_id AND metrics.kind = 'explain'
+          AND metrics.strict_pn_pct IS NULL
+        """
+    )
+
+
+def _selects_on_of(method: str, config: str | None) -> list[str] | None:
+    """What a built-in ``method`` of schema v8's time selected on with its stored
+    configuration: a frozen rule per method, never today's registry (installed plugins must
+    not change what a migration does); None for any other name."""
+    try:
+        fields = json.loads(config) if config else {}
+    except ValueError:
+        fields = {}
+    fields = fields if isinstance(fields, dict) else {}
+    if method in ("lcer", "fia"):
+        return []
+    if method in ("accent", "kaffes"):
+        return ["topk"] if fields.get("criterion") == "topk" else []
+    if method == "kaffes-topk":
+        return ["topk"]
+    if method == "lcer-plus":
+        tests = ["sufficiency"] if _positive(fields.get("sufficiency", 4.0)) else []
+        return tests + (["topk"] if fields.get("select", "topk") == "topk" else [])
+    return None
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
 #: (version, what it does, how) in order; version N brings a database from N-1 to N.
 MIGRATIONS: tuple[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]], ...] = (
     (1, "datasets, items, models, runs, recommendations, explanations, metrics", _run_all(V1_DDL)),
@@ -115,6 +195,13 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]], 
     (4, "metrics.calls_per_pair, metrics.s_per_pair (what a run cost)", _run_all(V4_DDL)),
     (5, "shards: where each explanation shard ran (node, device)", _run_all(V5_DDL)),
     (6, "runs.config (the explainer's whole configuration), runs.reports_validity", _v6),
+    (7, "runs.plugins (placeholder of the plugins branch's v7)", _run_all(V7_DDL)),
+    (
+        8,
+        "metrics: strict metrics over all pairs and cost per pair counted at the recommender "
+        "seam; runs.selects_on (the evaluation tests a method chooses its answers with)",
+        _v8,
+    ),
 )
 
 #: The version this code writes and understands.

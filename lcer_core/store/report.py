@@ -6,6 +6,7 @@ import polars as pl
 
 from lcer_core.errors import MissingDataError
 from lcer_core.paper import SUBJECT_METHOD, paper_table2, paper_table3
+from lcer_core.store.formatting import format_value
 from lcer_core.store.store import ResultStore
 from lcer_core.store.views import METHOD_ORDER
 
@@ -14,9 +15,16 @@ __all__ = [
     "METRIC_HEADERS",
     "METRIC_SPECS",
     "COST_METRICS",
+    "STRICT_METRICS",
+    "STRICT_COLUMNS",
     "lam_report",
     "paired_report",
     "seed_rows",
+    "selects_text",
+    "strict_cells",
+    "strict_report",
+    "strict_title",
+    "NOT_MEASURED",
     "table2_report",
     "table3_report",
 ]
@@ -35,6 +43,85 @@ METRIC_HEADERS = {
 METRIC_SPECS = {"val_pct": ".1f", "len": ".3f", "ps_pct": ".2f", "pn_pct": ".2f", "fns_pct": ".2f"}
 #: What a run cost per pair (not in the paper): recommender inputs scored, seconds.
 COST_METRICS = ("calls_per_pair", "s_per_pair")
+
+
+#: The strict metrics over all pairs (``strict`` view), in the printed order.
+STRICT_METRICS = (
+    "strict_val_pct",
+    "strict_len",
+    "strict_ps_pct",
+    "strict_pn_pct",
+    "strict_fns_pct",
+)
+#: The cost per pair beside them, counted at the recommender seam, the same way for every method.
+STRICT_COSTS = ("s_per_pair", "catalogue_per_pair", "target_per_pair", "grad_steps_per_pair")
+#: The strict table as printed and on the HTML page: (column, header, format).
+STRICT_COLUMNS = (
+    ("method", "Method", ""),
+    ("k", "K", ""),
+    ("strict_val_pct", "verified Val %", ".1f"),
+    ("strict_len", "Len", ".3f"),
+    ("strict_ps_pct", "PS %", ".2f"),
+    ("strict_pn_pct", "PN %", ".2f"),
+    ("strict_fns_pct", "F_NS %", ".2f"),
+    ("s_per_pair", "s/pair", ".4f"),
+    ("catalogue_per_pair", "whole-catalogue scorings/pair", ".1f"),
+    ("target_per_pair", "target-only scorings/pair", ".1f"),
+    ("grad_steps_per_pair", "gradient steps/pair", ".1f"),
+    ("selects_on", "selects on", ""),
+)
+#: What a cell says where a run stored before schema 8 has no such number.
+NOT_MEASURED = "not measured"
+
+
+def strict_title(dataset: str) -> str:
+    """The strict table's title (the same words in the terminal and on the HTML page)."""
+    return (
+        f"Beside the paper · strict metrics over all pairs · {dataset}  (a pair without a set is a failure; "
+        "verified Val = sets that really drop the item out of the re-ranked top-K = strict PN; "
+        "Len over those sets; cost per pair counted at the recommender seam; mean over seeds)"
+    )
+
+
+def selects_text(tests: list[str] | None) -> str:
+    """``topk+sufficiency``, ``none`` (selects on no test) or ``unknown`` (a method unknown here)."""
+    if tests is None:
+        return "unknown"
+    return "+".join(sorted(tests)) or "none"
+
+
+def strict_report(store: ResultStore, dataset: str) -> pl.DataFrame:
+    """Per (k, method) of ``table2``: the strict metrics and cost of the runs ``lcer report``
+    averages (``seed_results``), means over seeds (null where not measured), and ``selects_on``."""
+    metrics = STRICT_METRICS + STRICT_COSTS
+    rows = store.query(
+        "SELECT k, method, seed, selects_on, "
+        + ", ".join(metrics)
+        + " FROM seed_results WHERE dataset = ? ORDER BY k, method, seed",
+        [dataset],
+    )
+    if rows.height == 0:
+        return pl.DataFrame()
+    out = rows.group_by(["k", "method"]).agg(
+        pl.len().alias("n_seeds"),
+        pl.col("selects_on").first(),
+        *[pl.col(m).mean() for m in metrics],
+    )
+    return out.with_columns(pl.col("k").cast(pl.Int32)).sort(["k", _method_rank(), "method"])
+
+
+def strict_cells(row: dict) -> list[str]:
+    """One row of the strict table as text, in :data:`STRICT_COLUMNS`' order."""
+    cells = []
+    for column, _, spec in STRICT_COLUMNS:
+        value = row.get(column)
+        if column == "selects_on":
+            cells.append(selects_text(value))
+        elif not spec:
+            cells.append(str(value))
+        else:
+            cells.append(NOT_MEASURED if value is None else format_value(value, "–", spec))
+    return cells
 
 
 def seed_rows(store: ResultStore, dataset: str) -> pl.DataFrame:

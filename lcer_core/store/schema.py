@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from lcer_core.columns import EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS
+from lcer_core.columns import COST_COLUMNS, EXPLANATION_COLUMNS, RECOMMENDATION_COLUMNS, STRICT_KEYS
 
 __all__ = [
     "TABLES",
@@ -18,6 +18,7 @@ __all__ = [
     "KINDS",
     "METRIC_KEYS",
     "COST_KEYS",
+    "STRICT_KEYS",
     "RUN_COLUMNS",
     "RECOMMENDATION_COLUMNS",
     "SHARD_COLUMNS",
@@ -44,8 +45,10 @@ STATUSES = ("running", "finished", "failed")
 KINDS = ("explain", "reevaluate")
 #: The metrics of one evaluation, as in Table 2 of the paper (``len`` in items, the rest 0–100).
 METRIC_KEYS = ("n_pairs", "val_pct", "len", "ps_pct", "pn_pct", "fns_pct")
-#: What an explanation run cost, per pair: recommender inputs scored and seconds (optional).
-COST_KEYS = ("calls_per_pair", "s_per_pair")
+#: What an explanation run cost, per pair (optional; see :data:`lcer_core.columns.COST_COLUMNS`):
+#: recommender inputs scored, seconds, whole-catalogue and target-only scorings, gradient steps;
+#: and ``threads``, the torch threads it ran on (on the run's ``device``).
+COST_KEYS = (*COST_COLUMNS, "threads")
 
 #: Columns of ``runs`` a caller may give (besides ``params``, a dict stored as JSON). ``config``
 #: is the explainer's whole configuration (a dict, ``Explainer.dump_config()``, stored as JSON),
@@ -69,6 +72,7 @@ RUN_COLUMNS = (
     "kind",
     "config",
     "reports_validity",
+    "selects_on",
 )
 
 # Frame specs: column -> (polars dtype, required).
@@ -233,6 +237,26 @@ V5_DDL = (
 V6_DDL = (
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS config JSON",
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS reports_validity BOOLEAN",
+)
+
+# Version 7 (a placeholder of another branch's migration, reconciled at merge): the explainer
+# plugins a run could see, as JSON.
+V7_DDL = ("ALTER TABLE runs ADD COLUMN IF NOT EXISTS plugins JSON",)
+
+# Version 8: the strict comparison. Per metrics row, the strict metrics over all pairs
+# (a pair without a set fails) and the cost counted the same way for every method; per run,
+# the evaluation tests its method queried while choosing its answers (``selects_on``, a list
+# of "topk", "sufficiency"; empty for none). Existing rows are filled where the stored
+# explanations allow it (:mod:`lcer_core.store.migrations`); the cost stays NULL (not measured).
+V8_DDL = (
+    *(f"ALTER TABLE metrics ADD COLUMN IF NOT EXISTS {key} DOUBLE" for key in STRICT_KEYS),
+    *(
+        f"ALTER TABLE metrics ADD COLUMN IF NOT EXISTS {key} DOUBLE"
+        for key in COST_COLUMNS
+        if key not in ("calls_per_pair", "s_per_pair")
+    ),
+    "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS threads INTEGER",
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS selects_on VARCHAR[]",
 )
 
 #: Columns of ``shards`` (besides ``run_id``), as :meth:`ResultStore.write_run` takes them.

@@ -39,6 +39,7 @@ from lcer_core.store.migrations import (
     current_version,
     disk_trouble,
     registry_reports_validity,
+    registry_selects_on,
 )
 from lcer_core.store.schema import (
     COST_KEYS,
@@ -50,6 +51,7 @@ from lcer_core.store.schema import (
     RUN_COLUMNS,
     SHARD_COLUMNS,
     STATUSES,
+    STRICT_KEYS,
     TABLES,
 )
 
@@ -143,16 +145,21 @@ def _number(value: Any, name: str, kind: type) -> Any:
     return number
 
 
+#: Every value column of ``metrics``: Table 2's, the cost per pair, the strict metrics.
+_METRIC_COLUMNS = METRIC_KEYS + COST_KEYS + STRICT_KEYS
+
+
 def _metrics_row(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Validated metrics: the keys of Table 2, percentages within 0–100."""
-    unknown = sorted(set(metrics) - set(METRIC_KEYS) - set(COST_KEYS))
+    unknown = sorted(set(metrics) - set(_METRIC_COLUMNS))
     if unknown:
         raise InvalidParameterError(
-            f"unknown metric(s) {', '.join(unknown)}; expected {', '.join(METRIC_KEYS + COST_KEYS)}"
+            f"unknown metric(s) {', '.join(unknown)}; expected {', '.join(_METRIC_COLUMNS)}"
         )
     row: dict[str, Any] = {}
-    for key in METRIC_KEYS + COST_KEYS:
-        value = _number(metrics.get(key), f"metric {key}", int if key == "n_pairs" else float)
+    for key in _METRIC_COLUMNS:
+        kind = int if key in ("n_pairs", "threads") else float
+        value = _number(metrics.get(key), f"metric {key}", kind)
         if value is not None:
             if key.endswith("_pct") and not 0.0 <= value <= 100.0:
                 raise InvalidParameterError(
@@ -209,8 +216,20 @@ def _run_row(run: Mapping[str, Any], *, status: str | None = None) -> dict[str, 
         raise InvalidParameterError(
             f"run reports_validity must be true or false, got {row['reports_validity']!r}"
         )
+    row["selects_on"] = _selects_on(run.get("selects_on"), row["method"])
     row["params_json"] = json.dumps(params, sort_keys=True, default=str)
     return row
+
+
+def _selects_on(value: Any, method: str) -> list[str] | None:
+    """The tests a run's method selects on, sorted (the registry's default when not given)."""
+    if value is None:
+        return registry_selects_on(method)
+    if isinstance(value, str) or not all(isinstance(t, str) for t in value):
+        raise InvalidParameterError(
+            f"run selects_on must be a collection of test names, got {value!r}"
+        )
+    return sorted(value)
 
 
 def _config_json(config: Any, method: str) -> str | None:
@@ -348,7 +367,7 @@ def _upsert_sql(
 _RUN_TABLE_COLUMNS = (*RUN_COLUMNS, "params_json")
 # Columns of ``runs`` a rewrite without them (NULL) leaves as they were: the MLflow link, and
 # what the run key already determines (its configuration; whether its method reports validity).
-_KEEP = ("mlflow_run_id", "config", "reports_validity")
+_KEEP = ("mlflow_run_id", "config", "reports_validity", "selects_on")
 
 
 class ResultStore:
@@ -641,7 +660,7 @@ class ResultStore:
         evaluated_at: datetime,
         kind: str,
     ) -> None:
-        keys = METRIC_KEYS + COST_KEYS
+        keys = _METRIC_COLUMNS
         columns = ["run_id", "dataset", "method", "k", *keys, "evaluated_at", "kind"]
         values = [run["run_id"], run["dataset"], run["method"], run["k"]]
         values += [metric[k] for k in keys] + [evaluated_at, kind]

@@ -11,6 +11,17 @@
 - ``run_results``: every finished explanation run with its latest metrics (the sweep grid)
   and what it cost per pair (``calls_per_pair``: recommender inputs scored; ``s_per_pair``).
   The run's whole configuration is in ``runs.config`` (JSON, e.g. ``config->>'lr'``).
+- ``strict``: the strict comparison, one row per finished explanation run: ``dataset, method,
+  k, seed, alpha, lam, steps, n_users, n_pairs``, the strict metrics over all pairs (a pair
+  without a set is a failure: ``strict_val_pct`` the share whose set really drops the item out
+  of the re-ranked top-K, equal to ``strict_pn_pct`` by definition; ``strict_len`` over those
+  verified sets; ``strict_ps_pct, strict_pn_pct, strict_fns_pct``), the cost per pair counted
+  at the recommender seam (``s_per_pair``, ``catalogue_per_pair``: whole-catalogue scorings,
+  ``target_per_pair``: target-only scorings, ``grad_steps_per_pair``: gradient steps,
+  ``calls_per_pair``: inputs scored), ``device, threads``, ``selects_on`` (the evaluation tests
+  the method chose its answers with: ``'topk'``, ``'sufficiency'``; ``[]`` for none; NULL for a
+  method this lcer does not know), ``run_id, finished_at``. NULL where not measured (runs
+  stored before these columns: no cost; re-evaluated without the strict metrics).
 - ``seed_results``: per (dataset, method, k) of ``table2`` and seed, the latest run with
   ``table2``'s α, λ, steps and users: the rows ``lcer report`` averages over seeds.
 - ``latest_metrics``: the newest metrics row of each run (re-evaluations keep their history
@@ -50,7 +61,14 @@ import duckdb
 
 from lcer_core.paper import SUBJECT_METHOD, TABLE_ORDER
 
-__all__ = ["VIEWS", "create_views", "TABLE2_COLUMNS", "TABLE3_COLUMNS", "METHOD_ORDER"]
+__all__ = [
+    "VIEWS",
+    "create_views",
+    "TABLE2_COLUMNS",
+    "TABLE3_COLUMNS",
+    "STRICT_COLUMNS",
+    "METHOD_ORDER",
+]
 
 #: The columns of ``table2``, in order: a contract that users' queries and our checks rely on.
 TABLE2_COLUMNS = (
@@ -65,6 +83,34 @@ TABLE2_COLUMNS = (
     "ps_pct",
     "pn_pct",
     "fns_pct",
+    "run_id",
+    "finished_at",
+)
+
+#: The columns of ``strict``, in order.
+STRICT_COLUMNS = (
+    "dataset",
+    "method",
+    "k",
+    "seed",
+    "alpha",
+    "lam",
+    "steps",
+    "n_users",
+    "n_pairs",
+    "strict_val_pct",
+    "strict_len",
+    "strict_ps_pct",
+    "strict_pn_pct",
+    "strict_fns_pct",
+    "s_per_pair",
+    "catalogue_per_pair",
+    "target_per_pair",
+    "grad_steps_per_pair",
+    "calls_per_pair",
+    "device",
+    "threads",
+    "selects_on",
     "run_id",
     "finished_at",
 )
@@ -125,14 +171,28 @@ VIEWS: dict[str, str] = {
                CASE WHEN NOT coalesce(r.reports_validity, true) THEN NULL
                     ELSE m.val_pct END AS val_pct,
                m.len, m.ps_pct, m.pn_pct, m.fns_pct, m.evaluated_at, m.kind AS metrics_kind,
-               c.calls_per_pair, c.s_per_pair
+               c.calls_per_pair, c.s_per_pair,
+               m.strict_val_pct, m.strict_len, m.strict_ps_pct, m.strict_pn_pct, m.strict_fns_pct,
+               c.catalogue_per_pair, c.target_per_pair, c.grad_steps_per_pair, c.threads,
+               r.selects_on
         FROM runs r JOIN latest_metrics m ON m.run_id = r.run_id
         LEFT JOIN (
             -- what the explanation cost, from its own metrics row (re-evaluations cost nothing)
-            SELECT run_id, max(calls_per_pair) AS calls_per_pair, max(s_per_pair) AS s_per_pair
+            SELECT run_id, max(calls_per_pair) AS calls_per_pair, max(s_per_pair) AS s_per_pair,
+                   max(catalogue_per_pair) AS catalogue_per_pair,
+                   max(target_per_pair) AS target_per_pair,
+                   max(grad_steps_per_pair) AS grad_steps_per_pair, max(threads) AS threads
             FROM metrics WHERE kind = 'explain' GROUP BY run_id
         ) c ON c.run_id = r.run_id
         WHERE r.status = 'finished' AND r.kind = 'explain'
+    """,
+    "strict": f"""
+        SELECT dataset, method, k, seed, alpha, lam, steps, n_users, n_pairs,
+               strict_val_pct, strict_len, strict_ps_pct, strict_pn_pct, strict_fns_pct,
+               s_per_pair, catalogue_per_pair, target_per_pair, grad_steps_per_pair,
+               calls_per_pair, device, threads, selects_on, run_id, finished_at
+        FROM run_results
+        ORDER BY dataset, k, {_order("method")}, method, finished_at, run_id
     """,
     "seed_results": """
         -- per (dataset, method, k) of table2 and seed: the latest finished run with the same

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from lcer_core.errors import InvalidParameterError
-from lcer_core.explainers.base import Explainer, ExplainerConfig
+from lcer_core.explainers.base import SELECTION_TESTS, Explainer, ExplainerConfig
 from lcer_core.explanations import Explanations
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
@@ -29,6 +29,7 @@ __all__ = [
     "hostile_values",
     "declared_options",
     "check_config",
+    "check_selects_on",
     "check_bad_options",
     "check_empty_batch",
     "check_output",
@@ -74,6 +75,23 @@ def hostile_values(default: Any) -> list[Any]:
     return []
 
 
+def check_selects_on(explainer_cls: type[Explainer]) -> None:
+    """``selects_on``: a frozenset of the known evaluation tests (:data:`SELECTION_TESTS`),
+    and what :meth:`Explainer.selects` says for the default configuration."""
+    who = _name(explainer_cls)
+    declared = getattr(explainer_cls, "selects_on", None)
+    if not isinstance(declared, frozenset):
+        _fail(who, f"selects_on must be a frozenset, got {type(declared).__name__}")
+    unknown = sorted(str(t) for t in declared - SELECTION_TESTS)
+    if unknown:
+        _fail(who, f"selects_on names unknown test(s) {unknown}; known: {sorted(SELECTION_TESTS)}")
+    selects = explainer_cls(explainer_cls.config_type()).selects()
+    if selects != declared:
+        _fail(
+            who, f"selects() is {sorted(selects)} with the default config, not {sorted(declared)}"
+        )
+
+
 def check_config(explainer_cls: type[Explainer], config: ExplainerConfig | None = None) -> None:
     """Config: a frozen dataclass whose default builds; ``dump_config()`` is JSON and round-trips."""
     who = _name(explainer_cls)
@@ -86,6 +104,7 @@ def check_config(explainer_cls: type[Explainer], config: ExplainerConfig | None 
         _fail(who, f"{ctype.__name__} must be a frozen dataclass")
     if not isinstance(getattr(explainer_cls, "reports_validity", None), bool):
         _fail(who, "reports_validity must be a bool")
+    check_selects_on(explainer_cls)
     fields = {f.name for f in dataclasses.fields(ctype)}
     options = declared_options(ctype)
     if not set(options) <= fields:
