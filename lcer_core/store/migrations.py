@@ -122,7 +122,8 @@ def registry_selects_on(method: str) -> list[str] | None:
 def _v8(con: duckdb.DuckDBPyConnection) -> None:
     """Strict metrics and cost columns, ``runs.selects_on``; filled where the rows allow it.
 
-    ``selects_on`` from the run's stored configuration by :func:`_selects_on_of`'s frozen rules; the strict metrics of each run's ``explain`` metrics row from its
+    ``selects_on`` from the run's stored configuration by :func:`_selects_on_of`'s frozen
+    rules; the strict metrics of each run's ``explain`` metrics row from its
     stored explanations (their ``found``, ``sufficient``, ``necessary`` and ``length`` are that
     evaluation's); re-evaluations and the cost columns stay NULL (not measured).
     """
