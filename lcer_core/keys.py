@@ -37,10 +37,14 @@ def run_key(
     model_version: str,
     n_users: int | None = None,
     extra: dict[str, Any] | None = None,
+    split_seed: int | None = None,
 ) -> str:
-    """Key of an explanation run: the same inputs give the same key, so a re-run replaces its rows."""
+    """Key of an explanation run: the same inputs give the same key, so a re-run replaces its rows.
+    ``split_seed`` is named only when it is not the default split (None): older keys stay."""
+    split = {} if split_seed is None else {"split_seed": split_seed}
     return content_key(
         {
+            **split,
             "dataset": dataset,
             "method": method,
             "k": k,

@@ -89,7 +89,9 @@ def begin_runs(specs: Sequence[RunSpec], params: dict[str, Any]) -> list[str]:
         earlier = store.run(spec.run_id)
         if earlier is None or earlier["status"] != "finished":
             row = spec.as_row()
-            store.begin_run({**row, "params": {**params, "explainer": row["config"]}})
+            store.begin_run(
+                {**row, "params": {**params, **spec.params(), "explainer": row["config"]}}
+            )
             begun.append(spec.run_id)
     return begun
 
@@ -100,7 +102,7 @@ def store_run(result: RunResult, params: dict[str, Any]) -> str:
     frame = read_shards([result.path])
     recommendations, explanations = split_run_frame(frame)
     row = result.spec.as_row()
-    params = {**params, "explainer": row["config"]}
+    params = {**params, **result.spec.params(), "explainer": row["config"]}
     run = {**row, "device": result.device, "kind": "explain", "params": params}
     run_id = ResultStore().write_run(
         run,
