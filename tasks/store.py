@@ -134,9 +134,11 @@ def mark_failed(run_id: str) -> None:
 
 @task(name="latest-runs", cache_policy=NO_CACHE)
 def latest_runs(datasets: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """The runs of Table 2 (latest finished run per dataset, method and k), optionally for some datasets."""
+    """The runs of Table 2 (latest finished run per dataset, method and k), optionally for some
+    datasets; ``split_seed`` None for the default split."""
     sql = (
-        "SELECT t.run_id, t.dataset, t.method, t.k, t.alpha, t.lam, r.model_key, r.mlflow_run_id "
+        "SELECT t.run_id, t.dataset, t.method, t.k, t.alpha, t.lam, r.model_key, r.mlflow_run_id, "
+        "TRY_CAST(json_extract(r.params_json, '$.split_seed') AS INTEGER) AS split_seed "
         "FROM table2 t JOIN runs r USING (run_id)"
     )
     params: list[Any] = []

@@ -42,6 +42,8 @@ class ModelInfo:
     history: dict[str, list[float]] = field(default_factory=dict)
     #: The open MLflow run of a training done now (``register`` closes it); None when reused.
     mlflow_run_id: str | None = None
+    #: The split seed of the data it was trained on (None: the default split).
+    split_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ def train(
         path=str(model.path),
         history=history if trained_now else {},
         mlflow_run_id=run_id,
+        split_seed=split_seed,
     )
 
 
@@ -203,7 +206,7 @@ def register(info: ModelInfo) -> Registration:
             mlflow_client.end_run(info.mlflow_run_id, "FINISHED")
         return found
     model = models.load_model(info.dataset, info.key)
-    data = load_prepared(info.dataset)
+    data = load_prepared(info.dataset, info.split_seed)
     _, example = data.matrix("test_tr", data.users_of("test")[:1])
     out = mlflow_client.log_model(
         model.module,
