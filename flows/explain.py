@@ -149,7 +149,7 @@ def _submit_remote(
 
 def _bundle(spec: RunSpec, users: Sequence[int], storage: str | None, ray_runner: bool) -> Any:
     """The model and data of ``spec`` for remote shards: a storage URL, a Ray reference, or bytes."""
-    data = load_prepared(spec.dataset)
+    data = load_prepared(spec.dataset, spec.split_seed)
     bundle = remote.make_bundle(data, load_model(spec.dataset, spec.model_key), users)
     if storage:
         return upload_bundle(storage, spec.model_key, users, bundle)

@@ -87,7 +87,7 @@ def _upload_bundles(storage: str, specs: Sequence[RunSpec], users: Sequence[int]
     bundles: dict[str, str] = {}
     for spec in specs:
         if spec.model_key not in bundles:
-            data = load_prepared(spec.dataset)
+            data = load_prepared(spec.dataset, spec.split_seed)
             model = load_model(spec.dataset, spec.model_key)
             bundle = remote.make_bundle(data, model, users)
             bundles[spec.model_key] = upload_bundle(storage, spec.model_key, users, bundle)
@@ -177,12 +177,13 @@ def _explain_model(
     n_users: int | None,
     shard_size: int,
     explain_deployment: str | None,
+    split_seed: int | None = None,
 ) -> list[dict[str, Any]]:
     """Plan and run every explanation run of one trained model (``seeds``: the model's and the
-    explainers'); their Table 2 rows."""
+    explainers'; ``split_seed``: its data's); their Table 2 rows."""
     logger = get_run_logger()
     model_seed, explain_seed = seeds
-    users = test_users(dataset, n_users)
+    users = test_users(dataset, n_users, split_seed)
     specs = plan_runs(
         dataset=dataset,
         methods=methods,
@@ -191,10 +192,12 @@ def _explain_model(
         seed=explain_seed,
         n_users=n_users,
         model_key=model_key,
+        split_seed=split_seed,
     )
     logger.info(
-        "%s (model seed %d, explainer seed %d): %d explanation runs over %d test users",
+        "%s%s (model seed %d, explainer seed %d): %d explanation runs over %d test users",
         dataset,
+        "" if split_seed is None else f" split seed {split_seed}",
         model_seed,
         explain_seed,
         len(specs),
@@ -218,6 +221,8 @@ def lcer_pipeline(
     epochs: int = DEFAULT_EPOCHS,
     explain_deployment: str | None = None,
     seeds: list[int] | None = None,
+    budget: int | None = None,
+    split_seeds: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Explain the top-K recommendations of the test users of ``datasets`` with ``methods``; Table 2 rows.
 
@@ -226,12 +231,14 @@ def lcer_pipeline(
     ``lcer-explain/lcer-explain``) sends the explanations to that deployment's work pool.
     ``seeds`` makes the seed a dimension: one model trained per seed, explained with the same
     seed (``seed`` is then unused); without it the model has the default seed and ``seed``
-    is the explainers'.
+    is the explainers'. ``budget`` sets the search budget of the methods that have one.
+    ``split_seeds`` makes the data split a dimension: each seed's split (see
+    :mod:`lcer_core.datasets.prepare`) gets its own model and runs; without it, the default split.
     """
     check_environment()
     datasets = list(datasets or DEFAULT_DATASETS)
     ks = list(ks or DEFAULT_KS)
-    options = {"alpha": alphas, "lam": lams, "steps": steps}
+    options = {"alpha": alphas, "lam": lams, "steps": steps, "budget": budget}
     methods = validate_plan(
         datasets,
         methods or list(PAPER_METHODS),
@@ -240,24 +247,28 @@ def lcer_pipeline(
         seeds=list(seeds or [seed]),
         n_users=n_users,
         shard_size=shard_size,
+        split_seeds=list(split_seeds or []),
     )
     # (model seed, explainer seed) pairs
     plan = [(s, s) for s in dict.fromkeys(seeds)] if seeds else [(MODEL_SEED, seed)]
     summaries: list[dict[str, Any]] = []
+    splits: list[int | None] = list(dict.fromkeys(split_seeds)) if split_seeds else [None]
     for dataset in datasets:
-        for model_seed, explain_seed in plan:
-            model, _ = prepare_and_train(dataset, epochs, model_seed)
-            summaries += _explain_model(
-                dataset,
-                model.key,
-                (model_seed, explain_seed),
-                methods,
-                ks,
-                options,
-                n_users=n_users,
-                shard_size=shard_size,
-                explain_deployment=explain_deployment,
-            )
+        for split_seed in splits:
+            for model_seed, explain_seed in plan:
+                model, _ = prepare_and_train(dataset, epochs, model_seed, split_seed)
+                summaries += _explain_model(
+                    dataset,
+                    model.key,
+                    (model_seed, explain_seed),
+                    methods,
+                    ks,
+                    options,
+                    n_users=n_users,
+                    shard_size=shard_size,
+                    explain_deployment=explain_deployment,
+                    split_seed=split_seed,
+                )
         item_figures(dataset)
         html_report(dataset)
     return summaries

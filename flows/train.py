@@ -21,16 +21,23 @@ DEFAULT_EPOCHS = MultVAEConfig().epochs
 
 
 def prepare_and_train(
-    dataset: str, epochs: int = DEFAULT_EPOCHS, seed: int = MODEL_SEED
+    dataset: str,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = MODEL_SEED,
+    split_seed: int | None = None,
 ) -> tuple[ModelInfo, Registration]:
-    """The first steps of every flow: prepare → train (skipped when the model exists) → register."""
+    """The first steps of every flow: prepare → train (skipped when the model exists) → register.
+    With ``split_seed`` the model is trained on that split (the default one is prepared too:
+    the dataset's statistics and items are recorded from it)."""
     fail_stale(dataset)
     prepare(dataset)
     store_dataset(dataset)
+    if split_seed is not None:
+        prepare(dataset, split_seed)
     # One training per model at a time: a second process waits, then reuses the model and
     # its registry version.
     with training_lock(dataset, MultVAEConfig(epochs=epochs), seed):
-        info = train(dataset, epochs, seed)
+        info = train(dataset, epochs, seed, split_seed)
         registration = register(info)
         store_model(info, registration)
     return info, registration

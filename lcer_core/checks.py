@@ -24,6 +24,7 @@ __all__ = [
     "check_steps",
     "check_users",
     "check_seed",
+    "check_split_seed",
     "check_heldout",
     "check_shard_size",
     "env_byte_cap",
@@ -84,6 +85,17 @@ def check_seed(seed: Any) -> int:
             f"seed must be an integer in [0, 2^31), got {seed}", param="seed"
         )
     return seed
+
+
+def check_split_seed(split_seed: Any) -> int:
+    """``split_seed`` (which assignment of users to train/validation/test) if it is an integer
+    in [0, 2^31 - 1]; else a one-line error."""
+    if not (_is_int(split_seed) and 0 <= split_seed <= 2**31 - 1):
+        raise InvalidParameterError(
+            f"split_seed must be an integer in [0, 2^31 - 1], got {split_seed}",
+            param="split_seed",
+        )
+    return split_seed
 
 
 def check_shard_size(shard_size: Any) -> int:

@@ -38,16 +38,20 @@ def run_key(
     n_users: int | None = None,
     extra: dict[str, Any] | None = None,
     pairs_version: int = 1,
+    split_seed: int | None = None,
 ) -> str:
     """Key of an explanation run: the same inputs give the same key, so a re-run replaces its rows.
 
     ``pairs_version`` is how the run's (user, item) pairs were computed; version 1 (the first
     releases) is keyed without the field, so those keys are what they always were.
+    ``split_seed`` is named only when it is not the default split (None).
     """
     versioned = {} if pairs_version == 1 else {"pairs": pairs_version}
+    split = {} if split_seed is None else {"split_seed": split_seed}
     return content_key(
         {
             **versioned,
+            **split,
             "dataset": dataset,
             "method": method,
             "k": k,

@@ -84,8 +84,10 @@ class TrainedModel:
 
 
 def model_key(data: PreparedDataset, config: MultVAEConfig, seed: int) -> str:
-    """Key of a model: the data's content hash, the hyperparameters and the seed."""
-    return content_key({"data": data.fingerprint, "config": config.dump(), "seed": seed})
+    """Key of a model: the data's content hash, the hyperparameters and the seed (and the
+    data's split seed, named only when it is not the default split: older keys stay)."""
+    split = {} if data.split_seed is None else {"split_seed": data.split_seed}
+    return content_key({"data": data.fingerprint, "config": config.dump(), "seed": seed, **split})
 
 
 def train_model(
@@ -134,7 +136,8 @@ def train_model(
 
 def save_model(model: TrainedModel, data: PreparedDataset) -> TrainedModel:
     """Write ``model``'s checkpoint under ``LCER_HOME/models/DATASET/KEY/`` (atomically) and make it
-    the dataset's latest; a write that fails (permissions, full disk) leaves no partial file."""
+    the dataset's latest (a model of a split seed's data never is: ``lcer explain`` explains the
+    default split); a write that fails (permissions, full disk) leaves no partial file."""
     path = models_dir() / data.name / model.key / "model.pt"
     model.data_fingerprint = data.fingerprint
     write_bytes_atomic(path, model_bytes(model))
@@ -142,7 +145,8 @@ def save_model(model: TrainedModel, data: PreparedDataset) -> TrainedModel:
     write_json_atomic(
         path.parent / TRAIN_JSON, {"config": model.config.dump(), "seed": model.seed}, indent=None
     )
-    write_text_atomic(path.parent.parent / "latest", model.key)
+    if data.split_seed is None:
+        write_text_atomic(path.parent.parent / "latest", model.key)
     model.path = path
     return model
 

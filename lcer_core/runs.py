@@ -16,8 +16,11 @@ configuration's options (None for a method without them), and ``extra`` = the
 configuration's other fields whose value differs from the config class's default: a run
 that sets nothing else keys as it did, and a re-run replaces it instead of storing a
 duplicate; a run with, say, another learning rate or KaffesCE budget gets a key of its own.
-Runs stored with pairs of an earlier version (before the item-0 fix: no ``pairs`` field)
-keep their keys and are neither replaced by nor mistaken for today's runs.
+So does a run on a split seed's data (``split_seed``, see :mod:`lcer_core.datasets.prepare`):
+it is named in the key payload, in the payload and in the ``runs`` row's ``params`` only when
+it is not the default split (None). Runs stored with pairs of an earlier version (before the
+item-0 fix: no ``pairs`` field) keep their keys and are neither replaced by nor mistaken for
+today's runs.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lcer_core.checks import check_k, check_seed, check_shard_size, check_users
+from lcer_core.checks import check_k, check_seed, check_shard_size, check_split_seed, check_users
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import ExplainerConfig, get_method
 from lcer_core.keys import run_key
@@ -66,6 +69,8 @@ class RunSpec:
     n_users: int | None
     model_key: str
     config: ExplainerConfig
+    #: The split seed of the data (None: the default split).
+    split_seed: int | None = None
 
     def option(self, name: str) -> Any:
         """The value of the configuration's option ``name``; None if the method has no such option."""
@@ -94,13 +99,15 @@ class RunSpec:
     def label(self) -> str:
         """One line naming the run, e.g. ``ml-100k lcer k=5 α=0.1 λ=0.01``."""
         grid = "".join(f" {_SYMBOLS.get(n, n)}={v:g}" for n, v in self.grid_values().items())
-        return f"{self.dataset} {self.method} k={self.k}{grid}"
+        split = "" if self.split_seed is None else f" split={self.split_seed}"
+        return f"{self.dataset}{split} {self.method} k={self.k}{grid}"
 
     @property
     def slug(self) -> str:
         """The run in a task name, e.g. ``lcer-k5-a0.1-l0.01``."""
         grid = "".join(f"-{n[0]}{v:g}" for n, v in self.grid_values().items())
-        return f"{self.method}-k{self.k}{grid}"
+        split = "" if self.split_seed is None else f"-s{self.split_seed}"
+        return f"{self.method}-k{self.k}{grid}{split}"
 
     def explainer_config(self) -> dict[str, Any]:
         """The explainer's whole configuration, ``{"method": ..., **fields}`` (``dump_config()``)."""
@@ -134,9 +141,15 @@ class RunSpec:
             "selects_on": self.selects_on(),
         }
 
+    def params(self) -> dict[str, Any]:
+        """What the run adds to its ``runs`` row's and MLflow run's params: the split seed, when
+        it is not the default split."""
+        return {} if self.split_seed is None else {"split_seed": self.split_seed}
+
     def to_payload(self) -> dict[str, Any]:
         """The run as JSON-able data (a deployment's parameters); :meth:`from_payload` reverses it."""
         return {
+            **self.params(),
             "run_id": self.run_id,
             "dataset": self.dataset,
             "method": self.method,
@@ -166,6 +179,7 @@ class RunSpec:
                 n_users=payload["n_users"],
                 model_key=payload["model_key"],
                 config=get_method(method).config_type(**fields),
+                split_seed=payload.get("split_seed"),
             )
         except (KeyError, TypeError) as exc:
             raise InvalidParameterError(f"malformed run payload: {exc}") from None
@@ -200,6 +214,7 @@ def run_spec(
     n_users: int | None,
     model_key: str,
     config: ExplainerConfig | None = None,
+    split_seed: int | None = None,
     **options: Any,
 ) -> RunSpec:
     """The run of ``method`` with ``config`` (or its config with ``options`` set, None: default),
@@ -221,6 +236,8 @@ def run_spec(
     check_seed(seed)
     if n_users is not None:
         check_users(n_users)
+    if split_seed is not None:
+        check_split_seed(split_seed)
     keyed = {n: (getattr(config, n) if n in config.options else None) for n in _KEYED_OPTIONS}
     extra = {n: v for n, v in config.non_default().items() if n not in config.options}
     key = run_key(
@@ -233,8 +250,9 @@ def run_spec(
         n_users=n_users,
         extra=extra,
         pairs_version=PAIRS_VERSION,
+        split_seed=split_seed,
     )
-    return RunSpec(key, dataset, method, k, seed, n_users, model_key, config)
+    return RunSpec(key, dataset, method, k, seed, n_users, model_key, config, split_seed)
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
@@ -260,7 +278,8 @@ def method_configs(
 
     ``options`` maps option names to values (a value or a list of values for a grid option;
     None or an empty list: not given). Only the options ``method`` declares apply to it; one not given
-    takes the method's ``defaults_for(dataset)``, else its config's default.
+    takes the method's ``defaults_for(dataset)``, else its config's default. ``"budget"`` sets
+    the field its config names as its search budget (``budget``; methods without one ignore it).
     """
     cls = get_method(method).config_type
     options = options or {}
@@ -275,6 +294,8 @@ def method_configs(
             continue
         if value is not None:
             base[name] = value
+    if options.get("budget") is not None and cls.budget:
+        base[cls.budget] = options["budget"]
     configs: dict[str, ExplainerConfig] = {}
     for combo in itertools.product(*axes):
         config = cls(**{**base, **dict(combo)})
@@ -302,9 +323,10 @@ def plan_runs(
     seed: int,
     n_users: int | None,
     model_key: str,
+    split_seed: int | None = None,
 ) -> list[RunSpec]:
     """Every run of the grid: each method once per k and per combination of its grid options
-    (LCER per (α, λ); a baseline, which has none, once per k)."""
+    (LCER per (α, λ); a baseline, which has none, once per k), on the data of ``split_seed``."""
     if not ks:
         raise InvalidParameterError("no k given", param="k")
     specs: dict[str, RunSpec] = {}
@@ -318,6 +340,7 @@ def plan_runs(
                 n_users=n_users,
                 model_key=model_key,
                 config=config,
+                split_seed=split_seed,
             )
             specs.setdefault(spec.run_id, spec)
     return list(specs.values())
@@ -332,6 +355,7 @@ def validate_plan(
     seeds: Sequence[int],
     n_users: int | None,
     shard_size: int,
+    split_seeds: Sequence[int] = (),
 ) -> list[str]:
     """Check a whole plan before any work (the command line before Prefect starts, a flow
     started from a deployment before training): datasets, methods, every configuration of
@@ -349,6 +373,8 @@ def validate_plan(
         check_k(value)
     for value in seeds:
         check_seed(value)
+    for value in split_seeds:
+        check_split_seed(value)
     if n_users is not None:
         check_users(n_users)
     check_shard_size(shard_size)

@@ -32,15 +32,21 @@ def _download_failed(task: Any, task_run: Any, state: Any) -> bool:
     retry_delay_seconds=[2, 10],
     retry_condition_fn=_download_failed,
 )
-def prepare(dataset: str) -> dict[str, Any]:
-    """Download (or take from the mirror), filter and split ``dataset``; its Table 1 statistics."""
-    result = prepare_dataset(dataset, progress=False, log=get_run_logger().info)
+def prepare(dataset: str, split_seed: int | None = None) -> dict[str, Any]:
+    """Download (or take from the mirror), filter and split ``dataset`` (with ``split_seed``:
+    that split); its Table 1 statistics."""
+    result = prepare_dataset(
+        dataset, progress=False, log=get_run_logger().info, split_seed=split_seed
+    )
     return dict(result.stats)
 
 
 @task(name="test-users", cache_policy=NO_CACHE)
-def test_users(dataset: str, n_users: int | None = None) -> list[int]:
-    """Internal ids of the first ``n_users`` test users of ``dataset`` (all by default)."""
-    users = pairs.test_users(load_prepared(dataset), n_users)
+def test_users(
+    dataset: str, n_users: int | None = None, split_seed: int | None = None
+) -> list[int]:
+    """Internal ids of the first ``n_users`` test users of ``dataset`` (of its split
+    ``split_seed``; all by default)."""
+    users = pairs.test_users(load_prepared(dataset, split_seed), n_users)
     get_run_logger().info("%s: %d test users to explain", dataset, len(users))
     return users

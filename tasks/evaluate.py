@@ -57,10 +57,12 @@ def evaluate_run(spec: RunSpec, shard_paths: list[str]) -> RunResult:
 
 @task(name="reevaluate-run", cache_policy=NO_CACHE)
 def reevaluate_run(run: dict[str, Any], explanations: pl.DataFrame) -> dict[str, Any]:
-    """Metrics of a stored run's CEs against the dataset's current (latest trained) model."""
+    """Metrics of a stored run's CEs against the dataset's current (latest trained) model; a run
+    on a split seed's data against its own model (the latest names only the default split's)."""
     dataset, method, k = run["dataset"], run["method"], int(run["k"])
-    data = load_prepared(dataset)
-    model = load_model(dataset)
+    split_seed = run.get("split_seed")
+    data = load_prepared(dataset, split_seed)
+    model = load_model(dataset, None if split_seed is None else run["model_key"])
     recommender = model.recommender(default_device())
     pairs, ces = pairs_from_frame(data, recommender, explanations, k)
     outcomes = evaluate_pairs(recommender, pairs, ces)

@@ -98,7 +98,7 @@ def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str
         return Completed(name="Cached", message=f"complete shard file {out}", data=str(out))
     start = time.perf_counter()
     device = default_device()
-    data = load_prepared(spec.dataset)
+    data = load_prepared(spec.dataset, spec.split_seed)
     model = load_model(spec.dataset, spec.model_key)
 
     def report(done: int, total: int) -> None:

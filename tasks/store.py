@@ -89,7 +89,9 @@ def begin_runs(specs: Sequence[RunSpec], params: dict[str, Any]) -> list[str]:
         earlier = store.run(spec.run_id)
         if earlier is None or earlier["status"] != "finished":
             row = spec.as_row()
-            store.begin_run({**row, "params": {**params, "explainer": row["config"]}})
+            store.begin_run(
+                {**row, "params": {**params, **spec.params(), "explainer": row["config"]}}
+            )
             begun.append(spec.run_id)
     return begun
 
@@ -100,7 +102,7 @@ def store_run(result: RunResult, params: dict[str, Any]) -> str:
     frame = read_shards([result.path])
     recommendations, explanations = split_run_frame(frame)
     row = result.spec.as_row()
-    params = {**params, "explainer": row["config"]}
+    params = {**params, **result.spec.params(), "explainer": row["config"]}
     run = {**row, "device": result.device, "kind": "explain", "params": params}
     run_id = ResultStore().write_run(
         run,
@@ -132,9 +134,11 @@ def mark_failed(run_id: str) -> None:
 
 @task(name="latest-runs", cache_policy=NO_CACHE)
 def latest_runs(datasets: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """The runs of Table 2 (latest finished run per dataset, method and k), optionally for some datasets."""
+    """The runs of Table 2 (latest finished run per dataset, method and k), optionally for some
+    datasets; ``split_seed`` None for the default split."""
     sql = (
-        "SELECT t.run_id, t.dataset, t.method, t.k, t.alpha, t.lam, r.model_key, r.mlflow_run_id "
+        "SELECT t.run_id, t.dataset, t.method, t.k, t.alpha, t.lam, r.model_key, r.mlflow_run_id, "
+        "TRY_CAST(json_extract(r.params_json, '$.split_seed') AS INTEGER) AS split_seed "
         "FROM table2 t JOIN runs r USING (run_id)"
     )
     params: list[Any] = []

@@ -66,6 +66,7 @@ def _open_params(spec: RunSpec, params: dict[str, Any]) -> dict[str, Any]:
         "run_key": spec.run_id,
         **{f"explainer.{name}": value for name, value in spec.config.dump().items()},
         **params,
+        **spec.params(),
     }
 
 

@@ -42,6 +42,8 @@ class ModelInfo:
     history: dict[str, list[float]] = field(default_factory=dict)
     #: The open MLflow run of a training done now (``register`` closes it); None when reused.
     mlflow_run_id: str | None = None
+    #: The split seed of the data it was trained on (None: the default split).
+    split_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ def _train_tracked(
             **config.dump(),
             "seed": seed,
             "data_fingerprint": data.fingerprint,
+            **_split_params(data),
             **_source_params(data.meta),
             "model_key": key,
         },
@@ -117,12 +120,16 @@ def _train_tracked(
 
 @task(name="train-multvae", cache_policy=NO_CACHE)
 def train(
-    dataset: str, epochs: int = MultVAEConfig().epochs, seed: int = models.MODEL_SEED
+    dataset: str,
+    epochs: int = MultVAEConfig().epochs,
+    seed: int = models.MODEL_SEED,
+    split_seed: int | None = None,
 ) -> ModelInfo:
-    """Train Mult-VAE on ``dataset``, or reuse the checkpoint trained on the same data with the same settings."""
+    """Train Mult-VAE on ``dataset`` (on its split ``split_seed``), or reuse the checkpoint
+    trained on the same data with the same settings."""
     logger = get_run_logger()
     config = MultVAEConfig(epochs=epochs)
-    data = load_prepared(dataset)
+    data = load_prepared(dataset, split_seed)
     history: dict[str, list[float]] = {"loss": [], "val_ndcg100": []}
     on_epoch = _epoch_reporter(dataset, epochs, history, logger)
     key = models.model_key(data, config, seed)
@@ -142,13 +149,20 @@ def train(
             **model.config.dump(),
             "seed": seed,
             "data_fingerprint": data.fingerprint,
+            **_split_params(data),
             **_source_params(data.meta),
         },
         metrics=dict(model.metrics),
         path=str(model.path),
         history=history if trained_now else {},
         mlflow_run_id=run_id,
+        split_seed=split_seed,
     )
+
+
+def _split_params(data: PreparedDataset) -> dict[str, int]:
+    """The data's split seed as a run param, when it is not the default split."""
+    return {} if data.split_seed is None else {"split_seed": data.split_seed}
 
 
 def _source_params(meta: dict[str, Any]) -> dict[str, str]:
@@ -192,7 +206,7 @@ def register(info: ModelInfo) -> Registration:
             mlflow_client.end_run(info.mlflow_run_id, "FINISHED")
         return found
     model = models.load_model(info.dataset, info.key)
-    data = load_prepared(info.dataset)
+    data = load_prepared(info.dataset, info.split_seed)
     _, example = data.matrix("test_tr", data.users_of("test")[:1])
     out = mlflow_client.log_model(
         model.module,

@@ -50,6 +50,9 @@ CLAIMS: dict[str, claims.Claim | None] = {
     "kaffes-topk": claims.out_of_top_k,
     # the re-ranked top-K test, with LCER's own answer as the fallback
     "lcer-plus": claims.any_of(claims.out_of_top_k, claims.below_threshold),
+    # lcer-plus's selector with the re-ranked top-K test and no fallback
+    "random-prefix": claims.out_of_top_k,
+    "kaffes-ps": claims.out_of_top_k,
 }
 #: Fewer steps than the paper's 3000: the contract is about the interface, not the optimum.
 FAST: dict[str, ExplainerConfig] = {

@@ -8,7 +8,8 @@ from tiny_recommenders import CountingRecommender, LinearRecommender, random_lin
 
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import LCER, LCERConfig, LCERPlus, LCERPlusConfig, get_explainer
-from lcer_core.explainers.lcer_plus import _Selector
+from lcer_core.explainers.lcer_plus import _choose
+from lcer_core.explainers.selector import Selector
 from lcer_core.metrics import evaluate_pairs
 from lcer_core.pairs import build_pairs, histories_from_lists
 
@@ -56,7 +57,7 @@ def _select(rec, sets, cfg, importance=None):
     )[:, 0][None]  # fmt: skip
     imp = torch.full((1, 4), 0.5) if importance is None else torch.tensor([importance])
     calls = torch.zeros(1, dtype=torch.long)
-    out = _Selector(rec, pairs, cfg, calls).run(sets, scores, imp)
+    out = _choose(Selector(rec, pairs, cfg, calls), cfg, sets, scores, imp)
     return pairs.items[0][out.removed[0]].tolist(), out, pairs
 
 

@@ -34,6 +34,13 @@ SeedOpt = Annotated[
         f"one, else {DEFAULT_SEED})."
     ),
 ]
+SplitSeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Prepare, beside the default split, the split with this seed (another assignment "
+        "of users to train, validation and test) in data/DATASET/split-SEED/."
+    ),
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Prepare again even if already prepared.")]
 HeldoutOpt = Annotated[
     int | None,
@@ -80,14 +87,25 @@ def _prepare_registry(
     heldout: int | None,
     split: str | None,
     file_options: dict[str, Any],
+    split_seed: int | None = None,
 ) -> Any:
     """Prepare a registry dataset; the options of ``--from`` must not be given."""
     stray = [k for k, v in file_options.items() if v is not None]
     if stray:
         raise InvalidParameterError(f"{', '.join(stray)} only apply with --from FILE")
+    if split_seed is not None and seed is not None:
+        raise InvalidParameterError("--seed and --split-seed cannot be combined")
     from lcer_core.datasets import prepare_dataset
 
-    return prepare_dataset(dataset, seed=seed, force=force, heldout=heldout, log=_err, split=split)
+    return prepare_dataset(
+        dataset,
+        seed=seed,
+        force=force,
+        heldout=heldout,
+        log=_err,
+        split=split,
+        split_seed=split_seed,
+    )
 
 
 def _check_from(split: str | None, user_col: str | None, item_col: str | None) -> None:
@@ -102,6 +120,7 @@ def _check_from(split: str | None, user_col: str | None, item_col: str | None) -
 def prepare(
     dataset: DatasetArg,
     seed: SeedOpt = None,
+    split_seed: SplitSeedOpt = None,
     force: ForceOpt = False,
     heldout: HeldoutOpt = None,
     split: SplitOpt = None,
@@ -128,8 +147,12 @@ def prepare(
             "--title-col": title_col,
             "--genres-col": genres_col,
         }
-        result = _prepare_registry(dataset, seed, force, heldout, split, given)
+        result = _prepare_registry(dataset, seed, force, heldout, split, given, split_seed)
     else:
+        if split_seed is not None:
+            raise InvalidParameterError(
+                "--split-seed applies to a prepared dataset, not with --from"
+            )
         _check_from(split, user_col, item_col)
         from lcer_core.datasets.custom import register_and_prepare
 

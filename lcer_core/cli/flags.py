@@ -20,6 +20,7 @@ FLAGS: dict[str, str] = {
     "steps": "--steps",
     "n_users": "--users",
     "seed": "--seed",
+    "split_seed": "--split-seed",
     "shard_size": "--shard-size",
     "epochs": "--epochs",
     "device": "--device",
@@ -39,6 +40,7 @@ FLAGS: dict[str, str] = {
 #: Where a command names a parameter otherwise (``lcer sweep`` takes lists of α and λ).
 COMMAND_FLAGS: dict[str, dict[str, str]] = {
     "sweep": {"alpha": "--alphas", "lam": "--lams"},
+    "run": {"split_seed": "--split-seeds"},
 }
 
 

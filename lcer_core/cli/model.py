@@ -92,6 +92,12 @@ def explain(
     lam: float = typer.Option(None, "--lam", help="LCER length weight λ (default: the paper's)."),
     users: int = typer.Option(None, "--users", help="Number of test users (default: all)."),
     steps: int = typer.Option(None, "--steps", help="LCER optimisation steps (default: LCER's)."),
+    budget: int = typer.Option(
+        None,
+        "--budget",
+        help="Search budget of the method (random-prefix: orders, kaffes*: max_queries, "
+        "lcer-plus: candidates; default: the method's).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the explainer's randomness."),
     user: str = typer.Option(
         None, "--user", help="Explain this user (id of the raw file), in words."
@@ -115,7 +121,12 @@ def explain(
     from lcer_core.pairs import test_users as first_test_users
     from lcer_core.recommender.multvae import MultVAEConfig
 
-    config = _explainer_config(method, dataset, alpha=alpha, lam=lam, steps=steps)
+    if budget is not None:
+        from lcer_core.explainers import get_method
+
+        if not get_method(method).config_type.budget:
+            raise InvalidParameterError(f"--budget: method {method} has no search budget")
+    config = _explainer_config(method, dataset, alpha=alpha, lam=lam, steps=steps, budget=budget)
     checks.check_k(k)
     if users is not None:
         checks.check_users(users)

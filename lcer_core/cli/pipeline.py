@@ -145,12 +145,27 @@ def run(
     steps: Annotated[
         int | None, typer.Option(help="LCER optimisation steps (default: LCER's).")
     ] = None,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            help="Search budget of the methods that have one (random-prefix: orders, "
+            "kaffes*: max_queries, lcer-plus: candidates; default: each method's)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the explanations.")] = 0,
     seeds: Annotated[
         str | None,
         typer.Option(
             help="Comma-separated seeds: one model trained per seed and explained with it "
             "(replaces --seed)."
+        ),
+    ] = None,
+    split_seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated split seeds: each its own assignment of users to train, "
+            "validation and test (data/DATASET/split-SEED/), its own model and runs "
+            "(default: the dataset's one split)."
         ),
     ] = None,
     alpha: Annotated[
@@ -190,8 +205,10 @@ def run(
         k=k,
         users=users,
         steps=steps,
+        budget=budget,
         seed=seed,
         seeds=seeds,
+        split_seeds=split_seeds,
         alpha=alpha,
         lam=lam,
         shard_size=shard_size,
@@ -218,8 +235,10 @@ def run_pipeline(
     k: str | None = None,
     users: int | None = None,
     steps: int | None = None,
+    budget: int | None = None,
     seed: int = 0,
     seeds: str | None = None,
+    split_seeds: str | None = None,
     alpha: float | None = None,
     lam: str | None = None,
     shard_size: int = 25,
@@ -238,9 +257,15 @@ def run_pipeline(
         raise InvalidParameterError("--seeds must name at least one seed")
     if seed_list and seed != 0:
         raise InvalidParameterError("--seed and --seeds cannot be combined (--seeds sets both)")
+    split_list = parse_list(split_seeds, int, "--split-seeds") if split_seeds is not None else None
     ks = parse_list(k, int, "--k") or list(DEFAULT_KS)
     lam_list = parse_list(lam, float, "--lam") if lam is not None else None
-    options = {"alpha": None if alpha is None else [alpha], "lam": lam_list, "steps": steps}
+    options = {
+        "alpha": None if alpha is None else [alpha],
+        "lam": lam_list,
+        "steps": steps,
+        "budget": budget,
+    }
     method_list = _validate_explanations(
         names,
         parse_list(methods, str, "--methods") or list(PAPER_METHODS),
@@ -251,6 +276,7 @@ def run_pipeline(
         shard_size=shard_size,
         runner=runner,
         address=address,
+        split_seeds=split_list or [],
     )
     epochs = _training(epochs)
     _check_storage(storage)
@@ -271,6 +297,8 @@ def run_pipeline(
             shard_size=shard_size,
             epochs=epochs,
             seeds=seed_list,
+            budget=budget,
+            split_seeds=split_list,
         )
     return rows, shown
 
@@ -293,13 +321,21 @@ def _validate_explanations(
     shard_size: int,
     runner: str,
     address: str | None,
+    split_seeds: list[int] | None = None,
 ) -> list[str]:
     """The prologue of ``lcer run`` and ``lcer sweep``: the plan checked by the core function
     the flows use (every explainer configuration built once), then the runner; the methods."""
     from lcer_core.runs import validate_plan
 
     method_list = validate_plan(
-        datasets, methods, options, ks=ks, seeds=seeds, n_users=users, shard_size=shard_size
+        datasets,
+        methods,
+        options,
+        ks=ks,
+        seeds=seeds,
+        n_users=users,
+        shard_size=shard_size,
+        split_seeds=split_seeds or [],
     )
     _check_runner(runner, address)
     return method_list

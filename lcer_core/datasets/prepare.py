@@ -10,6 +10,12 @@ The settings a dataset was prepared with (seed, held-out users, threshold, ...) 
 its identity: a later call that does not name them uses the stored ones, and one that names
 other values is refused unless ``force`` is given. A preparation whose files no longer match
 their recorded digests is prepared again with its own settings.
+
+A split seed ``S`` (``split_seed``, ``lcer prepare NAME --split-seed S``) prepares, in
+``data/NAME/split-S/`` and beside the default preparation, the same data split with seed ``S``
+(the user shuffle and the fold-in split) and the default preparation's other settings
+(held-out users, split protocol): another assignment of users to train, validation and test.
+The default preparation, its files and its fingerprint are unchanged by it.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from lcer_core import __version__
-from lcer_core.checks import check_heldout, check_seed
+from lcer_core.checks import check_heldout, check_seed, check_split_seed
 from lcer_core.errors import DamagedDataError, InvalidParameterError, LcerHomeError
 from lcer_core.fsio import (
     TMP_PREFIX,
@@ -45,7 +51,15 @@ from lcer_core.paths import dataset_dir, lcer_home
 
 from .download import DownloadSettings, FetchedArchive, fetch_archive, read_members, sha256_file
 from .parse import GivenSplit, RawInteractions, parse_members
-from .prepared import CURRENT, PARTS, VERSION_PREFIX, PreparedDataset, load_prepared, prepared_dir
+from .prepared import (
+    CURRENT,
+    PARTS,
+    VERSION_PREFIX,
+    PreparedDataset,
+    load_prepared,
+    prepared_dir,
+    split_dir,
+)
 from .preprocess import (
     TEST_PROP,
     SplitResult,
@@ -262,9 +276,9 @@ def write_prepared(folder: Path, result: SplitResult, meta: dict[str, Any]) -> N
             shutil.rmtree(folder / version, ignore_errors=True)
 
 
-def _read_meta(name: str) -> dict[str, Any] | None:
+def _read_meta(name: str, split_seed: int | None = None) -> dict[str, Any] | None:
     """The current preparation's ``meta.json``, or None if there is none (or it is unreadable)."""
-    folder = prepared_dir(name)
+    folder = prepared_dir(name, split_seed)
     if folder is None:
         return None
     try:
@@ -274,10 +288,10 @@ def _read_meta(name: str) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def damaged_file(name: str, meta: dict[str, Any]) -> str | None:
+def damaged_file(name: str, meta: dict[str, Any], split_seed: int | None = None) -> str | None:
     """The first file of the current preparation that is missing or differs from its recorded
     sha256 (files of preparations that recorded none are only checked to exist), or None."""
-    folder = prepared_dir(name)
+    folder = prepared_dir(name, split_seed)
     if folder is None:
         return META
     recorded = meta.get("files")
@@ -304,11 +318,11 @@ def _load_raw(
     return raw, source_record(spec, fetched.sha256, contents.sha256)
 
 
-def stored_settings(name: str) -> tuple[int, int] | None:
+def stored_settings(name: str, split_seed: int | None = None) -> tuple[int, int] | None:
     """(seed, held-out users) of the current preparation of ``name`` (or of one in the flat
     layout of earlier versions, which the next preparation replaces), or None."""
-    meta = _read_meta(name)
-    if meta is None and prepared_dir(name) is None:
+    meta = _read_meta(name, split_seed)
+    if meta is None and split_seed is None and prepared_dir(name) is None:
         try:
             meta = json.loads((dataset_dir(name) / META).read_text())
         except (OSError, ValueError):
@@ -322,12 +336,17 @@ def stored_settings(name: str) -> tuple[int, int] | None:
 
 
 def _resolve_settings(
-    name: str, spec: DatasetSpec, seed: int | None, heldout: int | None, force: bool
+    name: str,
+    spec: DatasetSpec,
+    seed: int | None,
+    heldout: int | None,
+    force: bool,
+    split_seed: int | None = None,
 ) -> tuple[int, int]:
     """The seed and held-out users to prepare with: the given ones, else the stored ones, else
     the defaults; other values than the stored ones are refused without ``force``."""
-    stored = stored_settings(name)
-    folder = prepared_dir(name)
+    stored = stored_settings(name, split_seed)
+    folder = prepared_dir(name, split_seed)
     if stored is None and folder is not None and folder.is_dir() and not force:
         raise DamagedDataError(
             f"the prepared data of {name!r} in {folder} is damaged (its meta.json cannot be "
@@ -348,10 +367,10 @@ def _resolve_settings(
     return want
 
 
-def _resolve_split(name: str, split: str | None, force: bool) -> str:
+def _resolve_split(name: str, split: str | None, force: bool, split_seed: int | None = None) -> str:
     """The split to prepare with: the given one, else the stored one, else the reference
     protocol; another split than the stored one is refused without ``force``."""
-    meta = _read_meta(name)
+    meta = _read_meta(name, split_seed)
     settings = meta.get("settings") if isinstance(meta, dict) else None
     stored = settings.get("split", "reference") if isinstance(settings, dict) else None
     if split is None:
@@ -374,6 +393,7 @@ def prepare_dataset(
     settings: DownloadSettings | None = None,
     log: Callable[[str], None] | None = None,
     split: str | None = None,
+    split_seed: int | None = None,
 ) -> PrepareResult:
     """Prepare ``name`` unless it already is with the same settings; say which happened.
 
@@ -381,8 +401,17 @@ def prepare_dataset(
     the registry's); asking for others is refused unless ``force`` is given. ``split``:
     ``"reference"`` (Mult-VAE's protocol) or ``"authors-notebook"`` (the LCER authors'
     notebook as it ran; see :mod:`lcer_core.datasets.preprocess`), stored like the seed.
+    ``split_seed``: prepare the split with that seed beside the default one (see the module
+    docstring); it is that preparation's seed, so ``seed`` cannot be given with it.
     """
     say = log or log_.info
+    if split_seed is not None:
+        check_split_seed(split_seed)
+        if seed is not None:
+            raise InvalidParameterError(
+                "split_seed is the seed of its own preparation: give seed or split_seed, not both",
+                param="split_seed",
+            )
     if seed is not None:
         check_seed(seed)
     if heldout is not None:
@@ -390,19 +419,25 @@ def prepare_dataset(
     if split is not None:
         check_split(split)
     spec = get_spec(name)
-    folder = dataset_dir(name)
+    folder = split_dir(name, split_seed)
     with dataset_lock():
-        seed, n_heldout = _resolve_settings(name, spec, seed, heldout, force)
-        split = _resolve_split(name, split, force)
+        if split_seed is not None:  # the default preparation's other settings
+            seed = split_seed
+            if heldout is None and stored_settings(name, split_seed) is None:
+                heldout = (stored_settings(name) or (0, None))[1]
+            if split is None and _read_meta(name, split_seed) is None:
+                split = _resolve_split(name, None, False)
+        seed, n_heldout = _resolve_settings(name, spec, seed, heldout, force, split_seed)
+        split = _resolve_split(name, split, force, split_seed)
         check_seed(seed)
         check_heldout(n_heldout)
-        meta = _read_meta(name)
+        meta = _read_meta(name, split_seed)
         if (
             not force
             and meta is not None
             and meta.get("settings") == _settings(spec, seed, n_heldout, split)
         ):
-            broken = damaged_file(name, meta)
+            broken = damaged_file(name, meta, split_seed)
             if broken is None:
                 say(f"{name} is already prepared (seed {seed}) in {folder}: nothing to do")
                 return PrepareResult(name, folder, False, dict(meta["stats"]), seed)
@@ -424,13 +459,21 @@ def prepare_dataset(
 
 
 def prepare(
-    name: str, *, seed: int | None = None, force: bool = False, heldout: int | None = None
+    name: str,
+    *,
+    seed: int | None = None,
+    force: bool = False,
+    heldout: int | None = None,
+    split_seed: int | None = None,
 ) -> Path:
-    """Download, filter and split dataset ``name`` into ``$LCER_HOME/data/NAME``; its folder."""
-    return prepare_dataset(name, seed=seed, force=force, heldout=heldout).path
+    """Download, filter and split dataset ``name`` into ``$LCER_HOME/data/NAME`` (with a split
+    seed, ``data/NAME/split-S``); its folder."""
+    return prepare_dataset(
+        name, seed=seed, force=force, heldout=heldout, split_seed=split_seed
+    ).path
 
 
-def ensure_prepared(name: str) -> PreparedDataset:
-    """Dataset ``name``, prepared first if it is not yet (idempotent)."""
-    prepare(name)
-    return load_prepared(name)
+def ensure_prepared(name: str, split_seed: int | None = None) -> PreparedDataset:
+    """Dataset ``name`` (with ``split_seed``: that split), prepared first if it is not yet."""
+    prepare(name, split_seed=split_seed)
+    return load_prepared(name, split_seed)

@@ -15,6 +15,11 @@ once, never sees parts of two preparations.
   (str or null: ``|``-joined genres, or the category).
 - ``meta.json``: ``{"dataset", "stats": {...Table 1 and split sizes...}, "seed",
   "fingerprint", ...}``; written last, so its presence means the folder is complete.
+
+Split seeds: ``$LCER_HOME/data/NAME/split-S/`` holds, in the same layout (its own ``current``
+and ``prepared-ID/``), the preparation whose user shuffle and fold-in split use seed ``S``
+instead of the dataset's own: another assignment of users to train, validation and test, beside
+the default one, which stays where it was (``split_seed`` None everywhere means the default).
 """
 
 from __future__ import annotations
@@ -37,16 +42,32 @@ if TYPE_CHECKING:  # torch is imported lazily: `lcer stats` should not pay for i
     from lcer_core.pairs import Histories
     from lcer_core.recommender import training as torch_training
 
-__all__ = ["PARTS", "CURRENT", "PreparedDataset", "load_prepared", "is_prepared", "prepared_dir"]
+__all__ = [
+    "PARTS",
+    "CURRENT",
+    "SPLIT_PREFIX",
+    "PreparedDataset",
+    "load_prepared",
+    "is_prepared",
+    "prepared_dir",
+    "split_dir",
+]
 
 PARTS = ("train", "val_tr", "val_te", "test_tr", "test_te")
 CURRENT = "current"  # the pointer file: the name of the current preparation's folder
 VERSION_PREFIX = "prepared-"
+SPLIT_PREFIX = "split-"  # data/NAME/split-S/: the preparation with split seed S
 
 
-def prepared_dir(name: str) -> Path | None:
-    """The folder of the current preparation of ``name`` (resolved once), or None."""
+def split_dir(name: str, split_seed: int | None = None) -> Path:
+    """The folder of ``name``'s preparations with ``split_seed`` (None: the default split)."""
     base = dataset_dir(name)
+    return base if split_seed is None else base / f"{SPLIT_PREFIX}{int(split_seed)}"
+
+
+def prepared_dir(name: str, split_seed: int | None = None) -> Path | None:
+    """The folder of the current preparation of ``name`` (resolved once), or None."""
+    base = split_dir(name, split_seed)
     try:
         target = (base / CURRENT).read_text().strip()
     except (OSError, UnicodeDecodeError):
@@ -56,9 +77,9 @@ def prepared_dir(name: str) -> Path | None:
     return base / target
 
 
-def is_prepared(name: str) -> bool:
+def is_prepared(name: str, split_seed: int | None = None) -> bool:
     """True when ``name`` has a complete preparation (its ``meta.json`` is written last)."""
-    folder = prepared_dir(name)
+    folder = prepared_dir(name, split_seed)
     return folder is not None and (folder / "meta.json").is_file()
 
 
@@ -72,6 +93,8 @@ class PreparedDataset:
     users: pl.DataFrame
     items: pl.DataFrame
     _parts: dict[str, pl.DataFrame] = field(repr=False)
+    #: The split seed of a preparation beside the default one (None: the default split).
+    split_seed: int | None = None
 
     @property
     def n_items(self) -> int:
@@ -183,11 +206,16 @@ class PreparedDataset:
         return dict(zip(df["sid"].to_list(), df["name"].to_list(), strict=True))
 
 
-def _repair_hint(name: str) -> str:
-    return f"run `lcer prepare {name} --force` to prepare it again"
+def _command(name: str, split_seed: int | None) -> str:
+    """``lcer prepare NAME`` (with ``--split-seed S`` for a split seed)."""
+    return f"lcer prepare {name}" + ("" if split_seed is None else f" --split-seed {split_seed}")
 
 
-def _read_folder(name: str, folder: Path) -> PreparedDataset:
+def _repair_hint(name: str, split_seed: int | None = None) -> str:
+    return f"run `{_command(name, split_seed)} --force` to prepare it again"
+
+
+def _read_folder(name: str, folder: Path, split_seed: int | None = None) -> PreparedDataset:
     meta = json.loads((folder / "meta.json").read_text())
     if not isinstance(meta, dict) or "stats" not in meta or "fingerprint" not in meta:
         raise ValueError("meta.json lacks its stats or fingerprint")
@@ -199,26 +227,28 @@ def _read_folder(name: str, folder: Path) -> PreparedDataset:
         users=pl.read_parquet(folder / "users.parquet"),
         items=pl.read_parquet(folder / "items.parquet"),
         _parts=parts,
+        split_seed=split_seed,
     )
 
 
-def load_prepared(name: str) -> PreparedDataset:
-    """Read a prepared dataset; :class:`MissingDataError` if ``lcer prepare`` has not run,
-    :class:`DamagedDataError` (naming the command that repairs it) if a file is damaged."""
+def load_prepared(name: str, split_seed: int | None = None) -> PreparedDataset:
+    """Read a prepared dataset (with ``split_seed``: that split's); :class:`MissingDataError`
+    if ``lcer prepare`` has not run, :class:`DamagedDataError` (naming the command that
+    repairs it) if a file is damaged."""
     for _ in range(5):  # a concurrent preparation may switch (and remove) the folder we read
-        folder = prepared_dir(name)
+        folder = prepared_dir(name, split_seed)
         if folder is None or not (folder / "meta.json").is_file():
             raise MissingDataError(
-                f"dataset {name!r} is not prepared yet: run `lcer prepare {name}` first"
+                f"dataset {name!r} is not prepared yet: run `{_command(name, split_seed)}` first"
             )
         try:
-            return _read_folder(name, folder)
+            return _read_folder(name, folder, split_seed)
         except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
-            if prepared_dir(name) != folder:
+            if prepared_dir(name, split_seed) != folder:
                 continue  # switched while we read: read the new one, whole
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise DamagedDataError(
                 f"the prepared data of {name!r} in {folder} is damaged ({reason}): "
-                f"{_repair_hint(name)}"
+                f"{_repair_hint(name, split_seed)}"
             ) from None
     raise DamagedDataError(f"the prepared data of {name!r} keeps changing: try again")

@@ -14,8 +14,10 @@ from lcer_core.explainers.accent import Accent, AccentConfig
 from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations
 from lcer_core.explainers.fia import FIA, FIAConfig
 from lcer_core.explainers.kaffes import KaffesCE, KaffesConfig, KaffesTopK, KaffesTopKConfig
+from lcer_core.explainers.kaffes_ps import KaffesPS, KaffesPSConfig
 from lcer_core.explainers.lcer import LCER, LCERConfig, lcer_reference_loop
 from lcer_core.explainers.lcer_plus import LCERPlus, LCERPlusConfig
+from lcer_core.explainers.random_prefix import RandomPrefix, RandomPrefixConfig
 from lcer_core.explainers.registry import (
     METHODS,
     PAPER_METHODS,
@@ -42,6 +44,10 @@ __all__ = [
     "KaffesConfig",
     "KaffesTopK",
     "KaffesTopKConfig",
+    "KaffesPS",
+    "KaffesPSConfig",
+    "RandomPrefix",
+    "RandomPrefixConfig",
     "METHODS",
     "PAPER_METHODS",
     "PAPER_SWEEP_METHOD",

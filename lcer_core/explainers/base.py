@@ -38,6 +38,8 @@ class ExplainerConfig:
     options: ClassVar[tuple[str, ...]] = ()
     #: Options swept one run per combination, each stored in its own ``runs`` column.
     grid: ClassVar[tuple[str, ...]] = ()
+    #: The field that sets a search method's budget (``--budget``); None: the method has none.
+    budget: ClassVar[str | None] = None
 
     @classmethod
     def defaults_for(cls, dataset: str) -> dict[str, Any]:

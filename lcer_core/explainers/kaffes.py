@@ -43,6 +43,8 @@ class KaffesConfig(ExplainerConfig):
     of one recommender call.
     """
 
+    budget: ClassVar[str | None] = "max_queries"
+
     criterion: Literal["threshold", "topk"] = "threshold"
     max_queries: int = 1000
     beam: int = 5
@@ -120,6 +122,14 @@ class KaffesCE(Explainer):
         seed: int,
         progress: Progress | None,
     ) -> Explanations:
+        removed, importance, _ = self._run(recommender, pairs, progress)
+        return Explanations(removed, importance)
+
+    def _run(
+        self, recommender: Recommender, pairs: PairBatch, progress: Progress | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The search: per pair its CE mask ``[P, L]`` (all False: none), the importance
+        ``[P, L]`` and the recommender queries it used ``[P]``."""
         cfg = self.config
         dev = pairs.items.device
         n_pairs, width = pairs.items.shape
@@ -154,13 +164,13 @@ class KaffesCE(Explainer):
             step = max(1, int(cfg.chunk_mb * 2**20) // (cfg.beam * width * 64))
             for lo in range(0, int(todo.numel()), step):
                 idx = todo[lo : lo + step]
-                sets = self._search(
+                sets, used[idx] = self._search(
                     recommender, pairs, idx, imp1[idx], evaluated[idx], used[idx],
                     scale[idx], keys, max_len, counter.add, margin,
                 )  # fmt: skip
                 removed[idx] = sets
         counter.finish()
-        return Explanations(removed, importance)
+        return removed, importance, used
 
     def _search(
         self,
@@ -175,8 +185,9 @@ class KaffesCE(Explainer):
         max_len: int,
         tick: Callable[[int], None],
         margin: _Margin,
-    ) -> Tensor:
-        """Depths 2.. of the beam search for the pairs ``idx``; returns their CE masks ``[n, L]``."""
+    ) -> tuple[Tensor, Tensor]:
+        """Depths 2.. of the beam search for the pairs ``idx``: their CE masks ``[n, L]`` and
+        queries used ``[n]``."""
         cfg = self.config
         dev = pairs.items.device
         n, width = imp1.shape
@@ -259,7 +270,7 @@ class KaffesCE(Explainer):
             beam_hash = beam_hash.gather(1, b_par) + keys[b_item]
             beam_imp = imp.gather(1, order)
             beam_ok = new_ok
-        return result
+        return result, used
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers.base import Explainer, Explanations, Progress
-from lcer_core.explainers.influence import DEFAULT_CHUNK_MB, RemovalScores, evaluate_sets
+from lcer_core.explainers.influence import DEFAULT_CHUNK_MB
 from lcer_core.explainers.lcer import (
     LCERConfig,
     _check_finite,
@@ -45,6 +45,14 @@ from lcer_core.explainers.lcer import (
     lcer_loss,
 )
 from lcer_core.explainers.registry import register
+from lcer_core.explainers.selector import (
+    DEFAULT_SUFFICIENCY,
+    SELECTS_ON,
+    Selector,
+    check_selection,
+    lexmin,
+    selection_tests,
+)
 from lcer_core.noise import mix
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
@@ -58,6 +66,8 @@ _INF = float("inf")
 class LCERPlusConfig(LCERConfig):
     """LCER's hyperparameters (α, λ, steps, lr, τ) and the switches of the steps around it."""
 
+    budget: ClassVar[str | None] = "candidates"
+
     #: ``"topk"``: a set counts when the item leaves the re-ranked top-K; ``"threshold"``:
     #: when its score falls under g_{K+1}(x_f), as in LCER.
     select: Literal["topk", "threshold"] = "topk"
@@ -66,7 +76,7 @@ class LCERPlusConfig(LCERConfig):
     #: Add the shortest passing prefix of the items by learned importance (bisection).
     prefix: bool = True
     #: Sets whose items alone keep the item in the top-K count this many items shorter.
-    sufficiency: float = 4.0
+    sufficiency: float = DEFAULT_SUFFICIENCY
     #: Put items of the chosen set back while it still passes (1-minimal answer).
     prune: bool = True
     #: Independent initialisations optimised together (each one LCER run).
@@ -79,10 +89,7 @@ class LCERPlusConfig(LCERConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.select not in ("topk", "threshold"):
-            raise InvalidParameterError(
-                f"select must be 'topk' or 'threshold', got {self.select!r}"
-            )
+        check_selection(self)
         if not (isinstance(self.candidates, int) and 1 <= self.candidates <= 64):
             raise InvalidParameterError(
                 f"candidates must be an integer in [1, 64], got {self.candidates}"
@@ -91,14 +98,8 @@ class LCERPlusConfig(LCERConfig):
             raise InvalidParameterError(
                 f"restarts must be an integer in [1, 16], got {self.restarts}"
             )
-        if not (self.sufficiency >= 0 and self.sufficiency < 1e6):
-            raise InvalidParameterError(
-                f"sufficiency must be a non-negative number, got {self.sufficiency}"
-            )
         if self.patience:
             raise InvalidParameterError("lcer-plus has no early stop (patience must be 0)")
-        if not self.chunk_mb > 0:
-            raise InvalidParameterError(f"chunk_mb must be positive, got {self.chunk_mb}")
 
 
 @register
@@ -111,14 +112,12 @@ class LCERPlus(Explainer):
     prefers_gpu: ClassVar[bool] = True
     #: The top-K test chooses among its sets (``select="topk"``) and the PS test makes the
     #: choice sufficiency-aware (``sufficiency > 0``): both are the tests the metrics score.
-    selects_on: ClassVar[frozenset[str]] = frozenset({"topk", "sufficiency"})
+    selects_on: ClassVar[frozenset[str]] = SELECTS_ON
     config_type = LCERPlusConfig
     config: LCERPlusConfig
 
     def selects(self) -> frozenset[str]:
-        cfg = self.config
-        tests = {"topk"} if cfg.select == "topk" else set()
-        return frozenset(tests | ({"sufficiency"} if cfg.sufficiency > 0 else set()))
+        return selection_tests(self.config)
 
     def _explain(
         self, recommender: Recommender, pairs: PairBatch, *, seed: int, progress: Progress | None
@@ -151,7 +150,7 @@ class LCERPlus(Explainer):
         scores = pool.scores.reshape(n_rest, n_pairs, -1).permute(1, 0, 2).reshape(n_pairs, -1)
         importance = pool.importance.reshape(n_rest, n_pairs, width).mean(0)
         calls = torch.full((n_pairs,), n_rest * cfg.steps, dtype=torch.long, device=sets.device)
-        return _Selector(recommender, pairs, cfg, calls).run(sets, scores, importance)
+        return _choose(Selector(recommender, pairs, cfg, calls), cfg, sets, scores, importance)
 
     @torch.no_grad()
     def _optimise(
@@ -251,138 +250,30 @@ class _Pool:
         return _Pool(sets, scores, importance)
 
 
-class _Selector:
-    """Tests candidate sets with batched forward calls, chooses one per pair and prunes it."""
-
-    def __init__(
-        self, recommender: Recommender, pairs: PairBatch, cfg: LCERPlusConfig, calls: Tensor
-    ) -> None:
-        self.rec, self.pairs, self.cfg, self.calls = recommender, pairs, cfg, calls
-
-    def _query(self, pair_index: Tensor, sets: Tensor) -> RemovalScores:
-        """Scores of pair ``pair_index[e]`` without ``sets[e]``; counts the calls per pair."""
-        self.calls += torch.bincount(pair_index, minlength=len(self.pairs))
-        return evaluate_sets(
-            self.rec, self.pairs, pair_index, lambda e: sets[e], chunk_mb=self.cfg.chunk_mb
-        )
-
-    def _margin(self, pair_index: Tensor, sets: Tensor) -> Tensor:
-        """The test's margin per entry: negative iff the set passes (``select``)."""
-        res = self._query(pair_index, sets)
-        if self.cfg.select == "topk":
-            return res.margin
-        return res.target - self.pairs.thresholds[pair_index]
-
-    def _sufficient(self, pair_index: Tensor, sets: Tensor) -> Tensor:
-        """Whether the items of ``sets[e]`` alone keep the item in the top-K (the PS test)."""
-        res = self._query(pair_index, self.pairs.mask[pair_index] & ~sets)
-        return res.margin >= 0
-
-    def run(self, sets: Tensor, scores: Tensor, importance: Tensor) -> Explanations:
-        """Choose one set per pair among ``sets [P, C, L]`` (scores ``[P, C]`` from the optimisation)."""
-        cfg, pairs = self.cfg, self.pairs
-        dev = sets.device
-        n_pairs, n_cand, width = sets.shape
-        if cfg.prefix:
-            sets = torch.cat([sets, self._prefix(importance)[:, None, :]], 1)
-            scores = torch.cat([scores, torch.zeros(n_pairs, 1, device=dev)], 1)
-            n_cand += 1
-        size = sets.sum(2)
-        if cfg.select == "threshold" and not cfg.prefix:
-            margin = scores - pairs.thresholds[:, None]  # known from the optimisation
-        else:
-            margin = torch.full((n_pairs, n_cand), _INF, device=dev)
-            p, c = (size > 0).nonzero(as_tuple=True)
-            if p.numel():
-                margin[p, c] = self._margin(p, sets[p, c])
-        passes = (margin < 0) & (size > 0)
-        suff = torch.zeros_like(passes)
-        if cfg.sufficiency > 0:
-            p, c = passes.nonzero(as_tuple=True)
-            if p.numel():
-                suff[p, c] = self._sufficient(p, sets[p, c])
-        # the shortest passing set (sufficient sets count shorter), ties to the lowest margin;
-        # the pool is ordered by slot, so a tie on both goes to the first slot (LCER's rule)
-        cost = size.float() - cfg.sufficiency * suff.float()
-        cost = cost.masked_fill(~passes, _INF)
-        key = torch.stack([cost, margin.masked_fill(~passes, _INF)], -1)
-        best = _lexmin(key)
-        found = passes.any(1)
+def _choose(
+    sel: Selector, cfg: LCERPlusConfig, sets: Tensor, scores: Tensor, importance: Tensor
+) -> Explanations:
+    """One set per pair among the sampled ``sets [P, C, L]`` (scores ``[P, C]`` from the
+    optimisation) and, with ``prefix``, the importance prefix; LCER's answer as the fallback."""
+    pairs = sel.pairs
+    n_pairs = sets.shape[0]
+    dev = sets.device
+    if cfg.prefix:
+        sets = torch.cat([sets, sel.prefixes(importance[:, None, :])], 1)
+        scores = torch.cat([scores, torch.zeros(n_pairs, 1, device=dev)], 1)
+    size = sets.sum(2)
+    if cfg.select == "threshold" and not cfg.prefix:
+        margin = scores - pairs.thresholds[:, None]  # known from the optimisation
+    else:
+        margin = sel.margins(sets)
+    # the pool is ordered by slot, so a tie on size and margin goes to the first slot (LCER's rule)
+    chosen, found = sel.choose(sets, margin)
+    if cfg.fallback and cfg.select == "topk":
+        # the sampled sets under the factual threshold (known without a call): the shortest
         rows = torch.arange(n_pairs, device=dev)
-        chosen = sets[rows, best] & found[:, None]
-        chosen_suff = suff[rows, best] & found
-        if cfg.prune:
-            chosen = self._prune(chosen, chosen_suff)
-        if cfg.fallback and cfg.select == "topk":
-            # the sampled sets under the factual threshold (known without a call): the shortest
-            c = scores.shape[1]
-            under = (scores < pairs.thresholds[:, None]) & (size[:, :c] > 0) & ~found[:, None]
-            key = torch.stack([size[:, :c].float(), scores], -1).masked_fill(
-                ~under[..., None], _INF
-            )
-            alt = sets[rows, _lexmin(key)] & under.any(1)[:, None]
-            chosen = torch.where(found[:, None], chosen, alt)
-        return Explanations(chosen, importance, None, self.calls)
-
-    def _prefix(self, importance: Tensor) -> Tensor:
-        """[P, L] the shortest passing prefix of the items by importance (bisection, assuming the
-        test is monotone along the prefix), or no set when the whole history does not pass."""
-        pairs = self.pairs
-        n = pairs.mask.sum(1)
-        imp = importance.masked_fill(~pairs.mask, -_INF).nan_to_num(nan=-_INF)
-        order = torch.argsort(-imp, dim=1, stable=True)
-        pos = torch.empty_like(order).scatter_(
-            1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
-        )
-
-        def prefix(p: Tensor, length: Tensor) -> Tensor:
-            return (pos[p] < length[:, None]) & pairs.mask[p]
-
-        lo, hi = torch.zeros_like(n), n.clone()
-        p = (n > 0).nonzero()[:, 0]
-        ok = torch.zeros_like(n, dtype=torch.bool)
-        if p.numel():
-            ok[p] = self._margin(p, prefix(p, hi[p])) < 0
-        while True:
-            p = (ok & (hi - lo > 1)).nonzero()[:, 0]
-            if not p.numel():
-                break
-            mid = (lo[p] + hi[p]) // 2
-            good = self._margin(p, prefix(p, mid)) < 0
-            hi[p] = torch.where(good, mid, hi[p])
-            lo[p] = torch.where(good, lo[p], mid)
-        all_p = torch.arange(len(n), device=n.device)
-        return prefix(all_p, hi) & ok[:, None]
-
-    def _prune(self, chosen: Tensor, sufficient: Tensor) -> Tensor:
-        """Put items back one round at a time (all pairs and items of a round in one call): the
-        item whose return leaves the lowest margin, while the set passes and stays sufficient."""
-        cfg = self.cfg
-        active = chosen.sum(1) > 1
-        while bool(active.any()):
-            p, j = (chosen & active[:, None]).nonzero(as_tuple=True)
-            smaller = chosen[p].clone()
-            smaller[torch.arange(p.numel(), device=p.device), j] = False
-            margin = self._margin(p, smaller)
-            ok = margin < 0
-            if cfg.sufficiency > 0 and bool((ok & sufficient[p]).any()):
-                q = (ok & sufficient[p]).nonzero()[:, 0]
-                ok[q] = self._sufficient(p[q], smaller[q])
-            score = torch.full(chosen.shape, _INF, device=chosen.device)
-            score[p, j] = margin.masked_fill(~ok, _INF)
-            back = score.min(1)
-            change = active & (back.values < _INF)
-            rows = change.nonzero()[:, 0]
-            chosen[rows, back.indices[rows]] = False
-            active = change & (chosen.sum(1) > 1)
-        return chosen
-
-
-def _lexmin(key: Tensor) -> Tensor:
-    """[P] index of the lexicographically smallest row of ``key: [P, C, 2]`` (first on ties)."""
-    first = key[..., 0]
-    best_first = first.min(1, keepdim=True).values
-    second = key[..., 1].masked_fill(first != best_first, _INF)
-    best_second = second.min(1, keepdim=True).values
-    tie = (first == best_first) & (second == best_second)
-    return tie.float().argmax(1)
+        c = scores.shape[1]
+        under = (scores < pairs.thresholds[:, None]) & (size[:, :c] > 0) & ~found[:, None]
+        key = torch.stack([size[:, :c].float(), scores], -1).masked_fill(~under[..., None], _INF)
+        alt = sets[rows, lexmin(key)] & under.any(1)[:, None]
+        chosen = torch.where(found[:, None], chosen, alt)
+    return Explanations(chosen, importance, None, sel.calls)
