@@ -12,6 +12,7 @@ from dataset_fixtures import run_cli
 
 from lcer_core.datasets import load_prepared, prepare_dataset
 from lcer_core.keys import run_key
+from lcer_core.pairs import PAIRS_VERSION
 from lcer_core.models import model_key
 from lcer_core.recommender.multvae import MultVAEConfig
 from lcer_core.runs import RunSpec, run_spec
@@ -68,6 +69,7 @@ def test_the_run_key_names_a_split_seed_only_when_it_is_not_the_default() -> Non
     legacy = run_key(
         **{k: v for k, v in common.items() if k != "n_users"},
         alpha=None, lam=None, steps=None, model_version="m", n_users=3,
+        pairs_version=PAIRS_VERSION,
     )  # fmt: skip
     assert plain.run_id == legacy and plain.split_seed is None
     assert "split_seed" not in plain.to_payload() and plain.params() == {}
