@@ -94,7 +94,7 @@ def test_a_v5_store_is_migrated_filled_and_reads_the_same(tmp_path: Path) -> Non
     assert before["table2"].height == 5 and before["table3"].height == 3  # the data is meaningful
 
     with ResultStore(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 6
+        assert store.schema_version() == SCHEMA_VERSION == 7
         stored = {r["run_id"]: r for r in store.query("SELECT * FROM runs").iter_rows(named=True)}
         for run, *_ in runs:
             row = stored[run["run_id"]]
@@ -103,6 +103,7 @@ def test_a_v5_store_is_migrated_filled_and_reads_the_same(tmp_path: Path) -> Non
             validity = {"fia": False, "mystery": None}.get(run["method"], True)
             assert row["reports_validity"] is validity, run["method"]
             assert json.loads(row["params_json"]) == run["params"]  # kept as it was
+            assert row["plugins"] is None  # stored before v7: not known
         after = {name: store.query(sql) for name, sql in VIEW_QUERIES.items()}
         for name in VIEW_QUERIES:
             assert after[name].equals(before[name]), name

@@ -22,7 +22,9 @@ from lcer_core.explainers.registry import (
     PAPER_SWEEP_METHOD,
     get_method,
     load_plugins,
+    loaded_plugins,
     register,
+    seal_builtins,
 )
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "PAPER_SWEEP_METHOD",
     "register",
     "get_method",
+    "loaded_plugins",
     "make_config",
     "get_explainer",
 ]
@@ -70,4 +73,5 @@ def get_explainer(method: str, **params: Any) -> Explainer:
     return get_method(method)(make_config(method, **params))
 
 
+seal_builtins()  # every method registered so far is built-in: no plugin may take or replace one
 load_plugins()  # the explainers installed distributions declare (entry points lcer.explainers)

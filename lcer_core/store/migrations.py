@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
+from typing import Any
 
 import duckdb
 
 from lcer_core.errors import LcerHomeError, StoreError
-from lcer_core.store.schema import V1_DDL, V2_DDL, V3_DDL, V4_DDL, V5_DDL, V6_DDL
+from lcer_core.store.schema import V1_DDL, V2_DDL, V3_DDL, V4_DDL, V5_DDL, V6_DDL, V7_DDL
 from lcer_core.store.views import create_views
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "apply_migrations",
     "disk_trouble",
     "registry_reports_validity",
+    "registry_plugins",
 ]
 
 #: How DuckDB words the failures of the file system under it (they are LCER_HOME's problem).
@@ -59,6 +61,13 @@ def registry_reports_validity(method: str) -> bool | None:
 
     cls = METHODS.get(method)
     return None if cls is None else bool(cls.reports_validity)
+
+
+def registry_plugins() -> list[dict[str, Any]]:
+    """The explainer plugins loaded in this process (what a stored run records)."""
+    from lcer_core.explainers import loaded_plugins  # lazily: the registry imports torch
+
+    return loaded_plugins()
 
 
 def _v6(con: duckdb.DuckDBPyConnection) -> None:
@@ -102,6 +111,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]], 
     (4, "metrics.calls_per_pair, metrics.s_per_pair (what a run cost)", _run_all(V4_DDL)),
     (5, "shards: where each explanation shard ran (node, device)", _run_all(V5_DDL)),
     (6, "runs.config (the explainer's whole configuration), runs.reports_validity", _v6),
+    (7, "runs.plugins (the explainer plugins loaded when the run was stored)", _run_all(V7_DDL)),
 )
 
 #: The version this code writes and understands.

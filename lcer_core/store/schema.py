@@ -49,7 +49,9 @@ COST_KEYS = ("calls_per_pair", "s_per_pair")
 
 #: Columns of ``runs`` a caller may give (besides ``params``, a dict stored as JSON). ``config``
 #: is the explainer's whole configuration (a dict, ``Explainer.dump_config()``, stored as JSON),
-#: ``reports_validity`` whether the method reports validity (FIA does not: ``val_pct`` NULL).
+#: ``reports_validity`` whether the method reports validity (FIA does not: ``val_pct`` NULL),
+#: ``plugins`` the explainer plugins loaded by the process that wrote the run (JSON list of
+#: ``{"name", "distribution", "version"}``; ``[]`` for none; NULL for runs stored before v7).
 RUN_COLUMNS = (
     "run_id",
     "dataset",
@@ -69,6 +71,7 @@ RUN_COLUMNS = (
     "kind",
     "config",
     "reports_validity",
+    "plugins",
 )
 
 # Frame specs: column -> (polars dtype, required).
@@ -234,6 +237,10 @@ V6_DDL = (
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS config JSON",
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS reports_validity BOOLEAN",
 )
+
+# Version 7: the explainer plugins loaded when each run was stored (JSON list of
+# {"name", "distribution", "version"}); NULL for the runs stored before.
+V7_DDL = ("ALTER TABLE runs ADD COLUMN IF NOT EXISTS plugins JSON",)
 
 #: Columns of ``shards`` (besides ``run_id``), as :meth:`ResultStore.write_run` takes them.
 SHARD_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
