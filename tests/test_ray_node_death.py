@@ -183,10 +183,13 @@ def test_a_dead_gpu_node_ends_the_run_in_one_line_and_the_rerun_resumes(
     # Bounded: Ray's detection of the dead node (seconds) plus the grace period, not forever.
     assert proc.returncode == 2, text[-4000:]
     assert took < 120, took
+    print(f"lcer run ended {took:.1f} s after the GPU node was killed (grace {GRACE_S} s)")
+    # Prefect's own log stream (not a terminal: plain lines) shows the flow's failure; the
+    # command's verdict is one line, its last.
     errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in text, text[-4000:]
+    assert len(errors) == 1 and text.strip().splitlines()[-1] == errors[0], text[-4000:]
     (error,) = errors
-    assert f"Ray node 127.0.0.1 (node id {cluster['gpu_node']}) died" in error, error
+    assert re.search(rf"Ray node \S+ \(node id {cluster['gpu_node']}\) died", error), error
     assert "no live node has CPU 1, GPU 1" in error and f"after {GRACE_S} s" in error, error
     assert re.search(rf"ml-100k lcer k=5 α=\S+ λ=\S+ shard {lost}(;|$)", error), error
     assert f"shard {kept}" not in error, error
