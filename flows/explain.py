@@ -20,7 +20,15 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.env import check_environment
-from flows.runner import check_cluster, default_task_runner, explain_placement, is_ray_runner
+from flows.runner import (
+    ShardsStranded,
+    check_cluster,
+    default_task_runner,
+    explain_placement,
+    is_ray_runner,
+    placement_resources,
+    wait_on_ray,
+)
 from lcer_core import remote
 from lcer_core.datasets import load_prepared
 from lcer_core.errors import OrchestrationError
@@ -44,13 +52,21 @@ __all__ = [
     "resolve_shards",
     "shard_file",
     "shard_paths",
+    "keep_finished_shards",
     "upload_bundle",
     "write_shard_bytes",
     "lcer_explain",
 ]
 
-#: Per run id, in shard order: a future, or the path of a shard file complete before the run.
-ShardFutures = dict[str, list[PrefectFuture[Any] | str]]
+
+class ShardFutures(dict[str, list[PrefectFuture[Any] | str]]):
+    """Per run id, in shard order: a future, or the path of a shard file complete before the
+    run; with, per run id, what each of its Ray tasks asks of a node and the run's label."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.needs: dict[str, dict[str, float]] = {}
+        self.labels: dict[str, str] = {}
 
 
 def _label(spec: RunSpec) -> str:
@@ -88,7 +104,7 @@ def submit_shards(
         return _submit_remote(specs, users, shard_size, bundles)
     logger = get_run_logger()
     chunks = split_users(list(users), shard_size)
-    futures: ShardFutures = {}
+    futures = ShardFutures()
     _plan(specs, chunks)
     with explain_placement(False) as where:
         for spec in specs:
@@ -119,11 +135,12 @@ def _submit_remote(
     storage = remote.storage_url()
     chunks = split_users(list(users), shard_size)
     inputs: dict[str, Any] = dict(bundles or {})
-    futures: ShardFutures = {}
+    futures = ShardFutures()
     _plan(specs, chunks)
     places: dict[str, int] = {}
     for spec in specs:
         futures[spec.run_id] = []
+        futures.labels[spec.run_id] = _label(spec)
         for index, chunk in enumerate(chunks):
             path = shard_path(spec.run_id, index)
             if bundles is None and shard_is_complete(path, chunk, shard_key(spec, index, chunk)):
@@ -134,6 +151,7 @@ def _submit_remote(
             with explain_placement(gpu and remote.wants_gpu(spec.method)) as where:
                 future = explain_shard_remote.submit(spec, index, chunk, inputs[spec.model_key])
             places[where] = places.get(where, 0) + 1
+            futures.needs[spec.run_id] = placement_resources(where)
             futures[spec.run_id].append(future)
     logger.info(
         "submitted %s explanation tasks (%d runs x %d shards of up to %d users; the rest on "
@@ -188,7 +206,12 @@ def write_shard_bytes(data: bytes, path: Path, key: str, pairs: int) -> Path:
 
 
 def resolve_shards(futures: ShardFutures) -> None:
-    """Wait for every shard (finished, failed or cached), reporting each as it ends."""
+    """Wait for every shard (finished, failed or cached), reporting each as it ends.
+
+    On Ray, shards that no live node can take any more (:func:`flows.runner.wait_on_ray`) are
+    given up: once the others have ended, :class:`~flows.runner.ShardsStranded` names them by
+    (run id, shard index).
+    """
     where = {
         id(f): (run_id, i)
         for run_id, fs in futures.items()
@@ -200,9 +223,51 @@ def resolve_shards(futures: ShardFutures) -> None:
             if isinstance(f, str):
                 progress.emit(progress.SHARD_DONE, run=run_id, index=i, ok=True)
     pending = [f for fs in futures.values() for f in fs if not isinstance(f, str)]
+    if pending and is_ray_runner():
+        _wait_on_ray(futures, pending, where)
+        return
     for future in as_completed(pending):
         run_id, index = where[id(future)]
         progress.emit(progress.SHARD_DONE, run=run_id, index=index, ok=future.state.is_completed())
+
+
+def _wait_on_ray(
+    futures: ShardFutures,
+    pending: Sequence[PrefectFuture[Any]],
+    where: Mapping[int, tuple[str, int]],
+) -> None:
+    by_key = {where[id(f)]: f for f in pending}
+
+    def done(key: tuple[str, int]) -> None:
+        future = by_key[key]
+        future.wait()  # the object is ready: this only takes its final state
+        progress.emit(progress.SHARD_DONE, run=key[0], index=key[1], ok=future.state.is_completed())
+
+    wait_on_ray(
+        {key: f.wrapped_future for key, f in by_key.items()},
+        {key: futures.needs.get(key[0], {"CPU": 1.0}) for key in by_key},
+        {key: f"{futures.labels.get(key[0], key[0])} shard {key[1]}" for key in by_key},
+        done=done,
+    )
+
+
+def keep_finished_shards(
+    spec: RunSpec,
+    chunks: Sequence[Sequence[int]],
+    futures: Sequence[PrefectFuture[Any] | str],
+    stranded: ShardsStranded,
+) -> list[str]:
+    """Write the files of a run's shards that finished when others were given up (so that
+    running the same command again resumes from them); their paths."""
+    kept = []
+    for index, future in enumerate(futures):
+        if (spec.run_id, index) in stranded.shards:
+            continue
+        if isinstance(future, str):
+            kept.append(future)
+        elif future.state.is_completed():
+            kept.append(shard_file(spec, index, chunks[index], future.result()))
+    return kept
 
 
 def shard_paths(

@@ -24,13 +24,14 @@ from prefect.deployments import run_deployment
 
 from flows.env import check_environment
 from flows.explain import (
+    keep_finished_shards,
     resolve_shards,
     shard_paths,
     submit_shards,
     upload_bundle,
     write_shard_bytes,
 )
-from flows.runner import default_task_runner
+from flows.runner import ShardsStranded, default_task_runner
 from flows.train import DEFAULT_EPOCHS, prepare_and_train
 from lcer_core import remote
 from lcer_core.datasets import load_prepared
@@ -120,11 +121,19 @@ def _explain(
         except Exception as exc:
             return {}, {spec.run_id: exc for spec in specs}
     futures = submit_shards(specs, users, shard_size)
-    resolve_shards(futures)
+    stranded: ShardsStranded | None = None
+    try:
+        resolve_shards(futures)
+    except ShardsStranded as exc:  # a node died: keep what finished, fail the runs it leaves
+        stranded = exc
     chunks = split_users(list(users), shard_size)
     paths: dict[str, list[str]] = {}
     failures: dict[str, BaseException] = {}
     for spec in specs:
+        if stranded is not None and any(run == spec.run_id for run, _ in stranded.shards):
+            keep_finished_shards(spec, chunks, futures[spec.run_id], stranded)
+            failures[spec.run_id] = stranded
+            continue
         try:
             paths[spec.run_id] = shard_paths(spec, chunks, futures[spec.run_id])
         except Exception as exc:

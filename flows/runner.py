@@ -15,16 +15,23 @@ object store and send the shard back the same way (see :mod:`flows.explain`), so
 ``LCER_HOME`` is forwarded to them. Before submitting, the cluster is checked for the
 resources the tasks will ask for (a CPU each; one GPU more for LCER's shards when the cluster
 has GPUs): a cluster that lacks them is a one-line error, not a run that waits forever.
+While the shards run, :func:`wait_on_ray` watches the cluster too: a shard that no live node
+can take (its node died, and no other has a GPU) for ``LCER_RAY_NODE_GRACE_S`` seconds
+(default :data:`DEFAULT_NODE_GRACE_S`) is given up, and the wait ends in one line naming the
+dead node(s) and those shards (:class:`ShardsStranded`); a shard whose node died but that
+another node fits is retried there by Ray (its ``max_retries``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from lcer_core.errors import InvalidParameterError
+from lcer_core.errors import InvalidParameterError, OrchestrationError
 
 if TYPE_CHECKING:
     from prefect.task_runners import TaskRunner
@@ -38,6 +45,13 @@ __all__ = [
     "explain_placement",
     "missing_resources",
     "is_ray_runner",
+    "NODE_GRACE_ENV",
+    "DEFAULT_NODE_GRACE_S",
+    "ShardsStranded",
+    "node_grace_s",
+    "placement_resources",
+    "fits_some_node",
+    "wait_on_ray",
 ]
 
 RUNNERS = ("threads", "ray")
@@ -104,6 +118,7 @@ def make_task_runner(
             "start one (prefect server start) and set PREFECT_API_URL"
         )
     _check_address(address)
+    node_grace_s()  # a bad LCER_RAY_NODE_GRACE_S is one line now, not after the shards
     # Ray folds log lines that differ only in numbers (a shard's retry, other shards) into one.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     env = {name: os.environ[name] for name in _FORWARDED_ENV if os.environ.get(name)}
@@ -202,3 +217,128 @@ def explain_placement(gpu: bool) -> Iterator[str]:
 
     with remote_options(num_gpus=1):
         yield "ray-gpu"
+
+
+# ------------------------------------------------------------------ waiting on a changing cluster
+
+#: How long a shard may wait with no live node able to take it before the run gives it up.
+NODE_GRACE_ENV = "LCER_RAY_NODE_GRACE_S"
+DEFAULT_NODE_GRACE_S = 60.0
+
+K = TypeVar("K", bound=Hashable)
+
+
+class ShardsStranded(OrchestrationError):
+    """Shards no live Ray node could take for the grace period; ``shards`` are their keys."""
+
+    def __init__(self, message: str, shards: Sequence[Hashable]) -> None:
+        super().__init__(message)
+        self.shards = frozenset(shards)
+
+
+def node_grace_s() -> float:
+    """The grace period of :data:`NODE_GRACE_ENV` in seconds (a positive number)."""
+    text = os.environ.get(NODE_GRACE_ENV, "").strip()
+    if not text:
+        return DEFAULT_NODE_GRACE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidParameterError(
+            f"{NODE_GRACE_ENV} must be a positive number of seconds, got {text!r}"
+        )
+    return value
+
+
+def placement_resources(where: str) -> dict[str, float]:
+    """What Ray needs for a task placed as :func:`explain_placement` says (``ray``, ``ray-gpu``)."""
+    return {"CPU": 1.0, "GPU": 1.0} if where == "ray-gpu" else {"CPU": 1.0}
+
+
+def _alive(node: Mapping[str, Any]) -> bool:
+    return bool(node.get("Alive", node.get("alive", False)))
+
+
+def fits_some_node(nodes: Sequence[Mapping[str, Any]], needs: Mapping[str, float]) -> bool:
+    """Whether a live node of ``nodes`` (as ``ray.nodes()`` lists them) has all of ``needs``."""
+    return any(
+        all(float(n.get("Resources", {}).get(k, 0)) >= v for k, v in needs.items())
+        for n in nodes
+        if _alive(n)
+    )
+
+
+def _node_words(node: Mapping[str, Any]) -> str:
+    return f"{node.get('NodeManagerAddress', '?')} (node id {node.get('NodeID', '?')})"
+
+
+def _stranded_message(
+    died: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+    needs: Mapping[str, float],
+    grace_s: float,
+) -> str:
+    what = ", ".join(f"{k} {v:g}" for k, v in sorted(needs.items()))
+    if died:
+        nodes = ", ".join(_node_words(n) for n in died)
+        cause = f"Ray node{'s' if len(died) > 1 else ''} {nodes} died"
+    else:
+        cause = "the Ray cluster changed"
+    return (
+        f"{cause} and no live node has {what} for {len(names)} shard(s) after {grace_s:g} s: "
+        f"{'; '.join(names)}; finished shards are kept: run the same command again to resume"
+    )
+
+
+def wait_on_ray(
+    refs: Mapping[K, Any],
+    needs: Mapping[K, Mapping[str, float]],
+    names: Mapping[K, str],
+    *,
+    done: Callable[[K], None],
+    grace_s: float | None = None,
+    poll_s: float = 1.0,
+) -> None:
+    """Wait for the Ray object ``refs`` (by key), calling ``done(key)`` as each one is ready.
+
+    A ref that no live node can take (``needs``) for ``grace_s`` seconds is cancelled and left;
+    once nothing else is pending, :class:`ShardsStranded` names them (``names``) and the nodes
+    that died meanwhile. A node's death alone changes nothing while another fits: Ray retries.
+    """
+    import ray
+
+    grace_s = node_grace_s() if grace_s is None else grace_s
+    known = {n["NodeID"]: n for n in ray.nodes() if _alive(n)}
+    pending = dict(refs)
+    unfit_since: dict[K, float] = {}
+    stranded: list[K] = []
+    while pending:
+        ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=poll_s)
+        ready_ids = set(ready)
+        for key in [k for k, ref in pending.items() if ref in ready_ids]:
+            del pending[key]
+            unfit_since.pop(key, None)
+            done(key)
+        if not pending:
+            break
+        nodes = ray.nodes()
+        now = time.monotonic()
+        for key in list(pending):
+            if fits_some_node(nodes, needs[key]):
+                unfit_since.pop(key, None)
+            elif now - unfit_since.setdefault(key, now) >= grace_s:
+                with contextlib.suppress(Exception):  # already gone: nothing to cancel
+                    ray.cancel(pending[key], force=True)
+                del pending[key]
+                stranded.append(key)
+    if stranded:
+        alive = {n["NodeID"] for n in ray.nodes() if _alive(n)}
+        died = [n for node_id, n in known.items() if node_id not in alive]
+        wanted = dict(needs[stranded[0]])
+        for key in stranded[1:]:
+            wanted.update({k: max(v, wanted.get(k, 0)) for k, v in needs[key].items()})
+        raise ShardsStranded(
+            _stranded_message(died, [names[k] for k in stranded], wanted, grace_s), stranded
+        )

@@ -39,6 +39,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from lcer_core import paths
+from lcer_core.explainers import loaded_plugins
 
 __all__ = [
     "METRICS",
@@ -79,6 +80,8 @@ TRAIN_RUN_NAME = "train-multvae"
 _TAG_PID = "lcer.pid"
 _TAG_HOST = "lcer.host"
 _TAG_KIND = "lcer.kind"
+#: The explainer plugins loaded when an explanation run was opened (JSON, as ``runs.plugins``).
+TAG_PLUGINS = "lcer.plugins"
 _PARENT_TAG = "mlflow.parentRunId"
 
 _T = TypeVar("_T")
@@ -363,7 +366,11 @@ def start_explain_run(
         run_name=run_name or f"{method}-k{k}-a{_fmt(alpha)}-l{_fmt(lam)}",
         parent_run_id=parent_run_id,
         params={"method": method, "k": k, "alpha": alpha, "lam": lam, **(params or {})},
-        tags={_TAG_KIND: "explain", **(tags or {})},
+        tags={
+            _TAG_KIND: "explain",
+            TAG_PLUGINS: json.dumps(loaded_plugins(), sort_keys=True, separators=(",", ":")),
+            **(tags or {}),
+        },
     )
 
 

@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from mlflow_fixtures import mlflow_template_db_fixture, store_fixture  # noqa: F401
 
 from lcer_core.errors import LcerError
 from lcer_core.explainers.plugins import GROUP, load_plugins
@@ -49,7 +50,8 @@ def toy_dir(tmp_path: Path) -> Path:
 
 def env_with(folder: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return {**env, "PYTHONPATH": str(folder), **extra}
+    path = os.pathsep.join(p for p in (str(folder), env.get("PYTHONPATH")) if p)
+    return {**env, "PYTHONPATH": path, **extra}
 
 
 def test_the_page_declares_the_entry_point_it_writes(toy_dir: Path) -> None:
@@ -104,11 +106,20 @@ def test_the_contract_suite_passes_for_both_toys(toy_dir: Path) -> None:
 # ---- broken plugins ---------------------------------------------------------------------------
 
 
-def plugin(folder: Path, name: str, value: str, module: str | None = None) -> Path:
-    """A distribution ``NAME-0.1`` on ``folder`` declaring ``name = value`` (and a module)."""
-    info = folder / f"{name.replace('-', '_')}-0.1.dist-info"
+def plugin(
+    folder: Path,
+    name: str,
+    value: str,
+    module: str | None = None,
+    dist: str | None = None,
+    version: str = "0.1",
+) -> Path:
+    """A distribution ``DIST-VERSION`` (``DIST``: ``name``) on ``folder`` declaring
+    ``name = value`` (and a module)."""
+    dist = dist or name
+    info = folder / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
     (info / "entry_points.txt").write_text(f"[{GROUP}]\n{name} = {value}\n")
     if module is not None:
         (folder / f"{value.split(':')[0]}.py").write_text(module)
@@ -134,7 +145,7 @@ def test_a_broken_plugin_is_one_line_naming_it(tmp_path, monkeypatch, value, mod
     with pytest.raises(LcerError) as err:
         load_plugins(seen.append)
     message = str(err.value)
-    assert message.startswith(f"explainer plugin 'bad' ({value}, from bad)"), message
+    assert message.startswith(f"explainer plugin 'bad' ({value}, from bad 0.1)"), message
     assert needle in message and "\n" not in message
     assert not seen
 
@@ -164,3 +175,104 @@ def test_the_cli_reports_a_broken_plugin_in_one_line(tmp_path: Path, lcer_home: 
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert "explainer plugin 'bad'" in done.stderr and "ModuleNotFoundError" in done.stderr
+
+
+# ---- plugins and built-in names; what a run records of the plugins -----------------------------
+
+
+def test_a_plugin_may_not_take_a_builtin_name(tmp_path, monkeypatch) -> None:
+    """A distribution ``evil`` declaring ``lcer`` (its module would drop the built-in and register
+    itself) is refused before its module is imported: one line naming it; the built-in stays."""
+    from lcer_core.explainers import LCER, METHODS, registry
+
+    module = (
+        "from lcer_core.explainers.registry import METHODS, register\n"
+        "from lcer_core.explainers.fia import FIA\n"
+        "METHODS.pop('lcer', None)\n"
+        "class Cls(FIA):\n    name = 'lcer'\n"
+    )
+    monkeypatch.syspath_prepend(str(plugin(tmp_path, "lcer", "evil_lcer:Cls", module, "evil")))
+    try:
+        with pytest.raises(LcerError) as err:
+            registry.load_plugins()
+    finally:
+        METHODS["lcer"] = LCER  # whatever happened, the next tests get the built-in
+    assert str(err.value) == (
+        "explainer plugin 'lcer' (evil_lcer:Cls, from evil 0.1) "
+        "may not take the built-in method name 'lcer'"
+    )
+    assert "evil_lcer" not in sys.modules and "lcer" not in registry.PLUGINS
+
+
+def test_a_plugin_that_replaces_a_builtin_while_imported_is_refused(tmp_path, monkeypatch) -> None:
+    from lcer_core.explainers import LCER, METHODS, registry
+
+    module = (
+        "from lcer_core.explainers.registry import METHODS\n"
+        "from lcer_core.explainers.fia import FIA\n"
+        "class Cls(FIA):\n    name = 'sneaky'\n"
+        "METHODS['lcer'] = Cls\n"
+    )
+    monkeypatch.syspath_prepend(str(plugin(tmp_path, "sneaky", "sneaky_plugin:Cls", module)))
+    try:
+        with pytest.raises(
+            LcerError,
+            match=r"^explainer plugin 'sneaky' \(sneaky_plugin:Cls, "
+            r"from sneaky 0\.1\) replaced the built-in method\(s\) lcer$",
+        ):
+            registry.load_plugins()
+        assert METHODS["lcer"] is LCER and "sneaky" not in METHODS
+    finally:
+        METHODS["lcer"] = LCER
+
+
+def test_the_cli_refuses_a_plugin_taking_a_builtin_name(tmp_path: Path, lcer_home: Path) -> None:
+    module = "from lcer_core.explainers.fia import FIA\nclass Cls(FIA):\n    name = 'lcer'\n"
+    folder = plugin(tmp_path / "site", "lcer", "evil_lcer:Cls", module, "evil")
+    done = subprocess.run(
+        [str(LCER), "explain", "ml-100k", "--method", "lcer", "--no-train"],
+        env=env_with(folder, LCER_HOME=str(lcer_home)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "explainer plugin 'lcer' (evil_lcer:Cls, from evil 0.1)" in done.stderr
+    assert "may not take the built-in method name 'lcer'" in done.stderr
+
+
+def test_every_run_records_the_loaded_plugins(tmp_path, monkeypatch, store) -> None:
+    """A run stored and tracked while a plugin is loaded names it (distribution, version) in
+    ``runs.plugins`` and in its MLflow run's ``lcer.plugins`` tag; none loaded: ``[]``."""
+    import json
+
+    from lcer_core.explainers import METHODS, registry
+    from lcer_core.runs import run_spec
+    from lcer_core.store import ResultStore
+    from tasks import mlflow_client
+
+    def stored_and_tracked(method: str) -> tuple[list, list]:
+        spec = run_spec(dataset="ml-100k", method=method, k=5, seed=0, n_users=2, model_key="m")
+        with ResultStore() as results:
+            results.begin_run(spec.as_row())
+            row = results.run(spec.run_id)
+        tracked = mlflow_client.start_explain_run(
+            "ml-100k", method=method, k=5, alpha=spec.alpha, lam=spec.lam
+        )
+        tag = store.get_run(tracked).data.tags[mlflow_client.TAG_PLUGINS]
+        mlflow_client.end_run(tracked)
+        return json.loads(row["plugins"]), json.loads(tag)
+
+    assert stored_and_tracked("fia") == ([], [])
+    module = "from lcer_core.explainers.fia import FIA\nclass Cls(FIA):\n    name = 'fia-copy'\n"
+    folder = plugin(tmp_path, "fia-copy", "fia_copy_plugin:Cls", module, "fia-copies", "2.3")
+    monkeypatch.syspath_prepend(str(folder))
+    try:
+        registry.load_plugins()
+        want = [{"name": "fia-copy", "distribution": "fia-copies", "version": "2.3"}]
+        assert stored_and_tracked("fia-copy") == (want, want)
+        assert stored_and_tracked("fia") == (want, want)  # every run: what was loaded
+    finally:
+        METHODS.pop("fia-copy", None)
+        registry.PLUGINS.pop("fia-copy", None)

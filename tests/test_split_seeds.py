@@ -12,8 +12,8 @@ from dataset_fixtures import run_cli
 
 from lcer_core.datasets import load_prepared, prepare_dataset
 from lcer_core.keys import run_key
-from lcer_core.pairs import PAIRS_VERSION
 from lcer_core.models import model_key
+from lcer_core.pairs import PAIRS_VERSION
 from lcer_core.recommender.multvae import MultVAEConfig
 from lcer_core.runs import RunSpec, run_spec
 from lcer_core.store import ResultStore

@@ -103,6 +103,7 @@ def test_a_v5_store_is_migrated_filled_and_reads_the_same(tmp_path: Path) -> Non
             validity = {"fia": False, "mystery": None}.get(run["method"], True)
             assert row["reports_validity"] is validity, run["method"]
             assert json.loads(row["params_json"]) == run["params"]  # kept as it was
+            assert row["plugins"] is None  # stored before v7: not known
             # v8: what the method selects on, from the registry (NULL for an unknown method)
             assert row["selects_on"] == (None if run["method"] == "mystery" else []), run
         # v8: the strict metrics of the stored explanations, over all pairs; no cost measured

@@ -24,7 +24,9 @@ from lcer_core.explainers.registry import (
     PAPER_SWEEP_METHOD,
     get_method,
     load_plugins,
+    loaded_plugins,
     register,
+    seal_builtins,
 )
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "PAPER_SWEEP_METHOD",
     "register",
     "get_method",
+    "loaded_plugins",
     "make_config",
     "get_explainer",
 ]
@@ -76,4 +79,5 @@ def get_explainer(method: str, **params: Any) -> Explainer:
     return get_method(method)(make_config(method, **params))
 
 
+seal_builtins()  # every method registered so far is built-in: no plugin may take or replace one
 load_plugins()  # the explainers installed distributions declare (entry points lcer.explainers)

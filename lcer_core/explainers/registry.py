@@ -2,18 +2,21 @@
 
 A method registers itself with the :func:`register` class decorator in its own module (a
 plugin distribution through the ``lcer.explainers`` entry-point group); :func:`get_method` is
-the one place that refuses an unknown name.
+the one place that refuses an unknown name. The package seals the built-in methods
+(:func:`seal_builtins`) before it loads the plugins, so that none takes or replaces one;
+:func:`loaded_plugins` is what a stored run records of the plugins.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lcer_core.errors import InvalidParameterError, UnknownMethodError
 from lcer_core.paper import SUBJECT_METHOD
 
 if TYPE_CHECKING:
     from lcer_core.explainers.base import Explainer
+    from lcer_core.explainers.plugins import Plugin
 
 __all__ = [
     "METHODS",
@@ -22,10 +25,18 @@ __all__ = [
     "register",
     "get_method",
     "load_plugins",
+    "loaded_plugins",
+    "seal_builtins",
 ]
 
 #: Every registered explanation method by name.
 METHODS: dict[str, type[Explainer]] = {}
+
+#: The built-in methods by name (:func:`seal_builtins`): names no plugin may take.
+BUILTINS: dict[str, type[Explainer]] = {}
+
+#: The plugins loaded into :data:`METHODS`, by method name.
+PLUGINS: dict[str, Plugin] = {}
 
 #: The paper's four methods: what the pipeline runs when no methods are given.
 PAPER_METHODS: tuple[str, ...] = ("lcer", "fia", "accent", "kaffes")
@@ -62,9 +73,22 @@ def get_method(name: str) -> type[Explainer]:
     return cls
 
 
+def seal_builtins() -> None:
+    """Mark every method registered so far as built-in (the package calls it before plugins)."""
+    BUILTINS.update(METHODS)
+
+
 def load_plugins() -> list[type[Explainer]]:
     """Register the explainers that installed distributions declare under the entry-point group
-    ``lcer.explainers`` (see :mod:`lcer_core.explainers.plugins`); a broken one is one line."""
+    ``lcer.explainers`` (see :mod:`lcer_core.explainers.plugins`); a broken one, or one taking
+    or replacing a built-in method, is one line."""
     from lcer_core.explainers.plugins import load_plugins as load
 
-    return load(register)
+    plugins = load(register, builtins=BUILTINS, methods=METHODS)
+    PLUGINS.update({p.name: p for p in plugins})
+    return [p.cls for p in plugins]
+
+
+def loaded_plugins() -> list[dict[str, Any]]:
+    """The plugins loaded in this process, ``[{"name", "distribution", "version"}]`` by name."""
+    return [PLUGINS[name].record() for name in sorted(PLUGINS)]

@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
+from typing import Any
 
 import duckdb
 
@@ -39,6 +40,7 @@ __all__ = [
     "disk_trouble",
     "registry_reports_validity",
     "registry_selects_on",
+    "registry_plugins",
 ]
 
 #: How DuckDB words the failures of the file system under it (they are LCER_HOME's problem).
@@ -70,6 +72,13 @@ def registry_reports_validity(method: str) -> bool | None:
 
     cls = METHODS.get(method)
     return None if cls is None else bool(cls.reports_validity)
+
+
+def registry_plugins() -> list[dict[str, Any]]:
+    """The explainer plugins loaded in this process (what a stored run records)."""
+    from lcer_core.explainers import loaded_plugins  # lazily: the registry imports torch
+
+    return loaded_plugins()
 
 
 #: Whether each built-in method reported validity when schema v6 was written: the migration
@@ -196,7 +205,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]], 
     (4, "metrics.calls_per_pair, metrics.s_per_pair (what a run cost)", _run_all(V4_DDL)),
     (5, "shards: where each explanation shard ran (node, device)", _run_all(V5_DDL)),
     (6, "runs.config (the explainer's whole configuration), runs.reports_validity", _v6),
-    (7, "runs.plugins (placeholder of the plugins branch's v7)", _run_all(V7_DDL)),
+    (7, "runs.plugins (the explainer plugins loaded when the run was stored)", _run_all(V7_DDL)),
     (
         8,
         "metrics: strict metrics over all pairs and cost per pair counted at the recommender "

@@ -52,7 +52,9 @@ COST_KEYS = (*COST_COLUMNS, "threads")
 
 #: Columns of ``runs`` a caller may give (besides ``params``, a dict stored as JSON). ``config``
 #: is the explainer's whole configuration (a dict, ``Explainer.dump_config()``, stored as JSON),
-#: ``reports_validity`` whether the method reports validity (FIA does not: ``val_pct`` NULL).
+#: ``reports_validity`` whether the method reports validity (FIA does not: ``val_pct`` NULL),
+#: ``plugins`` the explainer plugins loaded by the process that wrote the run (JSON list of
+#: ``{"name", "distribution", "version"}``; ``[]`` for none; NULL for runs stored before v7).
 RUN_COLUMNS = (
     "run_id",
     "dataset",
@@ -73,6 +75,7 @@ RUN_COLUMNS = (
     "config",
     "reports_validity",
     "selects_on",
+    "plugins",
 )
 
 # Frame specs: column -> (polars dtype, required).
@@ -239,8 +242,8 @@ V6_DDL = (
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS reports_validity BOOLEAN",
 )
 
-# Version 7 (a placeholder of another branch's migration, reconciled at merge): the explainer
-# plugins a run could see, as JSON.
+# Version 7: the explainer plugins loaded when each run was stored (JSON list of
+# {"name", "distribution", "version"}); NULL for the runs stored before.
 V7_DDL = ("ALTER TABLE runs ADD COLUMN IF NOT EXISTS plugins JSON",)
 
 # Version 8: the strict comparison. Per metrics row, the strict metrics over all pairs

@@ -38,6 +38,7 @@ from lcer_core.store.migrations import (
     apply_migrations,
     current_version,
     disk_trouble,
+    registry_plugins,
     registry_reports_validity,
     registry_selects_on,
 )
@@ -217,6 +218,7 @@ def _run_row(run: Mapping[str, Any], *, status: str | None = None) -> dict[str, 
             f"run reports_validity must be true or false, got {row['reports_validity']!r}"
         )
     row["selects_on"] = _selects_on(run.get("selects_on"), row["method"])
+    row["plugins"] = _plugins_json(run.get("plugins"))
     row["params_json"] = json.dumps(params, sort_keys=True, default=str)
     return row
 
@@ -230,6 +232,27 @@ def _selects_on(value: Any, method: str) -> list[str] | None:
             f"run selects_on must be a collection of test names, got {value!r}"
         )
     return sorted(value)
+
+
+_PLUGIN_KEYS = ("name", "distribution", "version")
+
+
+def _plugins_json(plugins: Any) -> str:
+    """The loaded explainer plugins as JSON (None: this process's), each ``{name, distribution,
+    version}``."""
+    plugins = registry_plugins() if plugins is None else plugins
+    if isinstance(plugins, str | bytes) or not isinstance(plugins, Sequence):
+        raise InvalidParameterError(
+            f"run plugins must be a list of {{name, distribution, version}}, not {plugins!r}"
+        )
+    rows = []
+    for plugin in plugins:
+        if not isinstance(plugin, Mapping) or set(plugin) != set(_PLUGIN_KEYS):
+            raise InvalidParameterError(
+                f"run plugin must have exactly {', '.join(_PLUGIN_KEYS)}, got {plugin!r}"
+            )
+        rows.append({k: None if plugin[k] is None else str(plugin[k]) for k in _PLUGIN_KEYS})
+    return json.dumps(rows, sort_keys=True, separators=(",", ":"))
 
 
 def _config_json(config: Any, method: str) -> str | None:
