@@ -11,8 +11,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lcer_core.store import ResultStore, print_frame, table2_report, table3_report
-from lcer_core.store.formatting import format_value, plain
+from lcer_core.errors import QueryTimeoutError
+from lcer_core.store import (
+    DEFAULT_LOCK_TIMEOUT,
+    ResultStore,
+    print_frame,
+    table2_report,
+    table3_report,
+)
+from lcer_core.store.formatting import cell, format_value, plain
 from lcer_core.store.report import (
     METRIC_HEADERS,
     METRIC_SPECS,
@@ -36,18 +43,42 @@ class ReportFormat(StrEnum):
     json = "json"
 
 
+#: ``lcer sql``'s default time limit: below the time a pipeline's write waits for the file
+#: (DEFAULT_LOCK_TIMEOUT), so that a query cannot make a running pipeline's write fail.
+SQL_TIMEOUT_S = DEFAULT_LOCK_TIMEOUT / 2
+SQL_MEMORY_LIMIT = "2GB"
+
+
 def sql(
     query: str = typer.Argument(..., help="SQL to run on the results database (read-only)."),
     format: OutputFormat = typer.Option(
         OutputFormat.table, "--format", "-f", help="table, json or csv."
     ),
+    timeout: float = typer.Option(
+        SQL_TIMEOUT_S,
+        "--timeout",
+        help="Stop the query after SECONDS. A running pipeline waits for the query to end "
+        f"before it writes, at most {DEFAULT_LOCK_TIMEOUT:g} s: a longer query can fail its write.",
+    ),
+    memory_limit: str = typer.Option(
+        SQL_MEMORY_LIMIT,
+        "--memory-limit",
+        help="Memory the query may use (DuckDB size: 2GB, 500MB).",
+    ),
 ) -> None:
     """Run a read-only SQL query on the results database (tables and views: see `lcer_core.store`).
 
     The query can read that database and nothing else; a missing database is reported, not created.
+    Values are printed as data: control and bidi characters escaped (``\\x1b``, ``\\u202e``;
+    lossless ``\\u001b`` in JSON), BLOBs as hex, lists, structs and maps as JSON in CSV.
     """
-    frame = ResultStore().query(query, create=False)
-    print_frame(frame, format.value)
+    try:
+        frame = ResultStore().query(query, create=False, timeout=timeout, memory_limit=memory_limit)
+    except QueryTimeoutError:
+        raise QueryTimeoutError(
+            f"the query ran longer than --timeout {timeout:g} s and was stopped"
+        ) from None
+    print_frame(frame, format.value)  # the database is closed already: printing holds no lock
 
 
 def _console() -> Console:
@@ -79,7 +110,7 @@ def _table2_view(frame: pl.DataFrame, dataset: str, k: int, *, paper: bool) -> T
         if paper
         else f"Beyond the paper · {dataset} · top-{k}  (mean ± std over seeds)"
     )
-    table = Table(title=title, header_style="bold")
+    table = Table(title=cell(title), header_style="bold")
     table.add_column("Method")
     for header in ("α", "λ", "pairs", "seeds"):
         table.add_column(header, justify="right")
@@ -100,13 +131,13 @@ def _table2_view(frame: pl.DataFrame, dataset: str, k: int, *, paper: bool) -> T
             if paper:
                 cells.append(format_value(row[f"paper_{metric}"], "–", spec))
         cells += [_cell(row, "calls_per_pair", ".0f"), _cell(row, "s_per_pair", ".4f")]
-        table.add_row(*cells)
+        table.add_row(*map(cell, cells))
     return table
 
 
 def _lam_view(frame: pl.DataFrame, dataset: str) -> Table:
     table = Table(
-        title=f"LCER by λ · {dataset}  (mean ± std over seeds; * closest to the paper's row)",
+        title=cell(f"LCER by λ · {dataset}  (mean ± std over seeds; * closest to the paper's row)"),
         header_style="bold",
     )
     for header in ("k", "α", "λ", "seeds"):
@@ -123,12 +154,12 @@ def _lam_view(frame: pl.DataFrame, dataset: str) -> Table:
             cells += [_cell(row, metric, spec), format_value(row[f"paper_{metric}"], "–", spec)]
         mark = " *" if row["closest"] else ""
         cells.append(format_value(row["distance"], "–", ".3f") + mark)
-        table.add_row(*cells)
+        table.add_row(*map(cell, cells))
     return table
 
 
 def _seed_view(frame: pl.DataFrame, dataset: str) -> Table:
-    table = Table(title=f"Per seed · {dataset}", header_style="bold")
+    table = Table(title=cell(f"Per seed · {dataset}"), header_style="bold")
     for header in ("k", "Method", "seed", "α", "λ", "pairs"):
         table.add_column(header, justify="left" if header == "Method" else "right")
     for metric in REPORT_METRICS:
@@ -143,13 +174,13 @@ def _seed_view(frame: pl.DataFrame, dataset: str) -> Table:
             format_value(row["calls_per_pair"], "–", ".0f"),
             format_value(row["s_per_pair"], "–", ".4f"),
         ]
-        table.add_row(*cells)
+        table.add_row(*map(cell, cells))
     return table
 
 
 def _table3_view(ours: pl.DataFrame, paper: pl.DataFrame, dataset: str) -> Table:
     table = Table(
-        title=f"Table 3 · {dataset}  (LCER at the length of each baseline, within 0.05)",
+        title=cell(f"Table 3 · {dataset}  (LCER at the length of each baseline, within 0.05)"),
         header_style="bold",
     )
     for header in ("source", "k", "baseline", "Len", "LCER Len", "α", "λ"):
@@ -168,7 +199,7 @@ def _table3_view(ours: pl.DataFrame, paper: pl.DataFrame, dataset: str) -> Table
                     format_value(row[f"baseline_{metric}"], "–", spec),
                     format_value(row[f"lcer_{metric}"], "–", spec),
                 ]
-            table.add_row(*cells)
+            table.add_row(*map(cell, cells))
     return table
 
 
@@ -250,6 +281,8 @@ def report(
         console.print(_table3_view(table3, paper3, dataset))
     else:
         console.print(
-            "Table 3: no LCER run matches a baseline's length within 0.05 "
-            f"(run `lcer sweep {dataset}` for more α/λ points)."
+            cell(
+                "Table 3: no LCER run matches a baseline's length within 0.05 "
+                f"(run `lcer sweep {dataset}` for more α/λ points)."
+            )
         )
