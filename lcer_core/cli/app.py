@@ -7,6 +7,7 @@ functions of their modules, which import nothing from here); :func:`main` maps e
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -45,6 +46,10 @@ def _usage_line(exc: TyperException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lcer`` command."""
+    try:
+        os.getcwd()  # a deleted folder: relative paths mean nothing, and torch's MKL aborts
+    except FileNotFoundError:
+        fail("the current folder no longer exists: change to a folder that exists")
     app = build_app()
     try:
         # Not standalone: usage errors come back as exceptions, so that they print as one line

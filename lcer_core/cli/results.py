@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from lcer_core.store import (
     table2_report,
     table3_report,
 )
-from lcer_core.store.formatting import cell, format_value, plain
+from lcer_core.store.formatting import cell, format_value, json_text, plain
 from lcer_core.store.report import (
     METRIC_HEADERS,
     METRIC_SPECS,
@@ -265,7 +264,7 @@ def report(
             "table3": [plain(r) for r in table3.to_dicts()],
             "paper_table3": [plain(r) for r in paper3.to_dicts()],
         }
-        typer.echo(json.dumps(payload, ensure_ascii=False))
+        typer.echo(json_text(payload))
         return
     console = _console()
     for paper in (True, False):

@@ -25,6 +25,7 @@ __all__ = [
     "FORMATS",
     "plain",
     "cell",
+    "json_text",
     "to_json",
     "to_csv",
     "to_rich_table",
@@ -64,10 +65,15 @@ def _key(key: Any) -> str:
 _JSON_ESCAPES = {c: f"\\u{c:04x}" for c in (*range(0x7F, 0xA0), *BIDI_CONTROLS)}
 
 
-def to_json(frame: pl.DataFrame) -> str:
-    """A JSON array with one object per row (control and bidi characters as ``\\uXXXX``)."""
-    text = json.dumps([plain(row) for row in frame.to_dicts()], ensure_ascii=False)
+def json_text(payload: Any) -> str:
+    """``payload`` as JSON, UTF-8 text kept but control and bidi characters as ``\\uXXXX``."""
+    text = json.dumps(payload, ensure_ascii=False)
     return text.translate(_JSON_ESCAPES)  # they occur only inside strings: still the same JSON
+
+
+def to_json(frame: pl.DataFrame) -> str:
+    """A JSON array with one object per row."""
+    return json_text([plain(row) for row in frame.to_dicts()])
 
 
 _CSV_KEEP = "\t\n"
