@@ -81,6 +81,10 @@ READ_ONLY_CONFIG: dict[str, str | bool] = {
     "temp_directory": "",
     "lock_configuration": True,  # last: the settings above can no longer be changed
 }
+# Session settings of every read-only connection, set before its configuration is locked: no
+# progress bar (DuckDB draws it on stdout, into the CSV or JSON of a long `lcer sql`).
+_READ_SESSION = ("SET enable_progress_bar = false",)
+
 # DuckDB's words for a statement that the settings above refuse.
 _REFUSED_MARKERS = (
     "Permission Error",
@@ -403,13 +407,16 @@ class ResultStore:
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.05
         config: dict[str, str | bool] = {}
-        if read_only:
+        if read_only:  # locked below, once the session settings are made
             config = {k: v for k, v in READ_ONLY_CONFIG.items() if k != "lock_configuration"}
             config |= dict(settings or {})
-            config["lock_configuration"] = True
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only, config=config)
+                con = duckdb.connect(str(self.path), read_only=read_only, config=config)
+                if read_only:
+                    for statement in (*_READ_SESSION, "SET lock_configuration = true"):
+                        con.execute(statement)
+                return con
             except duckdb.Error as exc:
                 message = str(exc)
                 if not (any(m in message for m in _LOCK_MARKERS) or _CONFIG_MARKER in message):
