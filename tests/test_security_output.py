@@ -22,7 +22,6 @@ import pytest
 from dataset_fixtures import run_cli, synthetic_ratings
 from test_store import write
 
-from lcer_core.cli.mlflow_ui import is_loopback
 from lcer_core.datasets import load_prepared
 from lcer_core.store import ResultStore
 
@@ -292,8 +291,6 @@ def test_a_replaced_file_keeps_its_mode(
 
 
 def test_ui_on_a_non_loopback_host_says_so_in_one_line(lcer_home: Path) -> None:
-    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("0.0.0.0") and not is_loopback("::")
     env = {**os.environ, "LCER_HOME": str(lcer_home)}
     done = _child(
         ["ui", "--host", "0.0.0.0", "--port", "0", "--ready-timeout", "0.5"], env, timeout=120
@@ -303,6 +300,11 @@ def test_ui_on_a_non_loopback_host_says_so_in_one_line(lcer_home: Path) -> None:
     assert "--host 0.0.0.0 serves MLflow's API to the network without authentication" in warnings[0]
     done = _child(["ui", "--port", "0", "--ready-timeout", "0.5"], env, timeout=120)
     assert "warning" not in done.stderr, done.stderr
+
+    from lcer_core.cli.mlflow_ui import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::")
 
 
 @pytest.mark.parametrize(
