@@ -414,8 +414,12 @@ class ResultStore:
             try:
                 con = duckdb.connect(str(self.path), read_only=read_only, config=config)
                 if read_only:
-                    for statement in (*_READ_SESSION, "SET lock_configuration = true"):
-                        con.execute(statement)
+                    try:
+                        for statement in (*_READ_SESSION, "SET lock_configuration = true"):
+                            con.execute(statement)
+                    except BaseException:
+                        con.close()
+                        raise
                 return con
             except duckdb.Error as exc:
                 message = str(exc)
