@@ -28,9 +28,10 @@ from lcer_core.store import ResultStore
 REPO = Path(__file__).resolve().parents[1]
 CLI = "import sys; from lcer_core.cli import main; main(sys.argv[1:])"
 ESC, BIDI = "\x1b", "\u202e"
-# Markup that Rich would act on: a closing tag with no opening one, a hyperlink, a style.
-EVIL = f"[/x][link=https://evil.example]click[/link][bold red]{ESC}[2J{ESC}]8;;https://e{ESC}\\{BIDI}gpj.exe"
-SHOWN = "[/x][link=https://evil.example]click[/link][bold red]\\x1b[2J\\x1b]8;;https://e\\x1b\\\\u202egpj.exe"
+# Markup that Rich would act on (a closing tag with no opening one, a hyperlink, a style),
+# terminal escapes (clear screen, an OSC 8 hyperlink), a bidi override and matplotlib mathtext.
+EVIL = f"[/x][link=https://evil.example]click[/link][bold red]{ESC}[2J{ESC}]8;;https://e{ESC}\\{BIDI}gpj.exe$\\nocmd$"
+SHOWN = "[/x][link=https://evil.example]click[/link][bold red]\\x1b[2J\\x1b]8;;https://e\\x1b\\\\u202egpj.exe$\\nocmd$"
 # A query that runs for minutes: ten billion pairs.
 LONG_QUERY = "SELECT count(*) FROM range(100000) a, range(100000) b WHERE a.range * b.range = 7"
 
