@@ -35,6 +35,7 @@ __all__ = [
     "io_reason",
     "parquet_bytes",
     "ensure_writable",
+    "target_mode",
     "atomic_file",
     "write_bytes_atomic",
     "write_text_atomic",
