@@ -87,6 +87,10 @@ class StoreLockedError(StoreError):
     """Another process holds the results database for longer than the wait allows."""
 
 
+class QueryTimeoutError(StoreError):
+    """A query ran past its time limit and was stopped."""
+
+
 class NonFiniteScoresError(LcerError):
     """The recommender produced NaN or infinite scores; nothing is stored."""
 

@@ -3,7 +3,9 @@
 Every file the package writes goes through :func:`atomic_file` (or the ``write_*_atomic``
 helpers built on it): a temporary file in the same folder, flushed and fsynced, then moved
 onto the target with ``os.replace``, so a reader sees the old file or the new one, never half of
-one, and a failed write leaves neither the file nor the temporary behind. Every ``OSError``
+one, and a failed write leaves neither the file nor the temporary behind. A target that exists
+must be a regular file (a device, a FIFO or a folder is refused, never replaced) and keeps its
+permission bits (a 0600 file stays 0600). Every ``OSError``
 goes through :func:`home_error`, so a full disk, a read-only mount or a missing permission
 reads the same everywhere: ``cannot write PATH: REASON``. Parquet and torch objects are
 serialised to bytes first (:func:`parquet_bytes`), because their writers report a failed
@@ -17,6 +19,7 @@ import errno
 import io
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,6 +35,7 @@ __all__ = [
     "io_reason",
     "parquet_bytes",
     "ensure_writable",
+    "target_mode",
     "atomic_file",
     "write_bytes_atomic",
     "write_text_atomic",
@@ -89,6 +93,30 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
+_KINDS = {
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
+}
+
+
+def target_mode(path: Path) -> int | None:
+    """The permission bits of the regular file ``path`` (None if it does not exist); anything
+    else there (a device such as /dev/null, a FIFO, a folder) is a one-line error, not replaced."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise home_error(path, exc) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise LcerHomeError(f"cannot write {path}: it is {kind}, not a regular file")
+    return stat.S_IMODE(st.st_mode)
+
+
 @contextlib.contextmanager
 def atomic_file(
     path: Path | str, *, parents: bool = True, suffix: str | None = None
@@ -97,8 +125,10 @@ def atomic_file(
     and fsync) when the block ends, removed if it raises. ``fh.name`` is the temporary path
     (to check the content before it is published). Any ``OSError`` is :func:`home_error`;
     ``parents=False`` refuses a folder that does not exist instead of creating it; ``suffix``
-    ends the temporary's name (default: ``path``'s own)."""
+    ends the temporary's name (default: ``path``'s own). An existing ``path`` must be a
+    regular file, and its mode is kept (:func:`target_mode`)."""
     path = Path(path)
+    mode = target_mode(path)
     try:
         if parents:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +139,7 @@ def atomic_file(
     published = False
     try:
         os.close(fd)
-        os.chmod(tmp, file_mode())
+        os.chmod(tmp, file_mode() if mode is None else mode)
         with open(tmp, "wb") as fh:
             yield fh
             fh.flush()

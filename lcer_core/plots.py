@@ -27,6 +27,7 @@ from matplotlib.patches import Patch
 
 from lcer_core.errors import DataFormatError, InvalidParameterError
 from lcer_core.fsio import write_bytes_atomic
+from lcer_core.safe_text import printable
 
 __all__ = [
     "ITEM_COLUMNS",
@@ -143,8 +144,13 @@ def _rank_panel(
     )
 
 
+def _label(text: str) -> str:
+    """Data as a figure's text: control and bidi characters escaped, ``$`` not mathtext."""
+    return printable(text).replace("$", r"\$")
+
+
 def _panel_title(key: tuple) -> str:
-    return " · ".join(str(k) for k in key)
+    return _label(" · ".join(str(k) for k in key))
 
 
 # --------------------------------------------------------------------------- item figures
@@ -202,7 +208,7 @@ def plot_mean_importance(items: pl.DataFrame, out: Path) -> Path:
             )
         suptitle = "Mean importance in CEs and popularity of each item (Figure 6)"
         if unscored:
-            suptitle += "\nnot drawn (no importance scores): " + ", ".join(unscored)
+            suptitle += "\nnot drawn (no importance scores): " + _label(", ".join(unscored))
         fig.suptitle(suptitle)
         return _save(fig, out)
 

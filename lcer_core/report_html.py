@@ -10,7 +10,9 @@ external URL. Every string from the data (titles, ids) is escaped by Jinja's aut
 from __future__ import annotations
 
 import base64
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from jinja2 import Environment
 from lcer_core import plots
 from lcer_core.errors import InvalidParameterError, LcerHomeError
 from lcer_core.explain_user import sentences
-from lcer_core.fsio import write_text_atomic
+from lcer_core.fsio import target_mode, write_text_atomic
 from lcer_core.paper import SUBJECT_METHOD
 from lcer_core.store import ResultStore, table2_report, table3_report
 from lcer_core.store.formatting import format_value
@@ -352,12 +354,21 @@ def render_html(report: dict[str, Any]) -> str:
     return env.from_string(_TEMPLATE).render(**report)
 
 
+@contextlib.contextmanager
+def _user_path() -> Iterator[None]:
+    """A write to a path the user named fails as a parameter error, in the same words."""
+    try:
+        yield
+    except LcerHomeError as exc:
+        raise InvalidParameterError(str(exc), param="out") from None
+
+
 def write_html_report(dataset: str, out: Path, store: ResultStore | None = None) -> Path:
     """Write ``dataset``'s page to ``out`` (whole or not at all); its path."""
     out = Path(out)
+    with _user_path():
+        target_mode(out)  # a device or a FIFO is refused before the page is built
     page = render_html(build_report(dataset, store))
-    try:
+    with _user_path():
         write_text_atomic(out, page, parents=False)
-    except LcerHomeError as exc:  # a path the user named: a parameter error, in the same words
-        raise InvalidParameterError(str(exc), param="out") from None
     return out

@@ -8,6 +8,7 @@ stderr, with no traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -46,6 +47,10 @@ def _usage_line(exc: TyperException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lcer`` command."""
+    try:
+        os.getcwd()  # a deleted folder: relative paths mean nothing, and torch's MKL aborts
+    except FileNotFoundError:
+        fail("the current folder no longer exists: change to a folder that exists")
     app = build_app()
     out_of_memory: str | None = None
     try:

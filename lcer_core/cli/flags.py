@@ -35,6 +35,8 @@ FLAGS: dict[str, str] = {
     "runner": "--runner",
     "patience": "--patience",
     "min_delta": "--min-delta",
+    "timeout": "--timeout",
+    "memory_limit": "--memory-limit",
 }
 
 #: Where a command names a parameter otherwise (``lcer sweep`` takes lists of α and λ).

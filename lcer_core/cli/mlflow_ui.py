@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import ipaddress
 import json
 import math
 import os
@@ -68,6 +69,19 @@ def _check_port(host: str, port: int) -> None:
             raise InvalidParameterError(
                 f"port {port} on {host} is not free ({exc.strerror}); choose another with --port"
             ) from exc
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback address (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
 def server_command(uri: str, host: str, port: int, artifacts: Path, workers: int = 1) -> list[str]:
@@ -191,6 +205,12 @@ def ui(
     for folder in folders:  # the server would fail later, and less clearly
         ensure_writable(folder)
     base = f"http://{host}:{port}"
+    if not is_loopback(host):
+        typer.echo(
+            f"warning: --host {host} serves MLflow's API to the network without authentication: "
+            f"whoever reaches port {port} can read, change and delete runs and models",
+            err=True,
+        )
     typer.echo(f"starting mlflow server on {base} (store {uri})", err=True)
     proc = subprocess.Popen(
         server_command(uri, host, port, artifacts, workers),

@@ -82,8 +82,10 @@ def _print_results(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from lcer_core.store.formatting import cell
+
     devices = sorted({str(r["device"]) for r in rows if r.get("device")})
-    table = Table(title=f"explanation runs (on {', '.join(devices) or 'no device'})")
+    table = Table(title=cell(f"explanation runs (on {', '.join(devices) or 'no device'})"))
     columns = (
         "dataset",
         "method",
@@ -106,7 +108,7 @@ def _print_results(rows: list[dict[str, Any]]) -> None:
         return "–" if v is None else format(v, fmt)
 
     for r in rows:
-        table.add_row(
+        cells = (
             r["dataset"],
             r["method"],
             str(r["k"]),
@@ -120,6 +122,7 @@ def _print_results(rows: list[dict[str, Any]]) -> None:
             num(r["fns_pct"]),
             r["run_id"],
         )
+        table.add_row(*map(cell, cells))  # data, never markup
     console = Console()
     if not console.is_terminal:  # a pipe or a file: no terminal width to fit, keep rows whole
         console = Console(width=200)

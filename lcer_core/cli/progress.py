@@ -38,6 +38,7 @@ from rich.text import Text
 from lcer_core import paths
 from lcer_core.errors import LcerHomeError
 from lcer_core.progress_events import listen
+from lcer_core.safe_text import printable
 
 __all__ = ["Session", "session", "epoch_bar", "stage_bars", "new_log_path", "stderr_is_terminal"]
 
@@ -121,7 +122,9 @@ class _ConsoleLines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = " ".join(record.getMessage().split())
-            self.console.print(Text(f"{record.levelname.lower()}: {line}"), soft_wrap=True)
+            self.console.print(
+                Text(printable(f"{record.levelname.lower()}: {line}")), soft_wrap=True
+            )
         except Exception:  # a display problem must not break the run
             self.handleError(record)
 
@@ -336,7 +339,7 @@ def stage_bars(*, enabled: bool = True) -> Iterator[tuple[Any, Any, Any]]:
     tasks: dict[str, TaskID] = {}
 
     def say(message: str) -> None:
-        console.print(Text(message), soft_wrap=True)
+        console.print(Text(printable(message)), soft_wrap=True)
 
     def on_epoch(report: Any) -> None:
         if "train" not in tasks:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from pathlib import Path
 
@@ -11,9 +10,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lcer_core.errors import InvalidParameterError
-from lcer_core.store import ResultStore, print_frame, table2_report, table3_report
-from lcer_core.store.formatting import format_value, plain
+from lcer_core.errors import InvalidParameterError, QueryTimeoutError
+from lcer_core.store import (
+    DEFAULT_LOCK_TIMEOUT,
+    ResultStore,
+    print_frame,
+    table2_report,
+    table3_report,
+)
+from lcer_core.store.formatting import cell, format_value, json_text, plain
 from lcer_core.store.report import (
     METRIC_HEADERS,
     METRIC_SPECS,
@@ -42,18 +47,42 @@ class ReportFormat(StrEnum):
     json = "json"
 
 
+#: ``lcer sql``'s default time limit: below the time a pipeline's write waits for the file
+#: (DEFAULT_LOCK_TIMEOUT), so that a query cannot make a running pipeline's write fail.
+SQL_TIMEOUT_S = DEFAULT_LOCK_TIMEOUT / 2
+SQL_MEMORY_LIMIT = "2GB"
+
+
 def sql(
     query: str = typer.Argument(..., help="SQL to run on the results database (read-only)."),
     format: OutputFormat = typer.Option(
         OutputFormat.table, "--format", "-f", help="table, json or csv."
     ),
+    timeout: float = typer.Option(
+        SQL_TIMEOUT_S,
+        "--timeout",
+        help="Stop the query after SECONDS. A running pipeline waits for the query to end "
+        f"before it writes, at most {DEFAULT_LOCK_TIMEOUT:g} s: a longer query can fail its write.",
+    ),
+    memory_limit: str = typer.Option(
+        SQL_MEMORY_LIMIT,
+        "--memory-limit",
+        help="Memory the query may use (DuckDB size: 2GB, 500MB).",
+    ),
 ) -> None:
     """Run a read-only SQL query on the results database (tables and views: see `lcer_core.store`).
 
     The query can read that database and nothing else; a missing database is reported, not created.
+    Values are printed as data: control and bidi characters escaped (``\\x1b``, ``\\u202e``;
+    lossless ``\\u001b`` in JSON), BLOBs as hex, lists, structs and maps as JSON in CSV.
     """
-    frame = ResultStore().query(query, create=False)
-    print_frame(frame, format.value)
+    try:
+        frame = ResultStore().query(query, create=False, timeout=timeout, memory_limit=memory_limit)
+    except QueryTimeoutError:
+        raise QueryTimeoutError(
+            f"the query ran longer than --timeout {timeout:g} s and was stopped"
+        ) from None
+    print_frame(frame, format.value)  # the database is closed already: printing holds no lock
 
 
 def _console() -> Console:
@@ -85,7 +114,7 @@ def _table2_view(frame: pl.DataFrame, dataset: str, k: int, *, paper: bool) -> T
         if paper
         else f"Beyond the paper · {dataset} · top-{k}  (mean ± std over seeds)"
     )
-    table = Table(title=title, header_style="bold")
+    table = Table(title=cell(title), header_style="bold")
     table.add_column("Method")
     for header in ("α", "λ", "pairs", "seeds"):
         table.add_column(header, justify="right")
@@ -106,23 +135,23 @@ def _table2_view(frame: pl.DataFrame, dataset: str, k: int, *, paper: bool) -> T
             if paper:
                 cells.append(format_value(row[f"paper_{metric}"], "–", spec))
         cells += [_cell(row, "calls_per_pair", ".0f"), _cell(row, "s_per_pair", ".4f")]
-        table.add_row(*cells)
+        table.add_row(*map(cell, cells))
     return table
 
 
 def _strict_view(frame: pl.DataFrame, dataset: str) -> Table:
     """The strict comparison over all pairs, apart from the paper's tables."""
-    table = Table(title=strict_title(dataset), header_style="bold")
+    table = Table(title=cell(strict_title(dataset)), header_style="bold")
     for column, header, _ in STRICT_COLUMNS:
         table.add_column(header, justify="left" if column in ("method", "selects_on") else "right")
     for row in frame.iter_rows(named=True):
-        table.add_row(*strict_cells(row))
+        table.add_row(*(cell(text) for text in strict_cells(row)))
     return table
 
 
 def _lam_view(frame: pl.DataFrame, dataset: str) -> Table:
     table = Table(
-        title=f"LCER by λ · {dataset}  (mean ± std over seeds; * closest to the paper's row)",
+        title=cell(f"LCER by λ · {dataset}  (mean ± std over seeds; * closest to the paper's row)"),
         header_style="bold",
     )
     for header in ("k", "α", "λ", "seeds"):
@@ -139,21 +168,21 @@ def _lam_view(frame: pl.DataFrame, dataset: str) -> Table:
             cells += [_cell(row, metric, spec), format_value(row[f"paper_{metric}"], "–", spec)]
         mark = " *" if row["closest"] else ""
         cells.append(format_value(row["distance"], "–", ".3f") + mark)
-        table.add_row(*cells)
+        table.add_row(*map(cell, cells))
     return table
 
 
 def _paired_view(frame: pl.DataFrame, dataset: str) -> Table:
     first = frame.row(0, named=True)
     table = Table(
-        title=(
+        title=cell(
             f"Paired comparison · {dataset} · {first['a']} − {first['b']} on the same pairs "
             f"(strict, all pairs; {first['level']:.0%} bootstrap interval over users)"
         ),
         header_style="bold",
     )
     for header in ("k", "pairs", "users", f"F_NS {first['a']}", f"F_NS {first['b']}"):
-        table.add_column(header, justify="right")
+        table.add_column(cell(header), justify="right")
     for header in ("Δ F_NS", "Δ PS", "Δ PN"):
         table.add_column(header, justify="right")
     for row in frame.iter_rows(named=True):
@@ -183,7 +212,7 @@ def _compared(value: str | None) -> tuple[str, str] | None:
 
 
 def _seed_view(frame: pl.DataFrame, dataset: str) -> Table:
-    table = Table(title=f"Per seed · {dataset}", header_style="bold")
+    table = Table(title=cell(f"Per seed · {dataset}"), header_style="bold")
     for header in ("k", "Method", "seed", "α", "λ", "pairs"):
         table.add_column(header, justify="left" if header == "Method" else "right")
     for metric in REPORT_METRICS:
@@ -198,13 +227,13 @@ def _seed_view(frame: pl.DataFrame, dataset: str) -> Table:
             format_value(row["calls_per_pair"], "–", ".0f"),
             format_value(row["s_per_pair"], "–", ".4f"),
         ]
-        table.add_row(*cells)
+        table.add_row(*map(cell, cells))
     return table
 
 
 def _table3_view(ours: pl.DataFrame, paper: pl.DataFrame, dataset: str) -> Table:
     table = Table(
-        title=f"Table 3 · {dataset}  (LCER at the length of each baseline, within 0.05)",
+        title=cell(f"Table 3 · {dataset}  (LCER at the length of each baseline, within 0.05)"),
         header_style="bold",
     )
     for header in ("source", "k", "baseline", "Len", "LCER Len", "α", "λ"):
@@ -223,7 +252,7 @@ def _table3_view(ours: pl.DataFrame, paper: pl.DataFrame, dataset: str) -> Table
                     format_value(row[f"baseline_{metric}"], "–", spec),
                     format_value(row[f"lcer_{metric}"], "–", spec),
                 ]
-            table.add_row(*cells)
+            table.add_row(*map(cell, cells))
     return table
 
 
@@ -300,7 +329,7 @@ def report(
             "strict": [plain(r) for r in strict.to_dicts()],
             **({"paired": [plain(r) for r in paired.to_dicts()]} if paired is not None else {}),
         }
-        typer.echo(json.dumps(payload, ensure_ascii=False))
+        typer.echo(json_text(payload))
         return
     console = _console()
     for paper in (True, False):
@@ -323,8 +352,10 @@ def report(
         console.print(_table3_view(table3, paper3, dataset))
     else:
         console.print(
-            "Table 3: no LCER run matches a baseline's length within 0.05 "
-            f"(run `lcer sweep {dataset}` for more α/λ points)."
+            cell(
+                "Table 3: no LCER run matches a baseline's length within 0.05 "
+                f"(run `lcer sweep {dataset}` for more α/λ points)."
+            )
         )
     if strict.height:
         console.print(_strict_view(strict, dataset))

@@ -30,6 +30,7 @@ from lcer_core.errors import (
     InvalidParameterError,
     LcerHomeError,
     MissingDataError,
+    QueryTimeoutError,
     StoreError,
     StoreLockedError,
 )
@@ -83,6 +84,10 @@ READ_ONLY_CONFIG: dict[str, str | bool] = {
     "temp_directory": "",
     "lock_configuration": True,  # last: the settings above can no longer be changed
 }
+# Session settings of every read-only connection, set before its configuration is locked: no
+# progress bar (DuckDB draws it on stdout, into the CSV or JSON of a long `lcer sql`).
+_READ_SESSION = ("SET enable_progress_bar = false",)
+
 # DuckDB's words for a statement that the settings above refuse.
 _REFUSED_MARKERS = (
     "Permission Error",
@@ -98,6 +103,18 @@ def _process_lock(path: Path) -> threading.RLock:
     """One lock per database file and process: DuckDB's file lock does not order threads."""
     with _process_locks_guard:
         return _process_locks.setdefault(str(path), threading.RLock())
+
+
+def _memory_limit(value: str) -> str:
+    """``value`` if DuckDB reads it as a memory size (``2GB``, ``500MiB``), else a one-line error."""
+    try:
+        duckdb.connect(":memory:", config={"memory_limit": value}).close()
+    except duckdb.Error:
+        raise InvalidParameterError(
+            f"memory_limit must be a size such as 2GB or 500MB, not {value!r}",
+            param="memory_limit",
+        ) from None
+    return value
 
 
 def _first_line(exc: BaseException) -> str:
@@ -421,17 +438,31 @@ class ResultStore:
 
     # ------------------------------------------------------------------ connections
 
-    def _connect_raw(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    def _connect_raw(
+        self, *, read_only: bool, settings: Mapping[str, str] | None = None
+    ) -> duckdb.DuckDBPyConnection:
         """``duckdb.connect`` with back-off on lock conflicts, errors mapped to one line.
 
-        Read-only connections get :data:`READ_ONLY_CONFIG`: they reach this file and nothing else.
+        Read-only connections get :data:`READ_ONLY_CONFIG`: they reach this file and nothing else;
+        ``settings`` (e.g. ``memory_limit``) are set before the configuration is locked.
         """
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.05
-        config = dict(READ_ONLY_CONFIG) if read_only else {}
+        config: dict[str, str | bool] = {}
+        if read_only:  # locked below, once the session settings are made
+            config = {k: v for k, v in READ_ONLY_CONFIG.items() if k != "lock_configuration"}
+            config |= dict(settings or {})
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only, config=config)
+                con = duckdb.connect(str(self.path), read_only=read_only, config=config)
+                if read_only:
+                    try:
+                        for statement in (*_READ_SESSION, "SET lock_configuration = true"):
+                            con.execute(statement)
+                    except BaseException:
+                        con.close()
+                        raise
+                return con
             except duckdb.Error as exc:
                 message = str(exc)
                 if not (any(m in message for m in _LOCK_MARKERS) or _CONFIG_MARKER in message):
@@ -479,10 +510,10 @@ class ResultStore:
             raise
         return con
 
-    def _open_read(self) -> duckdb.DuckDBPyConnection:
+    def _open_read(self, settings: Mapping[str, str] | None = None) -> duckdb.DuckDBPyConnection:
         if not self.path.exists():
             self._open_write().close()
-        con = self._connect_raw(read_only=True)
+        con = self._connect_raw(read_only=True, settings=settings)
         try:
             version = current_version(con)
         except BaseException:
@@ -497,12 +528,14 @@ class ResultStore:
                 f"lcer understands ({SCHEMA_VERSION}): upgrade lcer to read it"
             )
         self._open_write().close()  # migrate, then read
-        return self._connect_raw(read_only=True)
+        return self._connect_raw(read_only=True, settings=settings)
 
     @contextmanager
-    def _connection(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _connection(
+        self, *, write: bool, settings: Mapping[str, str] | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         with _process_lock(self.path):
-            con = self._open_write() if write else self._open_read()
+            con = self._open_write() if write else self._open_read(settings)
             try:
                 yield con
             finally:
@@ -541,7 +574,13 @@ class ResultStore:
     # ------------------------------------------------------------------ reads
 
     def query(
-        self, sql: str, params: Sequence[Any] | None = None, *, create: bool = True
+        self,
+        sql: str,
+        params: Sequence[Any] | None = None,
+        *,
+        create: bool = True,
+        timeout: float | None = None,
+        memory_limit: str | None = None,
     ) -> pl.DataFrame:
         """Run read-only SQL on this database alone; its result as a polars frame.
 
@@ -549,25 +588,54 @@ class ResultStore:
         the text: a statement that would write, reach another file or change a setting is a
         one-line StoreError. With ``create=False`` a missing database is a MissingDataError
         instead of being created (``lcer sql`` never leaves an empty database behind).
+        ``timeout`` (seconds) stops the query (``con.interrupt()``) with a QueryTimeoutError;
+        ``memory_limit`` (DuckDB's setting, e.g. ``"2GB"``) bounds its memory. The file is
+        read-locked only while the query runs: writers wait at most that long.
         """
         if not isinstance(sql, str) or not sql.strip():
             raise InvalidParameterError("the SQL query is empty")
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise InvalidParameterError(
+                f"timeout must be a positive number of seconds, not {timeout!r}", param="timeout"
+            )
+        settings = {} if memory_limit is None else {"memory_limit": _memory_limit(memory_limit)}
         if not create and not self.path.is_file():
             raise MissingDataError(
                 f"no results database at {self.path} yet: "
                 "`lcer run` and `lcer sweep` store results there"
             )
-        with self._connection(write=False) as con:
+        stopped = threading.Event()
+        with self._connection(write=False, settings=settings) as con:
+
+            def stop() -> None:
+                stopped.set()
+                con.interrupt()
+
+            timer = None if timeout is None else threading.Timer(timeout, stop)
             try:
+                if timer is not None:
+                    timer.daemon = True
+                    timer.start()
                 relation = con.sql(sql, params=list(params) if params is not None else None)
                 return pl.DataFrame() if relation is None else relation.pl()
             except duckdb.Error as exc:
                 line = _first_line(exc)
+                if stopped.is_set():
+                    raise QueryTimeoutError(
+                        f"the query ran longer than {timeout:g} s and was stopped"
+                    ) from None
+                if "Out of Memory" in line and memory_limit is not None:
+                    raise StoreError(
+                        f"SQL error: {line} (the query may use {memory_limit})"
+                    ) from None
                 if any(marker in line for marker in _REFUSED_MARKERS):
                     raise StoreError(
                         f"SQL error: refused, a query may only read the results database ({line})"
                     ) from None
                 raise StoreError(f"SQL error: {line}") from None
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     def schema_version(self) -> int:
         """The schema version of the file (creating or migrating it first)."""
