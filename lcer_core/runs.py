@@ -239,7 +239,7 @@ def run_spec(
     if split_seed is not None:
         check_split_seed(split_seed)
     keyed = {n: (getattr(config, n) if n in config.options else None) for n in _KEYED_OPTIONS}
-    extra = {n: v for n, v in config.non_default().items() if n not in config.options}
+    extra = {n: v for n, v in config.non_default().items() if n not in _KEYED_OPTIONS}
     key = run_key(
         dataset=dataset,
         method=method,

@@ -31,6 +31,7 @@ class KaffesPSConfig(SelectionConfig, KaffesConfig):
     as the selector's) and the selector's, with ``lcer-plus``'s defaults."""
 
     budget: ClassVar[str | None] = "max_queries"
+    options: ClassVar[tuple[str, ...]] = ("max_queries", "sufficiency")
 
     criterion: Literal["threshold", "topk"] = "topk"
 

@@ -67,6 +67,8 @@ class LCERPlusConfig(LCERConfig):
     """LCER's hyperparameters (α, λ, steps, lr, τ) and the switches of the steps around it."""
 
     budget: ClassVar[str | None] = "candidates"
+    #: What a run or ``lcer tune`` may set: LCER's options, the pool size and the PS bonus.
+    options: ClassVar[tuple[str, ...]] = ("alpha", "lam", "steps", "candidates", "sufficiency")
 
     #: ``"topk"``: a set counts when the item leaves the re-ranked top-K; ``"threshold"``:
     #: when its score falls under g_{K+1}(x_f), as in LCER.

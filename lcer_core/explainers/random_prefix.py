@@ -36,6 +36,7 @@ class RandomPrefixConfig(SelectionConfig):
     selector's options as ``lcer-plus``'s."""
 
     budget: ClassVar[str | None] = "orders"
+    options: ClassVar[tuple[str, ...]] = ("orders", "sufficiency")
 
     orders: int = 8
 
