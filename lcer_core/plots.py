@@ -37,6 +37,8 @@ __all__ = [
     "plot_recommendation_count",
     "plot_effect",
     "plot_pareto",
+    "plot_frontier",
+    "FRONTIER_COLUMNS",
     "pareto_front",
     "regression",
     "render_item_figures",
@@ -453,6 +455,75 @@ def plot_pareto(
         ax.grid(alpha=0.3)
         ax.set_title(title or "$F_{NS}$ against CE length over the α/λ grid")
         ax.legend(loc="lower right", fontsize=9)
+        return _save(fig, out)
+
+
+FRONTIER_COLUMNS = ("k", "method", "budget", "strict_fns_pct", "s_per_pair", "on_frontier")
+
+
+def plot_frontier(points: pl.DataFrame, out: Path, *, title: str | None = None) -> Path:
+    """Strict F_NS against seconds per pair (log scale), one panel per K: every method at each
+    budget (a method's budgets joined by a line; error bars: sd over split seeds), the points
+    no other beats on both axes joined as the frontier."""
+    import matplotlib
+
+    _require(points, FRONTIER_COLUMNS, "frontier")
+    data = points.filter(
+        pl.col("s_per_pair").is_not_null() & pl.col("strict_fns_pct").is_not_null()
+    )
+    _require(data, FRONTIER_COLUMNS, "frontier (measured points)")
+    ks = sorted(set(data["k"].to_list()))
+    methods = sorted(set(data["method"].to_list()))
+    colours = matplotlib.colormaps["tab10"]
+    with matplotlib.rc_context(_FONT):
+        fig, axes = _new_figure(len(ks), (7.2, 5.0))
+        for ax, k in zip(axes, ks, strict=True):
+            part = data.filter(pl.col("k") == k)
+            for i, method in enumerate(methods):
+                pts = part.filter(pl.col("method") == method).sort("s_per_pair")
+                if pts.height == 0:
+                    continue
+                sd = pts["strict_fns_pct_sd"] if "strict_fns_pct_sd" in pts.columns else None
+                ax.errorbar(
+                    pts["s_per_pair"].to_numpy(),
+                    pts["strict_fns_pct"].to_numpy(),
+                    yerr=None if sd is None else sd.fill_null(0.0).to_numpy(),
+                    color=colours(i % 10),
+                    marker="o",
+                    ms=6,
+                    lw=1.2,
+                    capsize=3,
+                    label=_label(method),
+                    zorder=2,
+                )
+                for r in pts.iter_rows(named=True):
+                    if r["budget"]:
+                        ax.annotate(
+                            _label(r["budget"]),
+                            (r["s_per_pair"], r["strict_fns_pct"]),
+                            textcoords="offset points",
+                            xytext=(4, -10),
+                            fontsize=7,
+                            color=colours(i % 10),
+                        )
+            front = part.filter("on_frontier").sort("s_per_pair")
+            ax.step(
+                front["s_per_pair"].to_numpy(),
+                front["strict_fns_pct"].to_numpy(),
+                where="post",
+                color="black",
+                lw=1.5,
+                ls="--",
+                label=f"frontier (n = {front.height})",
+                zorder=3,
+            )
+            ax.set_xscale("log")
+            ax.set_ylim(0, 100)
+            ax.set_xlabel("seconds per pair (log scale; same device and threads)")
+            ax.set_ylabel("strict $F_{NS}$ (%, all pairs)")
+            ax.set_title(_label(title) if title else f"strict $F_{{NS}}$ against cost · top-{k}")
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(loc="lower right", fontsize=8)
         return _save(fig, out)
 
 

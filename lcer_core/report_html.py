@@ -26,6 +26,12 @@ from lcer_core.fsio import target_mode, write_text_atomic
 from lcer_core.paper import SUBJECT_METHOD
 from lcer_core.store import ResultStore, table2_report, table3_report
 from lcer_core.store.formatting import format_value
+from lcer_core.store.frontier import (
+    FRONTIER_HEADERS,
+    frontier_cells,
+    frontier_rows,
+    frontier_title,
+)
 from lcer_core.store.report import (
     METRIC_HEADERS,
     METRIC_SPECS,
@@ -111,6 +117,24 @@ ol.explained li { margin: .35rem 0; }
 </table>
 {% else %}
 <p class="note">No finished run to compare.</p>
+{% endif %}
+
+<h2>Strict F_NS against cost, over split seeds and budgets</h2>
+{% if frontier_figure %}
+<figure id="frontier-figure"><img src="data:image/png;base64,{{ frontier_figure.data }}" alt="{{ frontier_figure.caption }}" width="{{ frontier_figure.width }}" height="{{ frontier_figure.height }}">
+<figcaption>{{ frontier_figure.caption }}</figcaption></figure>
+{% for t in frontier %}
+<table class="frontier" id="frontier-k{{ t.k }}">
+<caption>{{ t.title }}</caption>
+<thead><tr>{% for h in frontier_headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in t.rows %}<tr>{% for c in row %}<td class="num">{{ c }}</td>{% endfor %}</tr>
+{% endfor %}
+</tbody>
+</table>
+{% endfor %}
+{% else %}
+<p class="note">No run with a measured cost to place on the frontier.</p>
 {% endif %}
 
 <h2>Figures</h2>
@@ -266,6 +290,27 @@ def _figures(
     return figures, notes
 
 
+def _frontier(store: ResultStore, dataset: str) -> dict[str, Any]:
+    """The frontier figure (every K) and one table per K."""
+    points = frontier_rows(store, dataset)
+    measured = points.filter(pl.col("s_per_pair").is_not_null()) if points.height else points
+    if measured.height == 0:
+        return {"frontier_figure": None, "frontier": [], "frontier_headers": FRONTIER_HEADERS}
+    with tempfile.TemporaryDirectory(prefix="lcer-report-") as tmp:
+        path = plots.plot_frontier(points, Path(tmp) / "frontier.png")
+        figure = _png(
+            path,
+            "Strict F_NS (all pairs) against seconds per pair, every method and "
+            "budget; error bars: sd over split seeds; dashed: the frontier",
+        )
+    tables = [
+        {"k": k, "title": frontier_title(dataset, k),
+         "rows": frontier_cells(points.filter(pl.col("k") == k))}
+        for k in sorted(set(points["k"].to_list()))
+    ]  # fmt: skip
+    return {"frontier_figure": figure, "frontier": tables, "frontier_headers": FRONTIER_HEADERS}
+
+
 def _examples(
     store: ResultStore, dataset: str, table2: pl.DataFrame, k: int, n_users: int
 ) -> tuple[str | None, list[dict[str, Any]]]:
@@ -340,6 +385,7 @@ def build_report(
         "strict_title": strict_title(dataset),
         "strict_headers": [header for _, header, _ in STRICT_COLUMNS],
         "strict": [strict_cells(r) for r in strict_report(store, dataset).iter_rows(named=True)],
+        **_frontier(store, dataset),
         "figures": figures,
         "figure_notes": notes,
         "examples_method": method,

@@ -20,6 +20,7 @@ from lcer_core.columns import COST_COLUMNS, STRICT_KEYS
 from lcer_core.paths import lcer_home
 from lcer_core.runs import RunSpec
 from lcer_core.store import ResultStore
+from lcer_core.store.frontier import frontier_rows
 from lcer_core.store.report import selects_text
 from tasks import mlflow_client
 from tasks.evaluate import RunResult
@@ -190,7 +191,8 @@ def _figure_dir(name: str) -> Path:
 @task(name="item-figures", cache_policy=NO_CACHE)
 def item_figures(dataset: str) -> int:
     """Figures 5–7 (per item: CE count, mean importance, recommendation count against popularity)
-    from DuckDB, attached to the MLflow run of each ``table2`` row of ``dataset``; how many runs got them."""
+    from DuckDB, attached to the MLflow run of each ``table2`` row of ``dataset`` with the
+    frontier figure (strict F_NS against seconds per pair); how many runs got Figures 5–7."""
     store = ResultStore()
     runs = store.query(
         "SELECT t.method, t.k, r.mlflow_run_id FROM table2 t JOIN runs r USING (run_id) "
@@ -208,6 +210,11 @@ def item_figures(dataset: str) -> int:
         for mlflow_run_id in part["mlflow_run_id"].to_list():
             mlflow_client.log_figures(mlflow_run_id, paths)
             done += 1
+    points = frontier_rows(store, dataset)
+    if points.height and points["s_per_pair"].is_not_null().any() and runs.height:
+        path = plots.plot_frontier(points, _figure_dir(dataset) / "frontier_fns_seconds.png")
+        for mlflow_run_id in runs["mlflow_run_id"].to_list():
+            mlflow_client.log_figures(mlflow_run_id, [path])
     get_run_logger().info("attached Figures 5-7 of %s to %d MLflow run(s)", dataset, done)
     return done
 

@@ -19,6 +19,7 @@ from lcer_core.store import (
     table3_report,
 )
 from lcer_core.store.formatting import cell, format_value, json_text, plain
+from lcer_core.store.frontier import FRONTIER_HEADERS, frontier_cells, frontier_rows, frontier_title
 from lcer_core.store.report import (
     METRIC_HEADERS,
     METRIC_SPECS,
@@ -172,6 +173,16 @@ def _lam_view(frame: pl.DataFrame, dataset: str) -> Table:
     return table
 
 
+def _frontier_view(frame: pl.DataFrame, dataset: str, k: int) -> Table:
+    """Every (method, budget) at ``k``: strict metrics and cost over split seeds, the frontier."""
+    table = Table(title=cell(frontier_title(dataset, k)), header_style="bold")
+    for header in FRONTIER_HEADERS:
+        table.add_column(header, justify="left" if header in ("Method", "budget") else "right")
+    for cells in frontier_cells(frame):
+        table.add_row(*(cell(c) for c in cells))
+    return table
+
+
 def _paired_view(frame: pl.DataFrame, dataset: str) -> Table:
     first = frame.row(0, named=True)
     table = Table(
@@ -317,6 +328,7 @@ def report(
         seeds = seed_rows(store, dataset)
         lams = lam_report(store, dataset)
         strict = strict_report(store, dataset)
+        points = frontier_rows(store, dataset)
         paired = paired_report(store, dataset, *pair) if pair else None
     if format is ReportFormat.json:
         payload = {
@@ -327,6 +339,7 @@ def report(
             "table3": [plain(r) for r in table3.to_dicts()],
             "paper_table3": [plain(r) for r in paper3.to_dicts()],
             "strict": [plain(r) for r in strict.to_dicts()],
+            "frontier": [plain(r) for r in points.to_dicts()],
             **({"paired": [plain(r) for r in paired.to_dicts()]} if paired is not None else {}),
         }
         typer.echo(json_text(payload))
@@ -359,3 +372,5 @@ def report(
         )
     if strict.height:
         console.print(_strict_view(strict, dataset))
+    for k in sorted(set(points["k"].to_list())) if points.height else []:
+        console.print(_frontier_view(points.filter(pl.col("k") == k), dataset, k))
