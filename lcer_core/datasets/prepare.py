@@ -68,6 +68,7 @@ from .preprocess import (
     split_mult_vae,
 )
 from .registry import DEFAULT_SEED, DatasetSpec, get_spec
+from .user_files import read_custom
 
 __all__ = [
     "PrepareResult",
@@ -195,7 +196,7 @@ def source_record(
     }
 
 
-def _meta(
+def meta_record(
     spec: DatasetSpec,
     result: SplitResult,
     seed: int,
@@ -310,8 +311,6 @@ def _load_raw(
 ) -> tuple[RawInteractions | GivenSplit, dict[str, Any]]:
     """The parsed raw data and the record of the bytes it was parsed from."""
     if spec.raw_format == "custom":
-        from .custom import read_custom
-
         return read_custom(spec), source_record(spec, fetched.sha256, fetched.members)
     contents = read_members(spec, fetched.path)  # capped and checked again, as parsed
     raw = parse_members(spec, contents.data, fetched.path.name)
@@ -448,7 +447,7 @@ def prepare_dataset(
             fetched = fetch_archive(spec, progress=progress, settings=settings)
             raw, source = _load_raw(spec, fetched)
             result = build(spec, raw, seed=seed, heldout=n_heldout, split=split)
-            meta = _meta(spec, result, seed, n_heldout, source, split)
+            meta = meta_record(spec, result, seed, n_heldout, source, split)
             write_prepared(folder, result, meta)
         except BaseException:
             if not existed:
