@@ -10,6 +10,7 @@ or loaded in this process are kept in memory by key, so a shard loads each one o
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -22,6 +23,7 @@ import torch
 from lcer_core.errors import DamagedDataError, InvalidParameterError, MissingDataError
 from lcer_core.explainers.amortised import (
     KEY_PATTERN,
+    AmortisedConfig,
     AmortisedNet,
     AmortisedTraining,
     fit_network,
@@ -32,6 +34,7 @@ from lcer_core.paths import lcer_home
 
 if TYPE_CHECKING:
     from lcer_core.datasets import PreparedDataset
+    from lcer_core.explainers.base import ExplainerConfig
     from lcer_core.models import TrainedModel
     from lcer_core.pairs import PairBatch
     from lcer_core.recommender.base import Recommender
@@ -46,6 +49,7 @@ __all__ = [
     "train_network",
     "training_pairs",
     "ensure_network",
+    "bind_network",
 ]
 
 _MEMORY: dict[str, tuple[AmortisedNet, AmortisedTraining]] = {}
@@ -195,3 +199,20 @@ def ensure_network(
         )
     rec = model.recommender()
     return train_network(rec, data, model.key, k, training, on_epoch=on_epoch)
+
+
+def bind_network(
+    config: ExplainerConfig,
+    model: TrainedModel,
+    data: PreparedDataset,
+    k: int,
+    *,
+    no_train: bool = False,
+    notify: Callable[[str], None] | None = None,
+) -> ExplainerConfig:
+    """``config`` with its network bound, for an amortised config without one (trained first
+    where missing, see :func:`ensure_network`); any other config unchanged."""
+    if not isinstance(config, AmortisedConfig) or config.network:
+        return config
+    key = ensure_network(model, data, k, no_train=no_train, notify=notify)
+    return dataclasses.replace(config, network=key)

@@ -79,6 +79,10 @@ class LCERPlusConfig(LCERConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.warm_start:
+            raise InvalidParameterError(
+                "lcer-plus has no warm start (warm_start is LCER's)", param="warm_start"
+            )
         if self.select not in ("topk", "threshold"):
             raise InvalidParameterError(
                 f"select must be 'topk' or 'threshold', got {self.select!r}"
