@@ -146,7 +146,8 @@ class AmortisedTraining:
 
 class AmortisedNet(nn.Module):
     """Per history item: [e_j ⊙ t, e_j, mean of the history's e, 5 recommender features] -> MLP
-    -> the removal logit (remove − keep, LCER's ``diff``). e: item embeddings, t: target's."""
+    -> the removal logit (remove − keep, LCER's ``diff``), added to a learned affine function of
+    the first-order share (feature 0). e: item embeddings, t: the target's."""
 
     def __init__(self, n_items: int, dim: int = 16, hidden: int = 64) -> None:
         super().__init__()
@@ -161,6 +162,12 @@ class AmortisedNet(nn.Module):
             nn.ReLU(),
             nn.Linear(hidden, 1),
         )
+        # Residual on the first-order share (feature 0): untrained, the network ranks a history
+        # as the recommender's gradient does; training only learns the correction.
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+        self.scale = nn.Parameter(torch.tensor(4.0))
+        self.bias = nn.Parameter(torch.tensor(-2.0))
 
     @property
     def n_items(self) -> int:
@@ -174,6 +181,7 @@ class AmortisedNet(nn.Module):
         m = mask[..., None].to(e.dtype)
         ctx = ((e * m).sum(1) / m.sum(1).clamp_min(1))[:, None, :].expand_as(e)
         out = self.mlp(torch.cat([e * t, e, ctx, scalars], -1))[..., 0]
+        out = out + self.scale * scalars[..., 0] + self.bias
         return out.masked_fill(~mask, float("-inf"))
 
 

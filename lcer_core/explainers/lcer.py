@@ -282,13 +282,15 @@ class LCER(Explainer):
 
 
 def _warm_start(recommender: Recommender, pairs: PairBatch, key: str) -> Tensor:
-    """The amortised network ``key``'s logits of the valid entries, flat ``[N]``."""
+    """The amortised network ``key``'s logits of the valid entries, flat ``[N]``, squashed by
+    tanh into (-1, 1), the range of the reference's start: ranking and sign kept, and the
+    sigmoid left unsaturated so that the straight-through gradient can still move them."""
     from lcer_core.amortised_store import load_network
     from lcer_core.explainers.amortised import network_logits
 
     net, training = load_network(key, n_items=recommender.n_items)
     logits = network_logits(net.to(recommender.device), recommender, pairs, training.alpha)
-    return logits[pairs.mask].clamp(-20, 20)
+    return torch.tanh(logits[pairs.mask])
 
 
 @dataclass
