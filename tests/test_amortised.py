@@ -180,3 +180,11 @@ def test_train_explainer_then_explain_a_user(
     for r in res["recommendations"]:
         if r["found"]:
             assert r["rank_after"] > 3 and r["necessary"]
+    # and its options are tuned on validation users with the same network
+    code, out, err = run_cli(
+        ["tune", "ml-100k", "--method", "amortised", "--grid", "budget=2,4", "--k", "3"]
+        + ["--users", "5", "--no-train", "--json"],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads(out)["split"] == "val" and len(json.loads(out)["rows"]) == 2
