@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import torch
@@ -139,8 +139,7 @@ class AmortisedTraining:
             raise InvalidParameterError(f"seed must be an integer >= 0, got {self.seed!r}")
 
     def dump(self) -> dict[str, object]:
-        from dataclasses import asdict
-
+        """Every field by name: the network's key and its ``train.json``."""
         return asdict(self)
 
 
@@ -235,6 +234,17 @@ def network_logits(
     return out
 
 
+def _all_features(
+    recommender: Recommender, pairs: PairBatch, alpha: float, chunk: int = 1024
+) -> Tensor:
+    """:func:`features` of every pair, ``chunk`` pairs per recommender call: ``[P, L, 5]``."""
+    out = torch.zeros(*pairs.mask.shape, _N_SCALARS, device=pairs.mask.device)
+    for s in range(0, len(pairs), chunk):
+        sub = pairs.select(slice(s, s + chunk))
+        out[s : s + chunk, : sub.items.shape[1]] = features(recommender, sub, alpha)
+    return out
+
+
 def fit_network(
     recommender: Recommender,
     pairs: PairBatch,
@@ -254,19 +264,7 @@ def fit_network(
     if cfg.max_pairs is not None and cfg.max_pairs < len(pairs):
         pairs = pairs.select(torch.randperm(len(pairs), generator=gen)[: cfg.max_pairs].to(dev))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    scalars = (
-        torch.cat(
-            [
-                nn.functional.pad(
-                    features(recommender, sub, cfg.alpha),
-                    (0, 0, 0, pairs.items.shape[1] - sub.items.shape[1]),
-                )
-                for sub in (pairs.select(slice(s, s + 1024)) for s in range(0, len(pairs), 1024))
-            ]
-        )
-        if len(pairs)
-        else torch.zeros(0, pairs.items.shape[1], _N_SCALARS, device=dev)
-    )
+    scalars = _all_features(recommender, pairs, cfg.alpha)
     curve: list[float] = []
     tau, step = cfg.temperature, 0
     with answer_threads():
@@ -335,7 +333,7 @@ class Amortised(Explainer):
         cfg = self.config
         net, training = load_network(cfg.network, n_items=recommender.n_items)
         net = net.to(recommender.device)
-        lengths = [n for n in prefix_lengths(cfg.budget, cfg.max_length)]
+        lengths = prefix_lengths(cfg.budget, cfg.max_length)
         counter = QueryCounter(progress, len(pairs) * (1 + len(lengths)))
         logits = network_logits(net, recommender, pairs, training.alpha)
         counter.add(len(pairs))
