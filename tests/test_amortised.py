@@ -15,7 +15,7 @@ from dataset_fixtures import run_cli
 
 from lcer_core import amortised_store as store
 from lcer_core.datasets import PreparedDataset, ensure_prepared, load_prepared
-from lcer_core.errors import InvalidParameterError, MissingDataError
+from lcer_core.errors import DamagedDataError, InvalidParameterError, MissingDataError
 from lcer_core.explainers import LCERConfig, get_explainer
 from lcer_core.explainers.amortised import AmortisedConfig, AmortisedTraining, prefix_lengths
 from lcer_core.pairs import make_pairs
@@ -126,6 +126,21 @@ def test_missing_or_bad_network_is_one_clear_error(lcer_home: Path) -> None:
             AmortisedConfig(network=bad)
     with pytest.raises(InvalidParameterError, match="warm_start"):
         LCERConfig(warm_start="../x")
+
+
+class _Payload:
+    """Stands for any object a pickle could smuggle in."""
+
+
+def test_a_network_file_holding_objects_is_refused_not_unpickled(
+    ml100k: PreparedDataset, lcer_home: Path
+) -> None:
+    rec = _recommender(ml100k.n_items)
+    key = store.train_network(rec, ml100k, "m", 3, SMALL)
+    store._MEMORY.clear()
+    torch.save({"item.weight": _Payload()}, store.network_path(key) / "network.pt")
+    with pytest.raises(DamagedDataError, match=f"amortised network {key} is damaged"):
+        store.load_network(key)
 
 
 def test_prefix_lengths_stay_within_budget() -> None:
