@@ -92,13 +92,20 @@ def tune(
     seed: int = 0,
     device: torch.device | str | None = None,
     on_config: Callable[[int, int], None] | None = None,
+    no_train: bool = False,
+    notify: Callable[[str], None] | None = None,
 ) -> pl.DataFrame:
     """Every configuration of the grid on the validation users: one row each (the grid's
     options, strict Val/PS/PN/F_NS over all pairs, Len of the verified sets, s/pair) and a
-    ``chosen`` column that is true for the best strict F_NS (see the module docstring)."""
+    ``chosen`` column that is true for the best strict F_NS (see the module docstring). A method
+    that needs a trained network (``amortised``) gets it bound, trained on the training users
+    first if missing (``notify``; ``no_train`` refuses)."""
+    from lcer_core.amortised_store import bind_network
+
     check_k(k)
     check_seed(seed)
     configs = tuning_configs(method, data.name, grid, fixed or {})
+    configs = [bind_network(c, model, data, k, no_train=no_train, notify=notify) for c in configs]
     users = validation_users(data, n_users)
     pairs = validation_pairs(model, data, users, k, device or default_device())
     recommender = model.recommender(device or default_device())

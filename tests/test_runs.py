@@ -195,7 +195,9 @@ def test_get_explainer_refuses_a_parameter_instead_of_dropping_it() -> None:
 
 
 def test_the_registry_is_the_one_place_that_knows_the_methods() -> None:
-    with pytest.raises(UnknownMethodError, match="unknown method 'magic'; known: accent, fia"):
+    with pytest.raises(
+        UnknownMethodError, match="unknown method 'magic'; known: accent, amortised, fia"
+    ):
         get_method("magic")
 
     @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lcer_core.cli import bench, data, mlflow_ui, model, pipeline, results, tune
+from lcer_core.cli import bench, data, explainer_model, mlflow_ui, model, pipeline, results, tune
 
 __all__ = ["COMMANDS"]
 
@@ -23,6 +23,7 @@ COMMANDS: tuple[Callable[..., Any], ...] = (
     pipeline.run,
     pipeline.sweep,
     pipeline.train,
+    explainer_model.train_explainer,
     results.sql,
     results.report,
     tune.tune,

@@ -83,7 +83,10 @@ def _explainer_config(method: str, dataset: str, **options: float | int | None) 
 def explain(
     dataset: str = typer.Argument(..., help="Dataset name, e.g. ml-100k."),
     method: str = typer.Option(
-        "lcer", "--method", "-m", help="lcer, fia, accent, kaffes, kaffes-topk or lcer-plus."
+        "lcer",
+        "--method",
+        "-m",
+        help="lcer, fia, accent, kaffes, kaffes-topk, lcer-plus or amortised.",
     ),
     k: int = typer.Option(5, "--k", help="Length of the recommendation list."),
     alpha: float = typer.Option(
@@ -136,6 +139,11 @@ def explain(
     get_spec(dataset)  # an unknown name fails here
     epochs = (MultVAEConfig() if epochs is None else MultVAEConfig(epochs=epochs)).epochs
     model, data = ensure_model_and_data(dataset, no_train=no_train, epochs=epochs)
+    from lcer_core.amortised_store import bind_network
+
+    config = bind_network(
+        config, model, data, k, no_train=no_train, notify=lambda line: typer.echo(line, err=True)
+    )
     if user is not None:  # unknown ids fail here, before the progress bar starts
         data.uid_of(user)
         if item is not None:

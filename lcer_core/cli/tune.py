@@ -59,7 +59,16 @@ def tune(
         err=True,
     )
     frame = run_tuning(
-        data, model, method, k=k, grid=grid_values, fixed=fixed, n_users=users, seed=seed
+        data,
+        model,
+        method,
+        k=k,
+        grid=grid_values,
+        fixed=fixed,
+        n_users=users,
+        seed=seed,
+        no_train=no_train,
+        notify=lambda line: typer.echo(line, err=True),
     )
     chosen = frame.filter("chosen").row(0, named=True)
     if as_json:

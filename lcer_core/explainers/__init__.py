@@ -11,6 +11,7 @@ from typing import Any
 
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers.accent import Accent, AccentConfig
+from lcer_core.explainers.amortised import Amortised, AmortisedConfig
 from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations
 from lcer_core.explainers.fia import FIA, FIAConfig
 from lcer_core.explainers.kaffes import KaffesCE, KaffesConfig, KaffesTopK, KaffesTopKConfig
@@ -42,6 +43,8 @@ __all__ = [
     "FIAConfig",
     "Accent",
     "AccentConfig",
+    "Amortised",
+    "AmortisedConfig",
     "KaffesCE",
     "KaffesConfig",
     "KaffesTopK",

@@ -38,6 +38,9 @@ class LCERConfig(ExplainerConfig):
     min_delta: float = 0.0
     #: Pairs optimised together at most; bounds memory (a few hidden-size vectors per pair).
     max_pairs: int = 8192
+    #: Warm start: the key of a trained amortised network (:mod:`.amortised`) whose logits
+    #: start the optimisation instead of the reference's uniform draw ("" = the paper's start).
+    warm_start: str = ""
 
     #: α, λ and the number of steps come from the command line / the flow parameters.
     options: ClassVar[tuple[str, ...]] = ("alpha", "lam", "steps")
@@ -67,6 +70,17 @@ class LCERConfig(ExplainerConfig):
         if not (self.min_delta >= 0 and self.min_delta < MAX_WEIGHT):
             raise InvalidParameterError(
                 f"min_delta must be a number >= 0, got {self.min_delta}", param="min_delta"
+            )
+        from lcer_core.explainers.amortised import KEY_PATTERN
+
+        if not (
+            isinstance(self.warm_start, str)
+            and (not self.warm_start or KEY_PATTERN.fullmatch(self.warm_start))
+        ):
+            raise InvalidParameterError(
+                f"warm_start must be a network key (16 hex digits) or empty, got "
+                f"{self.warm_start!r}",
+                param="warm_start",
             )
         if not (isinstance(self.max_pairs, int) and self.max_pairs >= 1):
             raise InvalidParameterError(
@@ -188,7 +202,9 @@ class LCER(Explainer):
         # diff = logit_remove - logit_keep and one Adam state per entry.
         init = _initial_logits(streams)  # [N, 2]
         out = _State(
-            diff=init[:, 0] - init[:, 1],
+            diff=init[:, 0] - init[:, 1]
+            if not cfg.warm_start
+            else _warm_start(recommender, pairs, cfg.warm_start),
             m=torch.zeros(flat_items.shape[0], device=dev),
             v=torch.zeros(flat_items.shape[0], device=dev),
             slot0=streams[:, 0].contiguous(),
@@ -267,6 +283,18 @@ class LCER(Explainer):
         importance = importance.masked_scatter(mask, torch.sigmoid(out.diff))
         steps_run = out.steps_run if cfg.patience else torch.full_like(out.steps_run, cfg.steps)
         return Explanations(removed, importance, steps_run)
+
+
+def _warm_start(recommender: Recommender, pairs: PairBatch, key: str) -> Tensor:
+    """The amortised network ``key``'s logits of the valid entries, flat ``[N]``, squashed by
+    tanh into (-1, 1), the range of the reference's start: ranking and sign kept, and the
+    sigmoid left unsaturated so that the straight-through gradient can still move them."""
+    from lcer_core.amortised_store import load_network
+    from lcer_core.explainers.amortised import network_logits
+
+    net, training = load_network(key, n_items=recommender.n_items)
+    logits = network_logits(net.to(recommender.device), recommender, pairs, training.alpha)
+    return torch.tanh(logits[pairs.mask])
 
 
 @dataclass

@@ -91,6 +91,10 @@ class LCERPlusConfig(LCERConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.warm_start:
+            raise InvalidParameterError(
+                "lcer-plus has no warm start (warm_start is LCER's)", param="warm_start"
+            )
         check_selection(self)
         if not (isinstance(self.candidates, int) and 1 <= self.candidates <= 64):
             raise InvalidParameterError(

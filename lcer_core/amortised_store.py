@@ -1,0 +1,218 @@
+"""Trained amortised-explainer networks under ``LCER_HOME/explainers/amortised/<key>/``.
+
+A network is keyed by what determines it (:func:`network_key`: the recommender's model key,
+the prepared data's fingerprint, K and the training config, seed included). Its folder holds
+``network.pt`` (a ``state_dict`` of plain tensors, read back with ``weights_only=True``),
+``train.json`` (what it was trained with, its shape, the training time) and ``curve.json``
+(the mean loss of each epoch), each written atomically, ``network.pt`` last. Networks trained
+or loaded in this process are kept in memory by key, so a shard loads each one once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lcer_core.errors import DamagedDataError, InvalidParameterError, MissingDataError
+from lcer_core.explainers.amortised import (
+    KEY_PATTERN,
+    AmortisedConfig,
+    AmortisedNet,
+    AmortisedTraining,
+    fit_network,
+)
+from lcer_core.fsio import write_bytes_atomic, write_json_atomic
+from lcer_core.keys import content_key
+from lcer_core.paths import lcer_home
+
+if TYPE_CHECKING:
+    from lcer_core.datasets import PreparedDataset
+    from lcer_core.explainers.base import ExplainerConfig
+    from lcer_core.models import TrainedModel
+    from lcer_core.pairs import PairBatch
+    from lcer_core.recommender.base import Recommender
+
+__all__ = [
+    "networks_dir",
+    "network_key",
+    "network_path",
+    "remember",
+    "load_network",
+    "find_network",
+    "train_network",
+    "training_pairs",
+    "ensure_network",
+    "bind_network",
+]
+
+_MEMORY: dict[str, tuple[AmortisedNet, AmortisedTraining]] = {}
+
+
+def networks_dir() -> Path:
+    return lcer_home() / "explainers" / "amortised"
+
+
+def network_key(*, model: str, data: str, k: int, training: AmortisedTraining) -> str:
+    """The content key of the network trained for recommender ``model`` on data ``data``."""
+    return content_key(
+        {"kind": "amortised", "model": model, "data": data, "k": k, "training": training.dump()}
+    )
+
+
+def network_path(key: str) -> Path:
+    if KEY_PATTERN.fullmatch(key) is None:
+        raise InvalidParameterError(f"not a network key: {key!r}", param="network")
+    return networks_dir() / key
+
+
+def remember(key: str, net: AmortisedNet, training: AmortisedTraining) -> None:
+    """Keep ``net`` in this process's memory under ``key``."""
+    _MEMORY[key] = (net, training)
+
+
+def find_network(key: str) -> bool:
+    """True when the network ``key`` is in memory or saved under LCER_HOME."""
+    return key in _MEMORY or (network_path(key) / "network.pt").is_file()
+
+
+def load_network(key: str, *, n_items: int | None = None) -> tuple[AmortisedNet, AmortisedTraining]:
+    """The network ``key`` (memory, else LCER_HOME) and its training config; a missing one, or
+    one for another number of items, is a one-line error."""
+    if not key:
+        raise MissingDataError(
+            "the amortised explainer has no trained network: run `lcer train-explainer DATASET "
+            "--k K`, or `lcer explain DATASET --method amortised`, which trains it first"
+        )
+    if key not in _MEMORY:
+        folder = network_path(key)
+        if not (folder / "network.pt").is_file():
+            raise MissingDataError(
+                f"no trained amortised network {key} under {folder.parent}: run "
+                "`lcer train-explainer DATASET --k K`"
+            )
+        try:
+            meta = json.loads((folder / "train.json").read_text())
+            training = AmortisedTraining(**meta["training"])
+            state = torch.load(
+                io.BytesIO((folder / "network.pt").read_bytes()),
+                map_location="cpu",
+                weights_only=True,
+            )
+            net = AmortisedNet(int(meta["n_items"]), training.dim, training.hidden)
+            net.load_state_dict(state)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise DamagedDataError(
+                f"amortised network {key} is damaged ({type(exc).__name__}): run "
+                "`lcer train-explainer DATASET --k K --force`"
+            ) from None
+        _MEMORY[key] = (net.eval(), training)
+    net, training = _MEMORY[key]
+    if n_items is not None and net.n_items != n_items:
+        raise InvalidParameterError(
+            f"amortised network {key} was trained for {net.n_items} items, the recommender has "
+            f"{n_items}",
+            param="network",
+        )
+    return net, training
+
+
+def training_pairs(recommender: Recommender, data: PreparedDataset, k: int) -> PairBatch:
+    """The top-``k`` pairs of the dataset's training users (never a validation or test user)."""
+    from lcer_core.pairs import build_pairs
+
+    return build_pairs(recommender, data.histories(data.users_of("train")), k)
+
+
+def train_network(
+    recommender: Recommender,
+    data: PreparedDataset,
+    model_key: str,
+    k: int,
+    training: AmortisedTraining,
+    *,
+    save: bool = True,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> str:
+    """Train the network of (``model_key``, ``data``, ``k``, ``training``) on the training users'
+    pairs, keep it in memory, save it under LCER_HOME (``save``) and return its key."""
+    key = network_key(model=model_key, data=data.fingerprint, k=k, training=training)
+    start = time.perf_counter()
+    net, curve = fit_network(
+        recommender, training_pairs(recommender, data, k), training, on_epoch=on_epoch
+    )
+    seconds = time.perf_counter() - start
+    if save:
+        folder = network_path(key)
+        meta: dict[str, Any] = {
+            "key": key,
+            "dataset": data.name,
+            "model": model_key,
+            "data_fingerprint": data.fingerprint,
+            "k": k,
+            "n_items": net.n_items,
+            "training": training.dump(),
+            "n_train_users": len(data.users_of("train")),
+            "train_seconds": seconds,
+            "device": str(recommender.device),
+        }
+        write_json_atomic(folder / "curve.json", {"epoch_mean_loss": curve})
+        write_json_atomic(folder / "train.json", meta)
+        buf = io.BytesIO()
+        torch.save(net.state_dict(), buf)
+        write_bytes_atomic(folder / "network.pt", buf.getvalue())
+    remember(key, net, training)
+    return key
+
+
+def ensure_network(
+    model: TrainedModel,
+    data: PreparedDataset,
+    k: int,
+    training: AmortisedTraining | None = None,
+    *,
+    no_train: bool = False,
+    notify: Callable[[str], None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> str:
+    """The key of the network for ``model``, ``data`` and ``k``, training it first if it is
+    missing (``notify`` gets one line saying so); with ``no_train`` a missing one is refused."""
+    training = training or AmortisedTraining()
+    key = network_key(model=model.key, data=data.fingerprint, k=k, training=training)
+    if find_network(key):
+        return key
+    if no_train:
+        raise MissingDataError(
+            f"no trained amortised network for {data.name} k={k}: run "
+            f"`lcer train-explainer {data.name} --k {k}` first"
+        )
+    if notify is not None:
+        notify(
+            f"no amortised network for {data.name} k={k} yet: training it on the "
+            f"{len(data.users_of('train'))} training users first ({training.epochs} epochs)"
+        )
+    rec = model.recommender()
+    return train_network(rec, data, model.key, k, training, on_epoch=on_epoch)
+
+
+def bind_network(
+    config: ExplainerConfig,
+    model: TrainedModel,
+    data: PreparedDataset,
+    k: int,
+    *,
+    no_train: bool = False,
+    notify: Callable[[str], None] | None = None,
+) -> ExplainerConfig:
+    """``config`` with its network bound, for an amortised config without one (trained first
+    where missing, see :func:`ensure_network`); any other config unchanged."""
+    if not isinstance(config, AmortisedConfig) or config.network:
+        return config
+    key = ensure_network(model, data, k, no_train=no_train, notify=notify)
+    return dataclasses.replace(config, network=key)
