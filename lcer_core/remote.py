@@ -181,12 +181,16 @@ def require_bound(run_id: str, digests: tuple[str, str] | None) -> tuple[str, st
     return digests
 
 
-def check_bundle(bundle: Mapping[str, bytes], run_id: str, want: tuple[str, str] | None) -> None:
-    """Refuse, in one line, a bundle whose content is not what run ``run_id`` is bound to
-    (``want``: its model and data digests; an unbound run is refused too)."""
-    message = _mismatch("the bundle", run_id, bundle_digests(bundle), require_bound(run_id, want))
+def check_bundle(
+    bundle: Mapping[str, bytes], run_id: str, want: tuple[str, str] | None
+) -> tuple[str, str]:
+    """The digests of a bundle that is what run ``run_id`` is bound to (``want``: its model and
+    data digests); any other bundle, or an unbound run, is a one-line error."""
+    got = bundle_digests(bundle)
+    message = _mismatch("the bundle", run_id, got, require_bound(run_id, want))
     if message:
         raise InvalidParameterError(message)
+    return got
 
 
 def check_shard_digests(data: bytes, name: str, run_id: str, want: tuple[str, str]) -> None:

@@ -163,7 +163,7 @@ def explain_shard_remote(
     )
     device = default_device()
     content = remote.get_bundle(bundle) if isinstance(bundle, str) else bundle
-    remote.check_bundle(content, spec.run_id, spec.digests)
+    digests = remote.check_bundle(content, spec.run_id, spec.digests)
     data, model = remote.open_bundle(content)
 
     def report(done: int, total: int) -> None:
@@ -171,7 +171,7 @@ def explain_shard_remote(
 
     frame = shards.explain_users(data, model, spec, users, device=device, progress=report)
     _log_done(spec, index, users, frame, node, device.type, start)
-    stamp = dict(zip(remote.SHARD_DIGEST_FIELDS, remote.bundle_digests(content), strict=True))
+    stamp = dict(zip(remote.SHARD_DIGEST_FIELDS, digests, strict=True))
     return ShardOutput(
         index=index,
         parquet=parquet_bytes(_placed(frame, index, node), metadata=stamp),

@@ -25,6 +25,7 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+import polars as pl
 import pytest
 
 from lcer_core.store import ResultStore
@@ -216,7 +217,7 @@ def _forged_explain_run_is_refused(
         "lcer-explain/lcer-explain",
         parameters={
             "specs": [{**spec.to_payload(), "model_digest": "0" * 64, "data_digest": "0" * 64}],
-            "users": [1, 2],
+            "users": pl.read_parquet(bundle / "users.parquet")["uid"].to_list(),
             "shard_size": 2,
             "storage": elsewhere.as_uri(),
             "bundles": {model_key: bundle.as_uri()},
@@ -225,9 +226,9 @@ def _forged_explain_run_is_refused(
     )
     ended = _wait_flow_run(client, forged.id, 120, logs)
     message = ended.state.message or ""
+    assert not elsewhere.exists(), sorted(elsewhere.rglob("*"))
     assert ended.state.is_failed(), f"{ended.state}\n" + "\n".join(_tail(p) for p in logs)
     assert "is not this worker's storage URL" in message and "\n" not in message, message
-    assert not elsewhere.exists()
 
 
 def test_deployments_workers_fan_out_and_kill_resume(
