@@ -7,6 +7,13 @@ URL is set (``LCER_STORAGE``): the pipeline uploads each model with the data of 
 explain, the ``gpu`` pool's flow leaves the shard files under the same URL, and the pipeline
 copies them into its ``LCER_HOME``. On a Ray cluster the same travels through Ray's object
 store (or the storage URL, when set).
+
+Anyone who can create a flow run chooses ``lcer-explain``'s parameters, so it trusts none of
+them with a place: the storage root is the worker's own ``LCER_STORAGE`` (a ``storage``
+parameter must name the same), bundles are fetched only from under it, every run must be
+bound to its bundle (digests of model and data, checked by the worker after fetching), and
+the pipeline checks the same digests in each shard before storing it. Every refusal is one
+line, before anything is fetched or written.
 """
 
 from __future__ import annotations
@@ -134,7 +141,10 @@ def _submit_remote(
     gpu = check_cluster([s.method for s in specs]) if ray_runner else False
     storage = remote.storage_url()
     chunks = split_users(list(users), shard_size)
-    inputs: dict[str, Any] = dict(bundles or {})
+    # per model: (its bundle or the bundle's URL, the digests its runs are bound to here)
+    inputs: dict[str, tuple[Any, tuple[str, str] | None]] = {
+        key: (url, None) for key, url in (bundles or {}).items()
+    }
     futures = ShardFutures()
     _plan(specs, chunks)
     places: dict[str, int] = {}
@@ -148,8 +158,10 @@ def _submit_remote(
                 continue
             if spec.model_key not in inputs:
                 inputs[spec.model_key] = _bundle(spec, users, storage, ray_runner)
+            bundle, digests = inputs[spec.model_key]
+            bound = spec if digests is None else spec.bound(*digests)
             with explain_placement(gpu and remote.wants_gpu(spec.method)) as where:
-                future = explain_shard_remote.submit(spec, index, chunk, inputs[spec.model_key])
+                future = explain_shard_remote.submit(bound, index, chunk, bundle)
             places[where] = places.get(where, 0) + 1
             futures.needs[spec.run_id] = placement_resources(where)
             futures[spec.run_id].append(future)
@@ -165,17 +177,21 @@ def _submit_remote(
     return futures
 
 
-def _bundle(spec: RunSpec, users: Sequence[int], storage: str | None, ray_runner: bool) -> Any:
-    """The model and data of ``spec`` for remote shards: a storage URL, a Ray reference, or bytes."""
+def _bundle(
+    spec: RunSpec, users: Sequence[int], storage: str | None, ray_runner: bool
+) -> tuple[Any, tuple[str, str]]:
+    """The model and data of ``spec`` for remote shards (a storage URL, a Ray reference, or
+    bytes), and their digests."""
     data = load_prepared(spec.dataset, spec.split_seed)
     bundle = remote.make_bundle(data, load_model(spec.dataset, spec.model_key), users)
+    digests = remote.bundle_digests(bundle)
     if storage:
-        return upload_bundle(storage, spec.model_key, users, bundle)
+        return upload_bundle(storage, spec.model_key, users, bundle), digests
     if ray_runner:
         import ray
 
-        return ray.put(bundle)
-    return bundle
+        return ray.put(bundle), digests
+    return bundle, digests
 
 
 def upload_bundle(
@@ -195,9 +211,14 @@ def shard_file(spec: RunSpec, index: int, users: Sequence[int], result: str | Sh
     return str(result)
 
 
-def write_shard_bytes(data: bytes, path: Path, key: str, pairs: int) -> Path:
+def write_shard_bytes(
+    data: bytes, path: Path, key: str, pairs: int, spec: RunSpec | None = None
+) -> Path:
     """Write a shard file received as bytes, with its key, whole or not at all (bytes that are
-    no Parquet file raise, and so do more rows than the shard's ``pairs``, before decoding)."""
+    no Parquet file raise, and so do more rows than the shard's ``pairs``, before decoding, and
+    bytes not explained from the bundle ``spec`` is bound to)."""
+    if spec is not None and spec.digests is not None:
+        remote.check_shard_digests(data, path.name, spec.run_id, spec.digests)
     try:
         frame = remote.read_parquet_object(data, f"shard {path.name}", max_rows=pairs)
     except (ValueError, pl.exceptions.PolarsError) as exc:
@@ -290,21 +311,38 @@ def lcer_explain(
 ) -> list[list[str]]:
     """Explain the shards of ``specs`` (as planned by a pipeline) where this flow runs; their files per run.
 
-    With ``storage`` (the pipeline's storage URL) and ``bundles`` (the URL of each model's
-    bundle under it), nothing is read from or written to this machine's ``LCER_HOME``: the
-    shard files are left under ``STORAGE/work/RUN_ID/`` and their URLs returned. Without,
-    both pools must share one ``LCER_HOME``.
+    With ``bundles`` (the URL of each model's bundle under this worker's storage URL,
+    ``LCER_STORAGE``, by model key; every run bound to its bundle's digests), nothing is read
+    from or written to this machine's ``LCER_HOME``: the shard files are left under
+    ``STORAGE/work/RUN_ID/`` and their URLs returned. ``storage``, if given, must be that same
+    URL. Without either, both pools must share one ``LCER_HOME``.
     """
     check_environment()
-    if storage is None:
+    if storage is None and bundles is None:
         futures = submit_shards(specs, users, shard_size)
         resolve_shards(futures)
         chunks = split_users(list(users), shard_size)
         return [shard_paths(spec, chunks, futures[spec.run_id]) for spec in specs]
-    storage = remote.check_storage(storage)
-    futures = submit_shards(specs, users, shard_size, bundles=bundles or {})
+    root, urls = _check_remote(specs, storage, bundles or {})
+    futures = submit_shards(specs, users, shard_size, bundles=urls)
     resolve_shards(futures)
-    return [_leave_shards(storage, spec.run_id, futures[spec.run_id]) for spec in specs]
+    return [_leave_shards(root, spec.run_id, futures[spec.run_id]) for spec in specs]
+
+
+def _check_remote(
+    specs: Sequence[RunSpec], storage: str | None, bundles: Mapping[str, str]
+) -> tuple[str, dict[str, str]]:
+    """This worker's storage root and the bundle URL of every model of ``specs``, checked
+    before anything is fetched or written (see the module docstring)."""
+    root = remote.check_storage(remote.worker_storage(storage))
+    urls = {key: remote.bundle_base(root, url) for key, url in bundles.items()}
+    for spec in specs:
+        if spec.model_key not in urls:
+            raise OrchestrationError(
+                f"no bundle given for model {spec.model_key} of run {spec.run_id}"
+            )
+        remote.require_bound(spec.run_id, spec.digests)
+    return root, urls
 
 
 def _leave_shards(

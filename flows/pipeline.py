@@ -65,14 +65,17 @@ def _paths_from_deployment(
     the shard files come back from there; without, both pools must share ``LCER_HOME``.
     """
     storage = remote.storage_url()
+    if storage:
+        storage = remote.check_storage(storage)
+        bundles, digests = _upload_bundles(storage, specs, users)
+        specs = [spec.bound(*digests[spec.model_key]) for spec in specs]
     parameters: dict[str, Any] = {
         "specs": [s.to_payload() for s in specs],
         "users": list(users),
         "shard_size": shard_size,
     }
     if storage:
-        storage = remote.check_storage(storage)
-        parameters |= {"storage": storage, "bundles": _upload_bundles(storage, specs, users)}
+        parameters |= {"storage": storage, "bundles": bundles}
     flow_run = run_deployment(deployment, parameters=parameters, timeout=None, poll_interval=2)
     state = flow_run.state
     if state is None or not state.is_completed():
@@ -83,28 +86,34 @@ def _paths_from_deployment(
     return {spec.run_id: _fetch_shards(deployment, storage, spec, chunks) for spec in specs}
 
 
-def _upload_bundles(storage: str, specs: Sequence[RunSpec], users: Sequence[int]) -> dict[str, str]:
-    """Upload the model and data of every model of ``specs`` once; their URLs by model key."""
+def _upload_bundles(
+    storage: str, specs: Sequence[RunSpec], users: Sequence[int]
+) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """Upload the model and data of every model of ``specs`` once; their URLs and their
+    digests (what the runs are bound to), by model key."""
     bundles: dict[str, str] = {}
+    digests: dict[str, tuple[str, str]] = {}
     for spec in specs:
         if spec.model_key not in bundles:
             data = load_prepared(spec.dataset, spec.split_seed)
             model = load_model(spec.dataset, spec.model_key)
             bundle = remote.make_bundle(data, model, users)
+            digests[spec.model_key] = remote.bundle_digests(bundle)
             bundles[spec.model_key] = upload_bundle(storage, spec.model_key, users, bundle)
-    return bundles
+    return bundles, digests
 
 
 def _fetch_shards(
     deployment: str, storage: str | None, spec: RunSpec, chunks: Sequence[Sequence[int]]
 ) -> list[str]:
-    """A run's shard files here, copied from the storage URL when one is set; a missing one raises."""
+    """A run's shard files here, copied from the storage URL when one is set (only if explained
+    from the bundle ``spec`` is bound to); a missing one raises."""
     paths = [shard_path(spec.run_id, i) for i in range(len(chunks))]
     for index, (path, chunk) in enumerate(zip(paths, chunks, strict=True)):
         key = shard_key(spec, index, chunk)
         if storage and not shard_is_complete(path, chunk, key):
             data = remote.get_bytes(remote.shard_url(storage, spec.run_id, index))
-            write_shard_bytes(data, path, key, len(chunk) * spec.k)
+            write_shard_bytes(data, path, key, len(chunk) * spec.k, spec)
         if not shard_is_complete(path, chunk, key):
             raise OrchestrationError(f"{deployment} finished but shard {path} is missing here")
     return [str(p) for p in paths]

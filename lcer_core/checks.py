@@ -1,5 +1,6 @@
 """One range check per shared parameter (k, α and λ, steps, users, seed, shard size, held-out
-users, the byte caps read from the environment).
+users, the byte caps read from the environment) and for every name that becomes part of a
+path (dataset names, model keys).
 
 Each check is the only definition of its parameter's valid range; its message starts with the
 parameter's library name and carries it as ``param`` (the command line shows its flag instead,
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Any
 
 from lcer_core.errors import InvalidParameterError
 
 __all__ = [
+    "NAME_RE",
+    "check_name",
     "MAX_WEIGHT",
     "MAX_STEPS",
     "check_k",
@@ -30,6 +34,9 @@ __all__ = [
     "env_byte_cap",
 ]
 
+#: A name usable as one folder (dataset names, model keys, bundle names), with ``fullmatch``:
+#: no separator, no leading dot (so no ``..``), no "$" before a newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Upper bound of α and λ: beyond it the hinge or the length term swamps the other.
 MAX_WEIGHT = 1e6
 #: Upper bound of an optimiser's number of steps.
@@ -38,6 +45,16 @@ MAX_STEPS = 1_000_000
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_name(value: Any, param: str) -> str:
+    """``value`` if it is a name usable as one folder (:data:`NAME_RE`); else a one-line error."""
+    if not (isinstance(value, str) and NAME_RE.fullmatch(value)):
+        raise InvalidParameterError(
+            f"invalid {param} {value!r}: use letters, digits, '.', '_' or '-' (at most 64)",
+            param=param,
+        )
+    return value
 
 
 def check_k(k: Any) -> int:

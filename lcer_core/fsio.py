@@ -79,10 +79,11 @@ def ensure_writable(folder: Path) -> None:
         raise home_error(folder, exc) from None
 
 
-def parquet_bytes(frame: pl.DataFrame) -> bytes:
-    """``frame`` as Parquet bytes, for a plain file write whose failure is a real ``OSError``."""
+def parquet_bytes(frame: pl.DataFrame, metadata: Mapping[str, str] | None = None) -> bytes:
+    """``frame`` (and key-value ``metadata``) as Parquet bytes, for a plain file write whose
+    failure is a real ``OSError``."""
     buf = io.BytesIO()
-    frame.write_parquet(buf)
+    frame.write_parquet(buf, metadata=dict(metadata) if metadata else None)
     return buf.getvalue()
 
 

@@ -9,10 +9,18 @@ data from it, explains its shard, and sends the shard file's bytes back; the flo
 them to its own ``$LCER_HOME/work/RUN_ID/shard-XXXX.parquet``, so everything after the
 explanations (evaluate, DuckDB, MLflow) stays with the flow. Nothing here imports Prefect
 or Ray.
+
+Whoever can start a flow run chooses its parameters, so a worker trusts none of them with a
+place: its storage root is its own ``LCER_STORAGE``, a bundle is fetched only from under it
+(:func:`bundle_base`), and a bundle is used only if its content has the digests that the run
+it explains is bound to (:func:`check_bundle`). A shard file sent back carries the digests of
+the bundle it was explained from (:data:`SHARD_DIGEST_FIELDS`), which the pipeline checks
+before storing it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -24,7 +32,7 @@ from typing import Any
 
 import polars as pl
 
-from lcer_core.checks import env_byte_cap
+from lcer_core.checks import NAME_RE, env_byte_cap
 from lcer_core.datasets import PreparedDataset
 from lcer_core.datasets.prepared import PARTS
 from lcer_core.errors import InvalidParameterError, MissingDataError, StorageError
@@ -38,6 +46,13 @@ __all__ = [
     "wants_gpu",
     "make_bundle",
     "open_bundle",
+    "bundle_digests",
+    "require_bound",
+    "check_bundle",
+    "SHARD_DIGEST_FIELDS",
+    "check_shard_digests",
+    "worker_storage",
+    "bundle_base",
     "storage_url",
     "check_storage",
     "put_bundle",
@@ -63,6 +78,10 @@ _READ_CHUNK = 1 << 20
 _DECODED_WIDTH = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
 
 _TABLES = ("users", "items", *PARTS)
+#: Every entry of a bundle; all but ``model.pt`` are its data.
+_ENTRIES = ("model.pt", "meta.json", *(f"{t}.parquet" for t in _TABLES))
+#: The Parquet metadata fields of a shard sent back: the digests of the bundle it came from.
+SHARD_DIGEST_FIELDS = ("lcer.model_digest", "lcer.data_digest")
 
 
 #: Seconds to wait for a TCP connection to a Ray address before calling it unreachable.
@@ -121,9 +140,7 @@ def make_bundle(
 
 def open_bundle(bundle: Mapping[str, bytes]) -> tuple[PreparedDataset, TrainedModel]:
     """The (data, model) of :func:`make_bundle`; a bundle with a part missing is a one-line error."""
-    missing = [
-        n for n in ("model.pt", "meta.json", *(f"{t}.parquet" for t in _TABLES)) if n not in bundle
-    ]
+    missing = [n for n in _ENTRIES if n not in bundle]
     if missing:
         raise MissingDataError(f"the shard's inputs lack {', '.join(missing)}")
     try:
@@ -141,6 +158,60 @@ def open_bundle(bundle: Mapping[str, bytes]) -> tuple[PreparedDataset, TrainedMo
         _parts={p: tables[p] for p in PARTS},
     )
     return data, model_from_bytes(bundle["model.pt"], name, key)
+
+
+def bundle_digests(bundle: Mapping[str, bytes]) -> tuple[str, str]:
+    """(model digest, data digest) of a bundle: sha256 of its checkpoint, and of the sha256 of
+    each of its other entries by name (what a run crossing to a worker is bound to)."""
+    model = hashlib.sha256(bundle.get("model.pt", b"")).hexdigest()
+    parts = {n: hashlib.sha256(bundle[n]).hexdigest() for n in _ENTRIES[1:] if n in bundle}
+    data = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return model, data
+
+
+def _mismatch(what: str, run_id: str, got: tuple[str, str], want: tuple[str, str]) -> str | None:
+    for name, g, w in zip(("model", "data"), got, want, strict=True):
+        if g != w:
+            return (
+                f"{what} holds another {name} than run {run_id} is bound to "
+                f"({name} digest {g[:12]}, expected {w[:12]})"
+            )
+    return None
+
+
+def require_bound(run_id: str, digests: tuple[str, str] | None) -> tuple[str, str]:
+    """``digests`` of run ``run_id``; a run bound to no bundle is a one-line error."""
+    if digests is None:
+        raise InvalidParameterError(
+            f"run {run_id} carries no model_digest and data_digest: no bundle can be checked "
+            "against it (start it from a pipeline of this version)"
+        )
+    return digests
+
+
+def check_bundle(
+    bundle: Mapping[str, bytes], run_id: str, want: tuple[str, str] | None
+) -> tuple[str, str]:
+    """The digests of a bundle that is what run ``run_id`` is bound to (``want``: its model and
+    data digests); any other bundle, or an unbound run, is a one-line error."""
+    got = bundle_digests(bundle)
+    message = _mismatch("the bundle", run_id, got, require_bound(run_id, want))
+    if message:
+        raise InvalidParameterError(message)
+    return got
+
+
+def check_shard_digests(data: bytes, name: str, run_id: str, want: tuple[str, str]) -> None:
+    """Refuse, in one line, shard file bytes not explained from the bundle run ``run_id`` is
+    bound to (the digests in its Parquet metadata; absent ones do not match)."""
+    try:
+        meta = pl.read_parquet_metadata(io.BytesIO(data))
+    except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+        raise MissingDataError(f"shard {name} came back unreadable: {io_reason(exc)}") from None
+    got = (meta.get(SHARD_DIGEST_FIELDS[0], "none"), meta.get(SHARD_DIGEST_FIELDS[1], "none"))
+    message = _mismatch(f"shard {name}", run_id, got, want)
+    if message:
+        raise InvalidParameterError(f"{message}: not stored")
 
 
 # --------------------------------------------------------------------------- storage URL
@@ -251,6 +322,38 @@ def read_parquet_object(data: bytes, what: str, *, max_rows: int | None = None) 
     return pl.read_parquet(io.BytesIO(data))
 
 
+def worker_storage(given: str | None = None) -> str:
+    """This worker's storage root, from its own ``LCER_STORAGE``; a ``given`` root (a flow
+    parameter) is accepted only if it is the same, never used to choose a place."""
+    own = storage_url()
+    if own is None:
+        raise StorageError(
+            f"this worker has no storage URL ({STORAGE_ENV}): it cannot take bundles; "
+            f"set {STORAGE_ENV} on its work pool, as on the pipeline's"
+        )
+    if given is not None and storage_url(given) != own:
+        raise InvalidParameterError(
+            f"storage {given!r} is not this worker's storage URL {own} ({STORAGE_ENV}): "
+            "a worker writes only under its own",
+            param="storage",
+        )
+    return own
+
+
+def bundle_base(storage: str, url: str) -> str:
+    """``url`` if it is a bundle folder right under ``STORAGE/bundles/`` (a name checked like a
+    dataset name); else a one-line error, before anything is fetched."""
+    prefix = _bundle_url(storage, "")
+    name = url.removeprefix(prefix) if isinstance(url, str) else ""
+    if not (isinstance(url, str) and url.startswith(prefix) and NAME_RE.fullmatch(name)):
+        raise InvalidParameterError(
+            f"bundle URL {url!r} is not a bundle under this worker's storage URL {prefix}NAME: "
+            "not fetched",
+            param="bundles",
+        )
+    return _bundle_url(storage, name)
+
+
 def check_storage(url: str) -> str:
     """Refuse, in one line, a storage URL that cannot be written (probe: write and delete a file)."""
     url = storage_url(url) or ""
@@ -281,8 +384,7 @@ def put_bundle(url: str, key: str, bundle: Mapping[str, bytes]) -> str:
 
 def get_bundle(base: str) -> dict[str, bytes]:
     """The bundle uploaded by :func:`put_bundle` at ``base``."""
-    names = ("model.pt", "meta.json", *(f"{t}.parquet" for t in _TABLES))
-    return {name: get_bytes(f"{base}/{name}") for name in names}
+    return {name: get_bytes(f"{base}/{name}") for name in _ENTRIES}
 
 
 def shard_url(url: str, run_id: str, index: int) -> str:

@@ -9,6 +9,13 @@ the run key, the ``runs`` row (:meth:`RunSpec.as_row`), the MLflow params and th
 derive from it, and it crosses the ``lcer-explain`` deployment boundary as
 :meth:`RunSpec.to_payload` (rebuilt and re-keyed by :meth:`RunSpec.from_payload`).
 
+A run that crosses to a worker with a bundle (:mod:`lcer_core.remote`) is *bound* to it: its
+``model_digest`` and ``data_digest`` (sha256 of the bundle's checkpoint and of its data, see
+:func:`lcer_core.remote.bundle_digests`) travel in the payload; the worker refuses a bundle
+whose content has other digests and the pipeline a shard explained from one. The digests are
+no part of the key (nor of ``key_fields``, the shard files' keys, nor of the ``runs`` row):
+they say which bytes carried the model, not what the run is.
+
 Run keys are stable across versions. The key payload (:func:`lcer_core.keys.run_key`:
 dataset, method, k, alpha, lam, steps, seed, model, users, extra, and the pairs' version
 :data:`lcer_core.pairs.PAIRS_VERSION`) has ``alpha``, ``lam`` and ``steps`` read from the
@@ -26,11 +33,19 @@ today's runs.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from lcer_core.checks import check_k, check_seed, check_shard_size, check_split_seed, check_users
+from lcer_core.checks import (
+    check_k,
+    check_name,
+    check_seed,
+    check_shard_size,
+    check_split_seed,
+    check_users,
+)
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import ExplainerConfig, get_method
 from lcer_core.keys import run_key
@@ -54,12 +69,16 @@ DEFAULT_KS: tuple[int, ...] = (5, 10)
 _KEYED_OPTIONS = ("alpha", "lam", "steps")
 #: How a grid option shows in a run's label.
 _SYMBOLS = {"alpha": "α", "lam": "λ"}
+#: A content digest in a payload: sha256, lower-case hex.
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_DIGESTS = ("model_digest", "data_digest")
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """What determines one explanation run: its key, dataset, method, k, seed, users, model and
-    the method's whole configuration."""
+    the method's whole configuration; bound to a bundle, the digests of its model and data
+    (no part of the key)."""
 
     run_id: str
     dataset: str
@@ -71,6 +90,19 @@ class RunSpec:
     config: ExplainerConfig
     #: The split seed of the data (None: the default split).
     split_seed: int | None = None
+    model_digest: str | None = None
+    data_digest: str | None = None
+
+    def bound(self, model_digest: str, data_digest: str) -> RunSpec:
+        """This run bound to the bundle whose checkpoint and data have these digests."""
+        return replace(self, model_digest=model_digest, data_digest=data_digest)
+
+    @property
+    def digests(self) -> tuple[str, str] | None:
+        """(model digest, data digest) of the bundle this run is bound to; None if unbound."""
+        if self.model_digest is None or self.data_digest is None:
+            return None
+        return self.model_digest, self.data_digest
 
     def option(self, name: str) -> Any:
         """The value of the configuration's option ``name``; None if the method has no such option."""
@@ -158,12 +190,14 @@ class RunSpec:
             "n_users": self.n_users,
             "model_key": self.model_key,
             "config": self.config.dump(),
+            **{n: getattr(self, n) for n in _DIGESTS if getattr(self, n) is not None},
         }
 
     @classmethod
     def from_payload(cls, payload: RunSpec | Mapping[str, Any]) -> RunSpec:
         """A run from :meth:`to_payload`'s data, its configuration validated and its key
-        recomputed (a payload whose ``run_id`` is not its content's key is refused)."""
+        recomputed (a payload whose ``run_id`` is not its content's key is refused; digests,
+        optional, must be sha256 hex)."""
         if isinstance(payload, RunSpec):
             return payload
         if not isinstance(payload, Mapping):
@@ -187,7 +221,16 @@ class RunSpec:
             raise InvalidParameterError(
                 f"run payload {payload.get('run_id')!r} does not match its content ({spec.run_id})"
             )
-        return spec
+        digests = [payload.get(n) for n in _DIGESTS]
+        if digests == [None, None]:
+            return spec
+        for name, value in zip(_DIGESTS, digests, strict=True):
+            if not (isinstance(value, str) and _DIGEST_RE.fullmatch(value)):
+                raise InvalidParameterError(
+                    f"run {spec.run_id}: {name} must be a sha256 in hex, got {value!r}",
+                    param=name,
+                )
+        return spec.bound(*digests)
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
@@ -232,6 +275,8 @@ def run_spec(
         raise InvalidParameterError(
             f"{method} expects a {cls.config_type.__name__}, got {type(config).__name__}"
         )
+    check_name(dataset, "dataset")
+    check_name(model_key, "model_key")
     check_k(k)
     check_seed(seed)
     if n_users is not None:

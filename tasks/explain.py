@@ -3,7 +3,8 @@
 ``explain-shard`` runs where the flow's ``LCER_HOME`` is (threads of the flow's process);
 ``explain-shard-remote`` runs on a machine that shares no filesystem with the flow (a Ray
 worker node, the ``gpu`` pool): it gets the model and the data as bytes
-(:mod:`lcer_core.remote`) and returns the shard file's bytes with where it ran, and the flow
+(:mod:`lcer_core.remote`), uses it only if its content has the digests its run is bound to,
+and returns the shard file's bytes (stamped with those digests) with where it ran; the flow
 writes the file (with its key). Every shard file says where it ran (columns ``shard``,
 ``node``; ``device`` per row), and so does its log line.
 
@@ -161,18 +162,19 @@ def explain_shard_remote(
         pid,
     )
     device = default_device()
-    data, model = remote.open_bundle(
-        remote.get_bundle(bundle) if isinstance(bundle, str) else bundle
-    )
+    content = remote.get_bundle(bundle) if isinstance(bundle, str) else bundle
+    digests = remote.check_bundle(content, spec.run_id, spec.digests)
+    data, model = remote.open_bundle(content)
 
     def report(done: int, total: int) -> None:
         progress.emit(progress.STEPS, run=spec.run_id, index=index, done=done, total=total)
 
     frame = shards.explain_users(data, model, spec, users, device=device, progress=report)
     _log_done(spec, index, users, frame, node, device.type, start)
+    stamp = dict(zip(remote.SHARD_DIGEST_FIELDS, digests, strict=True))
     return ShardOutput(
         index=index,
-        parquet=parquet_bytes(_placed(frame, index, node)),
+        parquet=parquet_bytes(_placed(frame, index, node), metadata=stamp),
         node=node,
         device=device.type,
         pid=pid,

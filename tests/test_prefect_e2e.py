@@ -1,6 +1,10 @@
 """End to end on a real Prefect server: work pools, ``prefect deploy --all``, process workers,
 ``lcer-pipeline`` on ML 100K, the fan-out seen through the API, and a kill -9 during explanation.
 
+The server is protected as the README's cluster set-up says: Prefect's API auth string
+(``PREFECT_SERVER_API_AUTH_STRING`` on the server, ``PREFECT_API_AUTH_STRING`` on every client:
+workers, ``prefect deploy``, ``lcer run``, this test); a request without it is refused.
+
 Everything started here (server, workers, the killed pipeline) runs in its own process group
 and is stopped in ``finally`` blocks, whatever happens.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,6 +25,7 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+import polars as pl
 import pytest
 
 from lcer_core.store import ResultStore
@@ -89,6 +95,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, http_mirror: str) -> Iterat
     home.mkdir()
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
+    auth = secrets.token_urlsafe(24)
     base = {
         k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LCER_", "MLFLOW_"))
     }
@@ -102,7 +109,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, http_mirror: str) -> Iterat
     }
     log = root / "server.log"
     proc = _start(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        {**env, "PREFECT_SERVER_API_AUTH_STRING": auth},
+        log,
     )
     try:
         deadline = time.monotonic() + 90
@@ -117,7 +126,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, http_mirror: str) -> Iterat
                 f"prefect server not healthy after 90 s:\n{_tail(log)}"
             )
             time.sleep(0.5)
-        yield {"api": api, "env": {**env, "PREFECT_API_URL": api}, "root": root, "home": home}
+        # Without the auth string (or with another) the API answers 401; health stays open.
+        for headers in ({}, {"Authorization": "Basic bm90LWl0"}):
+            denied = httpx.post(f"{api}/deployments/filter", json={}, headers=headers, timeout=10)
+            assert denied.status_code == 401, denied.text
+        client_env = {**env, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": auth}
+        yield {"api": api, "auth": auth, "env": client_env, "root": root, "home": home}
     finally:
         _stop(proc)
 
@@ -126,12 +140,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, http_mirror: str) -> Iterat
 def api_client(server: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """This test process pointed at the server (and at the same LCER_HOME) for the test's duration."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     monkeypatch.setenv("LCER_HOME", str(server["home"]))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = {PREFECT_API_URL: server["api"], PREFECT_API_AUTH_STRING: server["auth"]}
     with (
-        temporary_settings(updates={PREFECT_API_URL: server["api"]}),
+        temporary_settings(updates=settings),
         get_client(sync_client=True) as client,
     ):
         yield client
@@ -183,6 +198,37 @@ def _pipeline_flow_runs(client: Any) -> dict[UUID, Any]:
 
 def _shards(home: Path, run_id: str) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (home / "work" / run_id).glob("shard-*.parquet")}
+
+
+def _forged_explain_run_is_refused(
+    client: Any, storage: Path, root: Path, logs: list[Path]
+) -> None:
+    """A flow run of lcer-explain created with a storage URL of the caller's (the pipeline's
+    own run and bundle otherwise) fails in one line on the gpu worker, writing nothing there."""
+    from prefect.deployments import run_deployment
+
+    from lcer_core.runs import run_spec
+
+    model_key = ResultStore().query("SELECT model_key FROM models")["model_key"][0]
+    spec = run_spec(dataset="ml-100k", method="fia", k=5, seed=0, n_users=4, model_key=model_key)
+    [bundle] = (storage / "bundles").iterdir()
+    elsewhere = root / "elsewhere"
+    forged = run_deployment(
+        "lcer-explain/lcer-explain",
+        parameters={
+            "specs": [{**spec.to_payload(), "model_digest": "0" * 64, "data_digest": "0" * 64}],
+            "users": pl.read_parquet(bundle / "users.parquet")["uid"].to_list(),
+            "shard_size": 2,
+            "storage": elsewhere.as_uri(),
+            "bundles": {model_key: bundle.as_uri()},
+        },
+        timeout=0,
+    )
+    ended = _wait_flow_run(client, forged.id, 120, logs)
+    message = ended.state.message or ""
+    assert not elsewhere.exists(), sorted(elsewhere.rglob("*"))
+    assert ended.state.is_failed(), f"{ended.state}\n" + "\n".join(_tail(p) for p in logs)
+    assert "is not this worker's storage URL" in message and "\n" not in message, message
 
 
 def test_deployments_workers_fan_out_and_kill_resume(
@@ -266,6 +312,8 @@ def test_deployments_workers_fan_out_and_kill_resume(
         assert not list(gpu_home.rglob("shard-*.parquet"))
         assert len(list((storage / "work").rglob("shard-*.parquet"))) == 4
         assert [p.name for p in (storage / "bundles").iterdir()] != []
+
+        _forged_explain_run_is_refused(api_client, storage, root, logs)
     finally:
         for worker in workers:
             _stop(worker)

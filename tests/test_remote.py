@@ -12,6 +12,7 @@ import pytest
 from lcer_core import models, remote, shards
 from lcer_core.datasets import load_prepared
 from lcer_core.errors import InvalidParameterError, MissingDataError, StorageError
+from lcer_core.fsio import parquet_bytes
 from lcer_core.runs import run_spec
 
 
@@ -136,3 +137,59 @@ def test_storage_objects_over_the_cap_are_refused_unread(
         remote.get_bytes(f"{url}/big.bin")
     monkeypatch.setenv(remote.MAX_OBJECT_BYTES_ENV, "2048")
     assert remote.get_bytes(f"{url}/big.bin") == b"x" * 2048
+
+
+@pytest.mark.parametrize(
+    "tail",
+    ["http://127.0.0.1:8765/bundles/m", "file:///elsewhere/bundles/m", "{s}/bundles/../work",
+     "{s}/bundles/m/../../x", "{s}/bundles/", "{s}/bundlesm", "{s}/bundles/.m", "{s}/work/m"],
+)  # fmt: skip
+def test_bundle_urls_outside_the_workers_storage_are_refused(tmp_path: Path, tail: str) -> None:
+    storage = (tmp_path / "store").as_uri()
+    assert remote.bundle_base(storage, f"{storage}/bundles/m-1") == f"{storage}/bundles/m-1"
+    with pytest.raises(InvalidParameterError, match="is not a bundle under") as info:
+        remote.bundle_base(storage, tail.format(s=storage))
+    assert "\n" not in str(info.value)
+
+
+def test_a_worker_takes_its_storage_from_its_own_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(remote.STORAGE_ENV, raising=False)
+    with pytest.raises(StorageError, match="has no storage URL"):
+        remote.worker_storage("file:///anything")
+    own = (tmp_path / "store").as_uri()
+    monkeypatch.setenv(remote.STORAGE_ENV, own + "/")
+    assert remote.worker_storage() == own == remote.worker_storage(own + "/")
+    with pytest.raises(InvalidParameterError, match="is not this worker's storage URL"):
+        remote.worker_storage((tmp_path / "elsewhere").as_uri())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("dataset", "../x"), ("dataset", "a/b"), ("dataset", ""), ("model_key", "../../../x"),
+     ("model_key", ".."), ("model_key", "/abs"), ("model_key", "m\n")],
+)  # fmt: skip
+def test_names_that_become_paths_are_checked(field: str, value: str) -> None:
+    fields = {"dataset": "ml-100k", "model_key": "m1", field: value}
+    with pytest.raises(InvalidParameterError, match=f"invalid {field}") as info:
+        run_spec(method="fia", k=5, seed=0, n_users=None, **fields)
+    assert "\n" not in str(info.value)
+
+
+def test_a_bundle_or_shard_with_other_digests_is_refused(in_trained_home: Path) -> None:
+    data, model = load_prepared("ml-100k"), models.load_model("ml-100k")
+    bundle = remote.make_bundle(data, model, data.users_of("test")[:2])
+    digests = remote.bundle_digests(bundle)
+    assert remote.check_bundle(bundle, "r", digests) == digests
+    other = {**bundle, "users.parquet": bundle["items.parquet"]}
+    with pytest.raises(InvalidParameterError, match="holds another data than run r"):
+        remote.check_bundle(other, "r", digests)
+    with pytest.raises(InvalidParameterError, match="carries no model_digest"):
+        remote.check_bundle(bundle, "r", None)
+    frame = pl.DataFrame({"uid": [1]})
+    stamped = parquet_bytes(frame, dict(zip(remote.SHARD_DIGEST_FIELDS, digests, strict=True)))
+    remote.check_shard_digests(stamped, "shard-0000.parquet", "r", digests)
+    for data_ in (parquet_bytes(frame), stamped):
+        with pytest.raises(InvalidParameterError, match="holds another model than run r"):
+            remote.check_shard_digests(data_, "shard-0000.parquet", "r", ("0" * 64, digests[1]))

@@ -9,13 +9,13 @@ Built-in entries are the paper's four datasets; a user registers more with
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from lcer_core.checks import NAME_RE
 from lcer_core.errors import DataFormatError, InvalidParameterError, UnknownDatasetError
 from lcer_core.paths import data_dir, dataset_dir
 
@@ -38,7 +38,7 @@ __all__ = [
 DEFAULT_SEED = 98765  # the seed of the Mult-VAE reference notebook
 CUSTOM_HELDOUT_DEFAULT = 100  # held-out users (each of val and test) of a custom dataset
 SOURCE_JSON = "source.json"
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # with fullmatch: no "$" before a newline
+_NAME_RE = NAME_RE  # one definition of a name usable as a folder
 
 
 @dataclass(frozen=True)
