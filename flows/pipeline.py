@@ -50,6 +50,7 @@ from tasks.data import test_users
 from tasks.report import html_report
 from tasks.runs import RunOutcome, begin, finish_run, first_error
 from tasks.tracking import item_figures
+from tasks.train import bind_networks
 
 __all__ = ["lcer_pipeline", "explain_runs", "DEFAULT_DATASETS", "DEFAULT_KS"]
 
@@ -212,6 +213,7 @@ def _explain_model(
         model_key=model_key,
         split_seed=split_seed,
     )
+    specs = bind_networks(specs, split_seed)
     logger.info(
         "%s%s (model seed %d, explainer seed %d): %d explanation runs over %d test users",
         dataset,

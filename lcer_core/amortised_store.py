@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from lcer_core.models import TrainedModel
     from lcer_core.pairs import PairBatch
     from lcer_core.recommender.base import Recommender
+    from lcer_core.runs import RunSpec
 
 __all__ = [
     "networks_dir",
@@ -107,7 +109,14 @@ def load_network(key: str, *, n_items: int | None = None) -> tuple[AmortisedNet,
             )
             net = AmortisedNet(int(meta["n_items"]), training.dim, training.hidden)
             net.load_state_dict(state)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            RuntimeError,
+            pickle.UnpicklingError,
+        ) as exc:
             raise DamagedDataError(
                 f"amortised network {key} is damaged ({type(exc).__name__}): run "
                 "`lcer train-explainer DATASET --k K --force`"
@@ -216,3 +225,40 @@ def bind_network(
         return config
     key = ensure_network(model, data, k, no_train=no_train, notify=notify)
     return dataclasses.replace(config, network=key)
+
+
+def needs_network(config: ExplainerConfig) -> bool:
+    """Whether ``config`` is an amortised configuration with no network bound yet."""
+    return isinstance(config, AmortisedConfig) and not config.network
+
+
+def bind_runs(
+    specs: list[RunSpec],
+    model: TrainedModel,
+    data: PreparedDataset,
+    *,
+    notify: Callable[[str], None] | None = None,
+) -> list[RunSpec]:
+    """``specs`` with every amortised run's network bound (trained first where missing, on the
+    training users of ``data``), re-keyed: the network is part of what determines the run."""
+    from lcer_core.runs import run_spec
+
+    out = []
+    for spec in specs:
+        config = bind_network(spec.config, model, data, spec.k, notify=notify)
+        if config is spec.config:
+            out.append(spec)
+            continue
+        out.append(
+            run_spec(
+                dataset=spec.dataset,
+                method=spec.method,
+                k=spec.k,
+                seed=spec.seed,
+                n_users=spec.n_users,
+                model_key=spec.model_key,
+                config=config,
+                split_seed=spec.split_seed,
+            )
+        )
+    return out

@@ -23,7 +23,7 @@ from lcer_core.recommender.multvae import MultVAEConfig
 from lcer_core.recommender.training import EpochReport
 from tasks import mlflow_client, progress
 
-__all__ = ["ModelInfo", "Registration", "train", "register"]
+__all__ = ["ModelInfo", "Registration", "train", "register", "bind_networks"]
 
 _MODEL_KEY_TAG = "lcer.model_key"
 _Logger = logging.Logger | logging.LoggerAdapter[Any]  # what get_run_logger returns
@@ -224,3 +224,18 @@ def register(info: ModelInfo) -> Registration:
         out["run_id"],
     )
     return Registration(out["run_id"], out["model_uri"], int(out["version"]), new=True)
+
+
+@task(name="bind-explainer-networks", cache_policy=NO_CACHE)
+def bind_networks(specs: list[Any], split_seed: int | None = None) -> list[Any]:
+    """The runs with each amortised run's explainer network bound (trained on the training
+    users first where missing, one log line each), re-keyed; other runs unchanged."""
+    from lcer_core.amortised_store import bind_runs, needs_network
+
+    if not any(needs_network(s.config) for s in specs):
+        return specs
+    logger = get_run_logger()
+    first = specs[0]
+    data = load_prepared(first.dataset, split_seed)
+    model = models.load_model(first.dataset, first.model_key)
+    return bind_runs(specs, model, data, notify=logger.info)
