@@ -339,8 +339,8 @@ def method_configs(
             continue
         if value is not None:
             base[name] = value
-    if options.get("budget") is not None and cls.budget:
-        base[cls.budget] = options["budget"]
+    if options.get("budget") is not None and cls.budget_option:
+        base[cls.budget_option] = options["budget"]
     configs: dict[str, ExplainerConfig] = {}
     for combo in itertools.product(*axes):
         config = cls(**{**base, **dict(combo)})

@@ -30,11 +30,12 @@ BUDGETS = {
     "kaffes-topk": "max_queries",
     "kaffes-ps": "max_queries",
     "lcer-plus": "candidates",
+    "amortised": "budget",
 }
 
 
 def test_each_search_method_names_its_budget_and_declares_what_it_selects_on() -> None:
-    assert {n: c.config_type.budget for n, c in METHODS.items() if c.config_type.budget} == BUDGETS
+    assert {n: c.config_type.budget_option for n, c in METHODS.items() if c.config_type.budget_option} == BUDGETS
     for name in ("random-prefix", "kaffes-ps", "lcer-plus"):
         assert get_method(name).selects_on == SELECTS_ON == frozenset({"topk", "sufficiency"})
 
@@ -71,7 +72,7 @@ def test_cli_refuses_budget_zero_in_one_line(
 ) -> None:
     code, out, err = run_cli(["explain", "ml-100k", "--method", method, "--budget", "0"], capsys)
     assert code == 2 and out == ""
-    assert err.startswith(f"error: {get_method(method).config_type.budget} must be ")
+    assert err.startswith(f"error: {get_method(method).config_type.budget_option} must be ")
     assert len(err.strip().splitlines()) == 1
     code, _, err = run_cli(["explain", "ml-100k", "--method", "lcer", "--budget", "3"], capsys)
     assert code == 2 and "has no search budget" in err

@@ -127,7 +127,7 @@ def explain(
     if budget is not None:
         from lcer_core.explainers import get_method
 
-        if not get_method(method).config_type.budget:
+        if not get_method(method).config_type.budget_option:
             raise InvalidParameterError(f"--budget: method {method} has no search budget")
     config = _explainer_config(method, dataset, alpha=alpha, lam=lam, steps=steps, budget=budget)
     checks.check_k(k)

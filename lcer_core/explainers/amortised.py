@@ -75,6 +75,7 @@ class AmortisedConfig(ExplainerConfig):
     chunk_mb: float = DEFAULT_CHUNK_MB
 
     options: ClassVar[tuple[str, ...]] = ("budget", "max_length")
+    budget_option: ClassVar[str | None] = "budget"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.network, str) and (not self.network or _is_key(self.network))):

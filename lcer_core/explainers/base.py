@@ -39,7 +39,7 @@ class ExplainerConfig:
     #: Options swept one run per combination, each stored in its own ``runs`` column.
     grid: ClassVar[tuple[str, ...]] = ()
     #: The field that sets a search method's budget (``--budget``); None: the method has none.
-    budget: ClassVar[str | None] = None
+    budget_option: ClassVar[str | None] = None
 
     @classmethod
     def defaults_for(cls, dataset: str) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class KaffesConfig(ExplainerConfig):
     of one recommender call.
     """
 
-    budget: ClassVar[str | None] = "max_queries"
+    budget_option: ClassVar[str | None] = "max_queries"
 
     criterion: Literal["threshold", "topk"] = "threshold"
     max_queries: int = 1000

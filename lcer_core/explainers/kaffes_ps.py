@@ -30,7 +30,7 @@ class KaffesPSConfig(SelectionConfig, KaffesConfig):
     """KaffesCE's search options (its budget ``max_queries``; the top-K flip test by default,
     as the selector's) and the selector's, with ``lcer-plus``'s defaults."""
 
-    budget: ClassVar[str | None] = "max_queries"
+    budget_option: ClassVar[str | None] = "max_queries"
     options: ClassVar[tuple[str, ...]] = ("max_queries", "sufficiency")
 
     criterion: Literal["threshold", "topk"] = "topk"

@@ -66,7 +66,7 @@ _INF = float("inf")
 class LCERPlusConfig(LCERConfig):
     """LCER's hyperparameters (α, λ, steps, lr, τ) and the switches of the steps around it."""
 
-    budget: ClassVar[str | None] = "candidates"
+    budget_option: ClassVar[str | None] = "candidates"
     #: What a run or ``lcer tune`` may set: LCER's options, the pool size and the PS bonus.
     options: ClassVar[tuple[str, ...]] = ("alpha", "lam", "steps", "candidates", "sufficiency")
 

@@ -35,7 +35,7 @@ class RandomPrefixConfig(SelectionConfig):
     """``orders``: random orders of the history tried per pair (the search budget); the
     selector's options as ``lcer-plus``'s."""
 
-    budget: ClassVar[str | None] = "orders"
+    budget_option: ClassVar[str | None] = "orders"
     options: ClassVar[tuple[str, ...]] = ("orders", "sufficiency")
 
     orders: int = 8

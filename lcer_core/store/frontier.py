@@ -60,7 +60,7 @@ def budget_label(method: str, config_json: str | None) -> str:
     except ValueError:
         config = {}
     cls = METHODS.get(method)
-    field = getattr(cls.config_type, "budget", None) if cls is not None else None
+    field = getattr(cls.config_type, "budget_option", None) if cls is not None else None
     field = field or ("steps" if "steps" in config else None)
     return f"{field}={config[field]}" if field and field in config else ""
 
