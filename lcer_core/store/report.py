@@ -241,22 +241,45 @@ def lam_report(store: ResultStore, dataset: str) -> pl.DataFrame:
 def paired_report(
     store: ResultStore, dataset: str, method_a: str, method_b: str, *, resamples: int = 2000
 ) -> pl.DataFrame:
-    """Per K where both methods have a ``table2`` run on the same pairs: the paired comparison
-    of A with B (:func:`lcer_core.paired.paired_comparison`; strict metrics, bootstrap over
-    users). A K where they explain other pairs (another model or users) is left out."""
+    """Per K: the paired comparison of A with B (:func:`lcer_core.paired.paired_comparison`;
+    strict metrics, bootstrap over users) on every model both explained with their ``table2``
+    configuration and the same users: each split seed's (or seed's) model adds its pairs, a
+    user of one model being another unit than the same id of another. A K where they share no
+    model is left out."""
     from lcer_core.errors import InvalidParameterError
     from lcer_core.paired import PAIR_COLUMNS, paired_comparison
 
-    latest = store.table2(dataset).filter(pl.col("method").is_in([method_a, method_b]))
+    runs = store.query(
+        """
+        SELECT r.k, r.method, r.model_key, r.n_users, arg_max(r.run_id, r.finished_at) AS run_id
+        FROM runs r JOIN table2 t USING (dataset, method, k)
+        JOIN runs tr ON tr.run_id = t.run_id
+        WHERE r.dataset = ? AND r.method IN (?, ?) AND r.status = 'finished'
+          AND r.kind = 'explain' AND r.config::VARCHAR IS NOT DISTINCT FROM tr.config::VARCHAR
+          AND r.seed = tr.seed
+        GROUP BY ALL ORDER BY ALL
+        """,
+        [dataset, method_a, method_b],
+    )
     out = []
-    for k in sorted(set(latest["k"].to_list())):
-        runs = dict(latest.filter(pl.col("k") == k).select("method", "run_id").iter_rows())
-        if len(runs) < 2:
+    for k in sorted(set(runs["k"].to_list())):
+        part = runs.filter(pl.col("k") == k)
+        a_runs = part.filter(pl.col("method") == method_a)
+        b_runs = part.filter(pl.col("method") == method_b)
+        shared = a_runs.join(b_runs, on=["model_key", "n_users"], suffix="_b", nulls_equal=True)
+        if shared.height == 0:
             continue
-        a, b = (store.explanations(runs[m]).select(PAIR_COLUMNS) for m in (method_a, method_b))
+        rows_a, rows_b = [], []
+        for unit, row in enumerate(shared.iter_rows(named=True)):
+            for run_id, rows in ((row["run_id"], rows_a), (row["run_id_b"], rows_b)):
+                frame = store.explanations(run_id).select(PAIR_COLUMNS)
+                rows.append(frame.with_columns(uid=pl.col("uid") * len(shared) + unit))
         try:
-            result = paired_comparison(a, b, resamples=resamples)
+            result = paired_comparison(pl.concat(rows_a), pl.concat(rows_b), resamples=resamples)
         except InvalidParameterError:
             continue
-        out.append({"dataset": dataset, "k": k, "a": method_a, "b": method_b, **result.as_dict()})
+        out.append(
+            {"dataset": dataset, "k": k, "a": method_a, "b": method_b, "models": shared.height,
+             **result.as_dict()}
+        )  # fmt: skip
     return pl.DataFrame(out)
