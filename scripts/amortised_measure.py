@@ -1,4 +1,4 @@
-"""Measure the amortised explainer on ML 100K, K=5 (issue 27; README "amortised").
+"""Measure the amortised explainer on ML 100K, K=5 (issue 27; docs/results.md, "amortised").
 
 Run with LCER_HOME holding a prepared ml-100k and a trained Mult-VAE. Modes: train (the
 data-size curve), choose (budget/max_length on validation), compare SPLIT BUDGET MAX_LENGTH

@@ -28,7 +28,7 @@ from lcer_core.bench import run_benchmark
 out = os.environ.get("OUT", "/tmp")
 log = lambda m: print(m, file=sys.stderr)  # noqa: E731
 # Twice on the same warm machine (the second run is the one to quote: CUDA kernels loaded);
-# early stop as on the CPU (patience 500, min delta 0.005, README).
+# early stop as on the CPU (patience 500, min delta 0.005, docs/results.md).
 for run in (1, 2):
     res = run_benchmark(device="cuda", sample=5 if run == 1 else 3, patience=500,
                         min_delta=0.005, log=log)

@@ -1,7 +1,7 @@
 """End to end on a real Prefect server: work pools, ``prefect deploy --all``, process workers,
 ``lcer-pipeline`` on ML 100K, the fan-out seen through the API, and a kill -9 during explanation.
 
-The server is protected as the README's cluster set-up says: Prefect's API auth string
+The server is protected as docs/cluster.md's set-up says: Prefect's API auth string
 (``PREFECT_SERVER_API_AUTH_STRING`` on the server, ``PREFECT_API_AUTH_STRING`` on every client:
 workers, ``prefect deploy``, ``lcer run``, this test); a request without it is refused.
 

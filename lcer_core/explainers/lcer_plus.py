@@ -2,7 +2,7 @@
 
 Not in the paper. LCER (``lcer``) is kept faithful; this method runs the same optimisation
 and changes what happens around it, each step behind its own switch so that each can be
-measured alone (README, "lcer-plus"):
+measured alone (docs/results.md, "lcer-plus"):
 
 1. **a pool of sampled sets** (``candidates``): the lowest-loss distinct removal sets
    sampled during the optimisation, not only the single lowest-loss one;
