@@ -166,7 +166,7 @@ def test_its_whole_configuration_travels_with_the_run():
     spec = run_spec(method="lcer-plus", alpha=0.1, lam=0.04, **common)
     config = spec.explainer_config()
     assert config["method"] == "lcer-plus" and config["lam"] == 0.04 and config["steps"] == 50
-    assert config["select"] == "topk" and config["sufficiency"] == 4.0 and config["prune"]
+    assert config["select"] == "topk" and config["sufficiency"] == 8.0 and config["prune"]
     other = run_spec(method="lcer-plus", alpha=0.1, lam=0.05, **common)
     assert other.run_id != spec.run_id  # λ is part of the run's key, as for lcer
     common.pop("steps")
