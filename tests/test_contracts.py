@@ -14,15 +14,13 @@ from typing import ClassVar
 
 import pytest
 import torch
+from tiny_recommenders import tiny_amortised
 
-from lcer_core.amortised_store import remember
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers import METHODS, LCERConfig, LCERPlusConfig
 from lcer_core.explainers.accent import AccentConfig
-from lcer_core.explainers.amortised import AmortisedConfig, AmortisedTraining, fit_network
 from lcer_core.explainers.base import Explainer, ExplainerConfig, Explanations
-from lcer_core.keys import content_key
-from lcer_core.pairs import Histories, PairBatch, build_pairs
+from lcer_core.pairs import PairBatch, build_pairs
 from lcer_core.recommender.base import Recommender
 from lcer_core.recommender.counting import CountingRecommender
 from lcer_core.recommender.multvae import MultVAE, MultVAEConfig, MultVAERecommender
@@ -66,20 +64,8 @@ FAST: dict[str, ExplainerConfig] = {
 }
 
 
-def _amortised(rec: Recommender, label: str) -> AmortisedConfig:
-    """A tiny amortised network for ``rec``, trained (in memory) on 24 histories of users
-    100.. that the contract never explains: never on the pairs it explains."""
-    h = small_histories(rec.n_items, 24, seed=11)
-    pairs = build_pairs(rec, Histories(h.users + 100, h.items, h.mask), 3)
-    training = AmortisedTraining(epochs=3, batch=24, dim=4, hidden=8)
-    net, _ = fit_network(rec, pairs, training)
-    key = content_key({"contract": label})
-    remember(key, net, training)
-    return AmortisedConfig(network=key)
-
-
 #: Configs that need the recommender they explain with (a trained network).
-TRAINED: dict[str, Callable[[Recommender, str], ExplainerConfig]] = {"amortised": _amortised}
+TRAINED: dict[str, Callable[[Recommender, str], ExplainerConfig]] = {"amortised": tiny_amortised}
 
 
 def test_every_method_that_reports_validity_declares_its_claim() -> None:

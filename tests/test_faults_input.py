@@ -37,7 +37,7 @@ CUDA = torch.cuda.is_available()
 CASES = [
     # --- lcer explain
     ("explain-unknown-dataset", "trained", ["explain", "nosuch"], "unknown dataset 'nosuch'; known datasets: ml-100k, ml-1m, alishop, epinions"),
-    ("explain-unknown-method", "trained", ["explain", "ml-100k", "--method", "magic"], "unknown method 'magic'; known: accent, fia, kaffes, kaffes-topk, lcer, lcer-plus"),
+    ("explain-unknown-method", "trained", ["explain", "ml-100k", "--method", "magic"], "unknown method 'magic'; known: accent, amortised, fia, kaffes, kaffes-ps, kaffes-topk, lcer, lcer-plus, random-prefix"),
     ("explain-unknown-user", "trained", ["explain", "ml-100k", "--user", "no-such-user"], "user 'no-such-user' is not in dataset 'ml-100k'"),
     ("explain-unknown-item", "trained", ["explain", "ml-100k", "--user", "{user}", "--item", "999999"], "item '999999' is not in dataset 'ml-100k'"),
     ("explain-epochs-zero", "empty", ["explain", "ml-100k", "--epochs", "0"], "--epochs must be >= 1, got 0"),

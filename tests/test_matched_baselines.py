@@ -35,7 +35,9 @@ BUDGETS = {
 
 
 def test_each_search_method_names_its_budget_and_declares_what_it_selects_on() -> None:
-    assert {n: c.config_type.budget_option for n, c in METHODS.items() if c.config_type.budget_option} == BUDGETS
+    assert {
+        n: c.config_type.budget_option for n, c in METHODS.items() if c.config_type.budget_option
+    } == BUDGETS
     for name in ("random-prefix", "kaffes-ps", "lcer-plus"):
         assert get_method(name).selects_on == SELECTS_ON == frozenset({"topk", "sufficiency"})
 

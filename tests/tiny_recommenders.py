@@ -11,10 +11,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lcer_core.amortised_store import remember
+from lcer_core.explainers.amortised import AmortisedConfig, AmortisedTraining, fit_network
+from lcer_core.keys import content_key
+from lcer_core.pairs import Histories, build_pairs
 from lcer_core.recommender.base import Recommender
-from lcer_core.testing.recommenders import LinearRecommender, random_linear
+from lcer_core.testing.recommenders import LinearRecommender, random_linear, small_histories
 
-__all__ = ["CountingRecommender", "LinearRecommender", "random_linear"]
+__all__ = ["CountingRecommender", "LinearRecommender", "random_linear", "tiny_amortised"]
+
+
+def tiny_amortised(rec: Recommender, label: str, k: int = 3) -> AmortisedConfig:
+    """A tiny amortised network for ``rec``, trained (in memory) on 24 histories of users
+    100.. that the tests never explain: never on the pairs it explains."""
+    h = small_histories(rec.n_items, 24, seed=11)
+    pairs = build_pairs(rec, Histories(h.users + 100, h.items, h.mask), k)
+    training = AmortisedTraining(epochs=3, batch=24, dim=4, hidden=8)
+    net, _ = fit_network(rec, pairs, training)
+    key = content_key({"tiny-amortised": label})
+    remember(key, net, training)
+    return AmortisedConfig(network=key)
 
 
 class CountingRecommender(Recommender):
