@@ -76,6 +76,7 @@ class AmortisedConfig(ExplainerConfig):
 
     options: ClassVar[tuple[str, ...]] = ("budget", "max_length")
     budget_option: ClassVar[str | None] = "budget"
+    model_bound: ClassVar[tuple[str, ...]] = ("network",)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.network, str) and (not self.network or _is_key(self.network))):

@@ -40,6 +40,9 @@ class ExplainerConfig:
     grid: ClassVar[tuple[str, ...]] = ()
     #: The field that sets a search method's budget (``--budget``); None: the method has none.
     budget_option: ClassVar[str | None] = None
+    #: Fields bound to one trained model (an explainer network's key): two runs on two models
+    #: with the same settings differ there, and comparisons across models ignore them.
+    model_bound: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def defaults_for(cls, dataset: str) -> dict[str, Any]:

@@ -238,12 +238,30 @@ def lam_report(store: ResultStore, dataset: str) -> pl.DataFrame:
     return out.sort(["k", "lam"])
 
 
+def _settings(method: str, config: str | None) -> dict | None:
+    """A stored configuration without its model-bound fields (e.g. an explainer network's key),
+    to tell runs of the same settings on different models."""
+    import json
+
+    from lcer_core.explainers import METHODS
+
+    try:
+        fields = json.loads(config) if config else None
+    except ValueError:
+        return None
+    if not isinstance(fields, dict):
+        return fields
+    cls = METHODS.get(method)
+    bound = cls.config_type.model_bound if cls is not None else ()
+    return {k: v for k, v in fields.items() if k not in bound}
+
+
 def paired_report(
     store: ResultStore, dataset: str, method_a: str, method_b: str, *, resamples: int = 2000
 ) -> pl.DataFrame:
     """Per K: the paired comparison of A with B (:func:`lcer_core.paired.paired_comparison`;
     strict metrics, bootstrap over users) on every model both explained with their ``table2``
-    configuration and the same users: each split seed's (or seed's) model adds its pairs, a
+    settings (model-bound fields aside) and the same users: each split seed's (or seed's) model adds its pairs, a
     user of one model being another unit than the same id of another. A K where they share no
     model is left out."""
     from lcer_core.errors import InvalidParameterError
@@ -251,15 +269,24 @@ def paired_report(
 
     runs = store.query(
         """
-        SELECT r.k, r.method, r.model_key, r.n_users, arg_max(r.run_id, r.finished_at) AS run_id
+        SELECT r.k, r.method, r.model_key, r.n_users, r.run_id, r.finished_at,
+               r.config::VARCHAR AS config, tr.config::VARCHAR AS table2_config
         FROM runs r JOIN table2 t USING (dataset, method, k)
         JOIN runs tr ON tr.run_id = t.run_id
         WHERE r.dataset = ? AND r.method IN (?, ?) AND r.status = 'finished'
-          AND r.kind = 'explain' AND r.config::VARCHAR IS NOT DISTINCT FROM tr.config::VARCHAR
-          AND r.seed = tr.seed
-        GROUP BY ALL ORDER BY ALL
+          AND r.kind = 'explain' AND r.seed = tr.seed
+        ORDER BY r.finished_at
         """,
         [dataset, method_a, method_b],
+    )
+    same = [
+        _settings(m, c) == _settings(m, t)
+        for m, c, t in runs.select("method", "config", "table2_config").iter_rows()
+    ]
+    runs = (
+        runs.filter(pl.Series(same, dtype=pl.Boolean))
+        .unique(["k", "method", "model_key", "n_users"], keep="last")
+        .sort(["k", "method", "model_key"])
     )
     out = []
     for k in sorted(set(runs["k"].to_list())):
