@@ -29,8 +29,8 @@ def test_help_lists_the_registered_commands_in_their_order(
         main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    listed = re.findall(r"^│ (\w+) ", out, flags=re.MULTILINE)
-    assert listed == [c.__name__ for c in COMMANDS]
+    listed = re.findall(r"^│ (\w[\w-]*) ", out, flags=re.MULTILINE)
+    assert listed == [c.__name__.replace("_", "-") for c in COMMANDS]
     assert [c.callback for c in build_app().registered_commands] == list(COMMANDS)
 
 
@@ -39,8 +39,9 @@ def test_command_modules_register_nothing_and_import_no_framework() -> None:
     tasks, MLflow nor torch: those come when a command runs."""
     code = (
         "import sys\n"
-        "from lcer_core.cli import bench, data, mlflow_ui, model, pipeline, results\n"
-        "mods = (bench, data, mlflow_ui, model, pipeline, results)\n"
+        "from lcer_core.cli import bench, data, explainer_model, mlflow_ui, model, pipeline\n"
+        "from lcer_core.cli import results, tune\n"
+        "mods = (bench, data, explainer_model, mlflow_ui, model, pipeline, results, tune)\n"
         "print([m.__name__ for m in mods if hasattr(m, 'app')])\n"
         "roots = ('prefect', 'flows', 'tasks', 'mlflow', 'torch', 'ray')\n"
         "print(sorted({n.split('.')[0] for n in sys.modules} & set(roots)))\n"
