@@ -18,7 +18,7 @@ import torch
 from lcer_core.explainers.base import ExplainerConfig, Explanations, Progress
 from lcer_core.explainers.kaffes import KaffesCE, KaffesConfig
 from lcer_core.explainers.registry import register
-from lcer_core.explainers.selector import SELECTS_ON, SelectionConfig, Selector, selection_tests
+from lcer_core.explainers.selector import SelectionConfig, Selector, SelectsWithSelector
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
 
@@ -37,17 +37,13 @@ class KaffesPSConfig(SelectionConfig, KaffesConfig):
 
 
 @register
-class KaffesPS(KaffesCE):
+class KaffesPS(SelectsWithSelector, KaffesCE):
     """KaffesCE's answer and leave-one-out prefix, chosen by the PS-aware selector; registered
     as ``kaffes-ps``. ``importance``: KaffesCE's (the leave-one-out margin drop)."""
 
     name: ClassVar[str] = "kaffes-ps"
     config_type: ClassVar[type[ExplainerConfig]] = KaffesPSConfig
     config: KaffesPSConfig
-    selects_on: ClassVar[frozenset[str]] = SELECTS_ON
-
-    def selects(self) -> frozenset[str]:
-        return selection_tests(self.config)
 
     def _explain(
         self, recommender: Recommender, pairs: PairBatch, *, seed: int, progress: Progress | None

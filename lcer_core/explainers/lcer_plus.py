@@ -47,11 +47,10 @@ from lcer_core.explainers.lcer import (
 from lcer_core.explainers.registry import register
 from lcer_core.explainers.selector import (
     DEFAULT_SUFFICIENCY,
-    SELECTS_ON,
     Selector,
+    SelectsWithSelector,
     check_selection,
     lexmin,
-    selection_tests,
 )
 from lcer_core.noise import mix
 from lcer_core.pairs import PairBatch
@@ -109,21 +108,17 @@ class LCERPlusConfig(LCERConfig):
 
 
 @register
-class LCERPlus(Explainer):
+class LCERPlus(SelectsWithSelector, Explainer):
     """LCER's optimisation (Zhang et al., Algorithm 1) with the answer chosen among the sampled
     sets and an importance prefix by the re-ranked top-K test, made sufficiency-aware and
     pruned to a 1-minimal set; registered as ``lcer-plus``. See the module docstring."""
 
     name: ClassVar[str] = "lcer-plus"
     prefers_gpu: ClassVar[bool] = True
-    #: The top-K test chooses among its sets (``select="topk"``) and the PS test makes the
-    #: choice sufficiency-aware (``sufficiency > 0``): both are the tests the metrics score.
-    selects_on: ClassVar[frozenset[str]] = SELECTS_ON
+    # selects on (SelectsWithSelector): the top-K test chooses among its sets (select="topk")
+    # and the PS test makes the choice sufficiency-aware (sufficiency > 0).
     config_type = LCERPlusConfig
     config: LCERPlusConfig
-
-    def selects(self) -> frozenset[str]:
-        return selection_tests(self.config)
 
     def _explain(
         self, recommender: Recommender, pairs: PairBatch, *, seed: int, progress: Progress | None

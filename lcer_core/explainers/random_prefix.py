@@ -18,7 +18,7 @@ import torch
 from lcer_core.errors import InvalidParameterError
 from lcer_core.explainers.base import Explainer, Explanations, Progress
 from lcer_core.explainers.registry import register
-from lcer_core.explainers.selector import SELECTS_ON, SelectionConfig, Selector, selection_tests
+from lcer_core.explainers.selector import SelectionConfig, Selector, SelectsWithSelector
 from lcer_core.noise import hash_uniform, mix
 from lcer_core.pairs import PairBatch
 from lcer_core.recommender.base import Recommender
@@ -54,7 +54,7 @@ class RandomPrefixConfig(SelectionConfig):
 
 
 @register
-class RandomPrefix(Explainer):
+class RandomPrefix(SelectsWithSelector, Explainer):
     """Prefixes of random orders of the history, chosen by ``lcer-plus``'s PS-aware selector;
     registered as ``random-prefix``. ``importance``: the share of the orders whose shortest
     passing prefix holds the item."""
@@ -62,10 +62,6 @@ class RandomPrefix(Explainer):
     name: ClassVar[str] = "random-prefix"
     config_type = RandomPrefixConfig
     config: RandomPrefixConfig
-    selects_on: ClassVar[frozenset[str]] = SELECTS_ON
-
-    def selects(self) -> frozenset[str]:
-        return selection_tests(self.config)
 
     def _explain(
         self, recommender: Recommender, pairs: PairBatch, *, seed: int, progress: Progress | None

@@ -22,7 +22,7 @@ recommender inputs scored per pair.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -36,6 +36,7 @@ from lcer_core.recommender.base import Recommender
 __all__ = [
     "SELECTS_ON",
     "selection_tests",
+    "SelectsWithSelector",
     "DEFAULT_SUFFICIENCY",
     "SelectionOptions",
     "SelectionConfig",
@@ -71,6 +72,17 @@ def selection_tests(cfg: SelectionOptions) -> frozenset[str]:
     on it (``select="topk"``), the PS test when the choice is sufficiency-aware."""
     tests = {"topk"} if cfg.select == "topk" else set()
     return frozenset(tests | ({"sufficiency"} if cfg.sufficiency > 0 else set()))
+
+
+class SelectsWithSelector:
+    """Mixin of the explainers that choose their answer with the selector: what they select on
+    is the selector's, as configured (:func:`selection_tests`)."""
+
+    selects_on: ClassVar[frozenset[str]] = SELECTS_ON
+    config: Any
+
+    def selects(self) -> frozenset[str]:
+        return selection_tests(self.config)
 
 
 def check_selection(cfg: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import polars as pl
 
+from lcer_core.columns import COST_COLUMNS, STRICT_KEYS
 from lcer_core.store.formatting import format_value
 from lcer_core.store.report import NOT_MEASURED, selects_text
 from lcer_core.store.store import ResultStore
@@ -37,17 +38,7 @@ __all__ = [
 #: How the paper's split shows in the ``split_seed`` column.
 DEFAULT_SPLIT = -1
 #: The per-run numbers averaged over split seeds.
-POINT_METRICS = (
-    "strict_val_pct",
-    "strict_len",
-    "strict_ps_pct",
-    "strict_pn_pct",
-    "strict_fns_pct",
-    "s_per_pair",
-    "catalogue_per_pair",
-    "target_per_pair",
-    "grad_steps_per_pair",
-)
+POINT_METRICS = (*STRICT_KEYS, *(c for c in COST_COLUMNS if c != "calls_per_pair"))
 
 
 def budget_label(method: str, config_json: str | None) -> str:
