@@ -99,7 +99,7 @@ def explain(
         None,
         "--budget",
         help="Search budget of the method (random-prefix: orders, kaffes*: max_queries, "
-        "lcer-plus: candidates; default: the method's).",
+        "lcer-plus: candidates, amortised: budget; default: the method's).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the explainer's randomness."),
     user: str = typer.Option(

@@ -152,7 +152,8 @@ def run(
         int | None,
         typer.Option(
             help="Search budget of the methods that have one (random-prefix: orders, "
-            "kaffes*: max_queries, lcer-plus: candidates; default: each method's)."
+            "kaffes*: max_queries, lcer-plus: candidates, amortised: budget; default: each "
+            "method's)."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the explanations.")] = 0,
