@@ -9,6 +9,7 @@ import os
 
 from lcer_core import paths
 from lcer_core.errors import LcerHomeError, OrchestrationError
+from lcer_core.settings import settings
 
 __all__ = ["check_environment", "prefect_environment"]
 
@@ -37,9 +38,9 @@ def prefect_environment() -> None:
 
 def check_environment() -> None:
     """Refuse to run with an unexpanded ``{{ $VAR }}`` in LCER_HOME or LCER_REPO (unset at deploy time)."""
-    for name in ("LCER_HOME", "LCER_REPO"):
-        value = os.environ.get(name, "")
-        if "{{" in value:
+    env = settings()
+    for name, value in (("LCER_HOME", env.home), ("LCER_REPO", env.repo)):
+        if value is not None and "{{" in value:
             raise OrchestrationError(
                 f"{name} was not set when this deployment was made (it reads {value!r}): "
                 f"deploy again with {name}=/absolute/path prefect --no-prompt deploy --all"

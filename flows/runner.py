@@ -25,13 +25,13 @@ another node fits is retried there by Ray (its ``max_retries``).
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lcer_core.errors import InvalidParameterError, OrchestrationError
+from lcer_core.settings import Settings, settings
 
 if TYPE_CHECKING:
     from prefect.task_runners import TaskRunner
@@ -147,9 +147,8 @@ def _join_and_check(runner: Any, methods: list[str]) -> None:
 
 def default_task_runner() -> TaskRunner[Any]:
     """The runner named by ``LCER_TASK_RUNNER`` (default ``threads``) at ``LCER_RAY_ADDRESS``."""
-    kind = os.environ.get("LCER_TASK_RUNNER", "threads").strip() or "threads"
-    address = os.environ.get("LCER_RAY_ADDRESS", "").strip() or None
-    return make_task_runner(kind, address if kind == "ray" else None)
+    env = settings()
+    return make_task_runner(env.task_runner, env.ray_address if env.task_runner == "ray" else None)
 
 
 def is_ray_runner() -> bool:
@@ -223,7 +222,7 @@ def explain_placement(gpu: bool) -> Iterator[str]:
 
 #: How long a shard may wait with no live node able to take it before the run gives it up.
 NODE_GRACE_ENV = "LCER_RAY_NODE_GRACE_S"
-DEFAULT_NODE_GRACE_S = 60.0
+DEFAULT_NODE_GRACE_S: float = Settings.model_fields["ray_node_grace_s"].default
 
 K = TypeVar("K", bound=Hashable)
 
@@ -238,18 +237,7 @@ class ShardsStranded(OrchestrationError):
 
 def node_grace_s() -> float:
     """The grace period of :data:`NODE_GRACE_ENV` in seconds (a positive number)."""
-    text = os.environ.get(NODE_GRACE_ENV, "").strip()
-    if not text:
-        return DEFAULT_NODE_GRACE_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidParameterError(
-            f"{NODE_GRACE_ENV} must be a positive number of seconds, got {text!r}"
-        )
-    return value
+    return settings().ray_node_grace_s
 
 
 def placement_resources(where: str) -> dict[str, float]:

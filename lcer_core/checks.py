@@ -1,5 +1,5 @@
 """One range check per shared parameter (k, α and λ, steps, users, seed, shard size, held-out
-users, the byte caps read from the environment) and for every name that becomes part of a
+users; the environment's are :mod:`lcer_core.settings`') and for every name that becomes part of a
 path (dataset names, model keys).
 
 Each check is the only definition of its parameter's valid range; its message starts with the
@@ -12,7 +12,6 @@ them (:class:`~lcer_core.explainers.LCERConfig`), through :func:`check_weight` a
 from __future__ import annotations
 
 import math
-import os
 import re
 from typing import Any
 
@@ -31,7 +30,6 @@ __all__ = [
     "check_split_seed",
     "check_heldout",
     "check_shard_size",
-    "env_byte_cap",
 ]
 
 #: A name usable as one folder (dataset names, model keys, bundle names), with ``fullmatch``:
@@ -129,13 +127,3 @@ def check_heldout(heldout: Any) -> int:
     if not (_is_int(heldout) and heldout >= 1):
         raise InvalidParameterError(f"heldout must be >= 1, got {heldout}", param="heldout")
     return heldout
-
-
-def env_byte_cap(var: str, default: int) -> int:
-    """The byte cap set by the environment variable ``var`` (a positive integer), else ``default``."""
-    raw = os.environ.get(var, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise InvalidParameterError(f"{var} must be a positive number of bytes, got {raw!r}")
-    return int(raw)

@@ -2,7 +2,9 @@
 
 ``LCER_HOME`` (default: the current folder) holds ``data/``, ``results/lcer.duckdb``
 and ``mlflow/``; ``MLFLOW_TRACKING_URI`` overrides the tracking store and
-``LCER_MIRROR`` replaces the official dataset hosts.
+``LCER_MIRROR`` replaces the official dataset hosts (read through
+:func:`lcer_core.settings.settings`, imported when first asked: ``lcer --help`` loads no
+pydantic).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ __all__ = [
 
 def lcer_home() -> Path:
     """The root folder of all state, absolute; :class:`LcerHomeError` if there is none."""
-    raw = os.environ.get("LCER_HOME")
+    from lcer_core.settings import settings
+
+    raw = settings().home
     try:
         base = raw or os.getcwd()
     except OSError:  # the current folder was deleted
@@ -65,13 +69,17 @@ def mlflow_dir() -> Path:
 
 def mlflow_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else an absolute SQLite store under ``LCER_HOME/mlflow``."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    from lcer_core.settings import settings
+
+    uri = settings().mlflow_tracking_uri
     if uri:
         return uri
     return f"sqlite:///{mlflow_dir() / 'mlflow.db'}"
 
 
 def mirror_base() -> str | None:
-    """Base URL that replaces the official dataset hosts, or None."""
-    base = os.environ.get("LCER_MIRROR", "").strip()
-    return base.rstrip("/") or None
+    """Base URL that replaces the official dataset hosts (``http://``, ``https://`` or
+    ``file://``, no trailing slash), or None."""
+    from lcer_core.settings import settings
+
+    return settings().mirror

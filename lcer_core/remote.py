@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
@@ -32,12 +31,13 @@ from typing import Any
 
 import polars as pl
 
-from lcer_core.checks import NAME_RE, env_byte_cap
+from lcer_core.checks import NAME_RE
 from lcer_core.datasets import PreparedDataset
 from lcer_core.datasets.prepared import PARTS
 from lcer_core.errors import InvalidParameterError, MissingDataError, StorageError
 from lcer_core.fsio import io_reason, parquet_bytes
 from lcer_core.models import TrainedModel, model_bytes, model_from_bytes
+from lcer_core.settings import settings
 
 __all__ = [
     "STORAGE_ENV",
@@ -68,10 +68,9 @@ __all__ = [
 #: Environment variable naming the storage URL shared by the flow and its workers.
 STORAGE_ENV = "LCER_STORAGE"
 #: The largest object read from the storage URL, and the most a Parquet object received may
-#: decode to (whoever can write there must not fill memory): far above an Epinions-shaped
-#: checkpoint (139 M parameters, 0.56 GB) and far below the machine.
+#: decode to (whoever can write there must not fill memory; default
+#: :data:`lcer_core.settings.MAX_STORAGE_BYTES`).
 MAX_OBJECT_BYTES_ENV = "LCER_MAX_STORAGE_BYTES"
-MAX_OBJECT_BYTES = 4 << 30
 _READ_CHUNK = 1 << 20
 #: Bytes a value of each Parquet physical type takes once decoded (a string: its 16-byte view,
 #: its characters being counted in the column's uncompressed size).
@@ -219,8 +218,9 @@ def check_shard_digests(data: bytes, name: str, run_id: str, want: tuple[str, st
 
 def storage_url(url: str | None = None) -> str | None:
     """``url``, else ``LCER_STORAGE``, without a trailing slash; None when neither is set."""
-    text = (url if url is not None else os.environ.get(STORAGE_ENV, "")).strip()
-    return text.rstrip("/") or None
+    if url is None:
+        return settings().storage
+    return url.strip().rstrip("/") or None
 
 
 def _fs(url: str) -> tuple[Any, str]:
@@ -253,7 +253,7 @@ def put_bytes(url: str, data: bytes) -> None:
 def max_object_bytes() -> int:
     """The cap of one object read from storage, and of what Parquet received decodes to:
     ``LCER_MAX_STORAGE_BYTES``, else 4 GiB."""
-    return env_byte_cap(MAX_OBJECT_BYTES_ENV, MAX_OBJECT_BYTES)
+    return settings().max_storage_bytes
 
 
 def get_bytes(url: str) -> bytes:

@@ -210,10 +210,13 @@ def test_missing_file_on_file_mirror_is_final(
 
 def test_bad_settings_and_mirror_scheme(lcer_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LCER_MIRROR", "ftp://example.org/data")
-    with pytest.raises(InvalidParameterError, match="LCER_MIRROR must start with"):
+    with pytest.raises(InvalidParameterError, match="LCER_MIRROR must be a URL that starts with"):
         source_url(get_spec("ml-100k"))
     monkeypatch.setenv("LCER_DOWNLOAD_TIMEOUT", "soon")
-    with pytest.raises(InvalidParameterError, match="LCER_DOWNLOAD_TIMEOUT must be a number"):
+    monkeypatch.delenv("LCER_MIRROR")
+    with pytest.raises(
+        InvalidParameterError, match="LCER_DOWNLOAD_TIMEOUT must be a positive number of seconds"
+    ):
         download_settings()
     with pytest.raises(InvalidParameterError, match="attempts must be >= 1"):
         DownloadSettings(attempts=0)

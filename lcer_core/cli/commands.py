@@ -10,7 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lcer_core.cli import bench, data, explainer_model, mlflow_ui, model, pipeline, results, tune
+from lcer_core.cli import (
+    bench,
+    data,
+    environment,
+    explainer_model,
+    mlflow_ui,
+    model,
+    pipeline,
+    results,
+    tune,
+)
 
 __all__ = ["COMMANDS"]
 
@@ -28,4 +38,5 @@ COMMANDS: tuple[Callable[..., Any], ...] = (
     results.report,
     tune.tune,
     mlflow_ui.ui,
+    environment.settings,
 )

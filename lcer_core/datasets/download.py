@@ -6,9 +6,10 @@ streamed to a temporary file beside its final place, checked (archive integrity 
 content sha256), then renamed; network errors, timeouts and 5xx answers are retried a
 bounded number of times with exponential back-off.
 
-Knobs (environment, for slow links and for tests): ``LCER_DOWNLOAD_TIMEOUT`` (seconds per
-connect/read, default 60), ``LCER_DOWNLOAD_ATTEMPTS`` (default 3), ``LCER_DOWNLOAD_BACKOFF``
-(seconds before the first retry, doubled each time, default 1).
+Knobs (environment, for slow links and for tests, see :mod:`lcer_core.settings`):
+``LCER_DOWNLOAD_TIMEOUT`` (seconds per connect/read, default 60), ``LCER_DOWNLOAD_ATTEMPTS``
+(default 3), ``LCER_DOWNLOAD_BACKOFF`` (seconds before the first retry, doubled each time,
+default 1).
 
 Whatever the mirror sends is hostile until verified: a download is capped at
 ``LCER_MAX_DOWNLOAD_BYTES`` (default 1 GiB; the largest real archive, ML 1M's zip, is
@@ -28,7 +29,6 @@ import bz2
 import contextlib
 import gzip
 import hashlib
-import os
 import shutil
 import sys
 import time
@@ -42,7 +42,6 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
-from lcer_core.checks import env_byte_cap
 from lcer_core.errors import (
     ChecksumMismatchError,
     DataFormatError,
@@ -53,6 +52,7 @@ from lcer_core.errors import (
 )
 from lcer_core.fsio import atomic_file, home_error
 from lcer_core.paths import mirror_base
+from lcer_core.settings import MAX_DOWNLOAD_BYTES, MAX_MEMBER_BYTES, settings
 
 from .registry import DatasetSpec
 
@@ -78,10 +78,6 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 16
-#: Default cap of one download (the archive as fetched): 1 GiB.
-MAX_DOWNLOAD_BYTES = 1 << 30
-#: Default cap of one member read out of an archive (uncompressed): 256 MiB.
-MAX_MEMBER_BYTES = 1 << 28
 #: Most entries a zip may list (the real archives hold 4 to 23).
 MAX_ZIP_ENTRIES = 10_000
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -102,16 +98,6 @@ class DownloadSettings:
         self.timeout, self.attempts, self.backoff = float(timeout), int(attempts), float(backoff)
 
 
-def _env_number(var: str, default: float, cast: Callable[[str], float]) -> float:
-    raw = os.environ.get(var, "").strip()
-    if not raw:
-        return default
-    try:
-        return cast(raw)
-    except ValueError:
-        raise InvalidParameterError(f"{var} must be a number, got {raw!r}") from None
-
-
 @dataclass(frozen=True)
 class ArchiveLimits:
     """Byte caps of a download and of the members read out of an archive."""
@@ -128,26 +114,19 @@ class ArchiveLimits:
 
 def archive_limits() -> ArchiveLimits:
     """The caps from ``LCER_MAX_DOWNLOAD_BYTES`` and ``LCER_MAX_MEMBER_BYTES``, else the defaults."""
-    return ArchiveLimits(
-        download_bytes=env_byte_cap("LCER_MAX_DOWNLOAD_BYTES", MAX_DOWNLOAD_BYTES),
-        member_bytes=env_byte_cap("LCER_MAX_MEMBER_BYTES", MAX_MEMBER_BYTES),
-    )
+    env = settings()
+    return ArchiveLimits(download_bytes=env.max_download_bytes, member_bytes=env.max_member_bytes)
 
 
 def download_settings(
     timeout: float | None = None, attempts: int | None = None, backoff: float | None = None
 ) -> DownloadSettings:
     """Settings from the arguments, else the environment, else the defaults."""
+    env = settings()
     return DownloadSettings(
-        timeout=timeout
-        if timeout is not None
-        else _env_number("LCER_DOWNLOAD_TIMEOUT", 60.0, float),
-        attempts=attempts
-        if attempts is not None
-        else int(_env_number("LCER_DOWNLOAD_ATTEMPTS", 3, int)),
-        backoff=backoff
-        if backoff is not None
-        else _env_number("LCER_DOWNLOAD_BACKOFF", 1.0, float),
+        timeout=env.download_timeout if timeout is None else timeout,
+        attempts=env.download_attempts if attempts is None else attempts,
+        backoff=env.download_backoff if backoff is None else backoff,
     )
 
 
@@ -155,10 +134,6 @@ def source_url(spec: DatasetSpec) -> str:
     """Where ``spec``'s archive is fetched from: the mirror if set, else the official URL."""
     base = mirror_base()
     if base is not None:
-        if not base.startswith(("http://", "https://", "file://")):
-            raise InvalidParameterError(
-                f"LCER_MIRROR must start with http://, https:// or file://, got {base!r}"
-            )
         return f"{base}/{spec.archive}"
     if spec.url is None:
         where = f" from {spec.homepage}" if spec.homepage else ""
