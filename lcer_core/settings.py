@@ -2,7 +2,8 @@
 form and meaning (one field of :class:`Settings`).
 
 :func:`settings` reads the environment afresh on each call (the command line and the tests set
-variables at run time), so nothing is cached at import. A blank value means unset. A bad value
+variables at run time): nothing is kept from import, and a validated object is reused only for
+the very same values. A blank value means unset. A bad value
 is one :class:`~lcer_core.errors.InvalidParameterError` line that names the variable and the
 form it accepts (``LCER_MAX_STORAGE_BYTES must be a positive number of bytes, got '4G'``),
 all bad values of the environment in that one line. ``docs/environment.md`` holds the table
@@ -34,6 +35,7 @@ __all__ = [
     "Settings",
     "settings",
     "markdown_table",
+    "render_into",
 ]
 
 #: Default cap of one download (the archive as fetched): 1 GiB.
