@@ -179,8 +179,25 @@ def test_train_explainer_then_explain_a_user(
         load_prepared("ml-100k").users_of("train")
     )
     assert (Path(meta["path"]) / "network.pt").is_file() and len(meta["curve"]) == 1
+    # registered in MLflow: its run holds the training config, the curve and the files
+    from tasks import mlflow_client
+
+    c = mlflow_client.client()
+    run = c.get_run(meta["mlflow"]["run_id"])
+    assert run.info.run_name == "train-amortised-k3" and run.info.status == "FINISHED"
+    assert run.data.params["network_key"] == meta["key"] and run.data.params["k"] == "3"
+    assert run.data.params["train_max_pairs"] == "100"
+    losses = c.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.value for m in losses] == pytest.approx(meta["curve"])
+    assert {f.path for f in c.list_artifacts(run.info.run_id, "network")} >= {
+        "network/network.pt",
+        "network/curve.json",
+    }
+    [version] = c.search_model_versions("name = 'amortised-ml-100k'")
+    assert version.run_id == run.info.run_id and version.tags["key"] == meta["key"]
     code, out, _ = run_cli([*args, "--json"], capsys)
     assert code == 0 and not json.loads(out)["trained_now"]
+    assert json.loads(out)["mlflow"] == meta["mlflow"]  # registered once per key
     # explain binds the default network: trained on first use, one line on stderr says so
     data = load_prepared("ml-100k")
     user = data.users.filter(pl.col("split") == "test")["raw_id"][0]
