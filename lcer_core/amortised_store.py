@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 _MEMORY: dict[str, tuple[AmortisedNet, AmortisedTraining]] = {}
-#: What the key of each network held in memory but not saved was made of (model, data, k).
+#: What the key of each network trained or received in this process was made of (model, data, k).
 _MADE_OF: dict[str, dict[str, Any]] = {}
 
 
