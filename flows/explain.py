@@ -61,6 +61,7 @@ __all__ = [
     "shard_paths",
     "keep_finished_shards",
     "upload_bundle",
+    "model_networks",
     "write_shard_bytes",
     "lcer_explain",
 ]
@@ -157,7 +158,7 @@ def _submit_remote(
                 futures[spec.run_id].append(str(path))
                 continue
             if spec.model_key not in inputs:
-                inputs[spec.model_key] = _bundle(spec, users, storage, ray_runner)
+                inputs[spec.model_key] = _bundle(spec, specs, users, storage, ray_runner)
             bundle, digests = inputs[spec.model_key]
             bound = spec if digests is None else spec.bound(*digests)
             with explain_placement(gpu and remote.wants_gpu(spec.method)) as where:
@@ -178,15 +179,22 @@ def _submit_remote(
 
 
 def _bundle(
-    spec: RunSpec, users: Sequence[int], storage: str | None, ray_runner: bool
+    spec: RunSpec,
+    specs: Sequence[RunSpec],
+    users: Sequence[int],
+    storage: str | None,
+    ray_runner: bool,
 ) -> tuple[Any, tuple[str, str]]:
     """The model and data of ``spec`` for remote shards (a storage URL, a Ray reference, or
-    bytes), and their digests."""
+    bytes), with the explainer networks of every run of ``specs`` on that model, and their
+    digests."""
     data = load_prepared(spec.dataset, spec.split_seed)
-    bundle = remote.make_bundle(data, load_model(spec.dataset, spec.model_key), users)
+    networks = model_networks(specs, spec.model_key)
+    model = load_model(spec.dataset, spec.model_key)
+    bundle = remote.make_bundle(data, model, users, networks)
     digests = remote.bundle_digests(bundle)
     if storage:
-        return upload_bundle(storage, spec.model_key, users, bundle), digests
+        return upload_bundle(storage, spec.model_key, users, bundle, networks), digests
     if ray_runner:
         import ray
 
@@ -195,11 +203,25 @@ def _bundle(
 
 
 def upload_bundle(
-    storage: str, model_key: str, users: Sequence[int], bundle: Mapping[str, bytes]
+    storage: str,
+    model_key: str,
+    users: Sequence[int],
+    bundle: Mapping[str, bytes],
+    networks: Sequence[str] = (),
 ) -> str:
-    """Upload a bundle once per (model, users) under the storage URL; its URL."""
-    key = f"{model_key}-{content_key({'users': sorted(set(users))})}"
+    """Upload a bundle once per (model, users, explainer networks) under the storage URL; its URL."""
+    what: dict[str, Any] = {"users": sorted(set(users))}
+    if networks:
+        what["networks"] = sorted(set(networks))
+    key = f"{model_key}-{content_key(what)}"
     return remote.put_bundle(storage, key, bundle)
+
+
+def model_networks(specs: Sequence[RunSpec], model_key: str) -> list[str]:
+    """The explainer networks that the runs of ``specs`` on model ``model_key`` read."""
+    from lcer_core.amortised_store import config_networks
+
+    return config_networks(s.config for s in specs if s.model_key == model_key)
 
 
 def shard_file(spec: RunSpec, index: int, users: Sequence[int], result: str | ShardOutput) -> str:

@@ -25,6 +25,7 @@ from prefect.deployments import run_deployment
 from flows.env import check_environment
 from flows.explain import (
     keep_finished_shards,
+    model_networks,
     resolve_shards,
     shard_paths,
     submit_shards,
@@ -98,9 +99,12 @@ def _upload_bundles(
         if spec.model_key not in bundles:
             data = load_prepared(spec.dataset, spec.split_seed)
             model = load_model(spec.dataset, spec.model_key)
-            bundle = remote.make_bundle(data, model, users)
+            networks = model_networks(specs, spec.model_key)
+            bundle = remote.make_bundle(data, model, users, networks)
             digests[spec.model_key] = remote.bundle_digests(bundle)
-            bundles[spec.model_key] = upload_bundle(storage, spec.model_key, users, bundle)
+            bundles[spec.model_key] = upload_bundle(
+                storage, spec.model_key, users, bundle, networks
+            )
     return bundles, digests
 
 

@@ -15,7 +15,7 @@ import io
 import json
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,9 +52,14 @@ __all__ = [
     "training_pairs",
     "ensure_network",
     "bind_network",
+    "config_networks",
+    "network_bytes",
+    "adopt_network",
 ]
 
 _MEMORY: dict[str, tuple[AmortisedNet, AmortisedTraining]] = {}
+#: What the key of each network trained or received in this process was made of (model, data, k).
+_MADE_OF: dict[str, dict[str, Any]] = {}
 
 
 def networks_dir() -> Path:
@@ -82,6 +87,65 @@ def remember(key: str, net: AmortisedNet, training: AmortisedTraining) -> None:
 def find_network(key: str) -> bool:
     """True when the network ``key`` is in memory or saved under LCER_HOME."""
     return key in _MEMORY or (network_path(key) / "network.pt").is_file()
+
+
+def config_networks(configs: Iterable[ExplainerConfig]) -> list[str]:
+    """The keys of the networks ``configs`` read (an amortised run's ``network``, a warm-started
+    LCER's ``warm_start``), sorted, each once."""
+    found = {getattr(c, field, "") for c in configs for field in ("network", "warm_start")}
+    return sorted(k for k in found if k)
+
+
+def network_bytes(key: str) -> bytes:
+    """The network ``key`` (memory, else LCER_HOME) as one weights-only file: its tensors, its
+    training config and what its key was made of, for a worker without it
+    (:func:`adopt_network`)."""
+    net, training = load_network(key)
+    meta = _MADE_OF.get(key)
+    if meta is None:
+        try:
+            meta = json.loads((network_path(key) / "train.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise MissingDataError(
+                f"amortised network {key} cannot be sent: what it was trained on is unknown "
+                f"({type(exc).__name__})"
+            ) from None
+    buf = io.BytesIO()
+    torch.save(
+        {
+            "state": net.state_dict(),
+            "n_items": net.n_items,
+            "training": training.dump(),
+            **{f: meta[f] for f in ("model", "data_fingerprint", "k")},
+        },
+        buf,
+    )
+    return buf.getvalue()
+
+
+def adopt_network(key: str, content: bytes) -> None:
+    """Keep in memory the network ``key`` sent as :func:`network_bytes` (read with
+    ``weights_only``); content that is not that network's (its key recomputed from what it was
+    made of) is a one-line error."""
+    try:
+        got = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
+        training = AmortisedTraining(**got["training"])
+        made = network_key(
+            model=str(got["model"]),
+            data=str(got["data_fingerprint"]),
+            k=int(got["k"]),
+            training=training,
+        )
+        net = AmortisedNet(int(got["n_items"]), training.dim, training.hidden)
+        net.load_state_dict(got["state"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise DamagedDataError(
+            f"amortised network {key} sent to this worker cannot be read ({type(exc).__name__})"
+        ) from None
+    if made != key:
+        raise DamagedDataError(f"the amortised network sent as {key} is network {made}")
+    _MADE_OF[key] = {f: got[f] for f in ("model", "data_fingerprint", "k")}
+    remember(key, net.eval(), training)
 
 
 def load_network(key: str, *, n_items: int | None = None) -> tuple[AmortisedNet, AmortisedTraining]:
@@ -157,6 +221,7 @@ def train_network(
         recommender, training_pairs(recommender, data, k), training, on_epoch=on_epoch
     )
     seconds = time.perf_counter() - start
+    _MADE_OF[key] = {"model": model_key, "data_fingerprint": data.fingerprint, "k": k}
     if save:
         folder = network_path(key)
         meta: dict[str, Any] = {

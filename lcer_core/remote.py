@@ -119,22 +119,27 @@ def wants_gpu(method: str) -> bool:
 
 
 def make_bundle(
-    data: PreparedDataset, model: TrainedModel, users: Sequence[int]
+    data: PreparedDataset,
+    model: TrainedModel,
+    users: Sequence[int],
+    networks: Sequence[str] = (),
 ) -> dict[str, bytes]:
-    """The model and the data of ``users`` (their interactions, all items) as ``{name: bytes}``."""
+    """The model and the data of ``users`` (their interactions, all items) as ``{name: bytes}``,
+    with the explainer ``networks`` the runs read (:func:`_network_entries`)."""
     keep = pl.Series("uid", sorted(set(users)), dtype=pl.Int64)
+    head: dict[str, object] = {"dataset": data.name, "model_key": model.key}
+    if networks:
+        head["networks"] = sorted(set(networks))
     bundle = {
         "model.pt": model_bytes(model),
-        "meta.json": json.dumps(
-            {**data.meta, "bundle": {"dataset": data.name, "model_key": model.key}}
-        ).encode(),
+        "meta.json": json.dumps({**data.meta, "bundle": head}).encode(),
         "items.parquet": parquet_bytes(data.items),
         "users.parquet": parquet_bytes(data.users.filter(pl.col("uid").is_in(keep.implode()))),
     }
     for part in PARTS:
         frame = data.part(part).filter(pl.col("uid").is_in(keep.implode()))
         bundle[f"{part}.parquet"] = parquet_bytes(frame)
-    return bundle
+    return bundle | _network_entries(networks)
 
 
 def open_bundle(bundle: Mapping[str, bytes]) -> tuple[PreparedDataset, TrainedModel]:
@@ -156,6 +161,7 @@ def open_bundle(bundle: Mapping[str, bytes]) -> tuple[PreparedDataset, TrainedMo
         items=tables["items"],
         _parts={p: tables[p] for p in PARTS},
     )
+    _adopt_networks(bundle)
     return data, model_from_bytes(bundle["model.pt"], name, key)
 
 
@@ -163,7 +169,7 @@ def bundle_digests(bundle: Mapping[str, bytes]) -> tuple[str, str]:
     """(model digest, data digest) of a bundle: sha256 of its checkpoint, and of the sha256 of
     each of its other entries by name (what a run crossing to a worker is bound to)."""
     model = hashlib.sha256(bundle.get("model.pt", b"")).hexdigest()
-    parts = {n: hashlib.sha256(bundle[n]).hexdigest() for n in _ENTRIES[1:] if n in bundle}
+    parts = {n: hashlib.sha256(v).hexdigest() for n, v in bundle.items() if n != "model.pt"}
     data = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return model, data
 
@@ -383,8 +389,53 @@ def put_bundle(url: str, key: str, bundle: Mapping[str, bytes]) -> str:
 
 
 def get_bundle(base: str) -> dict[str, bytes]:
-    """The bundle uploaded by :func:`put_bundle` at ``base``."""
-    return {name: get_bytes(f"{base}/{name}") for name in _ENTRIES}
+    """The bundle uploaded by :func:`put_bundle` at ``base`` (with the networks it names)."""
+    bundle = {name: get_bytes(f"{base}/{name}") for name in _ENTRIES}
+    names = [_network_entry(k) for k in _bundle_networks(bundle)]
+    return bundle | {name: get_bytes(f"{base}/{name}") for name in names}
+
+
+# --------------------------------------------------------------------------- explainer networks
+# A trained explainer network (the amortised explainer's; LCER's warm start) travels in the
+# bundle of its recommender as one more entry, ``network-KEY.pt``, named in ``meta.json``
+# (``bundle.networks``) and covered by the data digest; the worker keeps it in memory
+# (:func:`lcer_core.amortised_store.adopt_network`), so it needs none in its own LCER_HOME.
+
+
+def _network_entry(key: str) -> str:
+    return f"network-{key}.pt"
+
+
+def _network_entries(keys: Sequence[str]) -> dict[str, bytes]:
+    from lcer_core.amortised_store import network_bytes
+
+    return {_network_entry(k): network_bytes(k) for k in sorted(set(keys))}
+
+
+def _bundle_networks(bundle: Mapping[str, bytes]) -> list[str]:
+    """The network keys a bundle's ``meta.json`` names (checked: none becomes a bad path)."""
+    from lcer_core.explainers.amortised import KEY_PATTERN
+
+    try:
+        keys = json.loads(bundle["meta.json"])["bundle"].get("networks", [])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []
+    if not isinstance(keys, list) or not all(
+        isinstance(k, str) and KEY_PATTERN.fullmatch(k) for k in keys
+    ):
+        raise MissingDataError("the shard's inputs name explainer networks that are no keys")
+    return keys
+
+
+def _adopt_networks(bundle: Mapping[str, bytes]) -> None:
+    from lcer_core.amortised_store import adopt_network
+
+    keys = _bundle_networks(bundle)
+    missing = [_network_entry(k) for k in keys if _network_entry(k) not in bundle]
+    if missing:
+        raise MissingDataError(f"the shard's inputs lack {', '.join(missing)}")
+    for key in keys:
+        adopt_network(key, bundle[_network_entry(key)])
 
 
 def shard_url(url: str, run_id: str, index: int) -> str:

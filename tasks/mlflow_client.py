@@ -65,6 +65,10 @@ __all__ = [
     "child_runs",
     "log_figures",
     "fail_stale_runs",
+    "NETWORK_RUN_NAME",
+    "NETWORK_KEY_TAG",
+    "registered_network_name",
+    "log_network",
 ]
 
 log = logging.getLogger(__name__)
@@ -630,3 +634,46 @@ def load_model(dataset: str, version: int | None = None) -> torch.nn.Module:
     command calls this; they load checkpoints with ``weights_only``)."""
     configure()
     return mlflow.pytorch.load_model(registered_model_uri(dataset, version))
+
+
+# --------------------------------------------------------------------------- explainer networks
+
+#: Run name of an amortised-explainer network's training run (one per network key).
+NETWORK_RUN_NAME = "train-amortised"
+#: The tag that holds a network's key on its run and its registered version.
+NETWORK_KEY_TAG = "lcer.network_key"
+
+
+def registered_network_name(dataset: str) -> str:
+    """``amortised-DATASET``: the registry name of the dataset's amortised-explainer networks."""
+    return f"amortised-{dataset}"
+
+
+def log_network(
+    dataset: str,
+    key: str,
+    folder: Path,
+    *,
+    params: Mapping[str, Any],
+    curve: Iterable[float],
+    metrics: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Record a trained explainer network: a FINISHED run ``train-amortised-kK`` in the dataset's
+    experiment (``params``, the mean training loss per epoch as ``train_loss`` with step =
+    epoch, ``metrics``, the files of ``folder`` as artifacts under ``network/``), registered as
+    a version of ``amortised-DATASET`` tagged with its key. Returns ``{"run_id", "version"}``."""
+    name = registered_network_name(dataset)
+    tags = {_TAG_KIND: "train-explainer", NETWORK_KEY_TAG: key}
+    run_name = f"{NETWORK_RUN_NAME}-k{params.get('k', '')}"
+    with tracked_run(dataset, run_name=run_name, params=params, tags=tags) as run_id:
+        c = client()
+        _log_metrics(c, run_id, {"train_loss": list(curve), **metrics})
+        _retry(lambda: c.log_artifacts(run_id, str(folder), artifact_path="network"))
+        try:
+            _retry(lambda: c.create_registered_model(name))
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"{_retry(lambda: c.get_run(run_id)).info.artifact_uri}/network"
+        mv = _retry(lambda: c.create_model_version(name, source, run_id=run_id, tags={"key": key}))
+    return {"run_id": run_id, "version": int(mv.version)}

@@ -229,8 +229,10 @@ def register(info: ModelInfo) -> Registration:
 @task(name="bind-explainer-networks", cache_policy=NO_CACHE)
 def bind_networks(specs: list[Any], split_seed: int | None = None) -> list[Any]:
     """The runs with each amortised run's explainer network bound (trained on the training
-    users first where missing, one log line each), re-keyed; other runs unchanged."""
-    from lcer_core.amortised_store import bind_runs, needs_network
+    users first where missing, one log line each), re-keyed, and every network they read
+    registered in MLflow (``amortised-DATASET``, once per key); other runs unchanged."""
+    from lcer_core.amortised_store import bind_runs, config_networks, needs_network, network_path
+    from tasks.explainer_network import register_network
 
     if not any(needs_network(s.config) for s in specs):
         return specs
@@ -238,4 +240,16 @@ def bind_networks(specs: list[Any], split_seed: int | None = None) -> list[Any]:
     first = specs[0]
     data = load_prepared(first.dataset, split_seed)
     model = models.load_model(first.dataset, first.model_key)
-    return bind_runs(specs, model, data, notify=logger.info)
+    bound = bind_runs(specs, model, data, notify=logger.info)
+    for key in config_networks(s.config for s in bound):
+        if (network_path(key) / "train.json").is_file():
+            reg = register_network(first.dataset, key)
+            logger.info(
+                "explainer network %s %s as version %d of %s (MLflow run %s)",
+                key,
+                "registered" if reg.new else "already registered",
+                reg.version,
+                mlflow_client.registered_network_name(first.dataset),
+                reg.run_id,
+            )
+    return bound

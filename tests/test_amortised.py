@@ -179,8 +179,25 @@ def test_train_explainer_then_explain_a_user(
         load_prepared("ml-100k").users_of("train")
     )
     assert (Path(meta["path"]) / "network.pt").is_file() and len(meta["curve"]) == 1
+    # registered in MLflow: its run holds the training config, the curve and the files
+    from tasks import mlflow_client
+
+    c = mlflow_client.client()
+    run = c.get_run(meta["mlflow"]["run_id"])
+    assert run.info.run_name == "train-amortised-k3" and run.info.status == "FINISHED"
+    assert run.data.params["network_key"] == meta["key"] and run.data.params["k"] == "3"
+    assert run.data.params["train_max_pairs"] == "100"
+    losses = c.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.value for m in losses] == pytest.approx(meta["curve"])
+    assert {f.path for f in c.list_artifacts(run.info.run_id, "network")} >= {
+        "network/network.pt",
+        "network/curve.json",
+    }
+    [version] = c.search_model_versions("name = 'amortised-ml-100k'")
+    assert version.run_id == run.info.run_id and version.tags["key"] == meta["key"]
     code, out, _ = run_cli([*args, "--json"], capsys)
     assert code == 0 and not json.loads(out)["trained_now"]
+    assert json.loads(out)["mlflow"] == meta["mlflow"]  # registered once per key
     # explain binds the default network: trained on first use, one line on stderr says so
     data = load_prepared("ml-100k")
     user = data.users.filter(pl.col("split") == "test")["raw_id"][0]
@@ -203,3 +220,49 @@ def test_train_explainer_then_explain_a_user(
     )
     assert code == 0, err
     assert json.loads(out)["split"] == "val" and len(json.loads(out)["rows"]) == 2
+
+
+def test_a_bundle_carries_the_network_to_a_worker_without_it(
+    in_trained_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose LCER_HOME holds no network explains ``amortised`` and warm-started
+    ``lcer`` from the bundle exactly as here; a bundle lacking it, or with another, is refused."""
+    from lcer_core import models, remote, shards
+    from lcer_core.runs import run_spec
+
+    data = load_prepared("ml-100k")
+    model = models.load_model("ml-100k")
+    key = store.train_network(model.recommender("cpu"), data, model.key, 3, SMALL, save=False)
+    users = data.users_of("test")[:3]
+    common = {"dataset": "ml-100k", "k": 3, "seed": 0, "n_users": 3, "model_key": model.key}
+    specs = [
+        run_spec(method="amortised", config=AmortisedConfig(network=key), **common),
+        run_spec(method="lcer", config=LCERConfig(steps=5, warm_start=key), **common),
+    ]
+    here = [shards.explain_users(data, model, s, users, device="cpu") for s in specs]
+    bundle = remote.make_bundle(data, model, users, [key])
+    base = remote.put_bundle((tmp_path / "store").as_uri(), "b", bundle)
+    assert remote.get_bundle(base) == bundle
+
+    store._MEMORY.clear()
+    store._MADE_OF.clear()
+    monkeypatch.setenv("LCER_HOME", str(tmp_path / "worker"))
+    data2, model2 = remote.open_bundle(remote.get_bundle(base))
+    for spec, frame in zip(specs, here, strict=True):
+        there = shards.explain_users(data2, model2, spec, users, device="cpu")
+        timing = [c for c in frame.columns if c.endswith("_s")]
+        assert there.drop(timing).equals(frame.drop(timing)), spec.method
+    assert not (tmp_path / "worker" / "explainers").exists()
+
+    entry = f"network-{key}.pt"
+    without = {n: v for n, v in bundle.items() if n != entry}
+    assert remote.bundle_digests(without) != remote.bundle_digests(bundle)
+    with pytest.raises(MissingDataError, match=f"lack {entry}"):
+        remote.open_bundle(without)
+    other = store.train_network(
+        model.recommender("cpu"), data, model.key, 3, dataclasses.replace(SMALL, seed=1),
+        save=False,
+    )  # fmt: skip
+    swapped = {**bundle, entry: store.network_bytes(other)}
+    with pytest.raises(DamagedDataError, match=f"sent as {key} is network {other}"):
+        remote.open_bundle(swapped)

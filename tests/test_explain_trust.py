@@ -142,6 +142,38 @@ def test_the_legitimate_call_explains_under_the_storage_url(setup: Setup) -> Non
     assert not setup.files_outside_storage()
 
 
+def test_an_amortised_run_explains_from_the_network_in_its_bundle(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's home holds no explainer network: the one the pipeline put in the bundle
+    explains the shard, with the rows it gives here."""
+    import polars as pl
+
+    from lcer_core import amortised_store, shards
+    from lcer_core.explainers.amortised import AmortisedConfig, AmortisedTraining
+
+    small = AmortisedTraining(epochs=1, batch=64, max_pairs=100, dim=4, hidden=8)
+    rec = setup.model.recommender("cpu")
+    key = amortised_store.train_network(rec, setup.data, setup.model.key, K, small, save=False)
+    spec = run_spec(dataset="ml-100k", method="amortised", k=K, seed=0, n_users=N_USERS,
+                    model_key=setup.model.key, config=AmortisedConfig(network=key))  # fmt: skip
+    here = shards.explain_users(setup.data, setup.model, spec, setup.users, device="cpu")
+    bundle = remote.make_bundle(setup.data, setup.model, setup.users, [key])
+    url = remote.put_bundle(setup.storage, f"{setup.model.key}-net", bundle)
+    monkeypatch.setattr(amortised_store, "_MEMORY", {})  # the worker knows no network
+    digests = remote.bundle_digests(bundle)
+    payload = dict(zip(("model_digest", "data_digest"), digests, strict=True))
+    state = _explain(
+        **setup.params(specs=[spec.to_payload() | payload], bundles={setup.model.key: url})
+    )
+    assert state.is_completed(), state.message
+    [[shard]] = state.result()
+    there = pl.read_parquet(remote.get_bytes(shard)).select(here.columns)
+    timing = [c for c in here.columns if c.endswith("_s")]
+    assert there.drop(timing).equals(here.drop(timing))
+    assert not any(setup.worker_home.rglob("network.pt"))
+
+
 def test_a_storage_parameter_elsewhere_is_refused(setup: Setup) -> None:
     elsewhere = setup.root / "elsewhere"
     state = _explain(**setup.params(storage=elsewhere.as_uri()))

@@ -24,7 +24,8 @@ def train_explainer(
     ),
 ) -> None:
     """Train the amortised explainer's network for DATASET and K on the training users' pairs
-    (never a validation or test user) with LCER's objective, and save it under LCER_HOME."""
+    (never a validation or test user) with LCER's objective, save it under LCER_HOME and
+    register it in MLflow (amortised-DATASET, its loss per epoch as train_loss)."""
     from dataclasses import replace
 
     from lcer_core import checks
@@ -56,15 +57,28 @@ def train_explainer(
             training,
             on_epoch=lambda e, loss: typer.echo(f"epoch {e}: mean loss {loss:.4f}", err=True),
         )
+    from tasks.explainer_network import register_network
+
+    reg = register_network(dataset, key)
     folder = network_path(key)
     meta = json.loads((folder / "train.json").read_text())
     curve = json.loads((folder / "curve.json").read_text())["epoch_mean_loss"]
+    registered = {"run_id": reg.run_id, "name": f"amortised-{dataset}", "version": reg.version}
     if as_json:
         typer.echo(
-            json.dumps({**meta, "trained_now": trained, "curve": curve, "path": str(folder)})
+            json.dumps(
+                {
+                    **meta,
+                    "trained_now": trained,
+                    "curve": curve,
+                    "path": str(folder),
+                    "mlflow": registered,
+                }
+            )
         )
         return
     typer.echo(
         f"amortised network {key} for {dataset} k={k} ({'trained' if trained else 'already saved'}"
-        f" in {meta['train_seconds']:.1f} s, final mean loss {curve[-1]:.4f}): {folder}"
+        f" in {meta['train_seconds']:.1f} s, final mean loss {curve[-1]:.4f}): {folder}; "
+        f"registered as amortised-{dataset} version {reg.version}"
     )
