@@ -12,6 +12,7 @@ fault). Credentials reach lcer as they reach any S3 client, through the environm
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 REGION = "us-east-1"
 #: Keys the server knows nobody by.
@@ -169,3 +171,36 @@ def s3_server(log: Path) -> Iterator[S3Server]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+@dataclass
+class SharedStorage:
+    """A storage URL that a test's pools or nodes share, the environment that reaches it (to
+    add to theirs), and what it holds."""
+
+    url: str
+    env: dict[str, str]
+    server: S3Server | None = None
+
+    def objects(self, under: str = "") -> list[str]:
+        """The keys (file paths) under ``URL/under``, relative to it, sorted."""
+        url = f"{self.url}/{under}".rstrip("/")
+        if self.server is not None:
+            return self.server.objects(url)
+        root = Path(unquote(urlparse(url).path))
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+    def read(self, key: str) -> bytes:
+        url = f"{self.url}/{key}"
+        if self.server is not None:
+            return self.server.read(url)
+        return Path(unquote(urlparse(url).path)).read_bytes()
+
+
+def shared_storage(request: Any, folder: Path, bucket: str) -> SharedStorage:
+    """A prefix in ``bucket`` on the session's S3 API server (the ``s3_server`` fixture) where
+    moto and s3fs are installed, else ``folder`` as a ``file://`` URL."""
+    if all(importlib.util.find_spec(m) for m in ("moto", "s3fs")):
+        server: S3Server = request.getfixturevalue("s3_server")
+        return SharedStorage(f"{server.bucket(bucket)}/lcer", server.env("writer"), server)
+    return SharedStorage(folder.as_uri(), {})
