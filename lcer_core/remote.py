@@ -458,13 +458,16 @@ def check_storage(url: str) -> str:
     probe = f"{url}/.lcer-probe-{uuid.uuid4().hex}"
     token = uuid.uuid4().bytes
     put_bytes(probe, token)
-    if get_bytes(probe) != token:
-        raise StorageError(f"{probe} reads back other bytes than were written to it")
-    fs, path = _fs(probe)
     try:
-        fs.rm_file(path)
-    except Exception as exc:
-        raise StorageError(f"cannot delete {probe}: {_storage_reason(url, exc)}") from None
+        same = get_bytes(probe) == token
+    finally:  # the probe is not left behind, even when it cannot be read
+        fs, path = _fs(probe)
+        try:
+            fs.rm_file(path)
+        except Exception as exc:
+            raise StorageError(f"cannot delete {probe}: {_storage_reason(url, exc)}") from None
+    if not same:
+        raise StorageError(f"{probe} reads back other bytes than were written to it")
     return url
 
 

@@ -5,7 +5,7 @@ It checks credentials as S3 does: once set up, every request must be signed with
 one of its IAM users. ``writer`` may do anything with S3; ``reader`` may only read and list, so
 a write with its keys is refused (``AccessDenied``), as a bucket whose policy refuses writes
 refuses them (moto enforces identity policies, not bucket policies: this is the closest real
-fault). Credentials reach lcer as they reach any S3 client, through the environment
+fault); ``dropbox`` may write and delete but not read. Credentials reach lcer as they reach any S3 client, through the environment
 (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``): see :meth:`S3Server.env`.
 """
 
@@ -115,11 +115,12 @@ def _post(url: str, body: bytes) -> None:
 
 
 def _setup(server: S3Server) -> None:
-    """Users ``writer`` (all of S3) and ``reader`` (read and list), then credentials checked."""
+    """Users ``writer``, ``reader`` and ``dropbox`` (see above), then credentials checked."""
     iam = server.client("iam", user="")
     allowed = {
         "writer": ["s3:*"],
         "reader": ["s3:GetObject", "s3:ListBucket", "s3:ListAllMyBuckets"],
+        "dropbox": ["s3:PutObject", "s3:DeleteObject"],
     }
     for user, actions in allowed.items():
         iam.create_user(UserName=user)

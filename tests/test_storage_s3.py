@@ -88,6 +88,7 @@ def test_storage_options_come_from_lcer_storage_options(
         ("no keys", "lcer-faults", "Unable to locate credentials (set AWS_ACCESS_KEY_ID and"),
         ("writer", "lcer-no-such-bucket", "The specified bucket does not exist"),
         ("reader", "lcer-faults", "Access Denied"),
+        ("dropbox", "lcer-faults", "Forbidden"),
     ],
 )
 def test_storage_that_cannot_serve_is_one_line_before_any_work(
@@ -114,7 +115,8 @@ def test_storage_that_cannot_serve_is_one_line_before_any_work(
         main(["run", "ml-100k", "--storage", f"s3://{bucket}/lcer"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: cannot write s3://{bucket}/lcer/.lcer-probe-"), err
+    verb = "read" if who == "dropbox" else "write"  # written, then not readable
+    assert err.startswith(f"error: cannot {verb} s3://{bucket}/lcer/.lcer-probe-"), err
     assert message in err and len(err.splitlines()) == 1, err
     assert not (lcer_home / "prefect-home").exists()  # refused before Prefect started
     assert s3.objects("s3://lcer-faults") == []  # no probe left behind
