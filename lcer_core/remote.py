@@ -41,6 +41,7 @@ from lcer_core.settings import settings
 
 __all__ = [
     "STORAGE_ENV",
+    "STORAGE_OPTIONS_ENV",
     "CONNECT_TIMEOUT_S",
     "check_address",
     "wants_gpu",
@@ -54,6 +55,7 @@ __all__ = [
     "worker_storage",
     "bundle_base",
     "storage_url",
+    "storage_options",
     "check_storage",
     "put_bundle",
     "get_bundle",
@@ -67,6 +69,23 @@ __all__ = [
 
 #: Environment variable naming the storage URL shared by the flow and its workers.
 STORAGE_ENV = "LCER_STORAGE"
+#: Environment variable holding fsspec storage options for it, as a JSON object.
+STORAGE_OPTIONS_ENV = "LCER_STORAGE_OPTIONS"
+#: Protocols whose fsspec back end is an extra of lcer: (its module, the extra). They are object
+#: stores: no folders to make, and an object written appears whole or not at all.
+_EXTRAS = {
+    "s3": ("s3fs", "s3"),
+    "s3a": ("s3fs", "s3"),
+    "gs": ("gcsfs", "gcs"),
+    "gcs": ("gcsfs", "gcs"),
+}
+#: Protocols whose storage lives in one process, where no worker can reach it.
+_PROCESS_LOCAL = frozenset({"memory"})
+#: What a protocol needs beyond a package, said with its failure.
+_NEEDS = {
+    "hdfs": "hdfs:// needs Java and a Hadoop client for pyarrow's libhdfs (JAVA_HOME, HADOOP_HOME, "
+    "CLASSPATH); webhdfs:// needs neither",
+}
 #: The largest object read from the storage URL, and the most a Parquet object received may
 #: decode to (whoever can write there must not fill memory; default
 #: :data:`lcer_core.settings.MAX_STORAGE_BYTES`).
@@ -229,31 +248,104 @@ def storage_url(url: str | None = None) -> str | None:
     return url.strip().rstrip("/") or None
 
 
-def _fs(url: str) -> tuple[Any, str]:
-    import fsspec
+def storage_options() -> dict[str, Any]:
+    """fsspec storage options from ``LCER_STORAGE_OPTIONS`` (a JSON object, e.g.
+    ``{"endpoint_url": "https://minio:9000"}``), else none: credentials and endpoints then come
+    from the back end's usual environment (``AWS_*`` for s3fs, Google's for gcsfs)."""
+    text = settings().storage_options
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as exc:  # the text may hold secrets: not repeated
+        raise StorageError(f"{STORAGE_OPTIONS_ENV} is not JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise StorageError(f"{STORAGE_OPTIONS_ENV} must be a JSON object of fsspec storage options")
+    return options
 
+
+def _reason(exc: BaseException) -> str:
+    """The first line of a failure's reason (a back end's message may run over several)."""
+    lines = io_reason(exc).strip().splitlines()
+    return " ".join(lines[0].split()) if lines else type(exc).__name__
+
+
+def _protocol(url: str) -> str:
+    return url.split("://", 1)[0].lower()
+
+
+def _fs(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` (with :func:`storage_options`) and its path there; a
+    URL no back end here can serve is a one-line error, before anything is read or written."""
     if "://" not in url:
         raise StorageError(
             f"storage URL {url!r} has no scheme: use e.g. file:///shared/folder or s3://bucket/prefix"
         )
+    protocol = _protocol(url)
+    if protocol in _PROCESS_LOCAL:
+        raise StorageError(
+            f"storage URL {url!r} lives in this process only, where no worker can reach it: "
+            "use file:// on a shared folder, s3:// or gs://"
+        )
+    import fsspec
+
+    options = storage_options()
     try:
-        fs, path = fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as exc:
-        raise StorageError(f"storage URL {url!r} cannot be used: {io_reason(exc)}") from None
-    return fs, path
+        return fsspec.core.url_to_fs(url, **options)
+    except ImportError as exc:
+        if protocol in _EXTRAS:
+            module, extra = _EXTRAS[protocol]
+            raise StorageError(
+                f"storage URL {url!r} needs {module} (install lcer[{extra}]: "
+                f"pip install 'lcer[{extra}]'): {_reason(exc.__cause__ or exc)}"
+            ) from None
+        raise StorageError(f"storage URL {url!r} cannot be used: {_reason(exc)}") from None
+    except ValueError as exc:
+        if protocol not in fsspec.available_protocols():
+            raise StorageError(
+                f"storage URL {url!r} has an unknown protocol {protocol}://: use file://, "
+                "s3:// (lcer[s3]), gs:// (lcer[gcs]) or another fsspec protocol"
+            ) from None
+        raise StorageError(f"storage URL {url!r} cannot be used: {_reason(exc)}") from None
+    except Exception as exc:  # a back end's own failure, e.g. pyarrow's libhdfs not loading
+        needs = f" ({_NEEDS[protocol]})" if protocol in _NEEDS else ""
+        raise StorageError(f"storage URL {url!r} cannot be used: {_reason(exc)}{needs}") from None
+
+
+def _object_store(url: str) -> bool:
+    return _protocol(url) in _EXTRAS
 
 
 def put_bytes(url: str, data: bytes) -> None:
-    """Write ``data`` to ``url`` whole (a temporary name, then a move where the store has one)."""
+    """Write ``data`` to ``url`` whole: on an object store in one request (an object appears
+    whole or not at all; no folder, no bucket is made), elsewhere under a temporary name, then
+    moved."""
     fs, path = _fs(url)
-    parent = path.rsplit("/", 1)[0]
-    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
     try:
+        if _object_store(url):
+            fs.pipe_file(path, data)
+            return
+        parent = path.rsplit("/", 1)[0]
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
         fs.makedirs(parent, exist_ok=True)
         fs.pipe_file(tmp, data)
         fs.mv(tmp, path)
     except Exception as exc:  # fsspec back ends raise their own types
-        raise StorageError(f"cannot write {url}: {io_reason(exc)}") from None
+        raise StorageError(f"cannot write {url}: {_storage_reason(url, exc)}") from None
+
+
+def _storage_reason(url: str, exc: BaseException) -> str:
+    """The reason of a storage failure on one line, with what to set when no credentials
+    were found for an object store."""
+    reason = _reason(exc)
+    if _object_store(url) and "credentials" in reason.lower():
+        hint = (
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+            if _EXTRAS[_protocol(url)][1] == "s3"
+            else "GOOGLE_APPLICATION_CREDENTIALS"
+        )
+        reason += f" (set {hint}, or {STORAGE_OPTIONS_ENV})"
+    return reason
 
 
 def max_object_bytes() -> int:
@@ -283,7 +375,7 @@ def get_bytes(url: str) -> bytes:
     except StorageError:
         raise
     except Exception as exc:
-        raise StorageError(f"cannot read {url}: {io_reason(exc)}") from None
+        raise StorageError(f"cannot read {url}: {_storage_reason(url, exc)}") from None
     if n > cap:  # the size the store reported was wrong
         raise StorageError(f"{url} holds more than the {cap:,} bytes allowed; not read")
     return b"".join(parts)
@@ -361,18 +453,27 @@ def bundle_base(storage: str, url: str) -> str:
 
 
 def check_storage(url: str) -> str:
-    """Refuse, in one line, a storage URL that cannot be written (probe: write and delete a file)."""
+    """Refuse, in one line, a storage URL that cannot serve: no back end for its protocol (an
+    extra not installed), no bucket, credentials missing or refused, no right to write, read
+    or delete (probe: an object written, read back and deleted)."""
     url = storage_url(url) or ""
     if not url:
         raise StorageError("the storage URL is empty")
     max_object_bytes()  # a bad cap is refused before anything runs
+    _fs(url)  # a protocol no back end here serves is named with the URL as given
     probe = f"{url}/.lcer-probe-{uuid.uuid4().hex}"
-    put_bytes(probe, b"lcer")
-    fs, path = _fs(probe)
+    token = uuid.uuid4().bytes
+    put_bytes(probe, token)
     try:
-        fs.rm_file(path)
-    except Exception as exc:
-        raise StorageError(f"cannot delete {probe}: {io_reason(exc)}") from None
+        same = get_bytes(probe) == token
+    finally:  # the probe is not left behind, even when it cannot be read
+        fs, path = _fs(probe)
+        try:
+            fs.rm_file(path)
+        except Exception as exc:
+            raise StorageError(f"cannot delete {probe}: {_storage_reason(url, exc)}") from None
+    if not same:
+        raise StorageError(f"{probe} reads back other bytes than were written to it")
     return url
 
 

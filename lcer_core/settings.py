@@ -130,6 +130,14 @@ class Settings(BaseSettings):
         "`s3://bucket/prefix`): the model, data and shard files of explanations on another "
         "pool travel through it",
     )
+    storage_options: Text = Field(
+        None,
+        validation_alias="LCER_STORAGE_OPTIONS",
+        description="a JSON object of fsspec storage options for `LCER_STORAGE` (e.g. "
+        '`{"endpoint_url": "http://minio:9000"}`); unset: credentials and endpoint come from '
+        "the back end's usual environment (`AWS_*` for S3, `GOOGLE_APPLICATION_CREDENTIALS` "
+        "for GCS); see [cluster.md](cluster.md#storage)",
+    )
     max_storage_bytes: Bytes = Field(
         MAX_STORAGE_BYTES,
         validation_alias="LCER_MAX_STORAGE_BYTES",

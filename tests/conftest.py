@@ -8,6 +8,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pytest
@@ -90,3 +91,18 @@ def in_trained_home(trained_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     monkeypatch.setenv("LCER_HOME", str(trained_home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return trained_home
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """moto's S3 API server on loopback, shared by the session (``tests/s3_fixtures.py``);
+    the tests that need it are skipped where moto or s3fs is not installed (``lcer[dev]``)."""
+    import importlib.util
+
+    missing = [m for m in ("moto", "s3fs") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (pip install -e '.[dev]')")
+    from s3_fixtures import s3_server as start
+
+    with start(tmp_path_factory.mktemp("s3") / "moto.log") as server:
+        yield server

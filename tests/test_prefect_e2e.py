@@ -12,6 +12,7 @@ and is stopped in ``finally`` blocks, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
 import signal
@@ -27,6 +28,7 @@ from uuid import UUID
 import httpx
 import polars as pl
 import pytest
+from s3_fixtures import SharedStorage, shared_storage
 
 from lcer_core.store import ResultStore
 
@@ -201,7 +203,7 @@ def _shards(home: Path, run_id: str) -> dict[str, int]:
 
 
 def _forged_explain_run_is_refused(
-    client: Any, storage: Path, root: Path, logs: list[Path]
+    client: Any, storage: SharedStorage, root: Path, logs: list[Path]
 ) -> None:
     """A flow run of lcer-explain created with a storage URL of the caller's (the pipeline's
     own run and bundle otherwise) fails in one line on the gpu worker, writing nothing there."""
@@ -211,16 +213,17 @@ def _forged_explain_run_is_refused(
 
     model_key = ResultStore().query("SELECT model_key FROM models")["model_key"][0]
     spec = run_spec(dataset="ml-100k", method="fia", k=5, seed=0, n_users=4, model_key=model_key)
-    [bundle] = (storage / "bundles").iterdir()
+    [bundle] = {key.split("/")[0] for key in storage.objects("bundles")}
+    users = pl.read_parquet(io.BytesIO(storage.read(f"bundles/{bundle}/users.parquet")))
     elsewhere = root / "elsewhere"
     forged = run_deployment(
         "lcer-explain/lcer-explain",
         parameters={
             "specs": [{**spec.to_payload(), "model_digest": "0" * 64, "data_digest": "0" * 64}],
-            "users": pl.read_parquet(bundle / "users.parquet")["uid"].to_list(),
+            "users": users["uid"].to_list(),
             "shard_size": 2,
             "storage": elsewhere.as_uri(),
-            "bundles": {model_key: bundle.as_uri()},
+            "bundles": {model_key: f"{storage.url}/bundles/{bundle}"},
         },
         timeout=0,
     )
@@ -232,20 +235,23 @@ def _forged_explain_run_is_refused(
 
 
 def test_deployments_workers_fan_out_and_kill_resume(
-    server: dict[str, Any], api_client: Any
+    server: dict[str, Any], api_client: Any, request: pytest.FixtureRequest
 ) -> None:
     from prefect.deployments import run_deployment
 
     env, root, home = server["env"], server["root"], server["home"]
     # The gpu pool's worker has its own working folder and LCER_HOME: what its flow needs and
-    # returns goes through the storage URL, the only folder the two pools share.
-    storage, gpu_home, gpu_cwd = root / "storage", root / "gpu-home", root / "gpu-cwd"
+    # returns goes through the storage URL, the only place the two pools share: a bucket on the
+    # session's S3 API server (moto; a folder where it is not installed).
+    storage = shared_storage(request, root / "storage", "lcer-e2e")
+    gpu_home, gpu_cwd = root / "gpu-home", root / "gpu-cwd"
     gpu_cwd.mkdir()
     worker_env = {
         **env,
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-        "LCER_STORAGE": storage.as_uri(),
+        "LCER_STORAGE": storage.url,
+        **storage.env,
     }
     pools = {
         "cpu": (worker_env, REPO),
@@ -310,8 +316,9 @@ def test_deployments_workers_fan_out_and_kill_resume(
         # no shard; the shards went through the storage URL.
         assert not (gpu_home / "data").exists() and not (gpu_home / "models").exists()
         assert not list(gpu_home.rglob("shard-*.parquet"))
-        assert len(list((storage / "work").rglob("shard-*.parquet"))) == 4
-        assert [p.name for p in (storage / "bundles").iterdir()] != []
+        assert len([k for k in storage.objects("work") if k.endswith(".parquet")]) == 4
+        assert storage.objects("bundles") != []
+        assert not [k for k in storage.objects() if ".lcer-probe-" in k or ".tmp-" in k]
 
         _forged_explain_run_is_refused(api_client, storage, root, logs)
     finally:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from s3_fixtures import shared_storage
 from test_prefect_e2e import PREFECT, REPO, _free_port, _start, _stop, _tail
 
 from lcer_core.store import ResultStore
@@ -101,9 +102,12 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(http_mirror: str) -> Iterator[dict[str, Any]]:
-    """A Prefect server and two Ray nodes (head: 1 CPU; worker: 1 CPU, 1 logical GPU)."""
+def cluster(http_mirror: str, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """A Prefect server and two Ray nodes (head: 1 CPU; worker: 1 CPU, 1 logical GPU), and a
+    storage URL they reach (a bucket on the session's S3 API server, with credentials in the
+    nodes' environment as on a cloud's machines; a folder where moto is not installed)."""
     root = Path(tempfile.mkdtemp(prefix="lcray", dir="/tmp"))  # short: Ray's socket paths
+    storage = shared_storage(request, root / "storage", "lcer-ray")
     flow = root / "flow"  # everything of the flow: hidden from both Ray nodes
     empty = root / "empty"
     for folder in (flow, empty, root / "head", root / "worker"):
@@ -149,6 +153,7 @@ def cluster(http_mirror: str) -> Iterator[dict[str, Any]]:
                 # that the test can kill its worker before it finishes.
                 "PYTHONPATH": str(REPO / "tests" / "faults"),
                 "LCER_FAULT_SLOW_SHARD": "2",
+                **storage.env,
             }
             cmd = [
                 RAY,
@@ -188,6 +193,7 @@ def cluster(http_mirror: str) -> Iterator[dict[str, Any]]:
             "env": {**base, "LCER_MIRROR": http_mirror},
             "gpu_node": info["gpu_node"],
             "nodes": info["nodes"],
+            "storage": storage,
         }
     finally:
         for proc in reversed(procs):
@@ -238,7 +244,9 @@ def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
     # The Ray run starts from the same prepared data and model (the flow's, not the workers').
     for part in ("data", "models"):
         shutil.copytree(threads_home / part, ray_home / part)
-    ray_env = {**env, "LCER_HOME": str(ray_home)}
+    # The model and data reach the nodes through the storage URL (not Ray's object store).
+    storage = cluster["storage"]
+    ray_env = {**env, "LCER_HOME": str(ray_home), "LCER_STORAGE": storage.url, **storage.env}
     log = flow / "ray.log"
     args = [LCER, *RUN, "--runner", "ray", "--address", cluster["address"]]
     with log.open("w") as out:
@@ -286,6 +294,9 @@ def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
     assert all(p["device"] in ("cpu", "cuda") and p["pairs"] == 5 for p in placed)
     assert f"started on node {cluster['gpu_node']}" in text
     assert re.search(rf"CEs found on node {cluster['gpu_node']} device \w+", text)
+
+    assert "model and data through the storage URL" in text
+    assert storage.objects("bundles") != []
 
     # The thread runner records where its shards ran too (this host).
     local = _sql("select distinct node from shards", env)

@@ -67,7 +67,9 @@ def test_storage_url_round_trip(tmp_path: Path) -> None:
     ("url", "message"),
     [
         ("/no/scheme", "has no scheme"),
-        ("nosuchproto://x/y", "cannot be used"),
+        ("nosuchproto://x/y", "has an unknown protocol nosuchproto://"),
+        ("memory://lcer", "lives in this process only"),
+        ("hdfs://127.0.0.1:9/lcer", "storage URL 'hdfs://127.0.0.1:9/lcer' cannot be used"),
         ("file:///proc/lcer-storage", "cannot write file:///proc/lcer-storage"),
     ],
 )
