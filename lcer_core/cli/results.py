@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lcer_core.errors import InvalidParameterError, QueryTimeoutError
+from lcer_core.paper import PAPER_RECOMMENDER
 from lcer_core.store import (
     DEFAULT_LOCK_TIMEOUT,
     ResultStore,
@@ -27,6 +28,7 @@ from lcer_core.store.report import (
     STRICT_COLUMNS,
     lam_report,
     paired_report,
+    recommender_table2,
     seed_rows,
     strict_cells,
     strict_report,
@@ -136,6 +138,26 @@ def _table2_view(frame: pl.DataFrame, dataset: str, k: int, *, paper: bool) -> T
             if paper:
                 cells.append(format_value(row[f"paper_{metric}"], "–", spec))
         cells += [_cell(row, "calls_per_pair", ".0f"), _cell(row, "s_per_pair", ".4f")]
+        table.add_row(*map(cell, cells))
+    return table
+
+
+def _recommender_view(frame: pl.DataFrame, dataset: str, recommender: str, k: int) -> Table:
+    """Table 2 of one recommender at one K: the latest run of each method on its models."""
+    title = f"Table 2 · {dataset} · recommender {recommender} · top-{k}  (latest run per method)"
+    table = Table(title=cell(title), header_style="bold")
+    table.add_column("Method")
+    for header in ("α", "λ", "users", "pairs"):
+        table.add_column(header, justify="right")
+    for metric in REPORT_METRICS:
+        table.add_column(METRIC_HEADERS[metric], justify="right")
+    table.add_column("s/pair", justify="right")
+    table.add_column("model")
+    for row in frame.iter_rows(named=True):
+        cells = [row["method"]]
+        cells += [format_value(row[c], "–") for c in ("alpha", "lam", "n_users", "n_pairs")]
+        cells += [format_value(row[m], "–", METRIC_SPECS[m]) for m in REPORT_METRICS]
+        cells += [format_value(row["s_per_pair"], "–", ".4f"), str(row["model_key"])]
         table.add_row(*map(cell, cells))
     return table
 
@@ -330,10 +352,12 @@ def report(
         strict = strict_report(store, dataset)
         points = frontier_rows(store, dataset)
         paired = paired_report(store, dataset, *pair) if pair else None
+        by_recommender = recommender_table2(store, dataset)
     if format is ReportFormat.json:
         payload = {
             "dataset": dataset,
             "table2": [plain(r) for r in table2.to_dicts()],
+            "table2_by_recommender": [plain(r) for r in by_recommender.to_dicts()],
             **({"per_seed": [plain(r) for r in seeds.to_dicts()]} if per_seed else {}),
             "lcer_by_lam": [plain(r) for r in lams.to_dicts()],
             "table3": [plain(r) for r in table3.to_dicts()],
@@ -350,6 +374,12 @@ def report(
             view = _table2_view(table2, dataset, k, paper=paper)
             if view is not None:
                 console.print(view)
+    recommenders = by_recommender["recommender"].unique(maintain_order=True).to_list()
+    if recommenders and recommenders != [PAPER_RECOMMENDER]:  # more than the paper's
+        for name in recommenders:
+            mine = by_recommender.filter(pl.col("recommender") == name)
+            for k in mine["k"].unique().sort().to_list():
+                console.print(_recommender_view(mine.filter(pl.col("k") == k), dataset, name, k))
     if per_seed:
         console.print(_seed_view(seeds, dataset))
     if lams.height:
