@@ -12,7 +12,7 @@ from lcer_core.recommender import DEFAULT_RECOMMENDER
 from tasks.data import prepare
 from tasks.store import store_dataset, store_model
 from tasks.tracking import fail_stale
-from tasks.train import ModelInfo, Registration, register, train
+from tasks.train import ModelInfo, Registration, register, train_task
 
 __all__ = ["lcer_train", "prepare_and_train"]
 
@@ -39,7 +39,7 @@ def prepare_and_train(
     # One training per model at a time: a second process waits, then reuses the model and
     # its registry version.
     with training_lock(dataset, config, seed):
-        info = train(dataset, epochs, seed, split_seed, recommender)
+        info = train_task(recommender)(dataset, epochs, seed, split_seed, recommender)
         registration = register(info)
         store_model(info, registration)
     return info, registration

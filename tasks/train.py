@@ -23,7 +23,7 @@ from lcer_core.recommender import DEFAULT_RECOMMENDER, kind_of
 from lcer_core.recommender.training import EpochReport
 from tasks import mlflow_client, progress
 
-__all__ = ["ModelInfo", "Registration", "train", "register", "bind_networks"]
+__all__ = ["ModelInfo", "Registration", "train", "train_task", "register", "bind_networks"]
 
 _MODEL_KEY_TAG = "lcer.model_key"
 _Logger = logging.Logger | logging.LoggerAdapter[Any]  # what get_run_logger returns
@@ -123,7 +123,7 @@ def _train_tracked(
     return model, run_id
 
 
-@task(name="train-multvae", cache_policy=NO_CACHE)
+@task(name=mlflow_client.TRAIN_RUN_NAME, cache_policy=NO_CACHE)
 def train(
     dataset: str,
     epochs: int | None = None,
@@ -168,6 +168,13 @@ def train(
         split_seed=split_seed,
         recommender=kind.name,
     )
+
+
+def train_task(recommender: str = DEFAULT_RECOMMENDER) -> Any:
+    """:func:`train`, named ``train-RECOMMENDER`` in Prefect as its MLflow run is."""
+    if recommender == DEFAULT_RECOMMENDER:
+        return train
+    return train.with_options(name=mlflow_client.train_run_name(recommender))
 
 
 def _recommender_params(name: str) -> dict[str, str]:

@@ -107,15 +107,21 @@ def _seeds_text(row: dict) -> str:
     return "–" if not seeds else ",".join(str(x) for x in seeds)
 
 
-def _table2_view(frame: pl.DataFrame, dataset: str, k: int, *, paper: bool) -> Table | None:
-    """The paper's methods beside the paper's numbers (``paper``), or the methods beyond it."""
+def _table2_view(
+    frame: pl.DataFrame, dataset: str, k: int, *, paper: bool, recommenders: dict[str, str]
+) -> Table | None:
+    """The paper's methods beside the paper's numbers (``paper``), or the methods beyond it;
+    the title names the recommender of the rows when it is not the paper's (``recommenders``:
+    run id -> recommender)."""
     rows = frame.filter((pl.col("k") == k) & pl.col("method").is_in(METHOD_ORDER).eq(paper))
     if rows.height == 0:
         return None
+    names = sorted({recommenders[r] for r in rows["run_id"] if r in recommenders})
+    on = "" if names in ([], [PAPER_RECOMMENDER]) else f" · recommender {', '.join(names)}"
     title = (
-        f"Table 2 · {dataset} · top-{k}  (ours: mean ± std over seeds, then the paper's)"
+        f"Table 2 · {dataset} · top-{k}{on}  (ours: mean ± std over seeds, then the paper's)"
         if paper
-        else f"Beyond the paper · {dataset} · top-{k}  (mean ± std over seeds)"
+        else f"Beyond the paper · {dataset} · top-{k}{on}  (mean ± std over seeds)"
     )
     table = Table(title=cell(title), header_style="bold")
     table.add_column("Method")
@@ -369,9 +375,10 @@ def report(
         typer.echo(json_text(payload))
         return
     console = _console()
+    recommender_of = dict(zip(by_recommender["run_id"], by_recommender["recommender"], strict=True))
     for paper in (True, False):
         for k in table2["k"].unique().sort().to_list():
-            view = _table2_view(table2, dataset, k, paper=paper)
+            view = _table2_view(table2, dataset, k, paper=paper, recommenders=recommender_of)
             if view is not None:
                 console.print(view)
     recommenders = by_recommender["recommender"].unique(maintain_order=True).to_list()
