@@ -256,7 +256,7 @@ def lcer_pipeline(
     is the explainers'. ``budget`` sets the search budget of the methods that have one.
     ``split_seeds`` makes the data split a dimension: each seed's split (see
     :mod:`lcer_core.datasets.prepare`) gets its own model and runs; without it, the default split.
-    ``recommender`` names the recommender trained and explained (default: Mult-VAE).
+    ``recommender`` names the recommender trained and explained (default: the paper's).
     """
     check_environment()
     datasets = list(datasets or DEFAULT_DATASETS)

@@ -79,7 +79,7 @@ def train_model(
     device: torch.device | str | None = None,
     recommender: str = DEFAULT_RECOMMENDER,
 ) -> TrainedModel:
-    """The ``recommender`` (default: Mult-VAE) of ``data`` for ``epochs`` (None: its default)
+    """The ``recommender`` (default: the paper's) of ``data`` for ``epochs`` (None: its default)
     and ``seed``: trained the first time, then reused."""
     config = recommender_config(recommender, epochs)
     return ensure_model(data, config, seed=seed, device=device)[0]

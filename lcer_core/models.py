@@ -68,8 +68,7 @@ TRAIN_JSON = "train.json"  # beside model.pt: the config and seed it was trained
 class TrainedModel:
     """A trained recommender with what determines it and how well it ranks.
 
-    ``config`` is its kind's config (a :class:`~lcer_core.recommender.multvae.MultVAEConfig`
-    for Mult-VAE): its type says which kind it is (:attr:`recommender_name`)."""
+    ``config`` is its kind's config: its type says which kind it is (:attr:`recommender_name`)."""
 
     dataset: str
     key: str
@@ -91,7 +90,7 @@ class TrainedModel:
 
     @property
     def recommender_name(self) -> str:
-        """The registry name of its kind (``multvae``, ``ease``, ...)."""
+        """The registry name of its kind."""
         return self.kind.name
 
     @property
@@ -107,7 +106,7 @@ def model_key(data: PreparedDataset, config: Any, seed: int) -> str:
     """Key of a model: the data's content hash, the hyperparameters and the seed (and the
     data's split seed, named only when it is not the default split: older keys stay).
 
-    Mult-VAE's keys are what they always were; another kind's key starts with its name and
+    The paper's recommender's keys are what they always were; another kind's key starts with its name and
     names it in the hash too (``ease-3f2a...``), so the key alone says which recommender it is
     (:func:`recommender_of_key`)."""
     kind = kind_of(config)
@@ -119,7 +118,7 @@ def model_key(data: PreparedDataset, config: Any, seed: int) -> str:
 
 
 def recommender_of_key(key: str) -> str:
-    """The recommender a model key belongs to: the name before its ``-``, else Mult-VAE."""
+    """The recommender a model key belongs to: the name before its ``-``, else the paper's."""
     return key.split("-", 1)[0] if "-" in key else DEFAULT_RECOMMENDER
 
 
@@ -146,7 +145,7 @@ def train_model(
     device: torch.device | str | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
 ) -> TrainedModel:
-    """Train the recommender of ``config`` (default: Mult-VAE's) on the training users, keep the
+    """Train the recommender of ``config`` (default: the paper's) on the training users, keep the
     best epoch on validation NDCG@100, report NDCG@100 and Recall@20/50 on the test users,
     and save the checkpoint atomically."""
     cfg = config or recommender_config()
@@ -219,13 +218,13 @@ def checkpoint(model: TrainedModel) -> dict[str, Any]:
 
 
 def _named(model: TrainedModel) -> dict[str, str]:
-    """``{"recommender": NAME}`` for a kind other than Mult-VAE (whose files stay as they were)."""
+    """``{"recommender": NAME}`` for a kind other than the paper's (whose files stay as they were)."""
     name = model.recommender_name
     return {} if name == DEFAULT_RECOMMENDER else {"recommender": name}
 
 
 def _latest(recommender: str) -> str:
-    """The file naming a dataset's latest model of ``recommender``: ``latest`` for Mult-VAE."""
+    """The file naming a dataset's latest model of ``recommender``: ``latest`` for the paper's."""
     return "latest" if recommender == DEFAULT_RECOMMENDER else f"latest-{recommender}"
 
 

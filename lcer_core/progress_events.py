@@ -36,7 +36,7 @@ SHARD_DONE = "shard_done"
 #: Pairs explained so far in a shard: ``run``, ``index``, ``done``, ``total``.
 STEPS = "steps"
 #: A training epoch ended: ``dataset``, ``epoch``, ``epochs``, ``val_ndcg100``, ``recommender``
-#: (its title, e.g. ``Mult-VAE``).
+#: (its kind's title).
 EPOCH = "epoch"
 EVENTS = (PLANNED, RUN_PLANNED, SHARD_DONE, STEPS, EPOCH)
 

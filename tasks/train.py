@@ -1,6 +1,6 @@
 """Prefect tasks for the recommender: train it (or reuse the checkpoint), register it in MLflow.
 
-A training opens its MLflow run (``train-NAME``: ``train-multvae`` for Mult-VAE, RUNNING) before the first epoch and
+A training opens its MLflow run (``train-RECOMMENDER``, RUNNING) before the first epoch and
 :func:`register` logs the model into it and closes it: a process killed mid-training leaves
 that run RUNNING until the next flow closes it as FAILED (``fail_stale_runs``), and no
 checkpoint, since checkpoints are written whole or not at all.
@@ -50,7 +50,7 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Registration:
-    """Where the model is in the MLflow registry (``RECOMMENDER-DATASET``, e.g. ``multvae-ml-100k``)."""
+    """Where the model is in the MLflow registry (``RECOMMENDER-DATASET``)."""
 
     run_id: str
     model_uri: str
@@ -178,7 +178,7 @@ def train_task(recommender: str = DEFAULT_RECOMMENDER) -> Any:
 
 
 def _recommender_params(name: str) -> dict[str, str]:
-    """The recommender as a param, for any but Mult-VAE (whose params stay as they were)."""
+    """The recommender as a param, for any but the paper's (whose params stay as they were)."""
     return {} if name == DEFAULT_RECOMMENDER else {"recommender": name}
 
 

@@ -141,7 +141,7 @@ def explain(
     ),
     recommender: str = typer.Option(
         DEFAULT_RECOMMENDER,
-        help="The recommender whose latest model is explained: multvae (the default) or ease.",
+        help="The recommender whose latest model is explained, by its registry name (default: the paper's).",
     ),
 ) -> None:
     """Explain recommendations with METHOD on the latest trained model (prepared and trained first if needed)."""

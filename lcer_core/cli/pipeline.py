@@ -21,7 +21,8 @@ from lcer_core.paper import PAPER_RECOMMENDER as DEFAULT_RECOMMENDER
 
 #: ``--recommender``: which registered recommender is trained and explained.
 RECOMMENDER_OPTION = typer.Option(
-    help="The recommender to train and explain: multvae (the paper's, the default) or ease."
+    help="The recommender to train and explain, by its registry name (default: the paper's; "
+    "an unknown name lists the others)."
 )
 
 if TYPE_CHECKING:
@@ -381,7 +382,7 @@ def sweep(
     epochs: Annotated[
         int | None,
         typer.Option(
-            help="Mult-VAE training epochs (when it must be trained; default: Mult-VAE's)."
+            help="Training epochs of the recommender (when it must be trained; default: its own)."
         ),
     ] = None,
     runner: Annotated[str, typer.Option(help="Task runner: threads or ray.")] = "threads",

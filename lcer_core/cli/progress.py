@@ -349,7 +349,9 @@ def stage_bars(*, enabled: bool = True) -> Iterator[tuple[Any, Any, Any]]:
 
     def on_epoch(report: Any) -> None:
         if "train" not in tasks:
-            tasks["train"] = bar.add_task("train Mult-VAE", total=None, what="epochs", info="")
+            tasks["train"] = bar.add_task(
+                "train the recommender", total=None, what="epochs", info=""
+            )
         bar.update(
             tasks["train"], completed=report.epoch, info=f"val NDCG@100 {report.val_ndcg100:.4f}"
         )

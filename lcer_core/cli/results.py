@@ -339,7 +339,8 @@ def report(
     """Table 2 (and Table 3) of the paper for DATASET, from the results database, beside the paper's.
 
     Metrics are means ± standard deviations over the seeds present (``lcer run --seeds``);
-    methods beyond the paper (kaffes-topk, lcer-plus) are in a table of their own. With no
+    methods beyond the paper (kaffes-topk, lcer-plus) are in a table of their own; with runs of
+    more than one recommender (``lcer run --recommender``), Table 2 of each apart. With no
     finished run for DATASET, runs the pipeline first (`lcer run DATASET`), unless --no-train.
     """
     pair = _compared(compare)

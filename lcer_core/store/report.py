@@ -315,7 +315,7 @@ def paired_report(
 
 
 #: The recommender of a run, in SQL, from its ``model_key``: the name before the key's ``-``
-#: (``ease-3f2a...``), else the paper's (Mult-VAE's keys are bare hashes); as
+#: (``ease-3f2a...``), else the paper's (whose keys are bare hashes); as
 #: :func:`lcer_core.models.recommender_of_key`. Derived, so no schema change and old homes agree.
 RECOMMENDER_OF_KEY = (
     f"coalesce(nullif(regexp_extract(model_key, '^([a-z0-9_]+)-', 1), ''), '{PAPER_RECOMMENDER}')"
