@@ -178,6 +178,7 @@ def fit_multvae(
         yield EpochReport(epoch, total / n, beta, ndcg, best_epoch)
     assert best_state is not None
     model.load_state_dict(best_state)
+    model.zero_grad(set_to_none=True)  # the last update's gradients are not the model's
     return model.cpu().eval()
 
 
