@@ -1,9 +1,10 @@
 """Trained recommenders under ``LCER_HOME/models``: training, checkpoints, lookup and locking.
 
 A model is keyed by what determines it (:func:`model_key`: the prepared data's content hash,
-the recommender, its hyperparameters and the seed); its checkpoint ``model.pt`` holds plain tensors and values
-(read back with ``weights_only``), written atomically beside ``train.json`` (how it was
-trained) and the dataset's ``latest`` pointer. Consumers see a
+the recommender, its hyperparameters and the seed); its checkpoint ``model.pt`` holds plain
+tensors and values (read back with ``weights_only``), written atomically beside ``train.json``
+(how it was trained) and the dataset's ``latest`` pointer (``latest-NAME`` for a recommender
+other than the paper's). Consumers see a
 :class:`~lcer_core.recommender.base.Recommender` (:meth:`TrainedModel.recommender`).
 """
 
@@ -106,9 +107,9 @@ def model_key(data: PreparedDataset, config: Any, seed: int) -> str:
     """Key of a model: the data's content hash, the hyperparameters and the seed (and the
     data's split seed, named only when it is not the default split: older keys stay).
 
-    The paper's recommender's keys are what they always were; another kind's key starts with its name and
-    names it in the hash too (``ease-3f2a...``), so the key alone says which recommender it is
-    (:func:`recommender_of_key`)."""
+    The paper's recommender's keys are what they always were; another kind's key starts with
+    its name and names it in the hash too (``ease-3f2a...``), so the key alone says which
+    recommender it is (:func:`recommender_of_key`)."""
     kind = kind_of(config)
     split = {} if data.split_seed is None else {"split_seed": data.split_seed}
     payload = {"data": data.fingerprint, "config": kind.dump(config), "seed": seed, **split}

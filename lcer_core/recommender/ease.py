@@ -92,14 +92,15 @@ class EASE(nn.Module):
 
 
 def _gram(train: Tensor | InteractionRows, device: torch.device | str) -> Tensor:
-    """``XᵀX`` in float64, one dense batch of rows at a time."""
+    """``XᵀX`` as float64, one dense batch of rows at a time; summed in float32, exact for 0/1
+    rows below 2²⁴ users (counts are integers) and twice as fast."""
     n_users, n_items = train.shape
-    gram = torch.zeros(n_items, n_items, dtype=torch.float64, device=device)
+    gram = torch.zeros(n_items, n_items, device=device)
     step = max(1, DENSE_BATCH_CELLS // max(n_items, 1))
     for start in range(0, n_users, step):
-        x = train[start : start + step].to(device, torch.float64)
+        x = train[start : start + step].to(device, torch.float32)
         gram.addmm_(x.t(), x)
-    return gram
+    return gram.double()
 
 
 def _loss(module: EASE, train: Tensor | InteractionRows) -> float:
