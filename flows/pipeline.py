@@ -39,6 +39,7 @@ from lcer_core.datasets import load_prepared
 from lcer_core.errors import OrchestrationError
 from lcer_core.explainers import PAPER_METHODS
 from lcer_core.models import MODEL_SEED, load_model
+from lcer_core.recommender import DEFAULT_RECOMMENDER
 from lcer_core.runs import DEFAULT_KS, RunSpec, plan_runs, validate_plan
 from lcer_core.shards import (
     DEFAULT_SHARD_SIZE,
@@ -247,6 +248,7 @@ def lcer_pipeline(
     seeds: list[int] | None = None,
     budget: int | None = None,
     split_seeds: list[int] | None = None,
+    recommender: str = DEFAULT_RECOMMENDER,
 ) -> list[dict[str, Any]]:
     """Explain the top-K recommendations of the test users of ``datasets`` with ``methods``; Table 2 rows.
 
@@ -258,6 +260,7 @@ def lcer_pipeline(
     is the explainers'. ``budget`` sets the search budget of the methods that have one.
     ``split_seeds`` makes the data split a dimension: each seed's split (see
     :mod:`lcer_core.datasets.prepare`) gets its own model and runs; without it, the default split.
+    ``recommender`` names the recommender trained and explained (default: the paper's).
     """
     check_environment()
     datasets = list(datasets or DEFAULT_DATASETS)
@@ -280,7 +283,7 @@ def lcer_pipeline(
     for dataset in datasets:
         for split_seed in splits:
             for model_seed, explain_seed in plan:
-                model, _ = prepare_and_train(dataset, epochs, model_seed, split_seed)
+                model, _ = prepare_and_train(dataset, epochs, model_seed, split_seed, recommender)
                 summaries += _explain_model(
                     dataset,
                     model.key,

@@ -1,4 +1,4 @@
-"""``lcer-train``: prepare a dataset, train Mult-VAE (unless already trained), register it in MLflow and DuckDB."""
+"""``lcer-train``: prepare a dataset, train its recommender (unless already trained), register it in MLflow and DuckDB."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ from typing import Any
 from prefect import flow
 
 from flows.env import check_environment
-from lcer_core.models import MODEL_SEED, training_lock
-from lcer_core.recommender.multvae import MultVAEConfig
+from lcer_core.models import MODEL_SEED, recommender_config, training_lock
+from lcer_core.recommender import DEFAULT_RECOMMENDER
 from tasks.data import prepare
 from tasks.store import store_dataset, store_model
 from tasks.tracking import fail_stale
-from tasks.train import ModelInfo, Registration, register, train
+from tasks.train import ModelInfo, Registration, register, train_task
 
 __all__ = ["lcer_train", "prepare_and_train"]
 
-#: Mult-VAE's training epochs: its config's default (the reference protocol's).
-DEFAULT_EPOCHS = MultVAEConfig().epochs
+#: The default recommender's training epochs: its config's default (the reference protocol's).
+DEFAULT_EPOCHS = recommender_config().epochs
 
 
 def prepare_and_train(
@@ -25,10 +25,12 @@ def prepare_and_train(
     epochs: int = DEFAULT_EPOCHS,
     seed: int = MODEL_SEED,
     split_seed: int | None = None,
+    recommender: str = DEFAULT_RECOMMENDER,
 ) -> tuple[ModelInfo, Registration]:
-    """The first steps of every flow: prepare → train (skipped when the model exists) → register.
-    With ``split_seed`` the model is trained on that split (the default one is prepared too:
-    the dataset's statistics and items are recorded from it)."""
+    """The first steps of every flow: prepare → train ``recommender`` (skipped when the model
+    exists) → register. With ``split_seed`` the model is trained on that split (the default one
+    is prepared too: the dataset's statistics and items are recorded from it)."""
+    config = recommender_config(recommender, epochs)  # an unknown name: one line, before any work
     fail_stale(dataset)
     prepare(dataset)
     store_dataset(dataset)
@@ -36,8 +38,8 @@ def prepare_and_train(
         prepare(dataset, split_seed)
     # One training per model at a time: a second process waits, then reuses the model and
     # its registry version.
-    with training_lock(dataset, MultVAEConfig(epochs=epochs), seed):
-        info = train(dataset, epochs, seed, split_seed)
+    with training_lock(dataset, config, seed):
+        info = train_task(recommender)(dataset, epochs, seed, split_seed, recommender)
         registration = register(info)
         store_model(info, registration)
     return info, registration
@@ -45,13 +47,17 @@ def prepare_and_train(
 
 @flow(name="lcer-train")
 def lcer_train(
-    dataset: str = "ml-100k", epochs: int = DEFAULT_EPOCHS, seed: int = MODEL_SEED
+    dataset: str = "ml-100k",
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = MODEL_SEED,
+    recommender: str = DEFAULT_RECOMMENDER,
 ) -> dict[str, Any]:
-    """Train (or reuse) the Mult-VAE of ``dataset`` and register it; its key, metrics and whether it was trained now."""
+    """Train (or reuse) the ``recommender`` of ``dataset`` and register it; its key, metrics and whether it was trained now."""
     check_environment()
-    info, registration = prepare_and_train(dataset, epochs, seed)
+    info, registration = prepare_and_train(dataset, epochs, seed, recommender=recommender)
     return {
         "dataset": info.dataset,
+        "recommender": info.recommender,
         "model_key": info.key,
         "trained_now": info.trained_now,
         "metrics": info.metrics,

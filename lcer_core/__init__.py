@@ -5,7 +5,7 @@ by the test suite)::
 
     from lcer_core import api
     data = api.load_dataset("ml-100k")
-    model = api.train_model(data)  # trains Mult-VAE the first time, then reuses it
+    model = api.train_model(data)  # trains the paper's recommender the first time, then reuses it
     rec = model.recommender()
     pairs = api.make_pairs(rec, data, users=10, k=5)  # the first 10 test users' top-5
     expl = api.explain(rec, pairs, "lcer", alpha=0.1, lam=0.01, steps=3000)

@@ -47,12 +47,12 @@ from lcer_core.explainers import get_explainer, get_method, make_config
 from lcer_core.explanations import Explanations, Progress
 from lcer_core.metrics import PairOutcomes, evaluate_pairs
 from lcer_core.metrics import summarize as summarize_outcomes
-from lcer_core.models import MODEL_SEED, TrainedModel, ensure_model
+from lcer_core.models import MODEL_SEED, TrainedModel, ensure_model, recommender_config
 from lcer_core.models import load_model as load_trained
 from lcer_core.pairs import PairBatch, test_users
 from lcer_core.pairs import make_pairs as pairs_of
+from lcer_core.recommender import DEFAULT_RECOMMENDER
 from lcer_core.recommender.base import Recommender
-from lcer_core.recommender.multvae import MultVAEConfig
 
 __all__ = [
     "load_dataset",
@@ -74,12 +74,15 @@ def load_dataset(name: str) -> PreparedDataset:
 def train_model(
     data: PreparedDataset,
     *,
-    epochs: int = MultVAEConfig().epochs,
+    epochs: int | None = None,
     seed: int = MODEL_SEED,
     device: torch.device | str | None = None,
+    recommender: str = DEFAULT_RECOMMENDER,
 ) -> TrainedModel:
-    """The Mult-VAE of ``data`` for ``epochs`` and ``seed``: trained the first time, then reused."""
-    return ensure_model(data, MultVAEConfig(epochs=epochs), seed=seed, device=device)[0]
+    """The ``recommender`` (default: the paper's) of ``data`` for ``epochs`` (None: its default)
+    and ``seed``: trained the first time, then reused."""
+    config = recommender_config(recommender, epochs)
+    return ensure_model(data, config, seed=seed, device=device)[0]
 
 
 def load_model(dataset: str, key: str | None = None) -> TrainedModel:

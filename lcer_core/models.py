@@ -1,9 +1,10 @@
 """Trained recommenders under ``LCER_HOME/models``: training, checkpoints, lookup and locking.
 
 A model is keyed by what determines it (:func:`model_key`: the prepared data's content hash,
-the hyperparameters and the seed); its checkpoint ``model.pt`` holds plain tensors and values
-(read back with ``weights_only``), written atomically beside ``train.json`` (how it was
-trained) and the dataset's ``latest`` pointer. Consumers see a
+the recommender, its hyperparameters and the seed); its checkpoint ``model.pt`` holds plain
+tensors and values (read back with ``weights_only``), written atomically beside ``train.json``
+(how it was trained) and the dataset's ``latest`` pointer (``latest-NAME`` for a recommender
+other than the paper's). Consumers see a
 :class:`~lcer_core.recommender.base.Recommender` (:meth:`TrainedModel.recommender`).
 """
 
@@ -23,7 +24,7 @@ import torch
 
 from lcer_core.datasets import PreparedDataset
 from lcer_core.devices import default_device
-from lcer_core.errors import DamagedDataError, MissingDataError
+from lcer_core.errors import DamagedDataError, LcerError, MissingDataError
 from lcer_core.fsio import (
     ensure_writable,
     home_error,
@@ -33,15 +34,19 @@ from lcer_core.fsio import (
 )
 from lcer_core.keys import content_key
 from lcer_core.paths import models_dir
+from lcer_core.recommender import DEFAULT_RECOMMENDER, get_recommender, kind_of
 from lcer_core.recommender.base import Recommender
-from lcer_core.recommender.multvae import MultVAE, MultVAEConfig, MultVAERecommender
-from lcer_core.recommender.training import EpochReport, evaluate_ranking, fit_multvae
+from lcer_core.recommender.registry import RecommenderKind
+from lcer_core.recommender.training import EpochReport, evaluate_ranking
 
 __all__ = [
     "MODEL_SEED",
     "TRAIN_JSON",
     "TrainedModel",
     "model_key",
+    "check_trainable",
+    "recommender_config",
+    "recommender_of_key",
     "train_model",
     "save_model",
     "checkpoint",
@@ -62,13 +67,15 @@ TRAIN_JSON = "train.json"  # beside model.pt: the config and seed it was trained
 
 @dataclass
 class TrainedModel:
-    """A trained Mult-VAE with what determines it and how well it ranks."""
+    """A trained recommender with what determines it and how well it ranks.
+
+    ``config`` is its kind's config: its type says which kind it is (:attr:`recommender_name`)."""
 
     dataset: str
     key: str
-    config: MultVAEConfig
+    config: Any
     seed: int
-    module: MultVAE
+    module: torch.nn.Module
     metrics: dict[str, float]
     path: Path
     #: Content hash of the prepared data it was trained on (None for old checkpoints).
@@ -76,43 +83,87 @@ class TrainedModel:
 
     def recommender(self, device: torch.device | str | None = None) -> Recommender:
         """The model as a :class:`Recommender` on ``device`` (default: CUDA if visible)."""
-        return MultVAERecommender(self.module, device or default_device())
+        return self.kind.recommender(self.module, device or default_device())
+
+    @property
+    def kind(self) -> type[RecommenderKind]:
+        return kind_of(self.config)
+
+    @property
+    def recommender_name(self) -> str:
+        """The registry name of its kind."""
+        return self.kind.name
+
+    @property
+    def n_items(self) -> int:
+        return int(self.module.n_items)
 
     @property
     def version(self) -> str:
         return self.key
 
 
-def model_key(data: PreparedDataset, config: MultVAEConfig, seed: int) -> str:
+def model_key(data: PreparedDataset, config: Any, seed: int) -> str:
     """Key of a model: the data's content hash, the hyperparameters and the seed (and the
-    data's split seed, named only when it is not the default split: older keys stay)."""
+    data's split seed, named only when it is not the default split: older keys stay).
+
+    The paper's recommender's keys are what they always were; another kind's key starts with
+    its name and names it in the hash too (``ease-3f2a...``), so the key alone says which
+    recommender it is (:func:`recommender_of_key`)."""
+    kind = kind_of(config)
     split = {} if data.split_seed is None else {"split_seed": data.split_seed}
-    return content_key({"data": data.fingerprint, "config": config.dump(), "seed": seed, **split})
+    payload = {"data": data.fingerprint, "config": kind.dump(config), "seed": seed, **split}
+    if kind.name == DEFAULT_RECOMMENDER:
+        return content_key(payload)
+    return f"{kind.name}-{content_key({**payload, 'recommender': kind.name})}"
+
+
+def recommender_of_key(key: str) -> str:
+    """The recommender a model key belongs to: the name before its ``-``, else the paper's."""
+    return key.split("-", 1)[0] if "-" in key else DEFAULT_RECOMMENDER
+
+
+def check_trainable(dataset: str, config: Any) -> None:
+    """Refuse in one line, before any work, a recommender that cannot train on ``dataset`` as it
+    is already prepared (EASE on a catalogue too large); nothing to check before preparation."""
+    from lcer_core.datasets import is_prepared, load_prepared
+
+    if is_prepared(dataset):
+        kind_of(config).check(load_prepared(dataset).n_items, config)
+
+
+def recommender_config(name: str = DEFAULT_RECOMMENDER, epochs: int | None = None) -> Any:
+    """The default config of recommender ``name`` (``epochs``: its training epochs, if it has
+    any); an unknown name is a one-line error naming the known ones."""
+    return get_recommender(name).config(epochs)
 
 
 def train_model(
     data: PreparedDataset,
-    config: MultVAEConfig | None = None,
+    config: Any = None,
     *,
     seed: int = MODEL_SEED,
     device: torch.device | str | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
 ) -> TrainedModel:
-    """Train Mult-VAE on the training users, pick the best epoch on validation NDCG@100,
-    report NDCG@100 and Recall@20/50 on the test users, and save the checkpoint atomically."""
-    cfg = config or MultVAEConfig()
+    """Train the recommender of ``config`` (default: the paper's) on the training users, keep the
+    best epoch on validation NDCG@100, report NDCG@100 and Recall@20/50 on the test users,
+    and save the checkpoint atomically."""
+    cfg = config or recommender_config()
+    kind = kind_of(cfg)
+    kind.check(data.n_items, cfg)
     ensure_writable(models_dir() / data.name)
     dev = device or default_device()
     train = data.rows("train", data.users_of("train"))  # sparse: one dense batch at a time
     val_users = data.users_of("val")
     vtr, vte = data.rows("val_tr", val_users), data.rows("val_te", val_users)
-    gen = fit_multvae(train, vtr, vte, config=cfg, seed=seed, device=dev)
+    gen = kind.fit(train, vtr, vte, config=cfg, seed=seed, device=dev)
     best_epoch = 0
     while True:
         try:
             report = next(gen)
         except StopIteration as stop:
-            module: MultVAE = stop.value
+            module: torch.nn.Module = stop.value
             break
         best_epoch = report.best_epoch
         if on_epoch is not None:
@@ -143,10 +194,12 @@ def save_model(model: TrainedModel, data: PreparedDataset) -> TrainedModel:
     write_bytes_atomic(path, model_bytes(model))
     # How it was trained, beside it: what a damaged checkpoint's error names as its repair.
     write_json_atomic(
-        path.parent / TRAIN_JSON, {"config": model.config.dump(), "seed": model.seed}, indent=None
+        path.parent / TRAIN_JSON,
+        {"config": model.kind.dump(model.config), "seed": model.seed, **_named(model)},
+        indent=None,
     )
     if data.split_seed is None:
-        write_text_atomic(path.parent.parent / "latest", model.key)
+        write_text_atomic(path.parent.parent / _latest(model.recommender_name), model.key)
     model.path = path
     return model
 
@@ -155,13 +208,25 @@ def checkpoint(model: TrainedModel) -> dict[str, Any]:
     """What a model's checkpoint file holds (weights, configuration, metrics), as plain tensors and values."""
     return {
         "state_dict": model.module.state_dict(),
-        "config": model.config.dump(),
+        "config": model.kind.dump(model.config),
         "seed": model.seed,
-        "n_items": model.module.n_items,
+        "n_items": model.n_items,
         "metrics": model.metrics,
         "data_fingerprint": model.data_fingerprint,
         "dataset": model.dataset,
+        **_named(model),
     }
+
+
+def _named(model: TrainedModel) -> dict[str, str]:
+    """``{"recommender": NAME}`` for a kind other than the paper's (whose files stay as they were)."""
+    name = model.recommender_name
+    return {} if name == DEFAULT_RECOMMENDER else {"recommender": name}
+
+
+def _latest(recommender: str) -> str:
+    """The file naming a dataset's latest model of ``recommender``: ``latest`` for the paper's."""
+    return "latest" if recommender == DEFAULT_RECOMMENDER else f"latest-{recommender}"
 
 
 def model_bytes(model: TrainedModel) -> bytes:
@@ -182,13 +247,18 @@ def repair_command(dataset: str, key: str) -> str:
     command = f"lcer train {dataset}"
     try:
         recorded = json.loads((models_dir() / dataset / key / TRAIN_JSON).read_text())
-        cfg, seed = MultVAEConfig(**recorded["config"]), int(recorded["seed"])
-    except (OSError, ValueError, KeyError, TypeError):
+        name = str(recorded.get("recommender", DEFAULT_RECOMMENDER))
+        kind = get_recommender(name)
+        cfg, seed = kind.config_type(**recorded["config"]), int(recorded["seed"])
+    except (OSError, ValueError, KeyError, TypeError, LcerError):
         return command
-    if cfg != MultVAEConfig(epochs=cfg.epochs):
+    if name != DEFAULT_RECOMMENDER:
+        command += f" --recommender {name}"
+    epochs = getattr(cfg, "epochs", None)
+    if cfg != kind.config(epochs):
         return command  # hyperparameters the command line cannot set
-    if cfg.epochs != MultVAEConfig().epochs:
-        command += f" --epochs {cfg.epochs}"
+    if epochs is not None and epochs != kind.config().epochs:
+        command += f" --epochs {epochs}"
     if seed != MODEL_SEED:
         command += f" --seed {seed}"
     return command
@@ -198,8 +268,9 @@ def _load_checkpoint(dataset: str, key: str, source: io.BytesIO | None = None) -
     path = models_dir() / dataset / key / "model.pt"
     try:
         blob = torch.load(path if source is None else source, map_location="cpu", weights_only=True)
-        cfg = MultVAEConfig(**blob["config"])
-        module = MultVAE(int(blob["n_items"]), cfg)
+        kind = get_recommender(blob.get("recommender", DEFAULT_RECOMMENDER))
+        cfg = kind.config_type(**blob["config"])
+        module = kind.build(int(blob["n_items"]), cfg)
         module.load_state_dict(blob["state_dict"])
         model = TrainedModel(
             dataset,
@@ -226,12 +297,16 @@ def _load_checkpoint(dataset: str, key: str, source: io.BytesIO | None = None) -
 
 
 def find_model(
-    dataset: str, key: str | None = None, *, damaged_as_absent: bool = False
+    dataset: str,
+    key: str | None = None,
+    *,
+    damaged_as_absent: bool = False,
+    recommender: str = DEFAULT_RECOMMENDER,
 ) -> TrainedModel | None:
-    """The model with ``key`` (default: the latest trained) for ``dataset``, or None; a damaged
-    checkpoint is a :class:`DamagedDataError`, or None with ``damaged_as_absent`` (training)."""
+    """The model with ``key`` (default: the latest trained of ``recommender``) for ``dataset``, or
+    None; a damaged checkpoint is a :class:`DamagedDataError`, or None with ``damaged_as_absent``."""
     if key is None:
-        latest = models_dir() / dataset / "latest"
+        latest = models_dir() / dataset / _latest(recommender)
         if not latest.is_file():
             return None
         key = latest.read_text().strip()
@@ -246,14 +321,15 @@ def find_model(
 
 
 @contextlib.contextmanager
-def training_lock(
-    dataset: str, config: MultVAEConfig | None = None, seed: int = MODEL_SEED
-) -> Iterator[None]:
-    """Hold the lock of one model (dataset, hyperparameters, seed) across processes: a second
-    training of the same model waits here, then finds the first one's checkpoint."""
-    cfg = config or MultVAEConfig()
+def training_lock(dataset: str, config: Any = None, seed: int = MODEL_SEED) -> Iterator[None]:
+    """Hold the lock of one model (dataset, recommender, hyperparameters, seed) across processes:
+    a second training of the same model waits here, then finds the first one's checkpoint."""
+    cfg = config or recommender_config()
+    kind = kind_of(cfg)
+    named = {} if kind.name == DEFAULT_RECOMMENDER else {"recommender": kind.name}
     folder = models_dir() / dataset
-    path = folder / f".train-{content_key({'config': cfg.dump(), 'seed': seed})[:16]}.lock"
+    token = content_key({"config": kind.dump(cfg), "seed": seed, **named})[:16]
+    path = folder / f".train-{token}.lock"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -279,7 +355,7 @@ def load_model(dataset: str, key: str | None = None) -> TrainedModel:
 def check_model_data(model: TrainedModel, data: PreparedDataset) -> None:
     """A model trained on other data than ``data`` (re-prepared with another seed, another file)
     would explain the wrong users: a one-line error that says to train again."""
-    if model.module.n_items != data.n_items or (
+    if model.n_items != data.n_items or (
         model.data_fingerprint is not None and model.data_fingerprint != data.fingerprint
     ):
         raise MissingDataError(
@@ -290,14 +366,14 @@ def check_model_data(model: TrainedModel, data: PreparedDataset) -> None:
 
 def ensure_model(
     data: PreparedDataset,
-    config: MultVAEConfig | None = None,
+    config: Any = None,
     *,
     seed: int = MODEL_SEED,
     device: torch.device | str | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
 ) -> tuple[TrainedModel, bool]:
     """The model for (data, config, seed), trained only if no checkpoint exists; (model, trained?)."""
-    cfg = config or MultVAEConfig()
+    cfg = config or recommender_config()
     with training_lock(data.name, cfg, seed):
         existing = find_model(data.name, model_key(data, cfg, seed), damaged_as_absent=True)
         if existing is not None:

@@ -20,6 +20,7 @@ __all__ = [
     "PAPER_LCER_PARAMS",
     "PAPER_ALPHAS",
     "PAPER_LAMS",
+    "PAPER_RECOMMENDER",
     "SUBJECT_METHOD",
     "TABLE_ORDER",
     "paper_table2",
@@ -66,6 +67,9 @@ PAPER_TABLE2: tuple[tuple[str, str, int, float | None, float, float, float, floa
 
 #: The paper's row order of its tables (Table 2 lists its methods in this order).
 TABLE_ORDER: tuple[str, ...] = tuple(dict.fromkeys(row[1] for row in PAPER_TABLE2))
+
+#: The recommender the paper explains (section 3.2.1): Mult-VAE, by its registry name.
+PAPER_RECOMMENDER = "multvae"
 
 #: The method the paper proposes and studies: Table 3 sets each baseline beside its runs of about
 #: the baseline's length, the α/λ figures and the λ study sweep it, the report explains with it.

@@ -35,7 +35,8 @@ RUN_PLANNED = "run_planned"
 SHARD_DONE = "shard_done"
 #: Pairs explained so far in a shard: ``run``, ``index``, ``done``, ``total``.
 STEPS = "steps"
-#: A Mult-VAE training epoch ended: ``dataset``, ``epoch``, ``epochs``, ``val_ndcg100``.
+#: A training epoch ended: ``dataset``, ``epoch``, ``epochs``, ``val_ndcg100``, ``recommender``
+#: (its kind's title).
 EPOCH = "epoch"
 EVENTS = (PLANNED, RUN_PLANNED, SHARD_DONE, STEPS, EPOCH)
 

@@ -3,8 +3,9 @@
 Layout (see ``mlflow/README.md``): one experiment per dataset, named as the dataset; one
 run per (method, k, α, λ) with params ``method, k, alpha, lam`` and metrics ``val_pct, len,
 ps_pct, pn_pct, fns_pct``; a sweep is a parent run whose children carry the tag
-``mlflow.parentRunId``; the trained Mult-VAE is logged with the PyTorch flavour and
-registered as ``multvae-DATASET`` (a new version per training, alias :data:`MODEL_ALIAS`).
+``mlflow.parentRunId``; a trained recommender is logged with the PyTorch flavour and
+registered as ``RECOMMENDER-DATASET`` (``multvae-ml-100k``, ``ease-ml-100k``; a new version per
+training, alias :data:`MODEL_ALIAS`), from a run named ``train-RECOMMENDER``.
 
 Every function here is plain and thread-safe: runs are created and closed through an
 explicit :class:`~mlflow.tracking.MlflowClient`, never through the fluent "active run"
@@ -40,11 +41,13 @@ from mlflow.tracking import MlflowClient
 
 from lcer_core import paths
 from lcer_core.explainers import loaded_plugins
+from lcer_core.recommender import DEFAULT_RECOMMENDER
 
 __all__ = [
     "METRICS",
     "MODEL_ALIAS",
     "TRAIN_RUN_NAME",
+    "train_run_name",
     "configure",
     "artifacts_root",
     "client",
@@ -75,10 +78,10 @@ log = logging.getLogger(__name__)
 
 #: The evaluation metrics every explanation run carries (percentages as 0–100, ``len`` in items).
 METRICS = ("val_pct", "len", "ps_pct", "pn_pct", "fns_pct")
-#: The alias that always points at the newest registered Mult-VAE of a dataset.
+#: The alias that always points at the newest registered model of a dataset and recommender.
 MODEL_ALIAS = "current"
-#: Run name of a Mult-VAE training run.
-TRAIN_RUN_NAME = "train-multvae"
+#: Run name of a training run of the default recommender (:func:`train_run_name`).
+TRAIN_RUN_NAME = f"train-{DEFAULT_RECOMMENDER}"
 
 # Tags that tie a run to the process that owns it (for fail_stale_runs).
 _TAG_PID = "lcer.pid"
@@ -548,14 +551,21 @@ def _fail_open_runs() -> None:
 # --------------------------------------------------------------------------- models
 
 
-def registered_model_name(dataset: str) -> str:
-    """``multvae-DATASET``: the registry name of the dataset's Mult-VAE."""
-    return f"multvae-{dataset}"
+def train_run_name(recommender: str = DEFAULT_RECOMMENDER) -> str:
+    """``train-RECOMMENDER``: the name of a training run (``train-multvae``)."""
+    return f"train-{recommender}"
 
 
-def registered_model_uri(dataset: str, version: int | None = None) -> str:
-    """``models:/multvae-DATASET/VERSION``, or the :data:`MODEL_ALIAS` alias when no version is given."""
-    name = registered_model_name(dataset)
+def registered_model_name(dataset: str, recommender: str = DEFAULT_RECOMMENDER) -> str:
+    """``RECOMMENDER-DATASET``: the registry name of the dataset's model (``multvae-ml-100k``)."""
+    return f"{recommender}-{dataset}"
+
+
+def registered_model_uri(
+    dataset: str, version: int | None = None, recommender: str = DEFAULT_RECOMMENDER
+) -> str:
+    """``models:/RECOMMENDER-DATASET/VERSION``, or the :data:`MODEL_ALIAS` alias when no version is given."""
+    name = registered_model_name(dataset, recommender)
     return f"models:/{name}/{version}" if version is not None else f"models:/{name}@{MODEL_ALIAS}"
 
 
@@ -571,11 +581,13 @@ def log_model(
     params: Mapping[str, Any],
     metrics: Mapping[str, Any],
     input_example: np.ndarray,
-    run_name: str = TRAIN_RUN_NAME,
+    run_name: str | None = None,
     tags: Mapping[str, Any] | None = None,
     run_id: str | None = None,
+    recommender: str = DEFAULT_RECOMMENDER,
 ) -> dict[str, Any]:
-    """Log a trained Mult-VAE (PyTorch flavour, signature, input example) and register a new version.
+    """Log a trained ``recommender`` (PyTorch flavour, signature, input example) and register a
+    new version of ``RECOMMENDER-DATASET``; the run is named ``train-RECOMMENDER`` unless told.
 
     With ``run_id``, the model goes into that open run (the training run, opened with
     :func:`start_run` before training), which is then closed, instead of a new run.
@@ -599,9 +611,10 @@ def log_model(
     if isinstance(out, (tuple, list)):
         out = out[0]
     signature = infer_signature(example, out.detach().numpy())
-    name = registered_model_name(dataset)
+    name = registered_model_name(dataset, recommender)
     all_params = {"dataset": dataset, **params}
     all_tags = {_TAG_KIND: "train", **(tags or {})}
+    run_name = run_name or train_run_name(recommender)
     opened = (
         tracked_run(dataset, run_name=run_name, params=all_params, tags=all_tags)
         if run_id is None
@@ -614,7 +627,7 @@ def log_model(
         with mlflow.start_run(run_id=run_id, nested=nested):
             info = mlflow.pytorch.log_model(
                 cpu_model,
-                name="multvae",
+                name=recommender,
                 signature=signature,
                 input_example=example,
                 registered_model_name=name,
@@ -627,13 +640,15 @@ def log_model(
     return {"run_id": run_id, "model_uri": info.model_uri, "version": version}
 
 
-def load_model(dataset: str, version: int | None = None) -> torch.nn.Module:
-    """The registered Mult-VAE of ``dataset`` (the :data:`MODEL_ALIAS` version unless one is given).
+def load_model(
+    dataset: str, version: int | None = None, recommender: str = DEFAULT_RECOMMENDER
+) -> torch.nn.Module:
+    """The registered ``recommender`` of ``dataset`` (the :data:`MODEL_ALIAS` version unless one is given).
 
     MLflow's PyTorch flavour unpickles the model: load only from a store you trust (no lcer
     command calls this; they load checkpoints with ``weights_only``)."""
     configure()
-    return mlflow.pytorch.load_model(registered_model_uri(dataset, version))
+    return mlflow.pytorch.load_model(registered_model_uri(dataset, version, recommender))
 
 
 # --------------------------------------------------------------------------- explainer networks

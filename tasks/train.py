@@ -1,6 +1,6 @@
-"""Prefect tasks for the recommender: train Mult-VAE (or reuse the checkpoint), register it in MLflow.
+"""Prefect tasks for the recommender: train it (or reuse the checkpoint), register it in MLflow.
 
-A training opens its MLflow run (``train-multvae``, RUNNING) before the first epoch and
+A training opens its MLflow run (``train-RECOMMENDER``, RUNNING) before the first epoch and
 :func:`register` logs the model into it and closes it: a process killed mid-training leaves
 that run RUNNING until the next flow closes it as FAILED (``fail_stale_runs``), and no
 checkpoint, since checkpoints are written whole or not at all.
@@ -19,11 +19,11 @@ from prefect.cache_policies import NO_CACHE
 
 from lcer_core import models
 from lcer_core.datasets import PreparedDataset, load_prepared
-from lcer_core.recommender.multvae import MultVAEConfig
+from lcer_core.recommender import DEFAULT_RECOMMENDER, kind_of
 from lcer_core.recommender.training import EpochReport
 from tasks import mlflow_client, progress
 
-__all__ = ["ModelInfo", "Registration", "train", "register", "bind_networks"]
+__all__ = ["ModelInfo", "Registration", "train", "train_task", "register", "bind_networks"]
 
 _MODEL_KEY_TAG = "lcer.model_key"
 _Logger = logging.Logger | logging.LoggerAdapter[Any]  # what get_run_logger returns
@@ -31,7 +31,7 @@ _Logger = logging.Logger | logging.LoggerAdapter[Any]  # what get_run_logger ret
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A trained Mult-VAE as the flows pass it around: where it is and how it was made."""
+    """A trained recommender as the flows pass it around: where it is and how it was made."""
 
     dataset: str
     key: str
@@ -44,11 +44,13 @@ class ModelInfo:
     mlflow_run_id: str | None = None
     #: The split seed of the data it was trained on (None: the default split).
     split_seed: int | None = None
+    #: Its recommender's registry name.
+    recommender: str = DEFAULT_RECOMMENDER
 
 
 @dataclass(frozen=True)
 class Registration:
-    """Where the model is in the MLflow registry (``multvae-DATASET``)."""
+    """Where the model is in the MLflow registry (``RECOMMENDER-DATASET``)."""
 
     run_id: str
     model_uri: str
@@ -57,7 +59,7 @@ class Registration:
 
 
 def _epoch_reporter(
-    dataset: str, epochs: int, history: dict[str, list[float]], logger: _Logger
+    dataset: str, epochs: int, history: dict[str, list[float]], logger: _Logger, title: str
 ) -> Callable[[EpochReport], None]:
     """A callback that records each epoch in ``history``, emits its progress and logs it."""
 
@@ -70,6 +72,7 @@ def _epoch_reporter(
             epoch=report.epoch,
             epochs=epochs,
             val_ndcg100=report.val_ndcg100,
+            recommender=title,
         )
         logger.info(
             "epoch %d/%d: loss %.2f, validation NDCG@100 %.4f (best epoch %d)",
@@ -86,20 +89,22 @@ def _epoch_reporter(
 def _train_tracked(
     dataset: str,
     data: PreparedDataset,
-    config: MultVAEConfig,
+    config: Any,
     seed: int,
     key: str,
     on_epoch: Callable[[EpochReport], None],
     logger: _Logger,
 ) -> tuple[models.TrainedModel, str]:
     """Open the training's MLflow run and train; a failed training marks that run FAILED."""
+    kind = kind_of(config)
     mlflow_client.configure()
     run_id = mlflow_client.start_run(
         dataset,
-        run_name=mlflow_client.TRAIN_RUN_NAME,
+        run_name=mlflow_client.train_run_name(kind.name),
         params={
             "dataset": dataset,
-            **config.dump(),
+            **_recommender_params(kind.name),
+            **kind.dump(config),
             "seed": seed,
             "data_fingerprint": data.fingerprint,
             **_split_params(data),
@@ -118,20 +123,23 @@ def _train_tracked(
     return model, run_id
 
 
-@task(name="train-multvae", cache_policy=NO_CACHE)
+@task(name=mlflow_client.TRAIN_RUN_NAME, cache_policy=NO_CACHE)
 def train(
     dataset: str,
-    epochs: int = MultVAEConfig().epochs,
+    epochs: int | None = None,
     seed: int = models.MODEL_SEED,
     split_seed: int | None = None,
+    recommender: str = DEFAULT_RECOMMENDER,
 ) -> ModelInfo:
-    """Train Mult-VAE on ``dataset`` (on its split ``split_seed``), or reuse the checkpoint
-    trained on the same data with the same settings."""
+    """Train ``recommender`` on ``dataset`` (on its split ``split_seed``), or reuse the checkpoint
+    trained on the same data with the same settings; ``epochs`` (None: the recommender's
+    default) is ignored by a recommender trained in closed form."""
     logger = get_run_logger()
-    config = MultVAEConfig(epochs=epochs)
+    config = models.recommender_config(recommender, epochs)
+    kind = kind_of(config)
     data = load_prepared(dataset, split_seed)
     history: dict[str, list[float]] = {"loss": [], "val_ndcg100": []}
-    on_epoch = _epoch_reporter(dataset, epochs, history, logger)
+    on_epoch = _epoch_reporter(dataset, kind.epochs(config), history, logger, kind.title)
     key = models.model_key(data, config, seed)
     model = models.find_model(dataset, key, damaged_as_absent=True)  # a damaged one is retrained
     trained_now, run_id = model is None, None
@@ -146,7 +154,8 @@ def train(
         key=model.key,
         trained_now=trained_now,
         params={
-            **model.config.dump(),
+            **_recommender_params(kind.name),
+            **kind.dump(model.config),
             "seed": seed,
             "data_fingerprint": data.fingerprint,
             **_split_params(data),
@@ -157,7 +166,20 @@ def train(
         history=history if trained_now else {},
         mlflow_run_id=run_id,
         split_seed=split_seed,
+        recommender=kind.name,
     )
+
+
+def train_task(recommender: str = DEFAULT_RECOMMENDER) -> Any:
+    """:func:`train`, named ``train-RECOMMENDER`` in Prefect as its MLflow run is."""
+    if recommender == DEFAULT_RECOMMENDER:
+        return train
+    return train.with_options(name=mlflow_client.train_run_name(recommender))
+
+
+def _recommender_params(name: str) -> dict[str, str]:
+    """The recommender as a param, for any but the paper's (whose params stay as they were)."""
+    return {} if name == DEFAULT_RECOMMENDER else {"recommender": name}
 
 
 def _split_params(data: PreparedDataset) -> dict[str, int]:
@@ -195,7 +217,7 @@ def _existing_registration(dataset: str, key: str) -> Registration | None:
 
 @task(name="register-model", cache_policy=NO_CACHE)
 def register(info: ModelInfo) -> Registration:
-    """Log the model to MLflow (PyTorch flavour) and register it as ``multvae-DATASET``, once per model key."""
+    """Log the model to MLflow (PyTorch flavour) and register it as ``RECOMMENDER-DATASET``, once per model key."""
     logger = get_run_logger()
     mlflow_client.configure()
     mlflow_client.ensure_experiment(info.dataset)
@@ -216,10 +238,11 @@ def register(info: ModelInfo) -> Registration:
         input_example=example.numpy(),
         tags={_MODEL_KEY_TAG: info.key},
         run_id=info.mlflow_run_id,
+        recommender=info.recommender,
     )
     logger.info(
         "registered %s version %s (MLflow run %s)",
-        mlflow_client.registered_model_name(info.dataset),
+        mlflow_client.registered_model_name(info.dataset, info.recommender),
         out["version"],
         out["run_id"],
     )

@@ -6,6 +6,7 @@ explains 4 test users in shards of 2 with every method; later tests reuse that m
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,6 +158,48 @@ def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: P
     assert store.counts() == counts
 
 
+def test_cli_runs_ease_through_the_pipeline_and_reports_a_table_per_recommender(
+    flow_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dataset_fixtures import run_cli
+
+    import lcer_core.cli.pipeline  # noqa: F401  (registers run)
+    import lcer_core.cli.results  # noqa: F401  (registers report)
+    from tasks import mlflow_client
+
+    common = ["ml-100k", "--methods", "lcer,kaffes", "--k", "2", "--users", "3", "--steps", "20"]
+    code, _, err = run_cli(["run", *common, "--recommender", "ease"], capsys)
+    assert code == 0, err[-2000:]
+    code, _, err = run_cli(["run", *common, "--epochs", str(TINY["epochs"])], capsys)  # Mult-VAE
+    assert code == 0, err[-2000:]
+
+    code, out, err = run_cli(["report", "ml-100k", "--no-train"], capsys)
+    assert code == 0, err
+    assert "recommender multvae · top-2" in out and "recommender ease · top-2" in out
+    code, out, _ = run_cli(["report", "ml-100k", "--no-train", "--format", "json"], capsys)
+    rows = [r for r in json.loads(out)["table2_by_recommender"] if r["k"] == 2]
+    assert sorted((r["recommender"], r["method"]) for r in rows) == [
+        ("ease", "kaffes"), ("ease", "lcer"), ("multvae", "kaffes"), ("multvae", "lcer"),
+    ]  # fmt: skip
+    ease = {r["model_key"] for r in rows if r["recommender"] == "ease"}
+    assert len(ease) == 1 and next(iter(ease)).startswith("ease-")
+    assert all(r["n_pairs"] == 6 for r in rows)
+
+    # the model: its own checkpoint folder, registry name and training run; Mult-VAE's kept
+    store = ResultStore()
+    models = store.query("SELECT model_key, params_json FROM models ORDER BY model_key")
+    assert sum(k.startswith("ease-") for k in models["model_key"]) == 1
+    assert (flow_home / "models" / "ml-100k" / "latest-ease").read_text() in ease
+    client = mlflow_client.client()
+    assert client.get_registered_model("ease-ml-100k") is not None
+    assert client.get_registered_model("multvae-ml-100k") is not None
+    names = {
+        r.info.run_name
+        for r in client.search_runs([client.get_experiment_by_name("ml-100k").experiment_id])
+    }
+    assert {"train-ease", "train-multvae"} <= names
+
+
 def test_sweep_is_a_parent_mlflow_run_with_one_child_per_grid_point(flow_home: Path) -> None:
     from flows.sweep import lcer_sweep
     from tasks import mlflow_client
@@ -280,6 +323,8 @@ def test_ray_runner_without_prefect_ray_is_one_clear_line() -> None:
             "--alphas must be a finite number in [0, 1e6), got -1.0",
         ),
         (["train", "ml-100k", "--epochs", "0"], "--epochs must be >= 1"),
+        (["run", "--recommender", "bogus"], "unknown recommender 'bogus'; known: ease, multvae"),
+        (["train", "ml-100k", "--recommender", "x"], "unknown recommender 'x'; known: ease"),
     ],
 )
 def test_cli_refuses_bad_options_in_one_line(

@@ -20,7 +20,9 @@ def train_explainer(
     force: bool = typer.Option(False, "--force", help="Train again even if it is saved."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     no_train: bool = typer.Option(
-        False, "--no-train", help="Refuse (exit 2) instead of preparing data or training Mult-VAE."
+        False,
+        "--no-train",
+        help="Refuse (exit 2) instead of preparing data or training a recommender.",
     ),
 ) -> None:
     """Train the amortised explainer's network for DATASET and K on the training users' pairs

@@ -10,6 +10,7 @@ import typer
 
 from lcer_core.cli.output import printable
 from lcer_core.errors import InvalidParameterError, MissingDataError
+from lcer_core.paper import PAPER_RECOMMENDER as DEFAULT_RECOMMENDER
 
 if TYPE_CHECKING:
     from lcer_core.datasets import PreparedDataset
@@ -20,19 +21,39 @@ if TYPE_CHECKING:
 __all__ = ["explain", "ensure_model_and_data"]
 
 
-def ensure_model_and_data(dataset: str, *, no_train: bool, epochs: int | None = None):  # noqa: ANN201
-    """The latest trained model of ``dataset`` and its prepared data, preparing and training
-    what is missing (one line on stderr says so); with ``no_train``, a missing one is refused."""
+def ensure_model_and_data(  # noqa: ANN201
+    dataset: str,
+    *,
+    no_train: bool,
+    epochs: int | None = None,
+    recommender: str = DEFAULT_RECOMMENDER,
+):
+    """The latest trained ``recommender`` of ``dataset`` and its prepared data, preparing and
+    training what is missing (one line on stderr says so); with ``no_train``, a missing one is
+    refused."""
     from lcer_core.cli.progress import epoch_bar
     from lcer_core.datasets import ensure_prepared, is_prepared
-    from lcer_core.models import check_model_data, ensure_model, find_model, load_model
-    from lcer_core.recommender.multvae import MultVAEConfig
+    from lcer_core.models import (
+        check_model_data,
+        check_trainable,
+        ensure_model,
+        find_model,
+        load_model,
+        recommender_config,
+    )
+    from lcer_core.recommender import kind_of
 
-    config = MultVAEConfig() if epochs is None else MultVAEConfig(epochs=epochs)
-    model = find_model(dataset)
+    config = recommender_config(recommender, epochs)
+    kind = kind_of(config)
+    model = find_model(dataset, recommender=recommender)
     if no_train:
-        if model is None:
+        if model is None and recommender == DEFAULT_RECOMMENDER:
             load_model(dataset)  # the one-line refusal that names `lcer train`
+        if model is None:
+            raise MissingDataError(
+                f"no trained {kind.title} for {dataset!r}: "
+                f"run `lcer train {dataset} --recommender {recommender}` first"
+            )
         if not is_prepared(dataset):
             raise MissingDataError(
                 f"dataset {dataset!r} is not prepared: run `lcer prepare {dataset}` first"
@@ -41,14 +62,15 @@ def ensure_model_and_data(dataset: str, *, no_train: bool, epochs: int | None = 
         data = ensure_prepared(dataset)
         check_model_data(model, data)
         return model, data
-    todo = (
-        "training Mult-VAE" if is_prepared(dataset) else "preparing the data and training Mult-VAE"
-    )
+    check_trainable(dataset, config)
+    todo = f"training {kind.title}"
+    todo = todo if is_prepared(dataset) else f"preparing the data and {todo}"
     typer.echo(
-        f"no trained model for {dataset} yet: {todo} ({config.epochs} epochs) first", err=True
+        f"no trained model for {dataset} yet: {todo} ({kind.epochs(config)} epochs) first",
+        err=True,
     )
     data = ensure_prepared(dataset)
-    with epoch_bar(f"train Mult-VAE {dataset}", config.epochs) as on_epoch:
+    with epoch_bar(f"train {kind.title} {dataset}", kind.epochs(config)) as on_epoch:
         model, _ = ensure_model(data, config, on_epoch=on_epoch)
     return model, data
 
@@ -115,14 +137,18 @@ def explain(
     epochs: int = typer.Option(
         None,
         "--epochs",
-        help="Mult-VAE training epochs, when there is no model yet (default: Mult-VAE's).",
+        help="Training epochs of the recommender, when there is no model yet (default: its own).",
+    ),
+    recommender: str = typer.Option(
+        DEFAULT_RECOMMENDER,
+        help="The recommender whose latest model is explained, by its registry name (default: the paper's).",
     ),
 ) -> None:
     """Explain recommendations with METHOD on the latest trained model (prepared and trained first if needed)."""
     from lcer_core import checks
     from lcer_core.datasets import get_spec
+    from lcer_core.models import recommender_config
     from lcer_core.pairs import test_users as first_test_users
-    from lcer_core.recommender.multvae import MultVAEConfig
 
     if budget is not None:
         from lcer_core.explainers import get_method
@@ -137,8 +163,10 @@ def explain(
     if item is not None and user is None:
         raise InvalidParameterError("--item needs --user")
     get_spec(dataset)  # an unknown name fails here
-    epochs = (MultVAEConfig() if epochs is None else MultVAEConfig(epochs=epochs)).epochs
-    model, data = ensure_model_and_data(dataset, no_train=no_train, epochs=epochs)
+    recommender_config(recommender, epochs)  # an unknown name or a bad --epochs fails here
+    model, data = ensure_model_and_data(
+        dataset, no_train=no_train, epochs=epochs, recommender=recommender
+    )
     from lcer_core.amortised_store import bind_network
 
     config = bind_network(
@@ -182,7 +210,7 @@ def explain(
                 seed=seed,
                 progress=progress,
             )
-    title = f"User {user} of {dataset}, top-{k} by Mult-VAE, explained by {method}:"
+    title = f"User {user} of {dataset}, top-{k} by {model.kind.title}, explained by {method}:"
     _print_result(result, as_json=as_json, title=None if user is None else title)
 
 

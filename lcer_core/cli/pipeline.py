@@ -17,6 +17,13 @@ import typer
 from lcer_core import paths
 from lcer_core.cli.progress import Session, session
 from lcer_core.errors import InvalidParameterError
+from lcer_core.paper import PAPER_RECOMMENDER as DEFAULT_RECOMMENDER
+
+#: ``--recommender``: which registered recommender is trained and explained.
+RECOMMENDER_OPTION = typer.Option(
+    help="The recommender to train and explain, by its registry name (default: the paper's; "
+    "an unknown name lists the others)."
+)
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -183,9 +190,10 @@ def run(
     epochs: Annotated[
         int | None,
         typer.Option(
-            help="Mult-VAE training epochs (when it must be trained; default: Mult-VAE's)."
+            help="Training epochs of the recommender (when it must be trained; default: its own)."
         ),
     ] = None,
+    recommender: Annotated[str, RECOMMENDER_OPTION] = DEFAULT_RECOMMENDER,
     runner: Annotated[str, typer.Option(help="Task runner: threads or ray.")] = "threads",
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (with --runner ray).")
@@ -221,6 +229,7 @@ def run(
         address=address,
         storage=storage,
         verbose=verbose,
+        recommender=recommender,
     )
     _print_results(rows)
     pages = [
@@ -251,6 +260,7 @@ def run_pipeline(
     address: str | None = None,
     storage: str | None = None,
     verbose: bool = False,
+    recommender: str = DEFAULT_RECOMMENDER,
 ) -> tuple[list[dict[str, Any]], Session]:
     """Validate ``lcer run``'s options, then run the pipeline flow; its rows and the display session."""
     from lcer_core.explainers import PAPER_METHODS
@@ -282,7 +292,7 @@ def run_pipeline(
         address=address,
         split_seeds=split_list or [],
     )
-    epochs = _training(epochs)
+    epochs = _training(epochs, recommender, names)
     _check_storage(storage)
     prefect_environment()
     from flows.pipeline import lcer_pipeline
@@ -303,15 +313,22 @@ def run_pipeline(
             seeds=seed_list,
             budget=budget,
             split_seeds=split_list,
+            recommender=recommender,
         )
     return rows, shown
 
 
-def _training(epochs: int | None) -> int:
-    """``--epochs`` (None: Mult-VAE's default), checked by Mult-VAE's config."""
-    from lcer_core.recommender.multvae import MultVAEConfig
+def _training(
+    epochs: int | None, recommender: str = DEFAULT_RECOMMENDER, datasets: list[str] = ()
+) -> int:
+    """``--epochs`` (None: the default recommender's), checked by ``recommender``'s config; an
+    unknown recommender, or a prepared dataset it cannot train on, is one line here."""
+    from lcer_core.models import check_trainable, recommender_config
 
-    return (MultVAEConfig() if epochs is None else MultVAEConfig(epochs=epochs)).epochs
+    config = recommender_config(recommender, epochs)
+    for dataset in datasets:
+        check_trainable(dataset, config)
+    return epochs if epochs is not None else recommender_config().epochs
 
 
 def _validate_explanations(
@@ -365,7 +382,7 @@ def sweep(
     epochs: Annotated[
         int | None,
         typer.Option(
-            help="Mult-VAE training epochs (when it must be trained; default: Mult-VAE's)."
+            help="Training epochs of the recommender (when it must be trained; default: its own)."
         ),
     ] = None,
     runner: Annotated[str, typer.Option(help="Task runner: threads or ray.")] = "threads",
@@ -417,8 +434,9 @@ def sweep(
 def train(
     dataset: Annotated[str, typer.Argument(help="Dataset name.")],
     epochs: Annotated[
-        int | None, typer.Option(help="Training epochs (default: Mult-VAE's).")
+        int | None, typer.Option(help="Training epochs (default: the recommender's own).")
     ] = None,
+    recommender: Annotated[str, RECOMMENDER_OPTION] = DEFAULT_RECOMMENDER,
     seed: Annotated[
         int | None, typer.Option(help="Seed of the model's initialisation and batches.")
     ] = None,
@@ -427,19 +445,19 @@ def train(
         typer.Option("--verbose", "-v", help="Print the full log stream instead of progress bars."),
     ] = False,
 ) -> None:
-    """Train Mult-VAE on DATASET (unless the same model exists) and register it in MLflow as multvae-DATASET."""
+    """Train the recommender on DATASET (unless the same model exists) and register it in MLflow as RECOMMENDER-DATASET."""
     from lcer_core.checks import check_seed
     from lcer_core.datasets import get_spec
     from lcer_core.models import MODEL_SEED
 
     get_spec(dataset)
-    epochs = _training(epochs)
+    epochs = _training(epochs, recommender, [dataset])
     model_seed = check_seed(MODEL_SEED if seed is None else seed)
     prefect_environment()
     from flows.train import lcer_train
 
     with session(verbose=verbose) as shown:
-        out = lcer_train(dataset=dataset, epochs=epochs, seed=model_seed)
+        out = lcer_train(dataset=dataset, epochs=epochs, seed=model_seed, recommender=recommender)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in out["metrics"].items() if k != "best_epoch")
     verb = "trained" if out["trained_now"] else "already trained"
     typer.echo(

@@ -138,7 +138,7 @@ class _Run:
 
 
 class _Listener:
-    """Turns :mod:`lcer_core.progress_events` into bars: Mult-VAE epochs, explanation pairs per run."""
+    """Turns :mod:`lcer_core.progress_events` into bars: training epochs, explanation pairs per run."""
 
     def __init__(self, bar: Progress) -> None:
         self.bar = bar
@@ -154,12 +154,18 @@ class _Listener:
                 handler(**fields)
 
     def _on_epoch(
-        self, dataset: str, epoch: int, epochs: int, val_ndcg100: float, **_: Any
+        self,
+        dataset: str,
+        epoch: int,
+        epochs: int,
+        val_ndcg100: float,
+        recommender: str = "recommender",
+        **_: Any,
     ) -> None:
         task = self.training.get(dataset)
         if task is None:
             task = self.bar.add_task(
-                f"train Mult-VAE {dataset}", total=epochs, what="epochs", info=""
+                f"train {recommender} {dataset}", total=epochs, what="epochs", info=""
             )
             self.training[dataset] = task
         self.bar.update(task, completed=epoch, info=f"val NDCG@100 {val_ndcg100:.4f}")
@@ -343,7 +349,9 @@ def stage_bars(*, enabled: bool = True) -> Iterator[tuple[Any, Any, Any]]:
 
     def on_epoch(report: Any) -> None:
         if "train" not in tasks:
-            tasks["train"] = bar.add_task("train Mult-VAE", total=None, what="epochs", info="")
+            tasks["train"] = bar.add_task(
+                "train the recommender", total=None, what="epochs", info=""
+            )
         bar.update(
             tasks["train"], completed=report.epoch, info=f"val NDCG@100 {report.val_ndcg100:.4f}"
         )

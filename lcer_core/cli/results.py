@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lcer_core.errors import InvalidParameterError, QueryTimeoutError
+from lcer_core.paper import PAPER_RECOMMENDER
 from lcer_core.store import (
     DEFAULT_LOCK_TIMEOUT,
     ResultStore,
@@ -27,6 +28,7 @@ from lcer_core.store.report import (
     STRICT_COLUMNS,
     lam_report,
     paired_report,
+    recommender_table2,
     seed_rows,
     strict_cells,
     strict_report,
@@ -105,15 +107,21 @@ def _seeds_text(row: dict) -> str:
     return "–" if not seeds else ",".join(str(x) for x in seeds)
 
 
-def _table2_view(frame: pl.DataFrame, dataset: str, k: int, *, paper: bool) -> Table | None:
-    """The paper's methods beside the paper's numbers (``paper``), or the methods beyond it."""
+def _table2_view(
+    frame: pl.DataFrame, dataset: str, k: int, *, paper: bool, recommenders: dict[str, str]
+) -> Table | None:
+    """The paper's methods beside the paper's numbers (``paper``), or the methods beyond it;
+    the title names the recommender of the rows when it is not the paper's (``recommenders``:
+    run id -> recommender)."""
     rows = frame.filter((pl.col("k") == k) & pl.col("method").is_in(METHOD_ORDER).eq(paper))
     if rows.height == 0:
         return None
+    names = sorted({recommenders[r] for r in rows["run_id"] if r in recommenders})
+    on = "" if names in ([], [PAPER_RECOMMENDER]) else f" · recommender {', '.join(names)}"
     title = (
-        f"Table 2 · {dataset} · top-{k}  (ours: mean ± std over seeds, then the paper's)"
+        f"Table 2 · {dataset} · top-{k}{on}  (ours: mean ± std over seeds, then the paper's)"
         if paper
-        else f"Beyond the paper · {dataset} · top-{k}  (mean ± std over seeds)"
+        else f"Beyond the paper · {dataset} · top-{k}{on}  (mean ± std over seeds)"
     )
     table = Table(title=cell(title), header_style="bold")
     table.add_column("Method")
@@ -136,6 +144,26 @@ def _table2_view(frame: pl.DataFrame, dataset: str, k: int, *, paper: bool) -> T
             if paper:
                 cells.append(format_value(row[f"paper_{metric}"], "–", spec))
         cells += [_cell(row, "calls_per_pair", ".0f"), _cell(row, "s_per_pair", ".4f")]
+        table.add_row(*map(cell, cells))
+    return table
+
+
+def _recommender_view(frame: pl.DataFrame, dataset: str, recommender: str, k: int) -> Table:
+    """Table 2 of one recommender at one K: the latest run of each method on its models."""
+    title = f"Table 2 · {dataset} · recommender {recommender} · top-{k}  (latest run per method)"
+    table = Table(title=cell(title), header_style="bold")
+    table.add_column("Method")
+    for header in ("α", "λ", "users", "pairs"):
+        table.add_column(header, justify="right")
+    for metric in REPORT_METRICS:
+        table.add_column(METRIC_HEADERS[metric], justify="right")
+    table.add_column("s/pair", justify="right")
+    table.add_column("model")
+    for row in frame.iter_rows(named=True):
+        cells = [row["method"]]
+        cells += [format_value(row[c], "–") for c in ("alpha", "lam", "n_users", "n_pairs")]
+        cells += [format_value(row[m], "–", METRIC_SPECS[m]) for m in REPORT_METRICS]
+        cells += [format_value(row["s_per_pair"], "–", ".4f"), str(row["model_key"])]
         table.add_row(*map(cell, cells))
     return table
 
@@ -311,7 +339,8 @@ def report(
     """Table 2 (and Table 3) of the paper for DATASET, from the results database, beside the paper's.
 
     Metrics are means ± standard deviations over the seeds present (``lcer run --seeds``);
-    methods beyond the paper (kaffes-topk, lcer-plus) are in a table of their own. With no
+    methods beyond the paper (kaffes-topk, lcer-plus) are in a table of their own; with runs of
+    more than one recommender (``lcer run --recommender``), Table 2 of each apart. With no
     finished run for DATASET, runs the pipeline first (`lcer run DATASET`), unless --no-train.
     """
     pair = _compared(compare)
@@ -330,10 +359,12 @@ def report(
         strict = strict_report(store, dataset)
         points = frontier_rows(store, dataset)
         paired = paired_report(store, dataset, *pair) if pair else None
+        by_recommender = recommender_table2(store, dataset)
     if format is ReportFormat.json:
         payload = {
             "dataset": dataset,
             "table2": [plain(r) for r in table2.to_dicts()],
+            "table2_by_recommender": [plain(r) for r in by_recommender.to_dicts()],
             **({"per_seed": [plain(r) for r in seeds.to_dicts()]} if per_seed else {}),
             "lcer_by_lam": [plain(r) for r in lams.to_dicts()],
             "table3": [plain(r) for r in table3.to_dicts()],
@@ -345,11 +376,18 @@ def report(
         typer.echo(json_text(payload))
         return
     console = _console()
+    recommender_of = dict(zip(by_recommender["run_id"], by_recommender["recommender"], strict=True))
     for paper in (True, False):
         for k in table2["k"].unique().sort().to_list():
-            view = _table2_view(table2, dataset, k, paper=paper)
+            view = _table2_view(table2, dataset, k, paper=paper, recommenders=recommender_of)
             if view is not None:
                 console.print(view)
+    recommenders = by_recommender["recommender"].unique(maintain_order=True).to_list()
+    if recommenders and recommenders != [PAPER_RECOMMENDER]:  # more than the paper's
+        for name in recommenders:
+            mine = by_recommender.filter(pl.col("recommender") == name)
+            for k in mine["k"].unique().sort().to_list():
+                console.print(_recommender_view(mine.filter(pl.col("k") == k), dataset, name, k))
     if per_seed:
         console.print(_seed_view(seeds, dataset))
     if lams.height:

@@ -12,9 +12,11 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from lcer_core.recommender.multvae import MultVAE, MultVAEConfig
+from lcer_core.recommender.base import Recommender
+from lcer_core.recommender.multvae import MultVAE, MultVAEConfig, MultVAERecommender
+from lcer_core.recommender.registry import RecommenderKind, register
 
 __all__ = [
     "EpochReport",
@@ -24,6 +26,7 @@ __all__ = [
     "recall_at",
     "evaluate_ranking",
     "DENSE_BATCH_CELLS",
+    "MultVAEKind",
 ]
 
 #: Cells (rows × items) of one dense batch that evaluation may hold: at the paper's largest
@@ -98,7 +101,7 @@ def recall_at(scores: Tensor, heldout: Tensor, k: int) -> Tensor:
 
 @torch.no_grad()
 def evaluate_ranking(
-    model: MultVAE,
+    model: nn.Module,
     fold_in: Tensor | InteractionRows,
     heldout: Tensor | InteractionRows,
     batch: int = 2000,
@@ -175,4 +178,36 @@ def fit_multvae(
         yield EpochReport(epoch, total / n, beta, ndcg, best_epoch)
     assert best_state is not None
     model.load_state_dict(best_state)
+    model.zero_grad(set_to_none=True)  # the last update's gradients are not the model's
     return model.cpu().eval()
+
+
+@register
+class MultVAEKind(RecommenderKind):
+    """Mult-VAE in the registry: trained by :func:`fit_multvae`, scored by :class:`MultVAERecommender`."""
+
+    name = "multvae"
+    title = "Mult-VAE"
+    config_type = MultVAEConfig
+
+    @classmethod
+    def build(cls, n_items: int, config: MultVAEConfig) -> nn.Module:
+        return MultVAE(n_items, config)
+
+    @classmethod
+    def fit(
+        cls,
+        train: Tensor | InteractionRows,
+        val_fold_in: Tensor | InteractionRows,
+        val_heldout: Tensor | InteractionRows,
+        *,
+        config: MultVAEConfig,
+        seed: int,
+        device: torch.device | str,
+    ) -> Generator[EpochReport, None, nn.Module]:
+        return fit_multvae(train, val_fold_in, val_heldout, config=config, seed=seed, device=device)
+
+    @classmethod
+    def recommender(cls, module: nn.Module, device: torch.device | str) -> Recommender:
+        assert isinstance(module, MultVAE)
+        return MultVAERecommender(module, device)

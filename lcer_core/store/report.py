@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from lcer_core.errors import MissingDataError
-from lcer_core.paper import SUBJECT_METHOD, paper_table2, paper_table3
+from lcer_core.paper import PAPER_RECOMMENDER, SUBJECT_METHOD, paper_table2, paper_table3
 from lcer_core.store.formatting import format_value
 from lcer_core.store.store import ResultStore
 from lcer_core.store.views import METHOD_ORDER
@@ -25,6 +25,8 @@ __all__ = [
     "strict_report",
     "strict_title",
     "NOT_MEASURED",
+    "RECOMMENDER_OF_KEY",
+    "recommender_table2",
     "table2_report",
     "table3_report",
 ]
@@ -310,3 +312,38 @@ def paired_report(
              **result.as_dict()}
         )  # fmt: skip
     return pl.DataFrame(out)
+
+
+#: The recommender of a run, in SQL, from its ``model_key``: the name before the key's ``-``
+#: (``ease-3f2a...``), else the paper's (whose keys are bare hashes); as
+#: :func:`lcer_core.models.recommender_of_key`. Derived, so no schema change and old homes agree.
+RECOMMENDER_OF_KEY = (
+    f"coalesce(nullif(regexp_extract(model_key, '^([a-z0-9_]+)-', 1), ''), '{PAPER_RECOMMENDER}')"
+)
+
+
+def recommender_table2(store: ResultStore, dataset: str) -> pl.DataFrame:
+    """Table 2 per recommender: per (recommender, k, method) of ``dataset`` the latest finished
+    explanation run of that recommender's models (``table2`` picks the latest of any model);
+    the paper's recommender first. Empty when there is no run."""
+    rec = RECOMMENDER_OF_KEY
+    frame = store.query(
+        f"""
+        SELECT * EXCLUDE (rn) FROM (
+            SELECT {rec} AS recommender, dataset, k, method, alpha, lam, n_users, n_pairs,
+                   {", ".join(REPORT_METRICS)}, s_per_pair, model_key, run_id, finished_at,
+                   row_number() OVER (
+                       PARTITION BY dataset, {rec}, method, k
+                       ORDER BY finished_at DESC NULLS LAST, evaluated_at DESC, run_id
+                   ) AS rn
+            FROM run_results WHERE dataset = ?
+        ) WHERE rn = 1
+        """,
+        [dataset],
+    )
+    if frame.height == 0:
+        return frame
+    first = (pl.col("recommender") != PAPER_RECOMMENDER).cast(pl.Int32)
+    return frame.with_columns(pl.col("k").cast(pl.Int32)).sort(
+        [first, "recommender", "k", _method_rank(), "method"]
+    )

@@ -16,6 +16,7 @@ from lcer_core.testing.explainer import ContractError, check_explainer
 from lcer_core.testing.recommender import check_recommender
 from lcer_core.testing.recommenders import (
     LinearRecommender,
+    fit_tiny,
     random_linear,
     small_case,
     small_histories,
@@ -26,6 +27,7 @@ __all__ = [
     "ContractError",
     "check_explainer",
     "check_recommender",
+    "fit_tiny",
     "LinearRecommender",
     "random_linear",
     "small_case",

@@ -2,7 +2,8 @@
 
 ``LinearRecommender`` scores ``x @ W + b``: removing interacted item j lowers the score of
 item c by exactly ``W[j, c]``. ``small_case`` gives the users and pairs the
-contract suites explain by default.
+contract suites explain by default; ``fit_tiny`` trains any registered recommender kind on
+tiny random interactions, so a suite can run over every kind.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from lcer_core.pairs import Histories, PairBatch, build_pairs, histories_from_li
 from lcer_core.recommender.base import Recommender
 
 __all__ = [
+    "fit_tiny",
     "LinearRecommender",
     "random_linear",
     "small_histories",
@@ -74,3 +76,21 @@ def small_case(
     """A random linear recommender and the top-``k`` pairs of :func:`small_histories`."""
     rec = random_linear(n_items, seed=seed, bias_scale=0.5)
     return rec, build_pairs(rec, small_histories(n_items, n_users, seed), k)
+
+
+def fit_tiny(
+    kind: str, n_items: int = 40, seed: int = 0, device: torch.device | str = "cpu"
+) -> Recommender:
+    """Recommender kind ``kind`` (a registry name) trained for 2 epochs (where it has epochs) on
+    60 random users of density 0.2, validated on 20 more: a tiny instance of any kind."""
+    from lcer_core.recommender import get_recommender
+
+    cls = get_recommender(kind)
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(80, n_items, generator=gen) < 0.2).float()
+    fit = cls.fit(x[:60], x[60:], x[60:], config=cls.config(2), seed=seed, device="cpu")
+    while True:
+        try:
+            next(fit)
+        except StopIteration as done:
+            return cls.recommender(done.value, device)
