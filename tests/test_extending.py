@@ -87,6 +87,65 @@ def test_lcer_explain_runs_the_toy_through_its_entry_point(toy_dir: Path, traine
     assert set(metrics) == {"n_pairs", "val_pct", "len", "ps_pct", "pn_pct", "fns_pct"}
 
 
+def test_lcer_run_sets_the_toys_option_in_key_row_and_mlflow(
+    toy_dir: Path, trained_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lcer run ml-100k --method toy --set top=2`` (the page's command, with a 1-epoch model):
+    ``top`` reaches the run key (not the key of the default top), the ``runs`` row's
+    ``config`` and the MLflow run's params."""
+    import json
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from lcer_core.explainers import METHODS, registry
+    from lcer_core.runs import run_spec
+    from lcer_core.store import ResultStore
+
+    (argv,) = commands("lcer run")
+    assert argv[argv.index("--set") + 1] == "top=2"
+    home = tmp_path / "home"
+    shutil.copytree(trained_home / "data", home / "data")  # prepared data; the model is trained
+    env = env_with(toy_dir, LCER_HOME=str(home), PREFECT_HOME=str(tmp_path / "prefect"))
+    done = subprocess.run(
+        [str(LCER), *argv[1:], "--epochs", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.setenv("LCER_HOME", str(home))
+    with ResultStore() as store:
+        [row] = store.query("SELECT run_id, model_key, config FROM runs").iter_rows(named=True)
+    assert json.loads(row["config"]) == {"method": "toy", "top": 2}
+    monkeypatch.syspath_prepend(str(toy_dir))
+    try:
+        registry.load_plugins()
+        keys = {
+            top: run_spec(
+                dataset="ml-100k",
+                method="toy",
+                k=2,
+                seed=0,
+                n_users=2,
+                model_key=row["model_key"],
+                top=top,
+            ).run_id
+            for top in (1, 2)
+        }
+    finally:
+        METHODS.pop("toy", None)
+        registry.PLUGINS.pop("toy", None)
+    assert row["run_id"] == keys[2] != keys[1]
+    mlflow = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    [run] = mlflow.search_runs(
+        [mlflow.get_experiment_by_name("ml-100k").experiment_id], "tags.`lcer.run_key` != ''"
+    )
+    assert run.data.params["explainer.top"] == "2" and run.data.params["method"] == "toy"
+    assert run.data.params["run_key"] == row["run_id"]
+
+
 def test_the_contract_suite_passes_for_both_toys(toy_dir: Path) -> None:
     (argv,) = commands("pytest")
     done = subprocess.run(

@@ -22,7 +22,15 @@ from lcer_core.store import ResultStore
 
 pytestmark = pytest.mark.slow
 
-TINY = {"ks": [5], "n_users": 4, "steps": 30, "shard_size": 2, "epochs": 2, "seed": 0}
+TINY = {"ks": [5], "n_users": 4, "shard_size": 2, "epochs": 2, "seed": 0}
+STEPS = {"steps": 30}  # LCER's and LCER+'s steps (the options of the methods that declare them)
+
+
+def tiny(methods: list[str]) -> Any:
+    """The module's small plan: ``methods`` on ML 100K, 4 users in shards of 2, 30 steps."""
+    from lcer_core.plan import make_plan, shorthand_explainers
+
+    return make_plan(datasets=["ml-100k"], explainers=shorthand_explainers(methods, STEPS), **TINY)
 N_SHARDS = 2  # 4 users in shards of 2
 
 
@@ -76,7 +84,7 @@ def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: P
     from tasks import mlflow_client
 
     methods = sorted(METHODS)
-    flow_run_id, rows = _run(lcer_pipeline, datasets=["ml-100k"], methods=methods, **TINY)
+    flow_run_id, rows = _run(lcer_pipeline, plan=tiny(methods))
 
     # One row per method (baselines once per k, LCER at the paper's α/λ), 4 users x top-5.
     assert sorted(r["method"] for r in rows) == methods
@@ -134,7 +142,7 @@ def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: P
 
     # The same flow again: nothing recomputed (every shard a cache hit, files untouched),
     # the model not trained again, every row count unchanged.
-    flow_run_2, rows_2 = _run(lcer_pipeline, datasets=["ml-100k"], methods=methods, **TINY)
+    flow_run_2, rows_2 = _run(lcer_pipeline, plan=tiny(methods))
     again = _task_runs(flow_run_2, N_SHARDS * len(methods))
     assert len(again) == N_SHARDS * len(methods)
     assert {r.state.name for r in again} == {"Cached"}
@@ -150,7 +158,7 @@ def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: P
     fia = next(r for r in rows if r["method"] == "fia")
     lost = shards.shard_path(fia["run_id"], 1)
     lost.unlink()
-    flow_run_3, _ = _run(lcer_pipeline, datasets=["ml-100k"], methods=["fia"], **TINY)
+    flow_run_3, _ = _run(lcer_pipeline, plan=tiny(["fia"]))
     third = {r.name[-4:]: r.state.name for r in _task_runs(flow_run_3, N_SHARDS)}
     assert third == {"0000": "Cached", "0001": "Completed"}
     assert lost.is_file()
@@ -161,17 +169,18 @@ def test_sweep_is_a_parent_mlflow_run_with_one_child_per_grid_point(flow_home: P
     from flows.sweep import lcer_sweep
     from tasks import mlflow_client
 
-    _, rows = _run(
-        lcer_sweep,
-        dataset="ml-100k",
-        alphas=[0.05, 0.1],
-        lams=[0.01, 0.02],
-        k=5,
+    from lcer_core.plan import sweep_plan
+
+    # the sweep is a plan with a grid; as a deployment's parameter, JSON validated by Prefect
+    plan = sweep_plan(
+        "ml-100k",
+        grid={"alpha": [0.05, 0.1], "lam": [0.01, 0.02]},
+        fixed={"steps": 20},
         n_users=2,
-        steps=20,
         shard_size=2,
         epochs=2,
     )
+    _, rows = _run(lcer_sweep, plan=plan.model_dump(mode="json"))
     assert sorted((r["alpha"], r["lam"]) for r in rows) == [
         (0.05, 0.01),
         (0.05, 0.02),
