@@ -31,6 +31,8 @@ def tiny(methods: list[str]) -> Any:
     from lcer_core.plan import make_plan, shorthand_explainers
 
     return make_plan(datasets=["ml-100k"], explainers=shorthand_explainers(methods, STEPS), **TINY)
+
+
 N_SHARDS = 2  # 4 users in shards of 2
 
 
@@ -167,9 +169,8 @@ def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: P
 
 def test_sweep_is_a_parent_mlflow_run_with_one_child_per_grid_point(flow_home: Path) -> None:
     from flows.sweep import lcer_sweep
-    from tasks import mlflow_client
-
     from lcer_core.plan import sweep_plan
+    from tasks import mlflow_client
 
     # the sweep is a plan with a grid; as a deployment's parameter, JSON validated by Prefect
     plan = sweep_plan(

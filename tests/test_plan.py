@@ -152,3 +152,26 @@ def test_the_flows_take_the_plan_and_prefect_shows_its_form() -> None:
     run = TypeAdapter(RunSpec).json_schema()
     assert {"run_id", "method", "k", "config", "model_key"} <= set(run["properties"])
     assert "RunSpec" in json.dumps(lcer_explain.parameters.model_dump())
+
+
+def test_the_deployments_and_the_docs_hold_valid_plans() -> None:
+    """prefect.yaml's ``plan`` parameters and docs/commands.md's TOML plan are plans; the
+    sweep deployment's is the paper's grid (25 points)."""
+    import re
+    import tomllib
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    deployments = yaml.safe_load((repo / "prefect.yaml").read_text())["deployments"]
+    plans = {
+        d["name"]: make_plan(d["parameters"]["plan"])
+        for d in deployments
+        if "plan" in d.get("parameters", {})
+    }
+    assert plans["lcer-pipeline"] == make_plan()
+    assert plans["lcer-sweep"] == sweep_plan("ml-100k")
+    assert len(plans["lcer-sweep"].runs("ml-100k", "m", 0)) == 25
+    page = (repo / "docs" / "commands.md").read_text()
+    [block] = re.findall(r"```toml\n(.*?)```", page, re.DOTALL)
+    assert make_plan(tomllib.loads(block)).methods == ["lcer", "kaffes"]
