@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,63 +88,43 @@ def test_lcer_explain_runs_the_toy_through_its_entry_point(toy_dir: Path, traine
     assert set(metrics) == {"n_pairs", "val_pct", "len", "ps_pct", "pn_pct", "fns_pct"}
 
 
-def test_lcer_run_sets_the_toys_option_in_key_row_and_mlflow(
-    toy_dir: Path, trained_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``lcer run ml-100k --method toy --set top=2`` (the page's command, with a 1-epoch model):
-    ``top`` reaches the run key (not the key of the default top), the ``runs`` row's
-    ``config`` and the MLflow run's params."""
-    import json
-    import shutil
-
-    from mlflow.tracking import MlflowClient
-
+@pytest.fixture()
+def toy_loaded(toy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The page's toy registered in this process through its entry point; gone afterwards."""
     from lcer_core.explainers import METHODS, registry
-    from lcer_core.runs import run_spec
-    from lcer_core.store import ResultStore
 
-    (argv,) = commands("lcer run")
-    assert argv[argv.index("--set") + 1] == "top=2"
-    home = tmp_path / "home"
-    shutil.copytree(trained_home / "data", home / "data")  # prepared data; the model is trained
-    env = env_with(toy_dir, LCER_HOME=str(home), PREFECT_HOME=str(tmp_path / "prefect"))
-    done = subprocess.run(
-        [str(LCER), *argv[1:], "--epochs", "1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    monkeypatch.setenv("LCER_HOME", str(home))
-    with ResultStore() as store:
-        [row] = store.query("SELECT run_id, model_key, config FROM runs").iter_rows(named=True)
-    assert json.loads(row["config"]) == {"method": "toy", "top": 2}
     monkeypatch.syspath_prepend(str(toy_dir))
     try:
         registry.load_plugins()
-        keys = {
-            top: run_spec(
-                dataset="ml-100k",
-                method="toy",
-                k=2,
-                seed=0,
-                n_users=2,
-                model_key=row["model_key"],
-                top=top,
-            ).run_id
-            for top in (1, 2)
-        }
+        assert "toy" in METHODS
+        yield toy_dir
     finally:
         METHODS.pop("toy", None)
         registry.PLUGINS.pop("toy", None)
-    assert row["run_id"] == keys[2] != keys[1]
-    mlflow = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
-    [run] = mlflow.search_runs(
-        [mlflow.get_experiment_by_name("ml-100k").experiment_id], "tags.`lcer.run_key` != ''"
-    )
-    assert run.data.params["explainer.top"] == "2" and run.data.params["method"] == "toy"
-    assert run.data.params["run_key"] == row["run_id"]
+
+
+def test_the_pages_lcer_run_sets_the_toys_option(toy_loaded: Path, capsys) -> None:
+    """The page's ``lcer run ... --method toy --set top=2`` plans the toy with ``top`` 2: its own
+    run key, not the default top's (tests/test_flows.py runs it through the pipeline)."""
+    import json
+
+    from dataset_fixtures import run_cli
+
+    from lcer_core.plan import make_plan
+    from lcer_core.runs import run_spec
+
+    (argv,) = commands("lcer run")
+    assert argv[argv.index("--set") + 1] == "top=2"
+    code, out, err = run_cli([*argv[1:], "--show-plan"], capsys)
+    assert code == 0, err
+    plan = make_plan(json.loads(out))
+    assert plan.explainers["toy"].fixed == {"top": 2}
+    [spec] = plan.runs("ml-100k", "m", 0)
+    assert spec.as_row()["config"] == {"method": "toy", "top": 2}
+    assert spec.tracked_params()["explainer.top"] == 2
+    same = {"dataset": "ml-100k", "method": "toy", "k": 2, "seed": 0, "n_users": 2}
+    top2, default = run_spec(**same, model_key="m", top=2), run_spec(**same, model_key="m")
+    assert spec.run_id == top2.run_id != default.run_id
 
 
 def test_the_contract_suite_passes_for_both_toys(toy_dir: Path) -> None:

@@ -305,3 +305,63 @@ def test_cli_refuses_bad_options_in_one_line(
     assert err.startswith("error: ") and message in err
     assert len(err.splitlines()) == 1
     assert not (lcer_home / "prefect-home").exists()  # refused before Prefect started
+
+
+def test_lcer_run_sets_a_plugins_option_in_key_row_and_mlflow(
+    flow_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """docs/extending.md's ``lcer run ml-100k --method toy --set top=2`` on this module's server
+    and model: ``top`` reaches the run key (not the default top's), the ``runs`` row's
+    ``config`` and the MLflow run's params."""
+    import json
+
+    from dataset_fixtures import run_cli
+    from test_extending import blocks
+
+    from lcer_core.explainers import registry
+    from lcer_core.runs import run_spec
+    from tasks import mlflow_client
+
+    for name, value in {  # what the command line sets, restored after the test
+        "PREFECT_HOME": str(flow_home / "prefect-home"),
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for _, name, text in blocks():  # the page's plugin, on sys.path, registered here
+        if name:
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        registry.load_plugins()
+        argv = ["run", "ml-100k", "--method", "toy", "--set", "top=2", "--users", "2", "--k", "2"]
+        code, _, err = run_cli([*argv, "--epochs", str(TINY["epochs"])], capsys)
+        assert code == 0, err
+        [row] = (
+            ResultStore()
+            .query("SELECT run_id, model_key, config, mlflow_run_id FROM runs WHERE method = 'toy'")
+            .iter_rows(named=True)
+        )
+        keys = {
+            top: run_spec(
+                dataset="ml-100k",
+                method="toy",
+                k=2,
+                seed=0,
+                n_users=2,
+                model_key=row["model_key"],
+                top=top,
+            ).run_id
+            for top in (1, 2)
+        }
+    finally:
+        METHODS.pop("toy", None)
+        registry.PLUGINS.pop("toy", None)
+    assert row["run_id"] == keys[2] != keys[1]
+    assert json.loads(row["config"]) == {"method": "toy", "top": 2}
+    params = mlflow_client.client().get_run(row["mlflow_run_id"]).data.params
+    assert params["explainer.top"] == "2" and params["method"] == "toy"
+    assert params["run_key"] == row["run_id"]

@@ -151,7 +151,22 @@ def test_the_flows_take_the_plan_and_prefect_shows_its_form() -> None:
         assert schema["definitions"]["ExplainerPlan"]["properties"].keys() == {"fixed", "grid"}
     run = TypeAdapter(RunSpec).json_schema()
     assert {"run_id", "method", "k", "config", "model_key"} <= set(run["properties"])
-    assert "RunSpec" in json.dumps(lcer_explain.parameters.model_dump())
+    # what the server checks a deployment's parameters with: a plan, runs with their digests
+    from prefect.utilities.schema_tools import ValidationError, validate
+
+    from lcer_core.runs import run_spec
+
+    spec = run_spec(dataset="ml-100k", method="lcer", k=5, seed=0, n_users=4, model_key="m")
+    runs = [spec.to_payload(), spec.bound("a" * 64, "b" * 64).to_payload()]
+    explain = lcer_explain.parameters.model_dump()
+    validate({"specs": runs, "users": [1, 2]}, explain, raise_on_error=True)
+    with pytest.raises(ValidationError, match="minimum of 1"):
+        validate({"specs": [{**runs[0], "k": 0}], "users": [1]}, explain, raise_on_error=True)
+    pipeline = lcer_pipeline.parameters.model_dump()
+    plan = {"explainers": {"lcer": {"fixed": {"steps": 100}}, "fia": {}}, "ks": [5]}
+    validate({"plan": plan}, pipeline, raise_on_error=True)
+    with pytest.raises(ValidationError, match="colour"):
+        validate({"plan": {"colour": 1}}, pipeline, raise_on_error=True)
 
 
 def test_the_deployments_and_the_docs_hold_valid_plans() -> None:
