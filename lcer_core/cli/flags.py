@@ -65,8 +65,7 @@ MethodNames = Annotated[
     typer.Option(
         "--method",
         "-m",
-        help="A method of the plan (repeatable; with --methods, both). --set and --grid "
-        "apply to it.",
+        help="A method of the plan (repeatable; beside --methods, both count).",
     ),
 ]
 Sets = Annotated[
