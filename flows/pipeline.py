@@ -1,7 +1,9 @@
 """``lcer-pipeline``: per dataset prepare → train → register → explain (fan-out) → evaluate → store → track.
 
-Explanation runs are every (method, k, α, λ) of the grid, α and λ only for LCER (each
-baseline runs once per k). Each run fans out over shards of test users; each shard is a
+The flow takes one parameter saying what to do, a :class:`lcer_core.plan.Plan` (Prefect
+validates it and shows it as a form), and one saying where (``explain_deployment``).
+Explanation runs are every (method, configuration, k) of the plan: one configuration per
+combination of a method's grid (LCER's α and λ; a baseline without a grid runs once per k). Each run fans out over shards of test users; each shard is a
 task writing one Parquet file (the file, keyed in its metadata, is its record), so a re-run after a crash only explains the shards
 that had not finished. Then, per run: evaluate (concatenate its shards, Table 2 metrics) →
 store (one DuckDB transaction) → track (one MLflow run), and the run's MLflow id goes back
@@ -25,7 +27,6 @@ from prefect.deployments import run_deployment
 from flows.env import check_environment
 from flows.explain import (
     keep_finished_shards,
-    model_networks,
     resolve_shards,
     shard_paths,
     submit_shards,
@@ -37,12 +38,10 @@ from flows.train import DEFAULT_EPOCHS, prepare_and_train
 from lcer_core import remote
 from lcer_core.datasets import load_prepared
 from lcer_core.errors import OrchestrationError
-from lcer_core.explainers import PAPER_METHODS
 from lcer_core.models import MODEL_SEED, load_model
-from lcer_core.recommender import DEFAULT_RECOMMENDER
-from lcer_core.runs import DEFAULT_KS, RunSpec, plan_runs, validate_plan
+from lcer_core.plan import Plan, make_plan
+from lcer_core.runs import RunSpec
 from lcer_core.shards import (
-    DEFAULT_SHARD_SIZE,
     shard_is_complete,
     shard_key,
     shard_path,
@@ -51,12 +50,13 @@ from lcer_core.shards import (
 from tasks.data import test_users
 from tasks.report import html_report
 from tasks.runs import RunOutcome, begin, finish_run, first_error
-from tasks.tracking import item_figures
+from tasks.tracking import close_sweep, item_figures, open_sweep, sweep_figures
 from tasks.train import bind_networks
 
-__all__ = ["lcer_pipeline", "explain_runs", "DEFAULT_DATASETS", "DEFAULT_KS"]
+__all__ = ["lcer_pipeline", "explain_runs", "run_plan", "sweep_runs", "DEFAULT_PLAN"]
 
-DEFAULT_DATASETS = ("ml-100k",)
+#: The plan of ``lcer run`` with no arguments (the paper's Table 2 on ML 100K).
+DEFAULT_PLAN = make_plan()
 
 
 def _paths_from_deployment(
@@ -100,12 +100,9 @@ def _upload_bundles(
         if spec.model_key not in bundles:
             data = load_prepared(spec.dataset, spec.split_seed)
             model = load_model(spec.dataset, spec.model_key)
-            networks = model_networks(specs, spec.model_key)
-            bundle = remote.make_bundle(data, model, users, networks)
+            bundle = remote.make_bundle(data, model, users)
             digests[spec.model_key] = remote.bundle_digests(bundle)
-            bundles[spec.model_key] = upload_bundle(
-                storage, spec.model_key, users, bundle, networks
-            )
+            bundles[spec.model_key] = upload_bundle(storage, spec.model_key, users, bundle)
     return bundles, digests
 
 
@@ -191,34 +188,22 @@ def explain_runs(
 
 
 def _explain_model(
+    plan: Plan,
     dataset: str,
     model_key: str,
     seeds: tuple[int, int],
-    methods: list[str],
-    ks: list[int],
-    options: dict[str, Any],
+    split_seed: int | None,
     *,
-    n_users: int | None,
-    shard_size: int,
     explain_deployment: str | None,
-    split_seed: int | None = None,
+    sweep: bool,
 ) -> list[dict[str, Any]]:
-    """Plan and run every explanation run of one trained model (``seeds``: the model's and the
-    explainers'; ``split_seed``: its data's); their Table 2 rows."""
+    """Every explanation run of ``plan`` on one trained model (``seeds``: the model's and the
+    explainers'; ``split_seed``: its data's); their Table 2 rows. In a ``sweep`` the runs are
+    children of one parent MLflow run, which gets the sweep's figures."""
     logger = get_run_logger()
     model_seed, explain_seed = seeds
-    users = test_users(dataset, n_users, split_seed)
-    specs = plan_runs(
-        dataset=dataset,
-        methods=methods,
-        ks=ks,
-        options=options,
-        seed=explain_seed,
-        n_users=n_users,
-        model_key=model_key,
-        split_seed=split_seed,
-    )
-    specs = bind_networks(specs, split_seed)
+    users = test_users(dataset, plan.n_users, split_seed)
+    specs = bind_networks(plan.runs(dataset, model_key, explain_seed, split_seed), split_seed)
     logger.info(
         "%s%s (model seed %d, explainer seed %d): %d explanation runs over %d test users",
         dataset,
@@ -228,74 +213,86 @@ def _explain_model(
         len(specs),
         len(users),
     )
-    outcomes = explain_runs(specs, users, shard_size, explain_deployment=explain_deployment)
+    if sweep:
+        grid = {**plan.grid_params(), "seed": explain_seed, "model_key": model_key}
+        outcomes = sweep_runs(dataset, grid, specs, users, plan.shard_size, explain_deployment)
+    else:
+        outcomes = explain_runs(
+            specs, users, plan.shard_size, explain_deployment=explain_deployment
+        )
     return [outcome.summary() for outcome in outcomes]
+
+
+def sweep_runs(
+    dataset: str,
+    grid: dict[str, Any],
+    specs: Sequence[RunSpec],
+    users: Sequence[int],
+    shard_size: int,
+    explain_deployment: str | None = None,
+) -> list[RunOutcome]:
+    """Run ``specs`` as children of one parent MLflow run (``grid``: its params), closed
+    FINISHED with the sweep's figures, or FAILED if anything fails."""
+    parent = open_sweep(dataset, grid)
+    try:
+        outcomes = explain_runs(
+            specs,
+            users,
+            shard_size,
+            params={"sweep": parent},
+            parent_run_id=parent,
+            explain_deployment=explain_deployment,
+        )
+        sweep_figures(parent, [outcome.result for outcome in outcomes if outcome.result])
+    except BaseException:
+        close_sweep(parent, "FAILED")
+        raise
+    close_sweep(parent, "FINISHED")
+    return outcomes
+
+
+def run_plan(
+    plan: Plan, explain_deployment: str | None = None, *, sweep: bool = False
+) -> list[dict[str, Any]]:
+    """Per dataset, split and seed of ``plan``: prepare → train → explain every run; then the
+    dataset's figures and report (not in a ``sweep``, whose parent run has its own figures).
+    The body of ``lcer-pipeline`` and ``lcer-sweep``."""
+    check_environment()
+    summaries: list[dict[str, Any]] = []
+    for dataset in plan.datasets:
+        for split_seed in plan.splits():
+            for seeds in plan.model_seeds(MODEL_SEED):
+                model, _ = prepare_and_train(
+                    dataset, _epochs(plan), seeds[0], split_seed, plan.recommender
+                )
+                summaries += _explain_model(
+                    plan,
+                    dataset,
+                    model.key,
+                    seeds,
+                    split_seed,
+                    explain_deployment=explain_deployment,
+                    sweep=sweep,
+                )
+        if not sweep:
+            item_figures(dataset)
+            html_report(dataset)
+    return summaries
+
+
+def _epochs(plan: Plan) -> int:
+    """The recommender's training epochs of ``plan`` (its default where none is given)."""
+    return int(plan.training_options().get("epochs", DEFAULT_EPOCHS))
 
 
 @flow(name="lcer-pipeline", task_runner=default_task_runner())
 def lcer_pipeline(
-    datasets: list[str] | None = None,
-    methods: list[str] | None = None,
-    ks: list[int] | None = None,
-    alphas: list[float] | None = None,
-    lams: list[float] | None = None,
-    n_users: int | None = None,
-    steps: int | None = None,
-    seed: int = 0,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    epochs: int = DEFAULT_EPOCHS,
-    explain_deployment: str | None = None,
-    seeds: list[int] | None = None,
-    budget: int | None = None,
-    split_seeds: list[int] | None = None,
-    recommender: str = DEFAULT_RECOMMENDER,
+    plan: Plan = DEFAULT_PLAN, explain_deployment: str | None = None
 ) -> list[dict[str, Any]]:
-    """Explain the top-K recommendations of the test users of ``datasets`` with ``methods``; Table 2 rows.
+    """Explain the top-K recommendations of the test users of ``plan``'s datasets; Table 2 rows.
 
-    Defaults: ML 100K, every method, K in {5, 10}, the paper's α and λ for each dataset, all
-    test users, LCER's default number of steps. ``explain_deployment`` (e.g.
-    ``lcer-explain/lcer-explain``) sends the explanations to that deployment's work pool.
-    ``seeds`` makes the seed a dimension: one model trained per seed, explained with the same
-    seed (``seed`` is then unused); without it the model has the default seed and ``seed``
-    is the explainers'. ``budget`` sets the search budget of the methods that have one.
-    ``split_seeds`` makes the data split a dimension: each seed's split (see
-    :mod:`lcer_core.datasets.prepare`) gets its own model and runs; without it, the default split.
-    ``recommender`` names the recommender trained and explained (default: the paper's).
+    The default plan: ML 100K, the paper's methods, K in {5, 10}, the paper's α and λ for each
+    dataset, all test users. ``explain_deployment`` (e.g. ``lcer-explain/lcer-explain``) sends
+    the explanations to that deployment's work pool.
     """
-    check_environment()
-    datasets = list(datasets or DEFAULT_DATASETS)
-    ks = list(ks or DEFAULT_KS)
-    options = {"alpha": alphas, "lam": lams, "steps": steps, "budget": budget}
-    methods = validate_plan(
-        datasets,
-        methods or list(PAPER_METHODS),
-        options,
-        ks=ks,
-        seeds=list(seeds or [seed]),
-        n_users=n_users,
-        shard_size=shard_size,
-        split_seeds=list(split_seeds or []),
-    )
-    # (model seed, explainer seed) pairs
-    plan = [(s, s) for s in dict.fromkeys(seeds)] if seeds else [(MODEL_SEED, seed)]
-    summaries: list[dict[str, Any]] = []
-    splits: list[int | None] = list(dict.fromkeys(split_seeds)) if split_seeds else [None]
-    for dataset in datasets:
-        for split_seed in splits:
-            for model_seed, explain_seed in plan:
-                model, _ = prepare_and_train(dataset, epochs, model_seed, split_seed, recommender)
-                summaries += _explain_model(
-                    dataset,
-                    model.key,
-                    (model_seed, explain_seed),
-                    methods,
-                    ks,
-                    options,
-                    n_users=n_users,
-                    shard_size=shard_size,
-                    explain_deployment=explain_deployment,
-                    split_seed=split_seed,
-                )
-        item_figures(dataset)
-        html_report(dataset)
-    return summaries
+    return run_plan(plan, explain_deployment)

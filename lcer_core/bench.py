@@ -12,7 +12,7 @@ import platform
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from lcer_core.models import check_model_data, ensure_model, find_model
 from lcer_core.pairs import PairBatch, build_pairs, histories_from_lists, make_pairs, test_users
 from lcer_core.recommender.multvae import MultVAE, MultVAEConfig, MultVAERecommender
 
-__all__ = ["run_benchmark", "estimate_flops"]
+__all__ = ["BenchSetup", "run_benchmark", "estimate_flops"]
 
 
 def estimate_flops(pairs: PairBatch, steps: int, hidden: int = 600, latent: int = 200) -> float:
@@ -69,54 +69,59 @@ def _stage(
     return lambda done, total: progress(stage, done, total)
 
 
-def _config(**fields: float | int | None) -> LCERConfig:
-    """LCER's config with the ``fields`` given (None: its default), validated by it."""
-    return LCERConfig(**{n: v for n, v in fields.items() if v is not None})
+@dataclass(frozen=True)
+class BenchSetup:
+    """What ``lcer bench`` runs on, beside LCER's configuration: the dataset (or a synthetic
+    catalogue of ``synthetic_items``), K, the test users, the sequential loop's ``sample`` of
+    pairs (all with ``full``), the device and the seed."""
 
+    dataset: str = "ml-100k"
+    k: int = 5
+    n_users: int | None = None
+    sample: int = 5
+    full: bool = False
+    synthetic_items: int | None = None
+    device: str | None = None
+    seed: int = 0
 
-def _check_options(
-    k: int, n_users: int | None, seed: int, sample: int, synthetic_items: int | None
-) -> None:
-    """Check the options the LCER config does not cover, in the order the CLI reports them."""
-    checks.check_k(k)
-    if n_users is not None:
-        checks.check_users(n_users)
-    checks.check_seed(seed)
-    if not (isinstance(sample, int) and sample >= 1):
-        raise InvalidParameterError(
-            f"sample must be a positive integer, got {sample}", param="sample"
-        )
-    lo, hi = SYNTHETIC_ITEMS_RANGE
-    if synthetic_items is not None and not (lo <= synthetic_items <= hi):
-        raise InvalidParameterError(
-            f"synthetic_items must be in [{lo}, {hi}], got {synthetic_items}",
-            param="synthetic_items",
-        )
+    def check(self) -> None:
+        """Refuse a bad field in one line (the LCER config checks its own), in the CLI's order."""
+        checks.check_k(self.k)
+        if self.n_users is not None:
+            checks.check_users(self.n_users)
+        checks.check_seed(self.seed)
+        if not (isinstance(self.sample, int) and self.sample >= 1):
+            raise InvalidParameterError(
+                f"sample must be a positive integer, got {self.sample}", param="sample"
+            )
+        lo, hi = SYNTHETIC_ITEMS_RANGE
+        if self.synthetic_items is not None and not (lo <= self.synthetic_items <= hi):
+            raise InvalidParameterError(
+                f"synthetic_items must be in [{lo}, {hi}], got {self.synthetic_items}",
+                param="synthetic_items",
+            )
 
 
 def _load(
-    dataset: str,
-    k: int,
-    n_users: int | None,
-    synthetic_items: int | None,
-    seed: int,
+    setup: BenchSetup,
     dev: str,
     log: Callable[[str], None],
     on_epoch: Callable[[Any], None] | None,
 ) -> tuple[MultVAERecommender, PairBatch, int, str]:
     """The recommender, its pairs, the catalogue's size and the source's name to benchmark on."""
-    if synthetic_items is not None:
-        rec, pairs, n_items = _synthetic(synthetic_items, n_users or 100, seed, dev, k)
-        return rec, pairs, n_items, f"synthetic-{synthetic_items}"
-    data = ensure_prepared(dataset)
-    model = find_model(dataset)  # the latest trained model, as `lcer explain` uses
+    k, n_users, items = setup.k, setup.n_users, setup.synthetic_items
+    if items is not None:
+        rec, pairs, n_items = _synthetic(items, n_users or 100, setup.seed, dev, k)
+        return rec, pairs, n_items, f"synthetic-{items}"
+    data = ensure_prepared(setup.dataset)
+    model = find_model(setup.dataset)  # the latest trained model, as `lcer explain` uses
     if model is None:
         model, _ = ensure_model(data, device=dev, on_epoch=on_epoch)
-        log(f"trained Mult-VAE {model.key} for {dataset}")
+        log(f"trained Mult-VAE {model.key} for {setup.dataset}")
     check_model_data(model, data)
     rec = model.recommender(dev)
     pairs = make_pairs(rec, data, test_users(data, n_users, strict=True), k)
-    return rec, pairs, data.n_items, dataset
+    return rec, pairs, data.n_items, setup.dataset
 
 
 def _sample(pairs: PairBatch, sample: int, full: bool) -> tuple[torch.Tensor, PairBatch]:
@@ -237,39 +242,27 @@ def _early_stop(
 
 
 def run_benchmark(
+    config: LCERConfig = LCERConfig(),
+    setup: BenchSetup = BenchSetup(),
     *,
-    dataset: str = "ml-100k",
-    k: int = 5,
-    steps: int | None = None,
-    n_users: int | None = None,
-    sample: int = 5,
-    full: bool = False,
-    patience: int = 0,
-    min_delta: float = 0.0,
-    synthetic_items: int | None = None,
-    device: str | None = None,
-    seed: int = 0,
-    alpha: float | None = None,
-    lam: float | None = None,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[Any], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Time the sequential loop and the batched engine; return the fields of ``lcer bench --json``.
+    """Time the sequential loop and the batched engine with LCER's ``config`` on ``setup``;
+    return the fields of ``lcer bench --json``.
 
-    ``on_epoch`` sees each training epoch (when a model must be trained first) and
-    ``progress(stage, done, total)`` the steps of the batched runs, for a progress bar.
-    α, λ and steps (None: LCER's defaults), patience and min delta make one LCER config.
+    Both modes run ``config`` with its fixed number of steps (the paper's); when it has a
+    ``patience``, the batched engine with early stop is measured too. ``on_epoch`` sees each
+    training epoch (when a model must be trained first) and ``progress(stage, done, total)``
+    the steps of the batched runs, for a progress bar.
     """
-    early_cfg = _config(alpha=alpha, lam=lam, steps=steps, patience=patience, min_delta=min_delta)
-    cfg = replace(early_cfg, patience=0, min_delta=0.0)  # the paper's fixed number of steps
-    alpha, lam, steps = cfg.alpha, cfg.lam, cfg.steps
-    _check_options(k, n_users, seed, sample, synthetic_items)
-    dev = str(resolve_device(device))
-    rec, pairs, n_items, source = _load(
-        dataset, k, n_users, synthetic_items, seed, dev, log, on_epoch
-    )
-    sample_idx, seq_pairs = _sample(pairs, sample, full)
+    cfg = replace(config, patience=0, min_delta=0.0)  # the paper's fixed number of steps
+    setup.check()
+    seed, steps = setup.seed, cfg.steps
+    dev = str(resolve_device(setup.device))
+    rec, pairs, n_items, source = _load(setup, dev, log, on_epoch)
+    sample_idx, seq_pairs = _sample(pairs, setup.sample, setup.full)
     log(f"sequential reference loop: {len(seq_pairs)} pairs x {steps} steps ...")
     with answer_threads():  # the batched engine computes with the same thread count
         seq, seq_s = _time_sequential(rec, seq_pairs, cfg, seed, dev)
@@ -285,15 +278,14 @@ def run_benchmark(
         "pairs": len(pairs),
         "sequential_pairs": len(seq_pairs),
         "steps": steps,
-        "k": k,
-        "alpha": alpha,
-        "lam": lam,
+        "k": setup.k,
+        **{name: getattr(cfg, name) for name in cfg.grid},  # α and λ
         **_speed(pairs, seq_pairs, steps, seq_s, fast_s),
         "peak_rss_mb": _peak_rss_mb(),
         **comparison,
     }
     if dev.startswith("cuda"):
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    if patience:
-        result.update(_early_stop(rec, pairs, early_cfg, fast_s, seed, dev, log, progress))
+    if config.patience:
+        result.update(_early_stop(rec, pairs, config, fast_s, seed, dev, log, progress))
     return result

@@ -1,10 +1,12 @@
 """Explanation runs: one :class:`RunSpec` per (dataset, method, k, configuration, seed, model).
 
-The command line and the flows build runs through the same functions: :func:`method_configs`
-turns the options (``{"alpha": [...], "lam": [...], "steps": 300}``) into one validated,
-frozen configuration per combination of the method's ``grid`` options (only the options the
-method declares apply to it, with its ``defaults_for(dataset)`` where none is given), and
-:func:`plan_runs` makes the runs of every method and k. The configuration is carried whole:
+The command line and the flows build runs through the same functions (a
+:class:`lcer_core.plan.Plan` calls them): :func:`explainer_configs` turns one method's fixed
+options and grid into one validated, frozen configuration per combination of the grid (with
+the method's ``defaults_for(dataset)`` where an option is not given), :func:`runs_for` makes
+the runs of every configuration and k, and :func:`validate_plan` checks a whole plan.
+:func:`method_configs` and :func:`plan_runs` take shared options
+(``{"alpha": [...], "lam": [...], "steps": 300}``, each applying to the methods declaring it). The configuration is carried whole:
 the run key, the ``runs`` row (:meth:`RunSpec.as_row`), the MLflow params and the task names
 derive from it, and it crosses the ``lcer-explain`` deployment boundary as
 :meth:`RunSpec.to_payload` (rebuilt and re-keyed by :meth:`RunSpec.from_payload`).
@@ -56,8 +58,11 @@ __all__ = [
     "RunSpec",
     "run_spec",
     "check_methods",
+    "explainer_configs",
     "method_configs",
     "plan_configs",
+    "runs_for",
+    "split_options",
     "plan_runs",
     "validate_plan",
 ]
@@ -178,6 +183,23 @@ class RunSpec:
         it is not the default split."""
         return {} if self.split_seed is None else {"split_seed": self.split_seed}
 
+    def tracked_params(self) -> dict[str, Any]:
+        """The run's MLflow params, from its fields and configuration alone: ``method, k`` and
+        the keyed options (``alpha, lam, steps``; None where the method has none), the seed,
+        users, model and key, every field of the configuration (``explainer.NAME``) and
+        :meth:`params`."""
+        return {
+            "method": self.method,
+            "k": self.k,
+            **{name: self.option(name) for name in _KEYED_OPTIONS},
+            "seed": self.seed,
+            "n_users": self.n_users,
+            "model_key": self.model_key,
+            "run_key": self.run_id,
+            **{f"explainer.{name}": value for name, value in self.config.dump().items()},
+            **self.params(),
+        }
+
     def to_payload(self) -> dict[str, Any]:
         """The run as JSON-able data (a deployment's parameters); :meth:`from_payload` reverses it."""
         return {
@@ -244,8 +266,36 @@ class RunSpec:
 
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
-        """A run's JSON schema (deployment parameters): an object, see :meth:`to_payload`."""
-        return {"type": "object", "title": "RunSpec"}
+        """A run's JSON schema (deployment parameters, Prefect's form): :meth:`to_payload`'s fields."""
+        return _RUN_SCHEMA
+
+
+def _optional(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"anyOf": [{"type": kind, **extra}, {"type": "null"}], "default": None}
+
+
+_DIGEST_SCHEMA = {"type": "string", "pattern": f"^{_DIGEST_RE.pattern}$"}
+#: :meth:`RunSpec.to_payload` as a JSON schema.
+_RUN_SCHEMA: dict[str, Any] = {
+    "title": "RunSpec",
+    "description": "One explanation run; its run_id is the key of the rest.",
+    "type": "object",
+    "properties": {
+        "run_id": {"type": "string", "title": "Run key"},
+        "dataset": {"type": "string"},
+        "method": {"type": "string"},
+        "k": {"type": "integer", "minimum": 1},
+        "seed": {"type": "integer", "minimum": 0},
+        "n_users": _optional("integer", minimum=1),
+        "model_key": {"type": "string"},
+        "config": {"type": "object", "title": "The method's whole configuration"},
+        "split_seed": _optional("integer", minimum=0),
+        "model_digest": {"anyOf": [_DIGEST_SCHEMA, {"type": "null"}], "default": None},
+        "data_digest": {"anyOf": [_DIGEST_SCHEMA, {"type": "null"}], "default": None},
+    },
+    "required": ["run_id", "dataset", "method", "k", "seed", "n_users", "model_key", "config"],
+    "additionalProperties": False,
+}
 
 
 def run_spec(
@@ -316,66 +366,98 @@ def _is_list(value: Any) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
 
 
-def method_configs(
-    method: str, dataset: str, options: Mapping[str, Any] | None = None
-) -> list[ExplainerConfig]:
-    """``method``'s configurations for ``dataset``: one per combination of its grid options.
+#: One method's options in a plan: (fixed values by name, grid values by name).
+MethodOptions = tuple[Mapping[str, Any], Mapping[str, Sequence[Any]]]
 
-    ``options`` maps option names to values (a value or a list of values for a grid option;
-    None or an empty list: not given). Only the options ``method`` declares apply to it; one not given
-    takes the method's ``defaults_for(dataset)``, else its config's default. ``"budget"`` sets
-    the field its config names as its search budget (``budget``; methods without one ignore it).
-    """
+
+def explainer_configs(
+    method: str,
+    dataset: str,
+    fixed: Mapping[str, Any] | None = None,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    *,
+    budget: int | None = None,
+) -> list[ExplainerConfig]:
+    """``method``'s configurations for ``dataset``: one per combination of ``grid`` (in its
+    order), on top of ``fixed`` and the method's ``defaults_for(dataset)``; ``budget`` sets the
+    field its config names as its search budget (methods without one ignore it). A name the
+    method does not declare, or a grid option without values, is refused in one line."""
     cls = get_method(method).config_type
-    options = options or {}
-    base = dict(cls.defaults_for(dataset))
-    axes: list[list[tuple[str, Any]]] = []
-    for name in cls.options:
-        value = options.get(name)
-        if name in cls.grid:
-            values = [] if value is None else list(value) if _is_list(value) else [value]
-            if values:
-                axes.append([(name, v) for v in values])
-            continue
-        if value is not None:
-            base[name] = value
-    if options.get("budget") is not None and cls.budget_option:
-        base[cls.budget_option] = options["budget"]
+    fixed = {n: v for n, v in (fixed or {}).items() if v is not None}
+    grid = dict(grid or {})
+    unknown = [n for n in [*fixed, *grid] if n not in cls.options]
+    if unknown:
+        known = ", ".join(cls.options) or "none"
+        raise InvalidParameterError(
+            f"method {method!r} has no option {unknown[0]!r} (options: {known})"
+        )
+    empty = [n for n, values in grid.items() if not _is_list(values) or not values]
+    if empty:
+        raise InvalidParameterError(f"method {method!r}: grid option {empty[0]!r} has no values")
+    base = {**cls.defaults_for(dataset), **fixed}
+    if budget is not None and cls.budget_option:
+        base[cls.budget_option] = budget
     configs: dict[str, ExplainerConfig] = {}
-    for combo in itertools.product(*axes):
-        config = cls(**{**base, **dict(combo)})
+    for combo in itertools.product(*grid.values()):
+        config = cls(**{**base, **dict(zip(grid, combo, strict=True))})
         configs.setdefault(repr(config.dump()), config)
     return list(configs.values())
 
 
+def split_options(method: str, options: Mapping[str, Any] | None) -> MethodOptions:
+    """Shared options (``{"alpha": [...], "lam": [...], "steps": 300}``) as ``method``'s
+    (fixed, grid): only the options it declares apply to it; a grid option's value (a value or
+    a list) is a grid axis, others are fixed; None or an empty list: not given."""
+    cls = get_method(method).config_type
+    fixed: dict[str, Any] = {}
+    grid: dict[str, list[Any]] = {}
+    for name in cls.options:
+        value = (options or {}).get(name)
+        if name in cls.grid:
+            values = [] if value is None else list(value) if _is_list(value) else [value]
+            if values:
+                grid[name] = values
+        elif value is not None:
+            fixed[name] = value
+    return fixed, grid
+
+
+def method_configs(
+    method: str, dataset: str, options: Mapping[str, Any] | None = None
+) -> list[ExplainerConfig]:
+    """``method``'s configurations for ``dataset`` from shared options (see :func:`split_options`;
+    ``"budget"``: the method's search budget), one per combination of its grid options."""
+    fixed, grid = split_options(method, options)
+    return explainer_configs(method, dataset, fixed, grid, budget=(options or {}).get("budget"))
+
+
 def plan_configs(
-    dataset: str, methods: Sequence[str], options: Mapping[str, Any] | None = None
+    dataset: str, explainers: Mapping[str, MethodOptions], budget: int | None = None
 ) -> list[tuple[str, ExplainerConfig]]:
-    """Every (method, configuration) of the grid for ``dataset``, validated (see :func:`method_configs`)."""
+    """Every (method, configuration) of ``explainers`` (method -> (fixed, grid)) for
+    ``dataset``, validated (see :func:`explainer_configs`)."""
     return [
         (method, config)
-        for method in check_methods(methods)
-        for config in method_configs(method, dataset, options)
+        for method in check_methods(list(explainers))
+        for config in explainer_configs(method, dataset, *explainers[method], budget=budget)
     ]
 
 
-def plan_runs(
+def runs_for(
+    configs: Sequence[tuple[str, ExplainerConfig]],
     *,
     dataset: str,
-    methods: Sequence[str],
     ks: Sequence[int],
-    options: Mapping[str, Any] | None = None,
     seed: int,
     n_users: int | None,
     model_key: str,
     split_seed: int | None = None,
 ) -> list[RunSpec]:
-    """Every run of the grid: each method once per k and per combination of its grid options
-    (LCER per (α, λ); a baseline, which has none, once per k), on the data of ``split_seed``."""
+    """The runs of every (method, configuration) at every k, on the data of ``split_seed``."""
     if not ks:
         raise InvalidParameterError("no k given", param="k")
     specs: dict[str, RunSpec] = {}
-    for method, config in plan_configs(dataset, methods, options):
+    for method, config in configs:
         for k in ks:
             spec = run_spec(
                 dataset=dataset,
@@ -391,27 +473,55 @@ def plan_runs(
     return list(specs.values())
 
 
+def plan_runs(
+    *,
+    dataset: str,
+    methods: Sequence[str],
+    ks: Sequence[int],
+    options: Mapping[str, Any] | None = None,
+    seed: int,
+    n_users: int | None,
+    model_key: str,
+    split_seed: int | None = None,
+) -> list[RunSpec]:
+    """Every run of shared ``options`` (see :func:`split_options`): each method once per k and
+    per combination of its grid options (LCER per (α, λ); a baseline, which has none, once per k)."""
+    budget = (options or {}).get("budget")
+    explainers = {m: split_options(m, options) for m in check_methods(methods)}
+    return runs_for(
+        plan_configs(dataset, explainers, budget),
+        dataset=dataset,
+        ks=ks,
+        seed=seed,
+        n_users=n_users,
+        model_key=model_key,
+        split_seed=split_seed,
+    )
+
+
 def validate_plan(
     datasets: Sequence[str],
-    methods: Sequence[str],
-    options: Mapping[str, Any] | None = None,
+    explainers: Mapping[str, MethodOptions],
     *,
     ks: Sequence[int],
     seeds: Sequence[int],
     n_users: int | None,
     shard_size: int,
     split_seeds: Sequence[int] = (),
+    budget: int | None = None,
 ) -> list[str]:
-    """Check a whole plan before any work (the command line before Prefect starts, a flow
-    started from a deployment before training): datasets, methods, every configuration of
-    every dataset, ks, seeds, users and shard size. The methods, unknown names refused."""
+    """Check a whole plan before any work (:class:`lcer_core.plan.Plan` when it is built):
+    datasets, methods (method -> (fixed, grid)), every configuration of every dataset, ks,
+    seeds, users and shard size. The methods, unknown names refused."""
     from lcer_core.datasets import get_spec
 
+    if not datasets:
+        raise InvalidParameterError("no dataset given")
     for name in datasets:
         get_spec(name)
-    method_list = check_methods(methods)
+    method_list = check_methods(list(explainers))
     for name in datasets:
-        plan_configs(name, method_list, options)
+        plan_configs(name, explainers, budget)
     if not ks:
         raise InvalidParameterError("no k given", param="k")
     for value in ks:

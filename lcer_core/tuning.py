@@ -11,7 +11,6 @@ proves that removing every test user's interactions from the data changes nothin
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -27,6 +26,7 @@ from lcer_core.explainers import ExplainerConfig, get_method
 from lcer_core.metrics import evaluate_pairs, strict_summary
 from lcer_core.models import TrainedModel
 from lcer_core.pairs import PairBatch, build_pairs
+from lcer_core.runs import explainer_configs
 
 __all__ = ["TUNING_SPLIT", "validation_users", "validation_pairs", "tuning_configs", "tune"]
 
@@ -71,13 +71,7 @@ def tuning_configs(
             )
     if any(len(values) == 0 for values in grid.values()):
         raise InvalidParameterError("a grid option has no value", param="grid")
-    base = {**cls.defaults_for(dataset), **fixed}
-    names = list(grid)
-    configs: dict[str, ExplainerConfig] = {}
-    for combo in itertools.product(*(grid[n] for n in names)):
-        config = cls(**{**base, **dict(zip(names, combo, strict=True))})
-        configs.setdefault(repr(config.dump()), config)
-    return list(configs.values())
+    return explainer_configs(method, dataset, fixed, {n: list(v) for n, v in grid.items()})
 
 
 def tune(

@@ -55,17 +55,12 @@ _RUN_KEY_TAG = "lcer.run_key"
 
 def _open_params(spec: RunSpec, params: dict[str, Any]) -> dict[str, Any]:
     """An explanation run's MLflow params known before it runs (``device`` comes at the end):
-    beside ``method, k, alpha, lam``, every field of the explainer's config (``explainer.lr``)
-    and ``selects_on``, the evaluation tests the method chooses its answers with
-    (``topk+sufficiency``, ``topk`` or ``none``)."""
+    :meth:`RunSpec.tracked_params` (from its configuration alone: ``method, k, alpha, lam``,
+    every field as ``explainer.NAME``), ``selects_on``, the evaluation tests the method chooses
+    its answers with (``topk+sufficiency``, ``topk`` or ``none``), and the flow's ``params``."""
     return {
+        **spec.tracked_params(),
         "selects_on": selects_text(spec.selects_on()),
-        "steps": spec.steps,
-        "seed": spec.seed,
-        "n_users": spec.n_users,
-        "model_key": spec.model_key,
-        "run_key": spec.run_id,
-        **{f"explainer.{name}": value for name, value in spec.config.dump().items()},
         **params,
         **spec.params(),
     }
@@ -234,8 +229,9 @@ def _best_baseline(dataset: str, k: int, method: str) -> dict[str, float | None]
 
 @task(name="sweep-figures", cache_policy=NO_CACHE)
 def sweep_figures(parent_run_id: str, results: Sequence[RunResult]) -> list[str]:
-    """Figures 8 and 9 and the Pareto front of a sweep, attached to its parent run."""
-    if not results:
+    """Figures 8 and 9 and the Pareto front of a sweep, attached to its parent run (a sweep
+    whose runs lack α or λ has none)."""
+    if not results or any(r.spec.alpha is None or r.spec.lam is None for r in results):
         return []
     spec = results[0].spec
     sweep = pl.DataFrame(

@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,45 @@ def test_lcer_explain_runs_the_toy_through_its_entry_point(toy_dir: Path, traine
     assert int(metrics["n_pairs"]) == users * k
     assert 0.0 <= float(metrics["val_pct"]) <= 100.0  # the toy reports validity
     assert set(metrics) == {"n_pairs", "val_pct", "len", "ps_pct", "pn_pct", "fns_pct"}
+
+
+@pytest.fixture()
+def toy_loaded(toy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The page's toy registered in this process through its entry point; gone afterwards."""
+    from lcer_core.explainers import METHODS, registry
+
+    monkeypatch.syspath_prepend(str(toy_dir))
+    try:
+        registry.load_plugins()
+        assert "toy" in METHODS
+        yield toy_dir
+    finally:
+        METHODS.pop("toy", None)
+        registry.PLUGINS.pop("toy", None)
+
+
+def test_the_pages_lcer_run_sets_the_toys_option(toy_loaded: Path, capsys) -> None:
+    """The page's ``lcer run ... --method toy --set top=2`` plans the toy with ``top`` 2: its own
+    run key, not the default top's (tests/test_flows.py runs it through the pipeline)."""
+    import json
+
+    from dataset_fixtures import run_cli
+
+    from lcer_core.plan import make_plan
+    from lcer_core.runs import run_spec
+
+    (argv,) = commands("lcer run")
+    assert argv[argv.index("--set") + 1] == "top=2"
+    code, out, err = run_cli([*argv[1:], "--show-plan"], capsys)
+    assert code == 0, err
+    plan = make_plan(json.loads(out))
+    assert plan.explainers["toy"].fixed == {"top": 2}
+    [spec] = plan.runs("ml-100k", "m", 0)
+    assert spec.as_row()["config"] == {"method": "toy", "top": 2}
+    assert spec.tracked_params()["explainer.top"] == 2
+    same = {"dataset": "ml-100k", "method": "toy", "k": 2, "seed": 0, "n_users": 2}
+    top2, default = run_spec(**same, model_key="m", top=2), run_spec(**same, model_key="m")
+    assert spec.run_id == top2.run_id != default.run_id
 
 
 def test_the_contract_suite_passes_for_both_toys(toy_dir: Path) -> None:

@@ -23,7 +23,17 @@ from lcer_core.store import ResultStore
 
 pytestmark = pytest.mark.slow
 
-TINY = {"ks": [5], "n_users": 4, "steps": 30, "shard_size": 2, "epochs": 2, "seed": 0}
+TINY = {"ks": [5], "n_users": 4, "shard_size": 2, "epochs": 2, "seed": 0}
+STEPS = {"steps": 30}  # LCER's and LCER+'s steps (the options of the methods that declare them)
+
+
+def tiny(methods: list[str]) -> Any:
+    """The module's small plan: ``methods`` on ML 100K, 4 users in shards of 2, 30 steps."""
+    from lcer_core.plan import make_plan, shorthand_explainers
+
+    return make_plan(datasets=["ml-100k"], explainers=shorthand_explainers(methods, STEPS), **TINY)
+
+
 N_SHARDS = 2  # 4 users in shards of 2
 
 
@@ -77,7 +87,7 @@ def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: P
     from tasks import mlflow_client
 
     methods = sorted(METHODS)
-    flow_run_id, rows = _run(lcer_pipeline, datasets=["ml-100k"], methods=methods, **TINY)
+    flow_run_id, rows = _run(lcer_pipeline, plan=tiny(methods))
 
     # One row per method (baselines once per k, LCER at the paper's α/λ), 4 users x top-5.
     assert sorted(r["method"] for r in rows) == methods
@@ -135,7 +145,7 @@ def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: P
 
     # The same flow again: nothing recomputed (every shard a cache hit, files untouched),
     # the model not trained again, every row count unchanged.
-    flow_run_2, rows_2 = _run(lcer_pipeline, datasets=["ml-100k"], methods=methods, **TINY)
+    flow_run_2, rows_2 = _run(lcer_pipeline, plan=tiny(methods))
     again = _task_runs(flow_run_2, N_SHARDS * len(methods))
     assert len(again) == N_SHARDS * len(methods)
     assert {r.state.name for r in again} == {"Cached"}
@@ -151,7 +161,7 @@ def test_pipeline_fans_out_stores_tracks_and_reuses_finished_shards(flow_home: P
     fia = next(r for r in rows if r["method"] == "fia")
     lost = shards.shard_path(fia["run_id"], 1)
     lost.unlink()
-    flow_run_3, _ = _run(lcer_pipeline, datasets=["ml-100k"], methods=["fia"], **TINY)
+    flow_run_3, _ = _run(lcer_pipeline, plan=tiny(["fia"]))
     third = {r.name[-4:]: r.state.name for r in _task_runs(flow_run_3, N_SHARDS)}
     assert third == {"0000": "Cached", "0001": "Completed"}
     assert lost.is_file()
@@ -202,19 +212,19 @@ def test_cli_runs_ease_through_the_pipeline_and_reports_a_table_per_recommender(
 
 def test_sweep_is_a_parent_mlflow_run_with_one_child_per_grid_point(flow_home: Path) -> None:
     from flows.sweep import lcer_sweep
+    from lcer_core.plan import sweep_plan
     from tasks import mlflow_client
 
-    _, rows = _run(
-        lcer_sweep,
-        dataset="ml-100k",
-        alphas=[0.05, 0.1],
-        lams=[0.01, 0.02],
-        k=5,
+    # the sweep is a plan with a grid; as a deployment's parameter, JSON validated by Prefect
+    plan = sweep_plan(
+        "ml-100k",
+        grid={"alpha": [0.05, 0.1], "lam": [0.01, 0.02]},
+        fixed={"steps": 20},
         n_users=2,
-        steps=20,
         shard_size=2,
         epochs=2,
     )
+    _, rows = _run(lcer_sweep, plan=plan.model_dump(mode="json"))
     assert sorted((r["alpha"], r["lam"]) for r in rows) == [
         (0.05, 0.01),
         (0.05, 0.02),
@@ -340,3 +350,63 @@ def test_cli_refuses_bad_options_in_one_line(
     assert err.startswith("error: ") and message in err
     assert len(err.splitlines()) == 1
     assert not (lcer_home / "prefect-home").exists()  # refused before Prefect started
+
+
+def test_lcer_run_sets_a_plugins_option_in_key_row_and_mlflow(
+    flow_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """docs/extending.md's ``lcer run ml-100k --method toy --set top=2`` on this module's server
+    and model: ``top`` reaches the run key (not the default top's), the ``runs`` row's
+    ``config`` and the MLflow run's params."""
+    import json
+
+    from dataset_fixtures import run_cli
+    from test_extending import blocks
+
+    from lcer_core.explainers import registry
+    from lcer_core.runs import run_spec
+    from tasks import mlflow_client
+
+    for name, value in {  # what the command line sets, restored after the test
+        "PREFECT_HOME": str(flow_home / "prefect-home"),
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for _, name, text in blocks():  # the page's plugin, on sys.path, registered here
+        if name:
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        registry.load_plugins()
+        argv = ["run", "ml-100k", "--method", "toy", "--set", "top=2", "--users", "2", "--k", "2"]
+        code, _, err = run_cli([*argv, "--epochs", str(TINY["epochs"])], capsys)
+        assert code == 0, err
+        [row] = (
+            ResultStore()
+            .query("SELECT run_id, model_key, config, mlflow_run_id FROM runs WHERE method = 'toy'")
+            .iter_rows(named=True)
+        )
+        keys = {
+            top: run_spec(
+                dataset="ml-100k",
+                method="toy",
+                k=2,
+                seed=0,
+                n_users=2,
+                model_key=row["model_key"],
+                top=top,
+            ).run_id
+            for top in (1, 2)
+        }
+    finally:
+        METHODS.pop("toy", None)
+        registry.PLUGINS.pop("toy", None)
+    assert row["run_id"] == keys[2] != keys[1]
+    assert json.loads(row["config"]) == {"method": "toy", "top": 2}
+    params = mlflow_client.client().get_run(row["mlflow_run_id"]).data.params
+    assert params["explainer.top"] == "2" and params["method"] == "toy"
+    assert params["run_key"] == row["run_id"]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import math
 import sys
+from typing import Annotated
 
 import typer
+
+from lcer_core.cli import flags
 
 
 def _clean(v):  # noqa: ANN001, ANN202
@@ -21,9 +24,9 @@ def bench(
     dataset: str = typer.Option(
         "ml-100k", "--dataset", help="Dataset whose test users are explained."
     ),
-    k: int = typer.Option(5, "--k"),
-    steps: int = typer.Option(None, "--steps", help="LCER optimisation steps (default: LCER's)."),
-    users: int = typer.Option(None, "--users", help="Test users (default: all)."),
+    k: flags.K = 5,
+    steps: flags.Steps = None,
+    users: Annotated[int | None, typer.Option("--users", help="Test users (default: all).")] = None,
     sample: int = typer.Option(5, "--sample", help="Pairs run through the sequential loop."),
     full: bool = typer.Option(
         False, "--full", help="Run the sequential loop over all pairs (slow)."
@@ -34,31 +37,33 @@ def bench(
     min_delta: float = typer.Option(
         0.0, "--min-delta", help="Early stop: smallest loss drop that restarts the count."
     ),
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="name=value: a field of LCER's configuration (repeatable)."),
+    ] = None,
     items: int = typer.Option(
         None, "--synthetic-items", help="Use an untrained model over N items."
     ),
-    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when visible)."),
-    seed: int = typer.Option(0, "--seed"),
+    device: flags.Device = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the explanations and data.")] = 0,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Seconds per pair of the reference's sequential loop and of the batched engine, and the speed-up."""
-    from lcer_core.bench import run_benchmark
+    from lcer_core.bench import BenchSetup, run_benchmark
+    from lcer_core.cli.assignments import parse_assignments
     from lcer_core.cli.progress import stage_bars
+    from lcer_core.explainers import LCERConfig
 
+    fields = {"steps": steps, "patience": patience, "min_delta": min_delta}
+    fields = {n: v for n, v in fields.items() if v is not None}
+    sets = parse_assignments(set_, LCERConfig, flag="--set", many=False)
+    config = LCERConfig(**{**fields, **sets})
+    setup = BenchSetup(dataset, k, users, sample, full, items, device, seed)
     # Bars only when both streams are a terminal: a piped stdout (or --json) keeps its lines as they were.
     with stage_bars(enabled=not as_json and sys.stdout.isatty()) as (say, on_epoch, progress):
         raw = run_benchmark(
-            dataset=dataset,
-            k=k,
-            steps=steps,
-            n_users=users,
-            sample=sample,
-            full=full,
-            patience=patience,
-            min_delta=min_delta,
-            synthetic_items=items,
-            device=device,
-            seed=seed,
+            config,
+            setup,
             log=say if not as_json else (lambda msg: typer.echo(msg, err=True)),
             on_epoch=on_epoch,
             progress=progress,

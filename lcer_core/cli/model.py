@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from lcer_core.cli import flags
 from lcer_core.cli.output import printable
 from lcer_core.errors import InvalidParameterError, MissingDataError
 from lcer_core.paper import PAPER_RECOMMENDER as DEFAULT_RECOMMENDER
@@ -93,12 +94,20 @@ def _progress_bar(label: str):  # noqa: ANN202
     return bar
 
 
-def _explainer_config(method: str, dataset: str, **options: float | int | None) -> ExplainerConfig:
-    """``method``'s config from the options it declares (the others do not apply to it), the
-    paper's for ``dataset`` where none is given: the planner of ``lcer run``, for one run."""
-    from lcer_core.runs import method_configs
+def _explainer_config(
+    method: str, dataset: str, sets: list[str] | None, **options: float | int | None
+) -> ExplainerConfig:
+    """``method``'s config from the shorthand ``options`` it declares (the others do not apply
+    to it) and ``--set``, the paper's for ``dataset`` where none is given: one run's planner."""
+    from lcer_core.cli.assignments import parse_assignments
+    from lcer_core.explainers import get_method
+    from lcer_core.runs import explainer_configs, split_options
 
-    [config] = method_configs(method, dataset, options)
+    budget = options.pop("budget", None)
+    fixed, grid = split_options(method, options)
+    generic = parse_assignments(sets, get_method(method).config_type, flag="--set", many=False)
+    fixed = {**fixed, **{name: values[0] for name, values in grid.items()}, **generic}
+    [config] = explainer_configs(method, dataset, fixed, budget=budget)
     return config
 
 
@@ -110,20 +119,17 @@ def explain(
         "-m",
         help="lcer, fia, accent, kaffes, kaffes-topk, lcer-plus or amortised.",
     ),
-    k: int = typer.Option(5, "--k", help="Length of the recommendation list."),
-    alpha: float = typer.Option(
-        None, "--alpha", help="LCER hinge margin α (default: the paper's)."
-    ),
-    lam: float = typer.Option(None, "--lam", help="LCER length weight λ (default: the paper's)."),
-    users: int = typer.Option(None, "--users", help="Number of test users (default: all)."),
-    steps: int = typer.Option(None, "--steps", help="LCER optimisation steps (default: LCER's)."),
-    budget: int = typer.Option(
-        None,
-        "--budget",
-        help="Search budget of the method (random-prefix: orders, kaffes*: max_queries, "
-        "lcer-plus: candidates, amortised: budget; default: the method's).",
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the explainer's randomness."),
+    k: flags.K = 5,
+    alpha: flags.Alpha = None,
+    lam: flags.Lam = None,
+    users: flags.Users = None,
+    steps: flags.Steps = None,
+    budget: flags.Budget = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="name=value: an option of the method (repeatable)."),
+    ] = None,
+    seed: flags.Seed = 0,
     user: str = typer.Option(
         None, "--user", help="Explain this user (id of the raw file), in words."
     ),
@@ -134,11 +140,7 @@ def explain(
     no_train: bool = typer.Option(
         False, "--no-train", help="Refuse (exit 2) instead of preparing data or training a model."
     ),
-    epochs: int = typer.Option(
-        None,
-        "--epochs",
-        help="Training epochs of the recommender, when there is no model yet (default: its own).",
-    ),
+    epochs: flags.Epochs = None,
     recommender: str = typer.Option(
         DEFAULT_RECOMMENDER,
         help="The recommender whose latest model is explained, by its registry name (default: the paper's).",
@@ -155,7 +157,9 @@ def explain(
 
         if not get_method(method).config_type.budget_option:
             raise InvalidParameterError(f"--budget: method {method} has no search budget")
-    config = _explainer_config(method, dataset, alpha=alpha, lam=lam, steps=steps, budget=budget)
+    config = _explainer_config(
+        method, dataset, set_, alpha=alpha, lam=lam, steps=steps, budget=budget
+    )
     checks.check_k(k)
     if users is not None:
         checks.check_users(users)

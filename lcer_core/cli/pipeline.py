@@ -9,26 +9,24 @@ Prefect starts, so a bad option costs one line and no server.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from lcer_core import paths
+from lcer_core.cli import flags
 from lcer_core.cli.progress import Session, session
 from lcer_core.errors import InvalidParameterError
 from lcer_core.paper import PAPER_RECOMMENDER as DEFAULT_RECOMMENDER
 
-#: ``--recommender``: which registered recommender is trained and explained.
-RECOMMENDER_OPTION = typer.Option(
-    help="The recommender to train and explain, by its registry name (default: the paper's; "
-    "an unknown name lists the others)."
-)
-
 if TYPE_CHECKING:
     from prefect import Flow
 
-__all__ = ["run", "run_pipeline", "sweep", "train", "parse_list"]
+    from lcer_core.plan import Plan
+
+__all__ = ["run", "run_pipeline", "sweep", "train", "parse_list", "Where"]
 
 
 def parse_list(text: str | None, kind: Callable[[str], Any], option: str) -> list[Any] | None:
@@ -146,24 +144,15 @@ def run(
             help="Comma-separated methods (default: the paper's lcer,fia,accent,kaffes; also kaffes-topk)."
         ),
     ] = None,
-    k: Annotated[
-        str | None, typer.Option("--k", help="Comma-separated list lengths K (default: 5,10).")
-    ] = None,
-    users: Annotated[
-        int | None, typer.Option(help="Explain the first N test users (default: all).")
-    ] = None,
-    steps: Annotated[
-        int | None, typer.Option(help="LCER optimisation steps (default: LCER's).")
-    ] = None,
-    budget: Annotated[
-        int | None,
-        typer.Option(
-            help="Search budget of the methods that have one (random-prefix: orders, "
-            "kaffes*: max_queries, lcer-plus: candidates, amortised: budget; default: each "
-            "method's)."
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the explanations.")] = 0,
+    method: flags.MethodNames = None,
+    set_: flags.Sets = None,
+    grid: flags.Grids = None,
+    plan_file: flags.PlanFile = None,
+    k: flags.Ks = None,
+    users: flags.Users = None,
+    steps: flags.Steps = None,
+    budget: flags.Budget = None,
+    seed: flags.OptionalSeed = None,
     seeds: Annotated[
         str | None,
         typer.Option(
@@ -179,147 +168,144 @@ def run(
             "(default: the dataset's one split)."
         ),
     ] = None,
-    alpha: Annotated[
-        float | None, typer.Option(help="LCER's α (default: the paper's for the dataset).")
-    ] = None,
-    lam: Annotated[
-        str | None,
-        typer.Option(help="LCER's λ, or a comma-separated list (default: the paper's)."),
-    ] = None,
-    shard_size: Annotated[int, typer.Option(help="Test users per explanation task.")] = 25,
-    epochs: Annotated[
-        int | None,
-        typer.Option(
-            help="Training epochs of the recommender (when it must be trained; default: its own)."
-        ),
-    ] = None,
-    recommender: Annotated[str, RECOMMENDER_OPTION] = DEFAULT_RECOMMENDER,
-    runner: Annotated[str, typer.Option(help="Task runner: threads or ray.")] = "threads",
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster address (with --runner ray).")
-    ] = None,
-    storage: Annotated[
-        str | None,
-        typer.Option(
-            help="Storage URL (fsspec, e.g. file:///shared/folder or s3://bucket/prefix) "
-            "through which explanations on another work pool travel; default $LCER_STORAGE."
-        ),
-    ] = None,
-    verbose: Annotated[
-        bool,
-        typer.Option("--verbose", "-v", help="Print the full log stream instead of progress bars."),
-    ] = False,
+    alpha: flags.Alpha = None,
+    lam: flags.Lams = None,
+    shard_size: flags.ShardSize = None,
+    epochs: flags.Epochs = None,
+    recommender: flags.Recommender = None,
+    show_plan: flags.ShowPlan = False,
+    runner: flags.Runner = "threads",
+    address: flags.Address = None,
+    storage: flags.Storage = None,
+    verbose: flags.Verbose = False,
 ) -> None:
     """Run the whole Prefect pipeline: prepare, train, explain (fanned out), evaluate, store, track."""
-    rows, shown = run_pipeline(
-        list(datasets or ["ml-100k"]),
-        methods=methods,
-        k=k,
-        users=users,
-        steps=steps,
-        budget=budget,
-        seed=seed,
-        seeds=seeds,
-        split_seeds=split_seeds,
-        alpha=alpha,
-        lam=lam,
-        shard_size=shard_size,
-        epochs=epochs,
-        runner=runner,
-        address=address,
-        storage=storage,
-        verbose=verbose,
-        recommender=recommender,
+    from lcer_core.cli.planning import plan_from_flags
+
+    seed_list = parse_list(seeds, int, "--seeds")
+    if seed_list and seed is not None:
+        raise InvalidParameterError("--seed and --seeds cannot be combined (--seeds sets both)")
+    plan = plan_from_flags(
+        plan_file,
+        {
+            "datasets": datasets or None,
+            "ks": parse_list(k, int, "--k"),
+            "n_users": users,
+            "seed": seed,
+            "seeds": seed_list,
+            "split_seeds": parse_list(split_seeds, int, "--split-seeds"),
+            "shard_size": shard_size,
+            "epochs": epochs,
+            "budget": budget,
+            "recommender": recommender,
+        },
+        methods=[*(parse_list(methods, str, "--methods") or []), *(method or [])] or None,
+        shorthand={
+            "alpha": None if alpha is None else [alpha],
+            "lam": parse_list(lam, float, "--lam"),
+            "steps": steps,
+        },
+        sets=set_,
+        grids=grid,
     )
+    if show_plan:
+        typer.echo(plan.model_dump_json(indent=2))
+        return
+    _check_trainable(plan)
+    rows, shown = run_pipeline(plan, Where(runner, address, storage), verbose=verbose)
     _print_results(rows)
-    pages = [
-        paths.lcer_home() / "work" / "reports" / f"{d}.html"
-        for d in dict.fromkeys(datasets or ["ml-100k"])
-    ]
+    pages = [paths.lcer_home() / "work" / "reports" / f"{d}.html" for d in plan.datasets]
     typer.echo(
         shown.summary(f"{len(rows)} explanation runs", [p for p in pages if p.is_file()]), err=True
     )
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where the flows run: the task runner, its Ray address and the storage URL."""
+
+    runner: str = "threads"
+    address: str | None = None
+    storage: str | None = None
+
+
 def run_pipeline(
-    names: list[str],
-    *,
-    methods: str | None = None,
-    k: str | None = None,
-    users: int | None = None,
-    steps: int | None = None,
-    budget: int | None = None,
-    seed: int = 0,
-    seeds: str | None = None,
-    split_seeds: str | None = None,
-    alpha: float | None = None,
-    lam: str | None = None,
-    shard_size: int = 25,
-    epochs: int | None = None,
-    runner: str = "threads",
-    address: str | None = None,
-    storage: str | None = None,
-    verbose: bool = False,
-    recommender: str = DEFAULT_RECOMMENDER,
+    plan: Plan, where: Where = Where(), *, verbose: bool = False
 ) -> tuple[list[dict[str, Any]], Session]:
-    """Validate ``lcer run``'s options, then run the pipeline flow; its rows and the display session."""
-    from lcer_core.explainers import PAPER_METHODS
-    from lcer_core.runs import DEFAULT_KS
+    """Run the pipeline flow on ``plan`` (validated when built), after the runner and storage
+    checks; its rows and the display session."""
+    return _run_flow("pipeline", plan, where, verbose=verbose)
 
-    seed_list = parse_list(seeds, int, "--seeds") if seeds is not None else None
-    if seeds is not None and not seed_list:
-        raise InvalidParameterError("--seeds must name at least one seed")
-    if seed_list and seed != 0:
-        raise InvalidParameterError("--seed and --seeds cannot be combined (--seeds sets both)")
-    split_list = parse_list(split_seeds, int, "--split-seeds") if split_seeds is not None else None
-    ks = parse_list(k, int, "--k") or list(DEFAULT_KS)
-    lam_list = parse_list(lam, float, "--lam") if lam is not None else None
-    options = {
-        "alpha": None if alpha is None else [alpha],
-        "lam": lam_list,
-        "steps": steps,
-        "budget": budget,
-    }
-    method_list = _validate_explanations(
-        names,
-        parse_list(methods, str, "--methods") or list(PAPER_METHODS),
-        options,
-        ks=ks,
-        users=users,
-        seeds=seed_list or [seed],
-        shard_size=shard_size,
-        runner=runner,
-        address=address,
-        split_seeds=split_list or [],
-    )
-    epochs = _training(epochs, recommender, names)
-    _check_storage(storage)
+
+def _run_flow(
+    name: str, plan: Plan, where: Where, *, verbose: bool
+) -> tuple[list[dict[str, Any]], Session]:
+    """Check where ``plan`` runs, then run the flow ``name`` (pipeline or sweep) on it."""
+    _check_runner(where.runner, where.address)
+    _check_storage(where.storage)
     prefect_environment()
-    from flows.pipeline import lcer_pipeline
+    if name == "sweep":
+        from flows.sweep import lcer_sweep as chosen
+    else:
+        from flows.pipeline import lcer_pipeline as chosen
 
-    flow = _with_runner(lcer_pipeline, runner, address, method_list)
-    with session(verbose=verbose, plain_fallback=runner != "threads") as shown:
-        rows = flow(
-            datasets=names,
-            methods=method_list,
-            ks=ks,
-            alphas=options["alpha"],
-            lams=lam_list or None,
-            n_users=users,
-            steps=steps,
-            seed=seed,
-            shard_size=shard_size,
-            epochs=epochs,
-            seeds=seed_list,
-            budget=budget,
-            split_seeds=split_list,
-            recommender=recommender,
-        )
+    flow = _with_runner(chosen, where.runner, where.address, plan.methods)
+    with session(verbose=verbose, plain_fallback=where.runner != "threads") as shown:
+        rows = flow(plan=plan)
     return rows, shown
 
 
+def sweep(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    alphas: Annotated[
+        str | None, typer.Option(help="Comma-separated α values (default: the paper's grid).")
+    ] = None,
+    lams: Annotated[
+        str | None, typer.Option(help="Comma-separated λ values (default: the paper's grid).")
+    ] = None,
+    k: flags.K = 5,
+    users: flags.Users = None,
+    steps: flags.Steps = None,
+    seed: flags.Seed = 0,
+    shard_size: flags.ShardSize = None,
+    epochs: flags.Epochs = None,
+    runner: flags.Runner = "threads",
+    address: flags.Address = None,
+    verbose: flags.Verbose = False,
+) -> None:
+    """The α/λ grid of LCER over one trained model: one MLflow child run per grid point under a parent run."""
+    from lcer_core.plan import sweep_plan
+
+    given = {"shard_size": shard_size, "epochs": epochs}
+    plan = sweep_plan(
+        dataset,
+        grid={
+            "alpha": parse_list(alphas, float, "--alphas"),
+            "lam": parse_list(lams, float, "--lams"),
+        },
+        fixed={} if steps is None else {"steps": steps},
+        ks=[k],
+        n_users=users,
+        seed=seed,
+        **{n: v for n, v in given.items() if v is not None},
+    )
+    rows, shown = _run_flow("sweep", plan, Where(runner, address), verbose=verbose)
+    _print_results(rows)
+    typer.echo(shown.summary(f"{len(rows)} explanation runs"), err=True)
+
+
+def _check_trainable(plan: Plan) -> None:
+    """A prepared dataset of ``plan`` its recommender cannot train on (EASE above its catalogue
+    limit) is one line here, before Prefect starts."""
+    from lcer_core.models import check_trainable, recommender_config
+
+    config = recommender_config(plan.recommender, plan.training_options().get("epochs"))
+    for dataset in plan.datasets:
+        check_trainable(dataset, config)
+
+
 def _training(
-    epochs: int | None, recommender: str = DEFAULT_RECOMMENDER, datasets: list[str] = ()
+    epochs: int | None, recommender: str = DEFAULT_RECOMMENDER, datasets: Sequence[str] = ()
 ) -> int:
     """``--epochs`` (None: the default recommender's), checked by ``recommender``'s config; an
     unknown recommender, or a prepared dataset it cannot train on, is one line here."""
@@ -331,119 +317,16 @@ def _training(
     return epochs if epochs is not None else recommender_config().epochs
 
 
-def _validate_explanations(
-    datasets: list[str],
-    methods: list[str],
-    options: dict[str, Any],
-    *,
-    ks: list[int],
-    users: int | None,
-    seeds: list[int],
-    shard_size: int,
-    runner: str,
-    address: str | None,
-    split_seeds: list[int] | None = None,
-) -> list[str]:
-    """The prologue of ``lcer run`` and ``lcer sweep``: the plan checked by the core function
-    the flows use (every explainer configuration built once), then the runner; the methods."""
-    from lcer_core.runs import validate_plan
-
-    method_list = validate_plan(
-        datasets,
-        methods,
-        options,
-        ks=ks,
-        seeds=seeds,
-        n_users=users,
-        shard_size=shard_size,
-        split_seeds=split_seeds or [],
-    )
-    _check_runner(runner, address)
-    return method_list
-
-
-def sweep(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    alphas: Annotated[
-        str | None, typer.Option(help="Comma-separated α values (default: the paper's grid).")
-    ] = None,
-    lams: Annotated[
-        str | None, typer.Option(help="Comma-separated λ values (default: the paper's grid).")
-    ] = None,
-    k: Annotated[int, typer.Option("--k", help="List length K.")] = 5,
-    users: Annotated[
-        int | None, typer.Option(help="Explain the first N test users (default: all).")
-    ] = None,
-    steps: Annotated[
-        int | None, typer.Option(help="LCER optimisation steps (default: LCER's).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the explanations.")] = 0,
-    shard_size: Annotated[int, typer.Option(help="Test users per explanation task.")] = 25,
-    epochs: Annotated[
-        int | None,
-        typer.Option(
-            help="Training epochs of the recommender (when it must be trained; default: its own)."
-        ),
-    ] = None,
-    runner: Annotated[str, typer.Option(help="Task runner: threads or ray.")] = "threads",
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster address (with --runner ray).")
-    ] = None,
-    verbose: Annotated[
-        bool,
-        typer.Option("--verbose", "-v", help="Print the full log stream instead of progress bars."),
-    ] = False,
-) -> None:
-    """The α/λ grid of LCER over one trained model: one MLflow child run per grid point under a parent run."""
-    from lcer_core.explainers import PAPER_SWEEP_METHOD
-
-    alpha_list = parse_list(alphas, float, "--alphas")
-    lam_list = parse_list(lams, float, "--lams")
-    methods = _validate_explanations(
-        [dataset],
-        [PAPER_SWEEP_METHOD],
-        {"alpha": alpha_list, "lam": lam_list, "steps": steps},
-        ks=[k],
-        users=users,
-        seeds=[seed],
-        shard_size=shard_size,
-        runner=runner,
-        address=address,
-    )
-    epochs = _training(epochs)
-    prefect_environment()
-    from flows.sweep import lcer_sweep
-
-    flow = _with_runner(lcer_sweep, runner, address, methods)
-    with session(verbose=verbose, plain_fallback=runner != "threads") as shown:
-        rows = flow(
-            dataset=dataset,
-            alphas=alpha_list,
-            lams=lam_list,
-            k=k,
-            n_users=users,
-            steps=steps,
-            seed=seed,
-            shard_size=shard_size,
-            epochs=epochs,
-        )
-    _print_results(rows)
-    typer.echo(shown.summary(f"{len(rows)} explanation runs"), err=True)
-
-
 def train(
     dataset: Annotated[str, typer.Argument(help="Dataset name.")],
     epochs: Annotated[
         int | None, typer.Option(help="Training epochs (default: the recommender's own).")
     ] = None,
-    recommender: Annotated[str, RECOMMENDER_OPTION] = DEFAULT_RECOMMENDER,
+    recommender: flags.Recommender = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of the model's initialisation and batches.")
     ] = None,
-    verbose: Annotated[
-        bool,
-        typer.Option("--verbose", "-v", help="Print the full log stream instead of progress bars."),
-    ] = False,
+    verbose: flags.Verbose = False,
 ) -> None:
     """Train the recommender on DATASET (unless the same model exists) and register it in MLflow as RECOMMENDER-DATASET."""
     from lcer_core.checks import check_seed
@@ -451,6 +334,7 @@ def train(
     from lcer_core.models import MODEL_SEED
 
     get_spec(dataset)
+    recommender = recommender or DEFAULT_RECOMMENDER
     epochs = _training(epochs, recommender, [dataset])
     model_seed = check_seed(MODEL_SEED if seed is None else seed)
     prefect_environment()

@@ -308,8 +308,9 @@ def _ensure_results(dataset: str, no_train: bool) -> None:
         err=True,
     )
     from lcer_core.cli.pipeline import run_pipeline
+    from lcer_core.plan import make_plan
 
-    _, shown = run_pipeline([dataset])
+    _, shown = run_pipeline(make_plan(datasets=[dataset]))
     typer.echo(shown.summary("pipeline done"), err=True)
 
 
