@@ -197,6 +197,13 @@ def run(
             "through which explanations on another work pool travel; default $LCER_STORAGE."
         ),
     ] = None,
+    explain_deployment: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the explanations as a flow run of this deployment (FLOW/DEPLOYMENT, e.g. "
+            "lcer-explain/lcer-explain: the gpu work pool) on the server at $PREFECT_API_URL."
+        ),
+    ] = None,
     verbose: Annotated[
         bool,
         typer.Option("--verbose", "-v", help="Print the full log stream instead of progress bars."),
@@ -220,6 +227,7 @@ def run(
         runner=runner,
         address=address,
         storage=storage,
+        explain_deployment=explain_deployment,
         verbose=verbose,
     )
     _print_results(rows)
@@ -250,6 +258,7 @@ def run_pipeline(
     runner: str = "threads",
     address: str | None = None,
     storage: str | None = None,
+    explain_deployment: str | None = None,
     verbose: bool = False,
 ) -> tuple[list[dict[str, Any]], Session]:
     """Validate ``lcer run``'s options, then run the pipeline flow; its rows and the display session."""
@@ -285,6 +294,8 @@ def run_pipeline(
     epochs = _training(epochs)
     _check_storage(storage)
     prefect_environment()
+    if explain_deployment is not None:
+        _check_deployment(explain_deployment, runner)
     from flows.pipeline import lcer_pipeline
 
     flow = _with_runner(lcer_pipeline, runner, address, method_list)
@@ -303,8 +314,27 @@ def run_pipeline(
             seeds=seed_list,
             budget=budget,
             split_seeds=split_list,
+            explain_deployment=explain_deployment,
         )
     return rows, shown
+
+
+def _check_deployment(name: str, runner: str) -> None:
+    """``--explain-deployment``: a server to reach, and a deployment there that runs this code."""
+    if runner != "threads":
+        raise InvalidParameterError(
+            "--explain-deployment runs the explanations on that deployment's work pool: "
+            "it takes no --runner (set LCER_TASK_RUNNER on that pool's worker instead)"
+        )
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise InvalidParameterError(
+            "--explain-deployment needs the Prefect server its work pools use: set PREFECT_API_URL"
+        )
+    from flows.deploy import check_deployment_code
+
+    check_deployment_code(name)
 
 
 def _training(epochs: int | None) -> int:
