@@ -1,8 +1,8 @@
 """Which code this process runs: the package version and a digest of its source.
 
 A run that crosses machines (a work pool's worker, a Ray node) must run the code it was
-planned with. :func:`code_version` names that code as ``VERSION+src.DIGEST``: the installed
-``lcer`` version (for people) and a sha256 over the files of the packages ``lcer_core``,
+planned with. :func:`code_version` names that code as ``VERSION+src.DIGEST``: the package's
+version (for people) and a sha256 over the files of the packages ``lcer_core``,
 ``flows`` and ``tasks`` as they lie beside the imported ``lcer_core`` (for the check), so an
 editable install, a wheel and a git clone of the same commit agree, whatever their folder.
 Nothing here imports Prefect or Ray.
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from importlib import metadata
 from pathlib import Path
 
+from lcer_core import __version__
 from lcer_core.errors import InvalidParameterError
 
 __all__ = ["PACKAGES", "package_dirs", "code_version", "same_code", "check_code_version"]
@@ -48,16 +48,9 @@ def _digest(root: Path | None) -> str:
     return h.hexdigest()[:12]
 
 
-def _installed_version() -> str:
-    try:
-        return metadata.version("lcer")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
 @functools.cache
 def _cached(root: str | None) -> str:
-    return f"{_installed_version()}+src.{_digest(None if root is None else Path(root))}"
+    return f"{__version__}+src.{_digest(None if root is None else Path(root))}"
 
 
 def code_version(root: Path | None = None) -> str:

@@ -33,6 +33,7 @@ FLAGS: dict[str, str] = {
     "out": "--out",
     "address": "--address",
     "runner": "--runner",
+    "explain_deployment": "--explain-deployment",
     "patience": "--patience",
     "min_delta": "--min-delta",
     "timeout": "--timeout",
