@@ -141,6 +141,9 @@ def cluster(http_mirror: str) -> Iterator[dict[str, Any]]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "false",
         "RAY_USAGE_STATS_ENABLED": "0",
+        # A loopback cluster of the test's own: no token, whatever ~/.ray/auth_token holds
+        # (with one there, the head asks for it and a worker node does not send it).
+        "RAY_AUTH_MODE": "disabled",
         "PREFECT_API_URL": api,
     }
     # The nodes see neither the flow's folders nor any copy of our code: the flow ships it
@@ -199,7 +202,7 @@ def cluster(http_mirror: str) -> Iterator[dict[str, Any]]:
             nodes.append(proc)
             if name == "head":  # the worker node needs the head's GCS
                 _wait_port(port, proc, root / "head.log")
-        info = _wait_for(f"127.0.0.1:{port}", 2, root, nodes[1])
+        info = _wait_for(f"127.0.0.1:{port}", 2, root, nodes[1], base)
         deadline = time.monotonic() + 90
         import httpx
 
@@ -226,7 +229,9 @@ def cluster(http_mirror: str) -> Iterator[dict[str, Any]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _wait_for(address: str, n: int, root: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+def _wait_for(
+    address: str, n: int, root: Path, proc: subprocess.Popen[bytes], env: dict[str, str]
+) -> dict[str, Any]:
     """Wait until the cluster has ``n`` live nodes; the node ids and which has the GPU."""
     script = f"""
 import json, time, ray
@@ -246,7 +251,7 @@ print(json.dumps({{"nodes": [x["NodeID"] for x in alive], "gpu_node": gpu[0] if 
             _tail(p, 2000) for p in sorted(root.glob("*.log"))
         )
         done = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=150
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=150
         )
         if done.returncode == 0:
             info = json.loads(done.stdout.strip().splitlines()[-1])
@@ -336,7 +341,8 @@ def test_a_cluster_without_cpus_is_refused_in_one_line(http_mirror: str) -> None
         for k, v in os.environ.items()
         if not k.startswith(("PREFECT_", "LCER_", "MLFLOW_", "RAY_"))
     }
-    env = {**base, "RAY_USAGE_STATS_ENABLED": "0", "LCER_HOME": str(root / "home")}
+    env = {**base, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           "LCER_HOME": str(root / "home")}  # fmt: skip
     head = _start(
         [RAY, "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
          "--num-cpus", "0", "--num-gpus", "0", "--include-dashboard", "false",
