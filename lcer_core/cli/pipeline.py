@@ -292,10 +292,15 @@ def run_pipeline(
         split_seeds=split_list or [],
     )
     epochs = _training(epochs)
+    if explain_deployment is not None and runner != "threads":
+        raise InvalidParameterError(
+            "--explain-deployment runs the explanations on that deployment's work pool: "
+            "it takes no --runner (set LCER_TASK_RUNNER on that pool's worker instead)"
+        )
     _check_storage(storage)
     prefect_environment()
     if explain_deployment is not None:
-        _check_deployment(explain_deployment, runner)
+        _check_deployment(explain_deployment)
     from flows.pipeline import lcer_pipeline
 
     flow = _with_runner(lcer_pipeline, runner, address, method_list)
@@ -319,13 +324,8 @@ def run_pipeline(
     return rows, shown
 
 
-def _check_deployment(name: str, runner: str) -> None:
+def _check_deployment(name: str) -> None:
     """``--explain-deployment``: a server to reach, and a deployment there that runs this code."""
-    if runner != "threads":
-        raise InvalidParameterError(
-            "--explain-deployment runs the explanations on that deployment's work pool: "
-            "it takes no --runner (set LCER_TASK_RUNNER on that pool's worker instead)"
-        )
     from prefect.settings import get_current_settings
 
     if not get_current_settings().api.url:
