@@ -18,7 +18,8 @@ line, before anything is fetched or written.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import io
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,9 @@ from flows.runner import (
     wait_on_ray,
 )
 from lcer_core import remote
+from lcer_core.code_version import check_code_version
 from lcer_core.datasets import load_prepared
-from lcer_core.errors import OrchestrationError
+from lcer_core.errors import LcerError, OrchestrationError
 from lcer_core.fsio import write_parquet_atomic
 from lcer_core.keys import content_key
 from lcer_core.models import load_model
@@ -98,6 +100,7 @@ def submit_shards(
     users: Sequence[int],
     shard_size: int,
     bundles: Mapping[str, str] | None = None,
+    finished: Mapping[tuple[str, int], str] | None = None,
 ) -> ShardFutures:
     """Submit one explanation task per (run, shard); futures by run id, in shard order.
 
@@ -106,10 +109,11 @@ def submit_shards(
     and each task sends its shard back (:func:`shard_file` writes it, with its key); shards
     complete on disk are not submitted. With ``bundles`` (the storage URL of each model's
     bundle, by model key: the ``lcer-explain`` deployment on another machine) or a storage URL
-    set (``LCER_STORAGE``), the model and data go through the storage URL instead.
+    set (``LCER_STORAGE``), the model and data go through the storage URL instead; the shards
+    of ``finished`` (by (run id, index): where their file is) are not submitted.
     """
     if bundles is not None or is_ray_runner():
-        return _submit_remote(specs, users, shard_size, bundles)
+        return _submit_remote(specs, users, shard_size, bundles, finished or {})
     logger = get_run_logger()
     chunks = split_users(list(users), shard_size)
     futures = ShardFutures()
@@ -136,6 +140,7 @@ def _submit_remote(
     users: Sequence[int],
     shard_size: int,
     bundles: Mapping[str, str] | None,
+    finished: Mapping[tuple[str, int], str],
 ) -> ShardFutures:
     logger = get_run_logger()
     ray_runner = is_ray_runner()
@@ -154,8 +159,12 @@ def _submit_remote(
         futures.labels[spec.run_id] = _label(spec)
         for index, chunk in enumerate(chunks):
             path = shard_path(spec.run_id, index)
-            if bundles is None and shard_is_complete(path, chunk, shard_key(spec, index, chunk)):
-                futures[spec.run_id].append(str(path))
+            done = finished.get((spec.run_id, index))
+            if done is None and bundles is None:
+                key = shard_key(spec, index, chunk)
+                done = str(path) if shard_is_complete(path, chunk, key) else None
+            if done is not None:
+                futures[spec.run_id].append(done)
                 continue
             if spec.model_key not in inputs:
                 inputs[spec.model_key] = _bundle(spec, specs, users, storage, ray_runner)
@@ -167,8 +176,8 @@ def _submit_remote(
             futures.needs[spec.run_id] = placement_resources(where)
             futures[spec.run_id].append(future)
     logger.info(
-        "submitted %s explanation tasks (%d runs x %d shards of up to %d users; the rest on "
-        "disk), model and data through %s",
+        "submitted %s explanation tasks (%d runs x %d shards of up to %d users; the rest "
+        "finished before), model and data through %s",
         ", ".join(f"{n} to {w}" for w, n in sorted(places.items())) or "no",
         len(specs),
         len(chunks),
@@ -248,8 +257,13 @@ def write_shard_bytes(
     return write_parquet_atomic(frame, path, metadata={SHARD_KEY_FIELD: key})
 
 
-def resolve_shards(futures: ShardFutures) -> None:
-    """Wait for every shard (finished, failed or cached), reporting each as it ends.
+#: Called with (run id, shard index, future) as each shard finishes well.
+OnDone = Callable[[str, int, PrefectFuture[Any]], None]
+
+
+def resolve_shards(futures: ShardFutures, on_done: OnDone | None = None) -> None:
+    """Wait for every shard (finished, failed or cached), reporting each as it ends (and passing
+    each that finished well to ``on_done``).
 
     On Ray, shards that no live node can take any more (:func:`flows.runner.wait_on_ray`) are
     given up: once the others have ended, :class:`~flows.runner.ShardsStranded` names them by
@@ -267,24 +281,32 @@ def resolve_shards(futures: ShardFutures) -> None:
                 progress.emit(progress.SHARD_DONE, run=run_id, index=i, ok=True)
     pending = [f for fs in futures.values() for f in fs if not isinstance(f, str)]
     if pending and is_ray_runner():
-        _wait_on_ray(futures, pending, where)
+        _wait_on_ray(futures, pending, where, on_done)
         return
     for future in as_completed(pending):
         run_id, index = where[id(future)]
-        progress.emit(progress.SHARD_DONE, run=run_id, index=index, ok=future.state.is_completed())
+        future.wait()  # done: this only takes its final state (not the server's, which lags)
+        ok = future.state.is_completed()
+        if ok and on_done is not None:
+            on_done(run_id, index, future)
+        progress.emit(progress.SHARD_DONE, run=run_id, index=index, ok=ok)
 
 
 def _wait_on_ray(
     futures: ShardFutures,
     pending: Sequence[PrefectFuture[Any]],
     where: Mapping[int, tuple[str, int]],
+    on_done: OnDone | None,
 ) -> None:
     by_key = {where[id(f)]: f for f in pending}
 
     def done(key: tuple[str, int]) -> None:
         future = by_key[key]
         future.wait()  # the object is ready: this only takes its final state
-        progress.emit(progress.SHARD_DONE, run=key[0], index=key[1], ok=future.state.is_completed())
+        ok = future.state.is_completed()
+        if ok and on_done is not None:
+            on_done(key[0], key[1], future)
+        progress.emit(progress.SHARD_DONE, run=key[0], index=key[1], ok=ok)
 
     wait_on_ray(
         {key: f.wrapped_future for key, f in by_key.items()},
@@ -330,25 +352,46 @@ def lcer_explain(
     shard_size: int = DEFAULT_SHARD_SIZE,
     storage: str | None = None,
     bundles: dict[str, str] | None = None,
+    code_version: str | None = None,
 ) -> list[list[str]]:
     """Explain the shards of ``specs`` (as planned by a pipeline) where this flow runs; their files per run.
 
     With ``bundles`` (the URL of each model's bundle under this worker's storage URL,
     ``LCER_STORAGE``, by model key; every run bound to its bundle's digests), nothing is read
     from or written to this machine's ``LCER_HOME``: the shard files are left under
-    ``STORAGE/work/RUN_ID/`` and their URLs returned. ``storage``, if given, must be that same
-    URL. Without either, both pools must share one ``LCER_HOME``.
+    ``STORAGE/work/RUN_ID/`` (each as it finishes) and their URLs returned; a shard whose file
+    is already there, complete and explained from the same bundle, is not explained again, so
+    running the same pipeline again after a crash resumes. ``storage``, if given, must be that
+    same URL. Without either, both pools must share one ``LCER_HOME``. ``code_version`` is
+    the pipeline's (:func:`lcer_core.code_version.code_version`): a run deployed with other
+    code than this worker's is refused before any work.
     """
     check_environment()
+    check_code_version(code_version)
+    chunks = split_users(list(users), shard_size)
     if storage is None and bundles is None:
         futures = submit_shards(specs, users, shard_size)
         resolve_shards(futures)
-        chunks = split_users(list(users), shard_size)
         return [shard_paths(spec, chunks, futures[spec.run_id]) for spec in specs]
     root, urls = _check_remote(specs, storage, bundles or {})
-    futures = submit_shards(specs, users, shard_size, bundles=urls)
-    resolve_shards(futures)
-    return [_leave_shards(root, spec.run_id, futures[spec.run_id]) for spec in specs]
+    finished = _finished_on_storage(root, specs, chunks)
+    if finished:
+        get_run_logger().info(
+            "%d of %d shards already under the storage URL: not explained again",
+            len(finished),
+            len(specs) * len(chunks),
+        )
+    futures = submit_shards(specs, users, shard_size, bundles=urls, finished=finished)
+
+    def leave(run_id: str, index: int, future: PrefectFuture[Any]) -> None:
+        _leave_shard(root, run_id, index, future.result())
+
+    resolve_shards(futures, on_done=leave)
+    for spec in specs:  # the first failure, if any, once every shard has ended
+        for future in futures[spec.run_id]:
+            if not isinstance(future, str):
+                future.result()
+    return [[remote.shard_url(root, s.run_id, i) for i in range(len(chunks))] for s in specs]
 
 
 def _check_remote(
@@ -367,16 +410,32 @@ def _check_remote(
     return root, urls
 
 
-def _leave_shards(
-    storage: str, run_id: str, futures: Sequence[PrefectFuture[Any] | str]
-) -> list[str]:
-    """Put a run's shard files (sent back as bytes) under the storage URL; their URLs, in order."""
-    urls = []
-    for index, future in enumerate(futures):
-        result = future if isinstance(future, str) else future.result()
-        if not isinstance(result, ShardOutput):
-            raise OrchestrationError(f"shard {index} of run {run_id} returned no file")
-        url = remote.shard_url(storage, run_id, index)
-        remote.put_bytes(url, result.parquet)
-        urls.append(url)
-    return urls
+def _leave_shard(storage: str, run_id: str, index: int, result: Any) -> None:
+    """Put a finished shard's file (sent back as bytes) under the storage URL."""
+    if not isinstance(result, ShardOutput):
+        raise OrchestrationError(f"shard {index} of run {run_id} returned no file")
+    remote.put_bytes(remote.shard_url(storage, run_id, index), result.parquet)
+
+
+def _finished_on_storage(
+    storage: str, specs: Sequence[RunSpec], chunks: Sequence[Sequence[int]]
+) -> dict[tuple[str, int], str]:
+    """The shards whose files under the storage URL are complete and explained from the bundle
+    their run is bound to (an earlier flow run left them); their URLs by (run id, index)."""
+    found: dict[tuple[str, int], str] = {}
+    for spec in specs:
+        for index, chunk in enumerate(chunks):
+            url = remote.shard_url(storage, spec.run_id, index)
+            try:
+                data = remote.get_bytes(url)
+                remote.check_shard_digests(
+                    data, url, spec.run_id, remote.require_bound(spec.run_id, spec.digests)
+                )
+                key = pl.read_parquet_metadata(io.BytesIO(data)).get(SHARD_KEY_FIELD)
+                frame = remote.read_parquet_object(data, url, max_rows=len(chunk) * spec.k)
+            except (LcerError, OSError, ValueError, pl.exceptions.PolarsError):
+                continue  # missing, unreadable or from another bundle: explain it
+            users = set(frame["uid"].to_list()) if "uid" in frame.columns else set()
+            if key == shard_key(spec, index, chunk) and users == set(chunk):
+                found[(spec.run_id, index)] = url
+    return found

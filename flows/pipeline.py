@@ -24,6 +24,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
+from flows.deploy import check_deployment_code
 from flows.env import check_environment
 from flows.explain import (
     keep_finished_shards,
@@ -36,6 +37,7 @@ from flows.explain import (
 from flows.runner import ShardsStranded, default_task_runner
 from flows.train import DEFAULT_EPOCHS, prepare_and_train
 from lcer_core import remote
+from lcer_core.code_version import code_version
 from lcer_core.datasets import load_prepared
 from lcer_core.errors import OrchestrationError
 from lcer_core.models import MODEL_SEED, load_model
@@ -65,8 +67,14 @@ def _paths_from_deployment(
     """Run the explanations as a flow run of ``deployment`` (the ``gpu`` pool) and find their shard files.
 
     With a storage URL (``LCER_STORAGE``) the model and data go there for the other pool, and
-    the shard files come back from there; without, both pools must share ``LCER_HOME``.
+    the shard files come back from there; without, both pools must share ``LCER_HOME``. Runs
+    whose shard files are all here already (an earlier, interrupted pipeline fetched them)
+    start no flow run; the other pool's flow skips the shards it finds under the storage URL.
     """
+    chunks = split_users(list(users), shard_size)
+    if all(_shards_here(spec, chunks) for spec in specs):
+        return {spec.run_id: [str(shard_path(spec.run_id, i)) for i in range(len(chunks))]
+                for spec in specs}  # fmt: skip
     storage = remote.storage_url()
     if storage:
         storage = remote.check_storage(storage)
@@ -76,6 +84,7 @@ def _paths_from_deployment(
         "specs": [s.to_payload() for s in specs],
         "users": list(users),
         "shard_size": shard_size,
+        "code_version": code_version(),
     }
     if storage:
         parameters |= {"storage": storage, "bundles": bundles}
@@ -85,8 +94,14 @@ def _paths_from_deployment(
         raise OrchestrationError(
             f"explanation flow run {flow_run.name} of {deployment} ended {state.name if state else 'unknown'}"
         )
-    chunks = split_users(list(users), shard_size)
     return {spec.run_id: _fetch_shards(deployment, storage, spec, chunks) for spec in specs}
+
+
+def _shards_here(spec: RunSpec, chunks: Sequence[Sequence[int]]) -> bool:
+    return all(
+        shard_is_complete(shard_path(spec.run_id, i), chunk, shard_key(spec, i, chunk))
+        for i, chunk in enumerate(chunks)
+    )
 
 
 def _upload_bundles(
@@ -258,6 +273,8 @@ def run_plan(
     dataset's figures and report (not in a ``sweep``, whose parent run has its own figures).
     The body of ``lcer-pipeline`` and ``lcer-sweep``."""
     check_environment()
+    if explain_deployment:  # before any work: the other pool must run this code
+        check_deployment_code(explain_deployment)
     summaries: list[dict[str, Any]] = []
     for dataset in plan.datasets:
         for split_seed in plan.splits():

@@ -10,9 +10,10 @@ tasks then ask Ray for one GPU each when the cluster has GPUs (a Ray task withou
 ``num_gpus`` sees no CUDA), the baselines' only for a CPU. Deployments pick the runner from the environment of their work
 pool: ``LCER_TASK_RUNNER=ray`` and ``LCER_RAY_ADDRESS=...``.
 
-Ray workers share no filesystem with the flow: they get what a shard needs through Ray's
-object store and send the shard back the same way (see :mod:`flows.explain`), so nothing of
-``LCER_HOME`` is forwarded to them. Before submitting, the cluster is checked for the
+Ray workers share no filesystem with the flow: they get the flow's code through Ray's
+``runtime_env`` (:func:`ray_runtime_env`: the packages, whatever a node has installed or in
+its working folder), and what a shard needs through Ray's object store, and send the shard
+back the same way (see :mod:`flows.explain`), so nothing of ``LCER_HOME`` is forwarded to them. Before submitting, the cluster is checked for the
 resources the tasks will ask for (a CPU each; one GPU more for LCER's shards when the cluster
 has GPUs): a cluster that lacks them is a one-line error, not a run that waits forever.
 While the shards run, :func:`wait_on_ray` watches the cluster too: a shard that no live node
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_THREADS",
     "check_runner",
     "make_task_runner",
+    "ray_runtime_env",
     "default_task_runner",
     "explain_placement",
     "missing_resources",
@@ -121,8 +123,7 @@ def make_task_runner(
     node_grace_s()  # a bad LCER_RAY_NODE_GRACE_S is one line now, not after the shards
     # Ray folds log lines that differ only in numbers (a shard's retry, other shards) into one.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    env = {name: os.environ[name] for name in _FORWARDED_ENV if os.environ.get(name)}
-    init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
+    init_kwargs: dict[str, Any] = {"runtime_env": ray_runtime_env()}
     init_kwargs["logging_level"] = "WARNING"  # not Ray's start-up chatter on the terminal
     if not address:
         init_kwargs["include_dashboard"] = False
@@ -130,6 +131,20 @@ def make_task_runner(
     if methods is not None:
         _join_and_check(runner, list(methods))
     return runner
+
+
+def ray_runtime_env() -> dict[str, Any]:
+    """What every Ray worker of the flow gets: this process's code (the packages ``lcer_core``,
+    ``flows`` and ``tasks``, uploaded once to the cluster and put first on the workers' path,
+    whatever the nodes have installed) and the environment variables of :data:`_FORWARDED_ENV`."""
+    from lcer_core.code_version import package_dirs
+
+    env = {name: os.environ[name] for name in _FORWARDED_ENV if os.environ.get(name)}
+    runtime_env: dict[str, Any] = {
+        "py_modules": [str(p) for p in package_dirs()],
+        "excludes": ["__pycache__", "*.pyc"],
+    }
+    return runtime_env | ({"env_vars": env} if env else {})
 
 
 def _join_and_check(runner: Any, methods: list[str]) -> None:

@@ -185,11 +185,19 @@ class Settings(BaseSettings):
         description="on Ray, how long a shard may wait with no live node that has what it asks "
         "for (its GPU node died) before the run gives it up",
     )
+    git_url: Word = Field(
+        None,
+        validation_alias="LCER_GIT_URL",
+        description="read by `prefect deploy` only (`flows/deploy.py`): the repository every "
+        "flow run clones the deployed commit from (unset: the checkout's `origin`, else its "
+        "path); see [cluster.md](cluster.md)",
+    )
     repo: Text = Field(
         None,
         validation_alias="LCER_REPO",
-        description="the checkout a deployment pulls (`prefect.yaml`); read by no command, but a "
-        "deployed flow refuses to run if it or `LCER_HOME` holds an unexpanded `{{ $VAR }}`",
+        description="read by no command (deployments clone the deployed commit, see "
+        "`LCER_GIT_URL`), but a deployed flow refuses to run if it or `LCER_HOME` holds an "
+        "unexpanded `{{ $VAR }}`",
     )
 
     @model_validator(mode="before")

@@ -172,6 +172,7 @@ def explain_shard_remote(
     frame = shards.explain_users(data, model, spec, users, device=device, progress=report)
     _log_done(spec, index, users, frame, node, device.type, start)
     stamp = dict(zip(remote.SHARD_DIGEST_FIELDS, digests, strict=True))
+    stamp[shards.SHARD_KEY_FIELD] = shards.shard_key(spec, index, users)  # resumable from storage
     return ShardOutput(
         index=index,
         parquet=parquet_bytes(_placed(frame, index, node), metadata=stamp),

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from lcer_core import models, remote
+from lcer_core.code_version import code_version
 from lcer_core.datasets import load_prepared
 from lcer_core.errors import LcerError
 from lcer_core.explainers import get_method
@@ -107,8 +108,10 @@ def setup(
 
 
 def _explain(**params: Any) -> Any:
+    """The flow called as the pipeline calls it: with the pipeline's code version."""
     from flows.explain import lcer_explain
 
+    params.setdefault("code_version", code_version())
     return lcer_explain(**params, return_state=True)
 
 
@@ -291,3 +294,47 @@ def test_digests_are_no_part_of_the_run_key(setup: Setup) -> None:
     assert setup.bound.key_fields() == setup.spec.key_fields()
     assert setup.bound.to_payload() == setup.payload
     assert "model_digest" not in setup.spec.to_payload()  # an unbound run's payload as before
+
+
+def test_a_run_deployed_with_other_code_is_refused(setup: Setup) -> None:
+    """A pipeline of another commit (or a worker with another lcer installed): one line, before
+    anything is fetched or written."""
+    other = "0.1.0+src.000000000000"
+    message = _refused(_explain(**setup.params(code_version=other)), "the run was deployed with")
+    assert message.startswith(f"this worker runs lcer {code_version()}, ") and other in message
+    assert "does not say which code" in _refused(_explain(**setup.params(code_version=None)), "")
+    assert not (setup.storage_dir / "work").exists()
+    assert not setup.files_outside_storage()
+
+
+def test_a_rerun_explains_only_the_shards_missing_under_the_storage_url(setup: Setup) -> None:
+    """Each shard is left under the storage URL as it finishes; the same flow run again skips the
+    complete ones (same file, same mtime) and explains the others."""
+    params = setup.params(shard_size=1)
+    state = _explain(**params)
+    assert state.is_completed(), state.message
+    urls = [u for run in state.result() for u in run]
+    files = [Path(u.removeprefix("file://")) for u in urls]
+    assert len(files) == N_USERS and all(f.is_file() for f in files)
+    kept = files[0].stat().st_mtime_ns
+    files[1].unlink()  # as if the worker had died before this shard finished
+    again = _explain(**params)
+    assert again.is_completed(), again.message
+    assert files[0].stat().st_mtime_ns == kept and files[1].is_file()
+    done = _task_runs(again)
+    assert [r.name[-4:] for r in done] == ["0001"], [r.name for r in done]
+    assert not setup.files_outside_storage()
+
+
+def _task_runs(state: Any) -> list[Any]:
+    """The explanation task runs of the flow run that ended in ``state``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    return [r for r in runs if r.name.startswith("explain-")]

@@ -118,6 +118,8 @@ CASES = [
     ("ui-timeout-zero", "empty", ["ui", "--ready-timeout", "0"], "--ready-timeout must be a positive number of seconds, got 0.0"),
     ("ui-timeout-nan", "empty", ["ui", "--ready-timeout", "nan"], "--ready-timeout must be a positive number of seconds, got nan"),
     ("ui-workers-zero", "empty", ["ui", "--workers", "0"], "Invalid value for '--workers'"),
+    # --- lcer run
+    ("run-deployment-and-runner", "empty", ["run", "ml-100k", "--explain-deployment", "lcer-explain/lcer-explain", "--runner", "ray"], "--explain-deployment runs the explanations on that deployment's work pool: it takes no --runner"),
     # --- lcer itself
     ("unknown-command", "empty", ["frobnicate"], "No such command 'frobnicate'"),
 ]  # fmt: skip

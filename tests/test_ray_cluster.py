@@ -2,8 +2,10 @@
 
 The head node (CPU only) and a worker node that declares one logical GPU (``--num-gpus 1``)
 are each started by ``ray start --block`` in a mount namespace of their own where the
-flow's folders (its ``LCER_HOME``) are an empty folder, with their own working folder and
-``LCER_HOME``: as on other machines, they share no filesystem with the flow. The test
+flow's folders (its ``LCER_HOME``) and every folder of our packages (the checkout under test,
+the environment's installed copy) are an empty folder, with their own working folder and
+``LCER_HOME``: as on other machines, they share no filesystem with the flow, and run the code
+the flow ships them (Ray's ``runtime_env``). The test
 starts them and stops them by their pid (never ``ray stop``). One Ray run: its explanations
 equal the thread runner's row for row, LCER's shards ran on the GPU node (DuckDB ``shards``
 and the log say so), and the Ray worker running the first LCER shard is killed (SIGKILL,
@@ -59,20 +61,40 @@ RUN = [
 ROWS = "select r.method, e.uid, e.rank, e.sid, e.found, e.ce_items, e.ce_importance, e.sufficient, e.necessary, e.rank_after from explanations e join runs r using (run_id) order by 1, 2, 3"
 
 
-def _namespaced(cmd: list[str], hidden: Path, empty: Path) -> list[str]:
-    """``cmd`` in a mount namespace of its own where ``hidden`` shows the empty folder ``empty``
-    (plain ``cmd`` where this machine cannot make one)."""
+def _can_unshare() -> bool:
     probe = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True
     )
-    if probe.returncode != 0:
+    return probe.returncode == 0
+
+
+def _namespaced(cmd: list[str], hidden: list[Path], empty: Path) -> list[str]:
+    """``cmd`` in a mount namespace of its own where each folder of ``hidden`` shows the empty
+    folder ``empty`` (plain ``cmd`` where this machine cannot make one)."""
+    if not _can_unshare():
         return cmd
-    script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    script = (
+        'e="$1"; n="$2"; shift 2; while [ "$n" -gt 0 ]; do mount --bind "$e" "$1" || exit 1; '
+        'shift; n=$((n - 1)); done; exec "$@"'
+    )
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"] + [
         str(empty),
-        str(hidden),
+        str(len(hidden)),
+        *map(str, hidden),
         *cmd,
     ]
+
+
+def _our_code(env: dict[str, str]) -> list[Path]:
+    """Every folder of our packages a Python of this environment could import by path: the
+    checkout under test and whatever the environment has installed (an editable install's)."""
+    found = {REPO / name for name in ("lcer_core", "flows", "tasks")}
+    script = "import lcer_core, flows, tasks as t; print(lcer_core.__path__[0]); print(flows.__path__[0]); print(t.__path__[0])"
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd="/", capture_output=True, text=True
+    )
+    found |= {Path(line) for line in done.stdout.splitlines() if line.strip()}
+    return sorted(p.resolve() for p in found if p.is_dir())
 
 
 def _lcer(args: list[str], env: dict[str, str], log: Path, timeout: float = 300) -> str:
@@ -123,8 +145,20 @@ def cluster(http_mirror: str, request: pytest.FixtureRequest) -> Iterator[dict[s
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "false",
         "RAY_USAGE_STATS_ENABLED": "0",
+        # A loopback cluster of the test's own: no token, whatever ~/.ray/auth_token holds
+        # (with one there, the head asks for it and a worker node does not send it).
+        "RAY_AUTH_MODE": "disabled",
         "PREFECT_API_URL": api,
     }
+    # The nodes see neither the flow's folders nor any copy of our code: the flow ships it
+    # through Ray's runtime_env.
+    hidden = [flow, *_our_code({**base, "PYTHONPATH": ""})]
+    if _can_unshare():
+        probe = subprocess.run(
+            _namespaced([sys.executable, "-c", "import tasks.explain"], hidden, empty),
+            env={**base, "PYTHONPATH": ""}, cwd="/", capture_output=True, text=True,
+        )  # fmt: skip
+        assert probe.returncode != 0, "a node's Python could still import our code by path"
     procs: list[subprocess.Popen[bytes]] = []
     try:
         server_env = {**base, "PREFECT_HOME": str(flow / "prefect-server")}
@@ -168,12 +202,12 @@ def cluster(http_mirror: str, request: pytest.FixtureRequest) -> Iterator[dict[s
                 "--disable-usage-stats",
                 *extra,
             ]
-            proc = _start(_namespaced(cmd, flow, empty), env, root / f"{name}.log", cwd=node_home)
+            proc = _start(_namespaced(cmd, hidden, empty), env, root / f"{name}.log", cwd=node_home)
             procs.append(proc)
             nodes.append(proc)
             if name == "head":  # the worker node needs the head's GCS
                 _wait_port(port, proc, root / "head.log")
-        info = _wait_for(f"127.0.0.1:{port}", 2, root, nodes[1])
+        info = _wait_for(f"127.0.0.1:{port}", 2, root, nodes[1], base)
         deadline = time.monotonic() + 90
         import httpx
 
@@ -201,7 +235,9 @@ def cluster(http_mirror: str, request: pytest.FixtureRequest) -> Iterator[dict[s
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _wait_for(address: str, n: int, root: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+def _wait_for(
+    address: str, n: int, root: Path, proc: subprocess.Popen[bytes], env: dict[str, str]
+) -> dict[str, Any]:
     """Wait until the cluster has ``n`` live nodes; the node ids and which has the GPU."""
     script = f"""
 import json, time, ray
@@ -221,7 +257,7 @@ print(json.dumps({{"nodes": [x["NodeID"] for x in alive], "gpu_node": gpu[0] if 
             _tail(p, 2000) for p in sorted(root.glob("*.log"))
         )
         done = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=150
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=150
         )
         if done.returncode == 0:
             info = json.loads(done.stdout.strip().splitlines()[-1])
@@ -316,7 +352,8 @@ def test_a_cluster_without_cpus_is_refused_in_one_line(http_mirror: str) -> None
         for k, v in os.environ.items()
         if not k.startswith(("PREFECT_", "LCER_", "MLFLOW_", "RAY_"))
     }
-    env = {**base, "RAY_USAGE_STATS_ENABLED": "0", "LCER_HOME": str(root / "home")}
+    env = {**base, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           "LCER_HOME": str(root / "home")}  # fmt: skip
     head = _start(
         [RAY, "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
          "--num-cpus", "0", "--num-gpus", "0", "--include-dashboard", "false",

@@ -57,6 +57,14 @@ Epochs = Annotated[
         help="Training epochs of the recommender (when it must be trained; default: its own).",
     ),
 ]
+ExplainDeployment = Annotated[
+    str | None,
+    typer.Option(
+        "--explain-deployment",
+        help="Run the explanations as a flow run of this deployment (FLOW/DEPLOYMENT, e.g. "
+        "lcer-explain/lcer-explain: the gpu work pool) on the server at $PREFECT_API_URL.",
+    ),
+]
 Recommender = Annotated[
     str | None,
     typer.Option(
@@ -146,6 +154,7 @@ FLAGS: dict[str, str] = {
     "out": "--out",
     "address": "--address",
     "runner": "--runner",
+    "explain_deployment": "--explain-deployment",
     "patience": "--patience",
     "min_delta": "--min-delta",
     "timeout": "--timeout",

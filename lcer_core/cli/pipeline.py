@@ -177,6 +177,7 @@ def run(
     runner: flags.Runner = "threads",
     address: flags.Address = None,
     storage: flags.Storage = None,
+    explain_deployment: flags.ExplainDeployment = None,
     verbose: flags.Verbose = False,
 ) -> None:
     """Run the whole Prefect pipeline: prepare, train, explain (fanned out), evaluate, store, track."""
@@ -212,7 +213,9 @@ def run(
         typer.echo(plan.model_dump_json(indent=2))
         return
     _check_trainable(plan)
-    rows, shown = run_pipeline(plan, Where(runner, address, storage), verbose=verbose)
+    rows, shown = run_pipeline(
+        plan, Where(runner, address, storage, explain_deployment), verbose=verbose
+    )
     _print_results(rows)
     pages = [paths.lcer_home() / "work" / "reports" / f"{d}.html" for d in plan.datasets]
     typer.echo(
@@ -227,6 +230,8 @@ class Where:
     runner: str = "threads"
     address: str | None = None
     storage: str | None = None
+    #: Explanations as flow runs of this deployment (another work pool), not on ``runner``.
+    explain_deployment: str | None = None
 
 
 def run_pipeline(
@@ -242,8 +247,15 @@ def _run_flow(
 ) -> tuple[list[dict[str, Any]], Session]:
     """Check where ``plan`` runs, then run the flow ``name`` (pipeline or sweep) on it."""
     _check_runner(where.runner, where.address)
+    if where.explain_deployment is not None and where.runner != "threads":
+        raise InvalidParameterError(
+            "--explain-deployment runs the explanations on that deployment's work pool: "
+            "it takes no --runner (set LCER_TASK_RUNNER on that pool's worker instead)"
+        )
     _check_storage(where.storage)
     prefect_environment()
+    if where.explain_deployment is not None:
+        _check_deployment(where.explain_deployment)
     if name == "sweep":
         from flows.sweep import lcer_sweep as chosen
     else:
@@ -251,8 +263,21 @@ def _run_flow(
 
     flow = _with_runner(chosen, where.runner, where.address, plan.methods)
     with session(verbose=verbose, plain_fallback=where.runner != "threads") as shown:
-        rows = flow(plan=plan)
+        rows = flow(plan=plan, explain_deployment=where.explain_deployment)
     return rows, shown
+
+
+def _check_deployment(name: str) -> None:
+    """``--explain-deployment``: a server to reach, and a deployment there that runs this code."""
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise InvalidParameterError(
+            "--explain-deployment needs the Prefect server its work pools use: set PREFECT_API_URL"
+        )
+    from flows.deploy import check_deployment_code
+
+    check_deployment_code(name)
 
 
 def sweep(
