@@ -98,3 +98,17 @@ def test_the_tour_reads_the_results(
         assert code == 0, f"{argv}: {err}"
         assert "lcer" in out and "fia" in out, argv
     assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_the_tours_plan_is_the_plan_it_shows(capsys) -> None:
+    """The README's ``--show-plan`` line prints the plan it would run: the grid and the option
+    set by the generic flags reach the method's entry."""
+    import json
+
+    (argv,) = [a for a in tour("run") if "--show-plan" in a]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["datasets"] == ["ml-100k"] and plan["ks"] == [5] and plan["n_users"] == 5
+    assert plan["explainers"]["lcer"]["fixed"]["steps"] == 300
+    assert plan["explainers"]["lcer"]["grid"]["lam"] == [0.01, 0.05]
