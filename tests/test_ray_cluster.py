@@ -1,27 +1,22 @@
 """A real two-node Ray cluster on loopback, a real Prefect server, and ``lcer run --runner ray``.
 
-The head node (CPU only) and a worker node that declares one logical GPU (``--num-gpus 1``)
-are each started by ``ray start --block`` in a mount namespace of their own where the
-flow's folders (its ``LCER_HOME``) are an empty folder, with their own working folder and
-``LCER_HOME``: as on other machines, they share no filesystem with the flow. The test
-starts them and stops them by their pid (never ``ray stop``). One Ray run: its explanations
-equal the thread runner's row for row, LCER's shards ran on the GPU node (DuckDB ``shards``
-and the log say so), and the Ray worker running the first LCER shard is killed (SIGKILL,
-from outside, by the pid the shard reports): the shard is retried and every row is stored
-exactly once.
+The head node (CPU only) and a worker node with two CPUs and one logical GPU
+(``--num-gpus 1``), started by :mod:`ray_nodes` (the flow's folders hidden from them; stopped
+by pid). One Ray run: its explanations equal the thread runner's row for row, every shard ran
+on the GPU node (DuckDB ``shards`` and the log say so, with the GPU id Ray assigned), and the
+Ray worker running the first LCER shard is killed (SIGKILL, from outside, by the pid the
+shard reports): the shard is retried and every row is stored exactly once. Then the same
+LCER run with half a GPU per shard (``LCER_RAY_GPUS_PER_SHARD=0.5``): its two shards run at
+once on the one GPU, in two workers, with the same rows.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,16 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_prefect_e2e import PREFECT, REPO, _free_port, _start, _stop, _tail
+from ray_nodes import LCER, RAY, clean_env, ray_cluster, wait_port
+from test_prefect_e2e import REPO, _free_port, _start, _stop, _tail
 
 from lcer_core.store import ResultStore
 
 pytest.importorskip("prefect_ray")
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
-LCER = str(BIN / "lcer")
-RAY = str(BIN / "ray")
 RUN = [
     "run",
     "ml-100k",
@@ -55,23 +48,9 @@ RUN = [
     "--epochs",
     "2",
 ]
+#: A shard's device on the cluster's logical GPU: the torch device and the GPU id Ray assigned.
+GPU_DEVICE = re.compile(r"(cpu|cuda:0) ray-gpu 0")
 ROWS = "select r.method, e.uid, e.rank, e.sid, e.found, e.ce_items, e.ce_importance, e.sufficient, e.necessary, e.rank_after from explanations e join runs r using (run_id) order by 1, 2, 3"
-
-
-def _namespaced(cmd: list[str], hidden: Path, empty: Path) -> list[str]:
-    """``cmd`` in a mount namespace of its own where ``hidden`` shows the empty folder ``empty``
-    (plain ``cmd`` where this machine cannot make one)."""
-    probe = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True
-    )
-    if probe.returncode != 0:
-        return cmd
-    script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"] + [
-        str(empty),
-        str(hidden),
-        *cmd,
-    ]
 
 
 def _lcer(args: list[str], env: dict[str, str], log: Path, timeout: float = 300) -> str:
@@ -90,139 +69,11 @@ def _sql(query: str, env: dict[str, str]) -> list[dict[str, Any]]:
     return store.query(query).to_dicts()
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, f"ray head exited:\n{_tail(log)}"
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        assert time.monotonic() < deadline, f"ray head not listening after 90 s:\n{_tail(log)}"
-        time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
 def cluster(http_mirror: str) -> Iterator[dict[str, Any]]:
-    """A Prefect server and two Ray nodes (head: 1 CPU; worker: 1 CPU, 1 logical GPU)."""
-    root = Path(tempfile.mkdtemp(prefix="lcray", dir="/tmp"))  # short: Ray's socket paths
-    flow = root / "flow"  # everything of the flow: hidden from both Ray nodes
-    empty = root / "empty"
-    for folder in (flow, empty, root / "head", root / "worker"):
-        folder.mkdir()
-    port, api_port = _free_port(), _free_port()
-    api = f"http://127.0.0.1:{api_port}/api"
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "LCER_", "MLFLOW_", "RAY_"))
-    }
-    base |= {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_ENABLED": "false",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PREFECT_API_URL": api,
-    }
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        server_env = {**base, "PREFECT_HOME": str(flow / "prefect-server")}
-        procs.append(
-            _start(
-                [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(api_port)],
-                server_env,
-                root / "server.log",
-            )
-        )
-        nodes = []
-        for name, extra in (
-            (
-                "head",
-                ["--head", "--port", str(port), "--num-gpus", "0", "--include-dashboard", "false"],
-            ),
-            ("worker", ["--address", f"127.0.0.1:{port}", "--num-gpus", "1"]),
-        ):
-            node_home = root / name
-            env = {
-                **base,
-                "LCER_HOME": str(node_home / "lcer-home"),
-                "PREFECT_HOME": str(node_home / "prefect-home"),
-                # The harness's fault (tests/faults/sitecustomize.py), inherited by the
-                # node's workers: a remote shard waits 2 s after saying where it runs, so
-                # that the test can kill its worker before it finishes.
-                "PYTHONPATH": str(REPO / "tests" / "faults"),
-                "LCER_FAULT_SLOW_SHARD": "2",
-            }
-            cmd = [
-                RAY,
-                "start",
-                "--block",
-                "--node-ip-address",
-                "127.0.0.1",
-                "--num-cpus",
-                "1",
-                "--temp-dir",
-                str(node_home / "ray"),
-                "--disable-usage-stats",
-                *extra,
-            ]
-            proc = _start(_namespaced(cmd, flow, empty), env, root / f"{name}.log", cwd=node_home)
-            procs.append(proc)
-            nodes.append(proc)
-            if name == "head":  # the worker node needs the head's GCS
-                _wait_port(port, proc, root / "head.log")
-        info = _wait_for(f"127.0.0.1:{port}", 2, root, nodes[1])
-        deadline = time.monotonic() + 90
-        import httpx
-
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, _tail(root / "server.log")
-            time.sleep(0.5)
-        yield {
-            "address": f"127.0.0.1:{port}",
-            "root": root,
-            "flow": flow,
-            "empty": empty,
-            "env": {**base, "LCER_MIRROR": http_mirror},
-            "gpu_node": info["gpu_node"],
-            "nodes": info["nodes"],
-        }
-    finally:
-        for proc in reversed(procs):
-            _stop(proc, grace=30)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _wait_for(address: str, n: int, root: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-    """Wait until the cluster has ``n`` live nodes; the node ids and which has the GPU."""
-    script = f"""
-import json, time, ray
-ray.init({address!r}, logging_level="ERROR", log_to_driver=False)
-deadline = time.monotonic() + 90
-while True:
-    alive = [x for x in ray.nodes() if x["Alive"]]
-    if len(alive) >= {n} or time.monotonic() > deadline:
-        break
-    time.sleep(0.5)
-gpu = [x["NodeID"] for x in alive if x["Resources"].get("GPU", 0) >= 1]
-print(json.dumps({{"nodes": [x["NodeID"] for x in alive], "gpu_node": gpu[0] if gpu else None}}))
-"""
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, "a ray node exited:\n" + "\n".join(
-            _tail(p, 2000) for p in sorted(root.glob("*.log"))
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=150
-        )
-        if done.returncode == 0:
-            info = json.loads(done.stdout.strip().splitlines()[-1])
-            if len(info["nodes"]) >= n:
-                return info
-        assert time.monotonic() < deadline, done.stderr[-3000:]
-        time.sleep(1)
+    """A Prefect server and two Ray nodes (head: 1 CPU; worker: 2 CPUs, 1 logical GPU)."""
+    with ray_cluster("lcray", http_mirror, worker_cpus=2, slow_shard_s=2) as info:
+        yield info
 
 
 def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
@@ -274,22 +125,41 @@ def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
     attempts = [m for m in started.finditer(text) if m.group(1) == shard]
     assert len(attempts) >= 2 and int(attempts[-1].group(3)) != killed, text[-4000:]
 
-    # LCER's shards ran on the GPU node; every shard is recorded with its node and device.
+    # Every shard (LCER's and the baseline's) ran on the GPU node, and is recorded with its node
+    # and device: the torch device (the CPU here: the GPU is logical) and the GPU Ray gave it.
     placed = _sql(
         "select r.method, s.shard, s.node, s.device, s.users, s.pairs "
         "from shards s join runs r using (run_id) order by 1, 2",
         ray_env,
     )
     assert len(placed) == 4, placed
-    assert {p["node"] for p in placed if p["method"] == "lcer"} == {cluster["gpu_node"]}
-    assert {p["node"] for p in placed} <= set(cluster["nodes"])
-    assert all(p["device"] in ("cpu", "cuda") and p["pairs"] == 5 for p in placed)
+    assert {p["node"] for p in placed} == {cluster["gpu_node"]}
+    assert all(GPU_DEVICE.fullmatch(p["device"]) and p["pairs"] == 5 for p in placed), placed
     assert f"started on node {cluster['gpu_node']}" in text
     assert re.search(rf"CEs found on node {cluster['gpu_node']} device \w+", text)
 
     # The thread runner records where its shards ran too (this host).
     local = _sql("select distinct node from shards", env)
     assert [row["node"] for row in local] == [os.uname().nodename]
+
+    # Half a GPU per shard: LCER's two shards run at once on the one logical GPU of the node,
+    # in two workers, and store the same rows.
+    shared_env = {**env, "LCER_HOME": str(flow / "shared"), "LCER_RAY_GPUS_PER_SHARD": "0.5"}
+    for part in ("data", "models"):
+        shutil.copytree(threads_home / part, flow / "shared" / part)
+    lcer_only = [a if a != "lcer,fia" else "lcer" for a in RUN]
+    text = _lcer([*lcer_only, "--runner", "ray", "--address", cluster["address"]], shared_env,
+                 flow / "shared.log")  # fmt: skip
+    assert _sql(ROWS, shared_env) == [row for row in expected if row["method"] == "lcer"]
+    shared = _sql("select shard, node, device from shards order by shard", shared_env)
+    assert [(p["shard"], p["node"]) for p in shared] == [(0, cluster["gpu_node"]),
+                                                          (1, cluster["gpu_node"])], shared  # fmt: skip
+    assert all(GPU_DEVICE.fullmatch(p["device"]) for p in shared), shared
+    starts = list(started.finditer(text))
+    ends = list(re.finditer(r"shard \d+ of ml-100k/lcer k=5: .* CEs found on node", text))
+    assert len(starts) == 2 and len(ends) == 2, text[-4000:]
+    assert starts[1].start() < ends[0].start(), f"the shards did not overlap:\n{text[-4000:]}"
+    assert starts[0].group(3) != starts[1].group(3)  # two worker processes
 
     # Neither Ray node saw or wrote the flow's folders: the empty folder stands in for them.
     assert list(cluster["empty"].iterdir()) == []
@@ -300,12 +170,7 @@ def test_a_cluster_without_cpus_is_refused_in_one_line(http_mirror: str) -> None
     exits 2 before the flow starts, instead of waiting for a CPU that never comes."""
     root = Path(tempfile.mkdtemp(prefix="lcray", dir="/tmp"))
     port = _free_port()
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "LCER_", "MLFLOW_", "RAY_"))
-    }
-    env = {**base, "RAY_USAGE_STATS_ENABLED": "0", "LCER_HOME": str(root / "home")}
+    env = {**clean_env(), "RAY_USAGE_STATS_ENABLED": "0", "LCER_HOME": str(root / "home")}
     head = _start(
         [RAY, "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
          "--num-cpus", "0", "--num-gpus", "0", "--include-dashboard", "false",
@@ -315,7 +180,7 @@ def test_a_cluster_without_cpus_is_refused_in_one_line(http_mirror: str) -> None
         cwd=root,
     )  # fmt: skip
     try:
-        _wait_port(port, head, root / "head.log")
+        wait_port(port, head, root / "head.log")
         done = subprocess.run(
             [LCER, "run", "ml-100k", "--runner", "ray", "--address", f"127.0.0.1:{port}"],
             env={**env, "PREFECT_API_URL": "http://127.0.0.1:9/api", "LCER_MIRROR": http_mirror},
