@@ -59,6 +59,8 @@ __all__ = [
     "DEFAULT_NODE_GRACE_S",
     "GPUS_PER_SHARD_ENV",
     "gpus_per_shard",
+    "TRAIN_ON_ENV",
+    "train_on_gpu",
     "ShardsStranded",
     "node_grace_s",
     "placement_resources",
@@ -132,6 +134,7 @@ def make_task_runner(
     _check_address(address)
     node_grace_s()  # a bad LCER_RAY_NODE_GRACE_S is one line now, not after the shards
     gpus_per_shard()  # and so is a bad LCER_RAY_GPUS_PER_SHARD
+    _train_on()  # and LCER_TRAIN_ON
     # Ray folds log lines that differ only in numbers (a shard's retry, other shards) into one.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     env = {name: os.environ[name] for name in _FORWARDED_ENV if os.environ.get(name)}
@@ -233,6 +236,35 @@ def gpus_per_shard() -> float:
             f"{GPUS_PER_SHARD_ENV} must be a fraction of one GPU in (0, 1], got {text!r}"
         )
     return value
+
+
+#: Where Mult-VAE trains: ``auto`` (a GPU worker of the Ray cluster when it has one, else where
+#: the flow runs), ``gpu`` (a GPU worker, or a one-line error) or ``here`` (where the flow runs).
+TRAIN_ON_ENV = "LCER_TRAIN_ON"
+_TRAIN_ON = ("auto", "gpu", "here")
+
+
+def _train_on() -> str:
+    text = os.environ.get(TRAIN_ON_ENV, "").strip() or "auto"
+    if text not in _TRAIN_ON:
+        raise InvalidParameterError(
+            f"{TRAIN_ON_ENV} must be one of {', '.join(_TRAIN_ON)}, got {text!r}"
+        )
+    return text
+
+
+def train_on_gpu() -> bool:
+    """Whether this flow run trains Mult-VAE on a GPU worker of its Ray cluster
+    (:data:`TRAIN_ON_ENV`); ``gpu`` without a Ray cluster that has a GPU is a one-line error."""
+    choice = _train_on()
+    if choice == "here":
+        return False
+    gpu = is_ray_runner() and _cluster_gpus() >= 1
+    if choice == "gpu" and not gpu:
+        raise InvalidParameterError(
+            f"{TRAIN_ON_ENV}=gpu needs --runner ray on a cluster with a GPU (this run has none)"
+        )
+    return gpu
 
 
 def _gpu_options(gpus: float) -> dict[str, Any]:

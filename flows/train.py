@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.env import check_environment
+from flows.runner import train_on_gpu
 from lcer_core.models import MODEL_SEED, training_lock
 from lcer_core.recommender.multvae import MultVAEConfig
 from tasks.data import prepare
@@ -26,7 +27,8 @@ def prepare_and_train(
     seed: int = MODEL_SEED,
     split_seed: int | None = None,
 ) -> tuple[ModelInfo, Registration]:
-    """The first steps of every flow: prepare → train (skipped when the model exists) → register.
+    """The first steps of every flow: prepare → train (skipped when the model exists; on a GPU
+    worker of the Ray cluster when it has one, :func:`flows.runner.train_on_gpu`) → register.
     With ``split_seed`` the model is trained on that split (the default one is prepared too:
     the dataset's statistics and items are recorded from it)."""
     fail_stale(dataset)
@@ -37,7 +39,7 @@ def prepare_and_train(
     # One training per model at a time: a second process waits, then reuses the model and
     # its registry version.
     with training_lock(dataset, MultVAEConfig(epochs=epochs), seed):
-        info = train(dataset, epochs, seed, split_seed)
+        info = train(dataset, epochs, seed, split_seed, on_gpu=train_on_gpu())
         registration = register(info)
         store_model(info, registration)
     return info, registration

@@ -161,7 +161,9 @@ def ray_cluster(
                 **base,
                 "LCER_HOME": str(node_home / "lcer-home"),
                 "PREFECT_HOME": str(node_home / "prefect-home"),
-                "PYTHONPATH": str(REPO / "tests" / "faults"),
+                # the checkout under test first (as on a node that has it installed), then
+                # the harness's fault hook
+                "PYTHONPATH": os.pathsep.join((str(REPO), str(REPO / "tests" / "faults"))),
                 "LCER_FAULT_SLOW_SHARD": f"{slow_shard_s:g}",
             }
             cmd = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1",

@@ -4,7 +4,8 @@ finished, and the same command resumes.
 A real two-node cluster on loopback (head: 1 CPU; worker: 1 CPU and one logical GPU, so
 the shards ask for ``num_gpus=1`` and go there) and a real Prefect server, started by
 :mod:`ray_nodes` as for ``test_ray_cluster``. LCER's run alone (two shards): a baseline's
-shards would ask for the GPU too. Once one LCER shard has finished on the GPU node and the next has
+shards would ask for the GPU too. No model is there at first: Mult-VAE trains on the GPU node
+and its checkpoint comes back to the flow. Once one LCER shard has finished on the GPU node and the next has
 started there (slowed by the harness's fault hook), every process of that node (its raylet,
 its workers) is killed by pid. No live node has a GPU any more: instead of waiting forever,
 ``lcer run`` ends within the grace period (``LCER_RAY_NODE_GRACE_S``) plus Ray's detection,
@@ -122,6 +123,9 @@ def test_a_dead_gpu_node_ends_the_run_in_one_line_and_the_rerun_resumes(
     # command's verdict is one line, its last.
     errors = [line for line in text.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and text.strip().splitlines()[-1] == errors[0], text[-4000:]
+    # No model was there: Mult-VAE trained on the GPU node and its checkpoint came back here.
+    trained = rf"trained on Ray node {cluster['gpu_node']} device (cpu|cuda:0) ray-gpu 0"
+    assert re.search(trained, text), text[-4000:]
     (error,) = errors
     assert re.search(rf"Ray node \S+ \(node id {cluster['gpu_node']}\) died", error), error
     assert "no live node has CPU 1, GPU 1" in error and f"after {GRACE_S} s" in error, error
