@@ -117,6 +117,10 @@ def make_task_runner(
 
     _check_choice(kind, address)
     if kind == "threads":
+        if _train_on() == "gpu":
+            raise InvalidParameterError(
+                f"{TRAIN_ON_ENV}=gpu needs --runner ray on a cluster with a GPU"
+            )
         configured = get_current_settings().tasks.runner.thread_pool_max_workers
         return ThreadPoolTaskRunner(max_workers=configured or DEFAULT_THREADS)
     try:

@@ -1,5 +1,6 @@
 """Where shards compute: one device per shard spread over the visible GPUs, the GPU fraction a
-Ray shard asks for, and what the shards table records (CPU only: CUDA is stood in for)."""
+Ray shard asks for, where Mult-VAE trains, and what the shards table records (CPU only: CUDA
+is stood in for)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import polars as pl
 import pytest
 import torch
 
-from flows.runner import _gpu_options, gpus_per_shard, missing_resources, placement_resources
+from flows.runner import (
+    _gpu_options,
+    gpus_per_shard,
+    make_task_runner,
+    missing_resources,
+    placement_resources,
+    train_on_gpu,
+)
 from lcer_core.devices import device_label, shard_device
 from lcer_core.errors import InvalidParameterError
 from lcer_core.shards import shard_placements
@@ -52,3 +60,17 @@ def test_the_gpu_fraction_per_shard(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("LCER_RAY_GPUS_PER_SHARD", bad)
         with pytest.raises(InvalidParameterError, match=r"^LCER_RAY_GPUS_PER_SHARD must be"):
             gpus_per_shard()
+
+
+def test_where_mult_vae_trains(monkeypatch: pytest.MonkeyPatch) -> None:
+    for choice in ("", "auto", "here"):  # no Ray cluster with a GPU here: the flow's machine
+        monkeypatch.setenv("LCER_TRAIN_ON", choice)
+        assert train_on_gpu() is False
+    monkeypatch.setenv("LCER_TRAIN_ON", "gpu")
+    with pytest.raises(InvalidParameterError, match=r"^LCER_TRAIN_ON=gpu needs --runner ray"):
+        train_on_gpu()
+    with pytest.raises(InvalidParameterError, match=r"^LCER_TRAIN_ON=gpu needs --runner ray"):
+        make_task_runner("threads")  # before the flow starts
+    monkeypatch.setenv("LCER_TRAIN_ON", "tpu")
+    with pytest.raises(InvalidParameterError, match=r"^LCER_TRAIN_ON must be one of auto, gpu"):
+        train_on_gpu()
