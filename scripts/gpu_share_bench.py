@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import sys
 import time
 from pathlib import Path
@@ -130,13 +131,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ImportError:
         out["ray_half_gpu"] = "ray not installed"
     else:
+        # no token file written to ~/.ray (Ray's default for a new local cluster)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_gpus=1, num_cpus=2, include_dashboard=False, logging_level="ERROR")
 
         @ray.remote(num_gpus=0.5, max_calls=0)
         def half(h: list[int]) -> dict[str, Any]:
             ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
-            import os
-
             return {**_shard(args.dataset, h, args.steps, dev), "gpu_ids": ids,
                     "pid": os.getpid()}  # fmt: skip
 

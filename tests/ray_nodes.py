@@ -80,8 +80,9 @@ print(json.dumps({{"nodes": [x["NodeID"] for x in alive], "gpu_node": gpu[0] if 
             _tail(p, 2000) for p in sorted(root.glob("*.log"))
         )
         done = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=150
-        )
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=150,
+            env=clean_env() | {"PYTHONPATH": str(REPO)},
+        )  # fmt: skip
         if done.returncode == 0:
             info = json.loads(done.stdout.strip().splitlines()[-1])
             if len(info["nodes"]) >= n:
@@ -91,12 +92,15 @@ print(json.dumps({{"nodes": [x["NodeID"] for x in alive], "gpu_node": gpu[0] if 
 
 
 def clean_env() -> dict[str, str]:
-    """This process's environment without any Prefect, LCER, MLflow or Ray setting."""
-    return {
+    """This process's environment without any Prefect, LCER, MLflow or Ray setting; Ray's token
+    authentication off (Ray turns it on for every node and client when ``~/.ray/auth_token``
+    exists, which any local ``ray.init()`` on this machine writes)."""
+    env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("PREFECT_", "LCER_", "MLFLOW_", "RAY_"))
     }
+    return env | {"RAY_AUTH_MODE": "disabled"}
 
 
 def _wait_server(api: str, log: Path) -> None:
