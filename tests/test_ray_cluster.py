@@ -4,14 +4,16 @@ The head node (CPU only) and a worker node with two CPUs and one logical GPU
 (``--num-gpus 1``), started by :mod:`ray_nodes` (the flow's folders hidden from them; stopped
 by pid). One Ray run with half a GPU per shard (``LCER_RAY_GPUS_PER_SHARD=0.5``): its
 explanations equal the thread runner's row for row, every shard ran on the GPU node with GPU
-id 0 (DuckDB ``shards`` and the log say so), two shards ran at once there (the log), and the
-Ray worker running the first LCER shard is killed (SIGKILL, from outside, by the pid the
-shard reports): the shard is retried and every row is stored exactly once. (A whole GPU per
+id 0 (DuckDB ``shards`` and the log say so), LCER's two shards ran at once there (their
+times in the log; each waits 4 s after starting), and the Ray worker running the first FIA
+shard is killed (SIGKILL, from outside, by the pid the shard reports): the shard is retried
+and every row is stored exactly once. (A whole GPU per
 shard, the default, is ``test_ray_node_death``'s.)
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -72,25 +74,26 @@ def _sql(query: str, env: dict[str, str]) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def cluster(http_mirror: str) -> Iterator[dict[str, Any]]:
     """A Prefect server and two Ray nodes (head: 1 CPU; worker: 2 CPUs, 1 logical GPU)."""
-    with ray_cluster("lcray", http_mirror, worker_cpus=2, slow_shard_s=2) as info:
+    with ray_cluster("lcray", http_mirror, worker_cpus=2, slow_shard_s=4) as info:
         yield info
 
 
-def _most_at_once(log: str, ignore: int | None) -> int:
-    """The most shards running at once by the log (a worker's shard runs from its ``started on
-    node`` line to its ``CEs found`` line, both prefixed by Ray with the worker's pid)."""
-    running: set[str] = set()
-    most = 0
-    for line in log.splitlines():
-        pid = re.search(r"pid=(\d+)\)", line)
-        if pid is None or pid.group(1) == str(ignore):
-            continue
-        if "started on node" in line:
-            running.add(pid.group(1))
-        elif "CEs found on node" in line:
-            running.discard(pid.group(1))
-        most = max(most, len(running))
-    return most
+def _spans(log: str) -> dict[tuple[str, int, int], list[float]]:
+    """When each shard attempt ran by the log: (method, shard, worker pid) → [start, end] in
+    seconds of the day, from its ``started on node`` and ``CEs found`` lines (Ray prefixes a
+    worker's lines with its pid; the task's own lines carry their time)."""
+    line_re = re.compile(
+        r"pid=(\d+)\).*?(\d\d):(\d\d):(\d\d\.\d+) \|.*shard (\d+) of ml-100k/(\w+) k=5"
+        r"( started on node|: .* CEs found on node)"
+    )
+    spans: dict[tuple[str, int, int], list[float]] = {}
+    for m in line_re.finditer(log):
+        pid, hh, mm, ss, shard, method, what = m.groups()
+        at = int(hh) * 3600 + int(mm) * 60 + float(ss)
+        span = spans.setdefault((method, int(shard), int(pid)), [at, math.inf])
+        if "CEs found" in what:
+            span[1] = at
+    return spans
 
 
 def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
@@ -112,14 +115,14 @@ def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
     args = [LCER, *RUN, "--runner", "ray", "--address", cluster["address"]]
     with log.open("w") as out:
         proc = subprocess.Popen(args, env=ray_env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    started = re.compile(r"shard (\d+) of ml-100k/lcer k=5 started on node (\w+) pid (\d+)")
+    started = re.compile(r"shard (\d+) of ml-100k/fia k=5 started on node (\w+) pid (\d+)")
     killed: int | None = None
     shard = ""
     try:
         deadline = time.monotonic() + 240
         while killed is None:
             assert proc.poll() is None, f"lcer run ended before a shard started:\n{_tail(log)}"
-            assert time.monotonic() < deadline, f"no LCER shard started:\n{_tail(log)}"
+            assert time.monotonic() < deadline, f"no FIA shard started:\n{_tail(log)}"
             hit = started.search(log.read_text(errors="replace"))
             if hit:
                 shard, killed = hit.group(1), int(hit.group(3))
@@ -155,8 +158,11 @@ def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
     assert all(GPU_DEVICE.fullmatch(p["device"]) and p["pairs"] == 5 for p in placed), placed
     assert f"started on node {cluster['gpu_node']}" in text
     assert re.search(rf"CEs found on node {cluster['gpu_node']} device \w+", text)
-    # ... two of them at once (on the one GPU: all got GPU id 0), in long-lived workers.
-    assert _most_at_once(text, ignore=killed) == 2, text[-4000:]
+    # ... LCER's two shards at once (on the one GPU: both got GPU id 0), in two workers.
+    lcer = {key: span for key, span in _spans(text).items() if key[0] == "lcer"}
+    assert sorted(shard for _, shard, _ in lcer) == [0, 1], (lcer, text[-4000:])
+    (a, b) = lcer.values()
+    assert max(a[0], b[0]) < min(a[1], b[1]), f"LCER's shards did not overlap: {lcer}"
 
     # The thread runner records where its shards ran too (this host).
     local = _sql("select distinct node from shards", env)
