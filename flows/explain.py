@@ -170,7 +170,7 @@ def _submit_remote(
                 inputs[spec.model_key] = _bundle(spec, specs, users, storage, ray_runner)
             bundle, digests = inputs[spec.model_key]
             bound = spec if digests is None else spec.bound(*digests)
-            with explain_placement(gpu and remote.wants_gpu(spec.method)) as where:
+            with explain_placement(gpu) as where:
                 future = explain_shard_remote.submit(bound, index, chunk, bundle)
             places[where] = places.get(where, 0) + 1
             futures.needs[spec.run_id] = placement_resources(where)

@@ -5,16 +5,27 @@ size comes from ``PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS`` when set, else
 :data:`DEFAULT_THREADS`. ``ray`` is
 prefect-ray's ``RayTaskRunner`` on the cluster at ``address`` (a local one when None), an
 optional dependency (``pip install 'lcer[ray]'``) imported only when asked for, and it needs
-a Prefect server (``PREFECT_API_URL``) that the Ray workers report to; LCER's explanation
-tasks then ask Ray for one GPU each when the cluster has GPUs (a Ray task without
-``num_gpus`` sees no CUDA), the baselines' only for a CPU. Deployments pick the runner from the environment of their work
+a Prefect server (``PREFECT_API_URL``) that the Ray workers report to. When the cluster has
+GPUs, every explanation task (LCER's and the baselines') asks Ray for a CPU and
+``LCER_RAY_GPUS_PER_SHARD`` of one GPU (:func:`gpus_per_shard`, default 1; a Ray task
+without ``num_gpus`` sees no CUDA); else for a CPU. Deployments pick the runner from the environment of their work
 pool: ``LCER_TASK_RUNNER=ray`` and ``LCER_RAY_ADDRESS=...``.
+
+A whole GPU per shard keeps Ray's default for GPU tasks, ``max_calls=1``: each shard runs in
+a fresh worker process, which gives its CUDA memory (the CUDA context and torch's cached
+blocks, held by a process until it exits: ray-project/ray#29624) back to the GPU when it
+ends. A fraction (``0.5``: two shards on one GPU at once) keeps the workers alive instead
+(``max_calls=0``): a fresh process per shard would pay CUDA's start-up each time, and a
+shard leaves no memory in torch's cache when it ends (:func:`lcer_core.devices.shard_device`),
+so a long-lived worker holds only its CUDA context; the fraction must leave room for that
+many contexts and shards on one GPU.
 
 Ray workers share no filesystem with the flow: they get the flow's code through Ray's
 ``runtime_env`` (:func:`ray_runtime_env`: the packages, whatever a node has installed or in
-its working folder), and what a shard needs through Ray's object store, and send the shard
-back the same way (see :mod:`flows.explain`), so nothing of ``LCER_HOME`` is forwarded to them. Before submitting, the cluster is checked for the
-resources the tasks will ask for (a CPU each; one GPU more for LCER's shards when the cluster
+its working folder), what a shard needs through Ray's object store, and send the shard back
+the same way (see :mod:`flows.explain`), so nothing of ``LCER_HOME`` is forwarded to them.
+Before submitting, the cluster is checked for the resources the tasks will ask for (a CPU
+each; their fraction of a GPU more when the cluster
 has GPUs): a cluster that lacks them is a one-line error, not a run that waits forever.
 While the shards run, :func:`wait_on_ray` watches the cluster too: a shard that no live node
 can take (its node died, and no other has a GPU) for ``LCER_RAY_NODE_GRACE_S`` seconds
@@ -49,6 +60,10 @@ __all__ = [
     "is_ray_runner",
     "NODE_GRACE_ENV",
     "DEFAULT_NODE_GRACE_S",
+    "GPUS_PER_SHARD_ENV",
+    "gpus_per_shard",
+    "TRAIN_ON_ENV",
+    "train_on_gpu",
     "ShardsStranded",
     "node_grace_s",
     "placement_resources",
@@ -105,6 +120,10 @@ def make_task_runner(
 
     _check_choice(kind, address)
     if kind == "threads":
+        if _train_on() == "gpu":
+            raise InvalidParameterError(
+                f"{TRAIN_ON_ENV}=gpu needs --runner ray on a cluster with a GPU"
+            )
         configured = get_current_settings().tasks.runner.thread_pool_max_workers
         return ThreadPoolTaskRunner(max_workers=configured or DEFAULT_THREADS)
     try:
@@ -121,6 +140,8 @@ def make_task_runner(
         )
     _check_address(address)
     node_grace_s()  # a bad LCER_RAY_NODE_GRACE_S is one line now, not after the shards
+    gpus_per_shard()  # and so is a bad LCER_RAY_GPUS_PER_SHARD
+    _train_on()  # and LCER_TRAIN_ON
     # Ray folds log lines that differ only in numbers (a shard's retry, other shards) into one.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     init_kwargs: dict[str, Any] = {"runtime_env": ray_runtime_env()}
@@ -175,10 +196,12 @@ def is_ray_runner() -> bool:
     return runner is not None and type(runner).__name__ == "RayTaskRunner"
 
 
-def missing_resources(nodes: Sequence[Mapping[str, Any]], gpu_tasks: bool) -> str | None:
+def missing_resources(
+    nodes: Sequence[Mapping[str, Any]], gpu_tasks: bool, gpus: float = 1.0
+) -> str | None:
     """What the cluster of ``nodes`` (as ``ray.nodes()`` lists them) lacks for the explanation
-    tasks, in words, or None: every task needs a CPU; with ``gpu_tasks``, one node must have a
-    GPU and a CPU together."""
+    tasks, in words, or None: every task needs a CPU; with ``gpu_tasks``, one node must have
+    ``gpus`` of a GPU and a CPU together."""
     alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", n.get("alive", False))]
     if not alive:
         return "the Ray cluster has no live node"
@@ -186,11 +209,11 @@ def missing_resources(nodes: Sequence[Mapping[str, Any]], gpu_tasks: bool) -> st
     if cpus < 1:
         return f"the Ray cluster has no CPU ({len(alive)} node(s), 0 CPUs): every explanation task needs one"
     if gpu_tasks and not any(
-        float(r.get("GPU", 0)) >= 1 and float(r.get("CPU", 0)) >= 1 for r in alive
+        float(r.get("GPU", 0)) >= gpus and float(r.get("CPU", 0)) >= 1 for r in alive
     ):
         return (
-            "the Ray cluster has GPUs but no node with both a GPU and a CPU, "
-            "which LCER's explanation tasks ask for"
+            "the Ray cluster has GPUs but no node with both a GPU and a CPU free for the "
+            f"{gpus:g} GPU and 1 CPU that each explanation task asks for"
         )
     return None
 
@@ -202,22 +225,60 @@ def _cluster_gpus() -> float:
 
 
 def check_cluster(methods: Sequence[str]) -> bool:
-    """On Ray: refuse a cluster that lacks what the tasks of ``methods`` ask for; whether LCER's
+    """On Ray: refuse a cluster that lacks what the tasks of ``methods`` ask for; whether the
     tasks ask for a GPU (they do when the cluster has one)."""
     import ray
 
-    from lcer_core.remote import wants_gpu
-
-    gpu_tasks = _cluster_gpus() >= 1 and any(wants_gpu(m) for m in methods)
-    problem = missing_resources(ray.nodes(), gpu_tasks)
+    gpu_tasks = bool(methods) and _cluster_gpus() > 0
+    problem = missing_resources(ray.nodes(), gpu_tasks, gpus_per_shard())
     if problem:
         raise InvalidParameterError(problem)
     return gpu_tasks
 
 
+#: The fraction of one GPU that each explanation task asks Ray for when the cluster has GPUs.
+GPUS_PER_SHARD_ENV = "LCER_RAY_GPUS_PER_SHARD"
+
+
+def gpus_per_shard() -> float:
+    """The GPU fraction of :data:`GPUS_PER_SHARD_ENV`: more than 0, at most 1 (default 1: a
+    whole GPU and a fresh worker per shard; ``0.5``: two shards share one GPU)."""
+    return settings().ray_gpus_per_shard
+
+
+#: Where Mult-VAE trains: ``auto`` (a GPU worker of the Ray cluster when it has one, else where
+#: the flow runs), ``gpu`` (a GPU worker, or a one-line error) or ``here`` (where the flow runs).
+TRAIN_ON_ENV = "LCER_TRAIN_ON"
+
+
+def _train_on() -> str:
+    return settings().train_on
+
+
+def train_on_gpu() -> bool:
+    """Whether this flow run trains Mult-VAE on a GPU worker of its Ray cluster
+    (:data:`TRAIN_ON_ENV`); ``gpu`` without a Ray cluster that has a GPU is a one-line error."""
+    choice = _train_on()
+    if choice == "here":
+        return False
+    gpu = is_ray_runner() and _cluster_gpus() >= 1
+    if choice == "gpu" and not gpu:
+        raise InvalidParameterError(
+            f"{TRAIN_ON_ENV}=gpu needs --runner ray on a cluster with a GPU (this run has none)"
+        )
+    return gpu
+
+
+def _gpu_options(gpus: float) -> dict[str, Any]:
+    """Ray's options for a task with ``gpus`` of a GPU: a whole GPU keeps Ray's fresh worker
+    per task (``max_calls=1``), a fraction long-lived workers (``max_calls=0``: no limit)."""
+    return {"num_gpus": gpus, **({"max_calls": 0} if gpus < 1 else {})}
+
+
 @contextlib.contextmanager
 def explain_placement(gpu: bool) -> Iterator[str]:
-    """Around the submission of one explanation task: one GPU for it when ``gpu`` (on Ray).
+    """Around the submission of one explanation task: its fraction of a GPU
+    (:func:`gpus_per_shard`) when ``gpu`` (on Ray).
 
     Yields where the task goes (``threads``, ``ray`` or ``ray-gpu``), for the log.
     """
@@ -229,7 +290,7 @@ def explain_placement(gpu: bool) -> Iterator[str]:
         return
     from prefect_ray.context import remote_options
 
-    with remote_options(num_gpus=1):
+    with remote_options(**_gpu_options(gpus_per_shard())):
         yield "ray-gpu"
 
 
@@ -257,7 +318,7 @@ def node_grace_s() -> float:
 
 def placement_resources(where: str) -> dict[str, float]:
     """What Ray needs for a task placed as :func:`explain_placement` says (``ray``, ``ray-gpu``)."""
-    return {"CPU": 1.0, "GPU": 1.0} if where == "ray-gpu" else {"CPU": 1.0}
+    return {"CPU": 1.0, "GPU": gpus_per_shard()} if where == "ray-gpu" else {"CPU": 1.0}
 
 
 def _alive(node: Mapping[str, Any]) -> bool:

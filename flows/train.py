@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.env import check_environment
+from flows.runner import train_on_gpu
 from lcer_core.models import MODEL_SEED, recommender_config, training_lock
 from lcer_core.recommender import DEFAULT_RECOMMENDER
 from tasks.data import prepare
@@ -28,8 +29,9 @@ def prepare_and_train(
     recommender: str = DEFAULT_RECOMMENDER,
 ) -> tuple[ModelInfo, Registration]:
     """The first steps of every flow: prepare → train ``recommender`` (skipped when the model
-    exists) → register. With ``split_seed`` the model is trained on that split (the default one
-    is prepared too: the dataset's statistics and items are recorded from it)."""
+    exists; on a GPU worker of the Ray cluster when it has one, :func:`flows.runner.train_on_gpu`)
+    → register. With ``split_seed`` the model is trained on that split (the default one is
+    prepared too: the dataset's statistics and items are recorded from it)."""
     config = recommender_config(recommender, epochs)  # an unknown name: one line, before any work
     fail_stale(dataset)
     prepare(dataset)
@@ -39,7 +41,9 @@ def prepare_and_train(
     # One training per model at a time: a second process waits, then reuses the model and
     # its registry version.
     with training_lock(dataset, config, seed):
-        info = train_task(recommender)(dataset, epochs, seed, split_seed, recommender)
+        info = train_task(recommender)(
+            dataset, epochs, seed, split_seed, recommender, on_gpu=train_on_gpu()
+        )
         registration = register(info)
         store_model(info, registration)
     return info, registration

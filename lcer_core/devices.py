@@ -1,9 +1,12 @@
-"""Where tensors run: the default device, the validation of a device name, and the fixed CPU
-thread count of every computation whose result is stored."""
+"""Where tensors run: the default device, the validation of a device name, the device each
+explanation shard takes (:func:`shard_device`), and the fixed CPU thread count of every
+computation whose result is stored."""
 
 from __future__ import annotations
 
 import functools
+import gc
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
@@ -18,6 +21,8 @@ __all__ = [
     "with_answer_threads",
     "default_device",
     "resolve_device",
+    "shard_device",
+    "device_label",
 ]
 
 #: CPU threads (torch intra-op) of every computation whose result is stored: the pairs' top-K
@@ -92,3 +97,51 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
             param="device",
         )
     return dev
+
+
+# Shards running in this process per CUDA device index (the lease of :func:`shard_device`).
+_LEASES: dict[int, int] = {}
+_LEASE_LOCK = threading.Lock()
+
+
+@contextmanager
+def shard_device(cuda_devices: int | None = None) -> Iterator[torch.device]:
+    """The device of one explanation shard, for the block: the CPU when no CUDA is visible,
+    else the visible CUDA device running the fewest shards of this process now (lowest index
+    first), so that shards side by side spread over every GPU of the machine (a worker of the
+    ``gpu`` pool with 8 GPUs uses all 8; a Ray worker sees only the GPU Ray gave it, as
+    ``cuda:0``). Answers do not depend on which GPU: a shard's computation is the same on each.
+
+    On leaving, memory this shard left in torch's CUDA cache is given back to the device: a
+    long-lived worker (Ray with a GPU fraction, a thread pool) holds no memory of a shard
+    that ended. Release what the shard allocated before leaving (compute in a function called
+    inside the block). ``cuda_devices`` stands for ``torch.cuda.device_count()`` (tests).
+    """
+    count = cuda_devices if cuda_devices is not None else _cuda_count()
+    if count < 1:
+        yield torch.device("cpu")
+        return
+    with _LEASE_LOCK:
+        index = min(range(count), key=lambda i: (_LEASES.get(i, 0), i))
+        _LEASES[index] = _LEASES.get(index, 0) + 1
+    try:
+        yield torch.device("cuda", index)
+    finally:
+        with _LEASE_LOCK:
+            _LEASES[index] -= 1
+        if cuda_devices is None:
+            gc.collect()  # a cycle may still hold the shard's tensors
+            with torch.cuda.device(index):
+                torch.cuda.empty_cache()
+
+
+def _cuda_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def device_label(device: torch.device, accelerators: list[str] | None = None) -> str:
+    """How the shards table names where a shard computed: the torch device (``cpu``, ``cuda:1``),
+    and the GPU ids a Ray worker was given (``cuda:0 ray-gpu 3``; a logical GPU on a machine
+    without CUDA: ``cpu ray-gpu 0``)."""
+    name = str(device)
+    return f"{name} ray-gpu {','.join(accelerators)}" if accelerators else name

@@ -48,6 +48,7 @@ __all__ = [
     "recommender_config",
     "recommender_of_key",
     "train_model",
+    "fit_model",
     "save_model",
     "checkpoint",
     "model_bytes",
@@ -150,9 +151,25 @@ def train_model(
     best epoch on validation NDCG@100, report NDCG@100 and Recall@20/50 on the test users,
     and save the checkpoint atomically."""
     cfg = config or recommender_config()
+    kind_of(cfg).check(data.n_items, cfg)
+    ensure_writable(models_dir() / data.name)
+    model = fit_model(data, cfg, seed=seed, device=device, on_epoch=on_epoch)
+    return save_model(model, data)
+
+
+def fit_model(
+    data: PreparedDataset,
+    config: Any = None,
+    *,
+    seed: int = MODEL_SEED,
+    device: torch.device | str | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> TrainedModel:
+    """:func:`train_model` without saving (its module is back on the CPU): what a worker
+    that shares no ``LCER_HOME`` with the flow trains and sends back (:func:`model_bytes`)."""
+    cfg = config or recommender_config()
     kind = kind_of(cfg)
     kind.check(data.n_items, cfg)
-    ensure_writable(models_dir() / data.name)
     dev = device or default_device()
     train = data.rows("train", data.users_of("train"))  # sparse: one dense batch at a time
     val_users = data.users_of("val")
@@ -172,7 +189,7 @@ def train_model(
     ttr, tte = data.rows("test_tr", test), data.rows("test_te", test)
     metrics = {**evaluate_ranking(module, ttr, tte), "best_epoch": float(best_epoch)}
     key = model_key(data, cfg, seed)
-    model = TrainedModel(
+    return TrainedModel(
         data.name,
         key,
         cfg,
@@ -182,7 +199,6 @@ def train_model(
         models_dir() / data.name / key / "model.pt",
         data.fingerprint,
     )
-    return save_model(model, data)
 
 
 def save_model(model: TrainedModel, data: PreparedDataset) -> TrainedModel:

@@ -95,6 +95,17 @@ MirrorUrl = Annotated[
 Text = Annotated[str | None, Form("text")]
 #: Text with surrounding blanks removed.
 Word = Annotated[str | None, _parse(lambda s: s or None), Form("text")]
+#: A fraction of one GPU: more than 0, at most 1.
+GpuFraction = Annotated[
+    float,
+    _parse(float),
+    Field(gt=0, le=1, allow_inf_nan=False),
+    Form("a fraction of one GPU in (0, 1]"),
+]
+#: Where the recommender trains.
+TrainOn = Annotated[
+    Literal["auto", "gpu", "here"], _parse(lambda s: s or "auto"), Form("auto, gpu or here")
+]
 #: The task runner of deployed flows.
 Runner = Annotated[Literal["threads", "ray"], _parse(str), Form("threads or ray")]
 
@@ -184,6 +195,20 @@ class Settings(BaseSettings):
         validation_alias="LCER_RAY_NODE_GRACE_S",
         description="on Ray, how long a shard may wait with no live node that has what it asks "
         "for (its GPU node died) before the run gives it up",
+    )
+    ray_gpus_per_shard: GpuFraction = Field(
+        1.0,
+        validation_alias="LCER_RAY_GPUS_PER_SHARD",
+        description="on Ray, the fraction of one GPU each explanation task asks for when the "
+        "cluster has GPUs (1: a whole GPU and a fresh worker per shard; `0.5`: two shards "
+        "share a GPU in long-lived workers); see [cluster.md](cluster.md)",
+    )
+    train_on: TrainOn = Field(
+        "auto",
+        validation_alias="LCER_TRAIN_ON",
+        description="where the recommender trains: `auto` (a GPU worker of the Ray cluster "
+        "when it has one, else where the flow runs), `gpu` (a GPU worker, else one line) or "
+        "`here`",
     )
     git_url: Word = Field(
         None,

@@ -157,14 +157,18 @@ def read_shards(paths: Sequence[Path | str]) -> pl.DataFrame:
 
 def shard_placements(frame: pl.DataFrame) -> pl.DataFrame | None:
     """Where each shard of a run's rows ran: one row per shard (``shard, node, device, users,
-    pairs``); None for rows written before shard files said so."""
+    pairs``; ``device`` the shard file's ``placement`` where it has one: ``cuda:1``, ``cpu
+    ray-gpu 0``); None for rows written before shard files said so."""
     if not {"shard", "node", "device"} <= set(frame.columns):
         return None
+    device = pl.col("device")
+    if "placement" in frame.columns:
+        device = pl.coalesce(pl.col("placement"), device)
     return (
         frame.group_by("shard")
         .agg(
             node=pl.col("node").first(),
-            device=pl.col("device").first(),
+            device=device.first(),
             users=pl.col("uid").n_unique(),
             pairs=pl.len(),
         )

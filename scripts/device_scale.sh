@@ -17,6 +17,12 @@
 #   run(command="bash scripts/device_scale.sh train", carry=[".whl", ".device-data"], timeout_s=570)
 #   run(command="bash scripts/device_scale.sh explain", carry=[".whl", ".device-data"], timeout_s=570)
 # `bash scripts/device_scale.sh quick` is a 3-epoch, 300-step smoke run of both parts in one call.
+# Issue 26, item 4 (after `train`, same warm machine): `bash scripts/device_scale.sh share`
+# puts two LCER shards on one GPU (one after the other, side by side in two processes, and as
+# Ray tasks of num_gpus=0.5 in long-lived workers when Ray is installed there: wall times,
+# peak GPU memory per shard, the memory a shard leaves behind, rows equal) and trains
+# Mult-VAE in another process on the GPU, its checkpoint sent back as bytes
+# (scripts/gpu_share_bench.py; result in $OUT/share.json). `quick` runs a small share too.
 # Results land in $OUT: scale-*.json (per stage: wall time, peak RSS and GPU memory), bench-*.json.
 # Estimate (not measured): 12.8 TFLOP per Mult-VAE epoch at this shape (37 batches of 500 users,
 # dense 115,798-item input and output layers), a few seconds per epoch on an H100/H200.
@@ -49,8 +55,12 @@ case "$part" in
     scale --reuse --json "$out/scale-explain.json"  # 4 methods x K=5,10, 100 users, evaluate
     bench
     ;;
+  share) python3 scripts/gpu_share_bench.py syn-epinions --users 20 --steps 3000 --epochs 3 \
+           --json "$out/share.json" ;;
   quick)
     scale --epochs 3 --steps 300 --json "$out/scale-quick.json"
+    python3 scripts/gpu_share_bench.py syn-epinions --users 5 --steps 300 --epochs 1 \
+      --json "$out/share-quick.json"
     ;;
-  *) echo "usage: $0 [train|explain|quick]" >&2; exit 2 ;;
+  *) echo "usage: $0 [train|explain|share|quick]" >&2; exit 2 ;;
 esac

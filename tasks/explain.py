@@ -6,7 +6,10 @@ worker node, the ``gpu`` pool): it gets the model and the data as bytes
 (:mod:`lcer_core.remote`), uses it only if its content has the digests its run is bound to,
 and returns the shard file's bytes (stamped with those digests) with where it ran; the flow
 writes the file (with its key). Every shard file says where it ran (columns ``shard``,
-``node``; ``device`` per row), and so does its log line.
+``node``, ``placement``: the device it took, :func:`lcer_core.devices.shard_device`, with the
+GPU ids Ray gave it; ``device`` per row), and so does its log line. A shard computes on
+CUDA only where torch sees CUDA: on a Ray node with logical GPUs and no CUDA it computes on
+the CPU and still records the GPU id Ray assigned.
 
 The shard file is the task's only record: Prefect caches nothing and persists no result (a
 persisted result is a pickle whose file names its own serializer, so one planted under
@@ -21,10 +24,12 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
@@ -32,7 +37,7 @@ from prefect.states import Completed, State
 
 from lcer_core import remote, shards
 from lcer_core.datasets import load_prepared
-from lcer_core.devices import default_device
+from lcer_core.devices import device_label, shard_device
 from lcer_core.fsio import parquet_bytes, write_parquet_atomic
 from lcer_core.models import load_model
 from lcer_core.runs import RunSpec
@@ -41,6 +46,7 @@ from tasks import progress
 __all__ = [
     "ShardOutput",
     "node_name",
+    "ray_gpu_ids",
     "explain_shard",
     "explain_shard_remote",
 ]
@@ -66,8 +72,18 @@ def node_name() -> str:
     return socket.gethostname()
 
 
-def _placed(frame: pl.DataFrame, index: int, node: str) -> pl.DataFrame:
-    return frame.with_columns(shard=pl.lit(index, pl.Int32), node=pl.lit(node))
+def ray_gpu_ids() -> list[str]:
+    """The GPU ids Ray assigned to the task running here (none outside Ray, or without GPUs)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return []
+    return [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+
+
+def _placed(frame: pl.DataFrame, index: int, node: str, placement: str) -> pl.DataFrame:
+    return frame.with_columns(
+        shard=pl.lit(index, pl.Int32), node=pl.lit(node), placement=pl.lit(placement)
+    )
 
 
 def _shard_run_name() -> str:
@@ -98,18 +114,33 @@ def explain_shard(spec: RunSpec, index: int, users: list[int], path: str) -> str
         )
         return Completed(name="Cached", message=f"complete shard file {out}", data=str(out))
     start = time.perf_counter()
-    device = default_device()
-    data = load_prepared(spec.dataset, spec.split_seed)
-    model = load_model(spec.dataset, spec.model_key)
+    node = node_name()
+    with shard_device() as device:
+        frame = _explain_local(spec, index, users, device)
+    placement = device_label(device)
+    write_parquet_atomic(
+        _placed(frame, index, node, placement), out, metadata={shards.SHARD_KEY_FIELD: key}
+    )
+    _log_done(spec, index, users, frame, node, placement, start)
+    return str(out)
 
+
+def _report(spec: RunSpec, index: int) -> Callable[[int, int], None]:
     def report(done: int, total: int) -> None:
         progress.emit(progress.STEPS, run=spec.run_id, index=index, done=done, total=total)
 
-    node = node_name()
-    frame = shards.explain_users(data, model, spec, users, device=device, progress=report)
-    write_parquet_atomic(_placed(frame, index, node), out, metadata={shards.SHARD_KEY_FIELD: key})
-    _log_done(spec, index, users, frame, node, device.type, start)
-    return str(out)
+    return report
+
+
+def _explain_local(
+    spec: RunSpec, index: int, users: list[int], device: torch.device
+) -> pl.DataFrame:
+    """A shard's rows from this machine's data and model (released on return)."""
+    data = load_prepared(spec.dataset, spec.split_seed)
+    model = load_model(spec.dataset, spec.model_key)
+    return shards.explain_users(
+        data, model, spec, users, device=device, progress=_report(spec, index)
+    )
 
 
 def _log_done(
@@ -161,23 +192,33 @@ def explain_shard_remote(
         node,
         pid,
     )
-    device = default_device()
     content = remote.get_bundle(bundle) if isinstance(bundle, str) else bundle
     digests = remote.check_bundle(content, spec.run_id, spec.digests)
-    data, model = remote.open_bundle(content)
-
-    def report(done: int, total: int) -> None:
-        progress.emit(progress.STEPS, run=spec.run_id, index=index, done=done, total=total)
-
-    frame = shards.explain_users(data, model, spec, users, device=device, progress=report)
-    _log_done(spec, index, users, frame, node, device.type, start)
+    with shard_device() as device:
+        frame = _explain_bundle(spec, index, users, content, device)
+    placement = device_label(device, ray_gpu_ids())
+    _log_done(spec, index, users, frame, node, placement, start)
     stamp = dict(zip(remote.SHARD_DIGEST_FIELDS, digests, strict=True))
     stamp[shards.SHARD_KEY_FIELD] = shards.shard_key(spec, index, users)  # resumable from storage
     return ShardOutput(
         index=index,
-        parquet=parquet_bytes(_placed(frame, index, node), metadata=stamp),
+        parquet=parquet_bytes(_placed(frame, index, node, placement), metadata=stamp),
         node=node,
-        device=device.type,
+        device=placement,
         pid=pid,
         pairs=frame.height,
+    )
+
+
+def _explain_bundle(
+    spec: RunSpec,
+    index: int,
+    users: list[int],
+    content: dict[str, bytes],
+    device: torch.device,
+) -> pl.DataFrame:
+    """A shard's rows from a bundle (its model and data released on return)."""
+    data, model = remote.open_bundle(content)
+    return shards.explain_users(
+        data, model, spec, users, device=device, progress=_report(spec, index)
     )

@@ -19,6 +19,9 @@ from prefect.cache_policies import NO_CACHE
 
 from lcer_core import models
 from lcer_core.datasets import PreparedDataset, load_prepared
+from lcer_core.devices import device_label, shard_device
+from lcer_core.fsio import ensure_writable
+from lcer_core.paths import models_dir
 from lcer_core.recommender import DEFAULT_RECOMMENDER, kind_of
 from lcer_core.recommender.training import EpochReport
 from tasks import mlflow_client, progress
@@ -94,8 +97,10 @@ def _train_tracked(
     key: str,
     on_epoch: Callable[[EpochReport], None],
     logger: _Logger,
+    on_gpu: bool = False,
 ) -> tuple[models.TrainedModel, str]:
-    """Open the training's MLflow run and train; a failed training marks that run FAILED."""
+    """Open the training's MLflow run and train (here, or on a GPU worker of the Ray cluster
+    when ``on_gpu``); a failed training marks that run FAILED."""
     kind = kind_of(config)
     mlflow_client.configure()
     run_id = mlflow_client.start_run(
@@ -115,12 +120,39 @@ def _train_tracked(
     )
     logger.info("training model %s (MLflow run %s)", key, run_id)
     try:
-        model = models.train_model(data, config, seed=seed, on_epoch=on_epoch)
+        if on_gpu:
+            model = _train_on_ray(data, config, seed, logger)
+        else:
+            model = models.train_model(data, config, seed=seed, on_epoch=on_epoch)
     except BaseException as exc:
         mlflow_client.fail_run(run_id, exc)
         raise
     logger.info("trained model %s: %s", model.key, _fmt(model.metrics))
     return model, run_id
+
+
+def _fit_elsewhere(data: PreparedDataset, config: Any, seed: int) -> tuple[bytes, str, str]:
+    """On a Ray worker: train, and send back the checkpoint's bytes, the node and the device."""
+    from tasks.explain import node_name, ray_gpu_ids
+
+    with shard_device() as device:
+        blob = models.model_bytes(models.fit_model(data, config, seed=seed, device=device))
+    return blob, node_name(), device_label(device, ray_gpu_ids())
+
+
+def _train_on_ray(
+    data: PreparedDataset, config: Any, seed: int, logger: _Logger
+) -> models.TrainedModel:
+    """Train on a GPU worker of the Ray cluster (a whole GPU, in a fresh worker process that
+    gives its GPU memory back when it ends) and save the checkpoint it sends back here."""
+    import ray
+
+    ensure_writable(models_dir() / data.name)  # before the work, not after
+    remote = ray.remote(num_cpus=1, num_gpus=1, max_calls=1)(_fit_elsewhere)
+    blob, node, device = ray.get(remote.remote(data, config, seed))
+    model = models.model_from_bytes(blob, data.name, models.model_key(data, config, seed))
+    logger.info("trained on Ray node %s device %s; checkpoint back here", node, device)
+    return models.save_model(model, data)
 
 
 @task(name=mlflow_client.TRAIN_RUN_NAME, cache_policy=NO_CACHE)
@@ -130,10 +162,12 @@ def train(
     seed: int = models.MODEL_SEED,
     split_seed: int | None = None,
     recommender: str = DEFAULT_RECOMMENDER,
+    on_gpu: bool = False,
 ) -> ModelInfo:
     """Train ``recommender`` on ``dataset`` (on its split ``split_seed``), or reuse the checkpoint
     trained on the same data with the same settings; ``epochs`` (None: the recommender's
-    default) is ignored by a recommender trained in closed form."""
+    default) is ignored by a recommender trained in closed form; with ``on_gpu``, on a GPU
+    worker of the flow's Ray cluster."""
     logger = get_run_logger()
     config = models.recommender_config(recommender, epochs)
     kind = kind_of(config)
@@ -148,7 +182,7 @@ def train(
             "model %s already trained (%s): not training again", model.key, _fmt(model.metrics)
         )
     else:
-        model, run_id = _train_tracked(dataset, data, config, seed, key, on_epoch, logger)
+        model, run_id = _train_tracked(dataset, data, config, seed, key, on_epoch, logger, on_gpu)
     return ModelInfo(
         dataset=dataset,
         key=model.key,

@@ -1,29 +1,24 @@
 """A real two-node Ray cluster on loopback, a real Prefect server, and ``lcer run --runner ray``.
 
-The head node (CPU only) and a worker node that declares one logical GPU (``--num-gpus 1``)
-are each started by ``ray start --block`` in a mount namespace of their own where the
-flow's folders (its ``LCER_HOME``) and every folder of our packages (the checkout under test,
-the environment's installed copy) are an empty folder, with their own working folder and
-``LCER_HOME``: as on other machines, they share no filesystem with the flow, and run the code
-the flow ships them (Ray's ``runtime_env``). The test
-starts them and stops them by their pid (never ``ray stop``). One Ray run: its explanations
-equal the thread runner's row for row, LCER's shards ran on the GPU node (DuckDB ``shards``
-and the log say so), and the Ray worker running the first LCER shard is killed (SIGKILL,
-from outside, by the pid the shard reports): the shard is retried and every row is stored
-exactly once.
+The head node (CPU only) and a worker node with two CPUs and one logical GPU
+(``--num-gpus 1``), started by :mod:`ray_nodes` (the flow's folders hidden from them; stopped
+by pid). One Ray run with half a GPU per shard (``LCER_RAY_GPUS_PER_SHARD=0.5``): its
+explanations equal the thread runner's row for row, every shard ran on the GPU node with GPU
+id 0 (DuckDB ``shards`` and the log say so), LCER's two shards ran at once there (their
+times in the log; each waits 4 s after starting), and the Ray worker running the first FIA
+shard is killed (SIGKILL, from outside, by the pid the shard reports): the shard is retried
+and every row is stored exactly once. (A whole GPU per
+shard, the default, is ``test_ray_node_death``'s.)
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import math
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,17 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_fixtures import shared_storage
-from test_prefect_e2e import PREFECT, REPO, _free_port, _start, _stop, _tail
+from ray_nodes import LCER, RAY, clean_env, ray_cluster, wait_port
+from test_prefect_e2e import REPO, _free_port, _start, _stop, _tail
 
 from lcer_core.store import ResultStore
 
 pytest.importorskip("prefect_ray")
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
-LCER = str(BIN / "lcer")
-RAY = str(BIN / "ray")
 RUN = [
     "run",
     "ml-100k",
@@ -58,43 +50,9 @@ RUN = [
     "--epochs",
     "2",
 ]
+#: A shard's device on the cluster's logical GPU: the torch device and the GPU id Ray assigned.
+GPU_DEVICE = re.compile(r"(cpu|cuda:0) ray-gpu 0")
 ROWS = "select r.method, e.uid, e.rank, e.sid, e.found, e.ce_items, e.ce_importance, e.sufficient, e.necessary, e.rank_after from explanations e join runs r using (run_id) order by 1, 2, 3"
-
-
-def _can_unshare() -> bool:
-    probe = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True
-    )
-    return probe.returncode == 0
-
-
-def _namespaced(cmd: list[str], hidden: list[Path], empty: Path) -> list[str]:
-    """``cmd`` in a mount namespace of its own where each folder of ``hidden`` shows the empty
-    folder ``empty`` (plain ``cmd`` where this machine cannot make one)."""
-    if not _can_unshare():
-        return cmd
-    script = (
-        'e="$1"; n="$2"; shift 2; while [ "$n" -gt 0 ]; do mount --bind "$e" "$1" || exit 1; '
-        'shift; n=$((n - 1)); done; exec "$@"'
-    )
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"] + [
-        str(empty),
-        str(len(hidden)),
-        *map(str, hidden),
-        *cmd,
-    ]
-
-
-def _our_code(env: dict[str, str]) -> list[Path]:
-    """Every folder of our packages a Python of this environment could import by path: the
-    checkout under test and whatever the environment has installed (an editable install's)."""
-    found = {REPO / name for name in ("lcer_core", "flows", "tasks")}
-    script = "import lcer_core, flows, tasks as t; print(lcer_core.__path__[0]); print(flows.__path__[0]); print(t.__path__[0])"
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, cwd="/", capture_output=True, text=True
-    )
-    found |= {Path(line) for line in done.stdout.splitlines() if line.strip()}
-    return sorted(p.resolve() for p in found if p.is_dir())
 
 
 def _lcer(args: list[str], env: dict[str, str], log: Path, timeout: float = 300) -> str:
@@ -113,158 +71,29 @@ def _sql(query: str, env: dict[str, str]) -> list[dict[str, Any]]:
     return store.query(query).to_dicts()
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, f"ray head exited:\n{_tail(log)}"
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        assert time.monotonic() < deadline, f"ray head not listening after 90 s:\n{_tail(log)}"
-        time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
-def cluster(http_mirror: str, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """A Prefect server and two Ray nodes (head: 1 CPU; worker: 1 CPU, 1 logical GPU), and a
-    storage URL they reach (a bucket on the session's S3 API server, with credentials in the
-    nodes' environment as on a cloud's machines; a folder where moto is not installed)."""
-    root = Path(tempfile.mkdtemp(prefix="lcray", dir="/tmp"))  # short: Ray's socket paths
-    storage = shared_storage(request, root / "storage", "lcer-ray")
-    flow = root / "flow"  # everything of the flow: hidden from both Ray nodes
-    empty = root / "empty"
-    for folder in (flow, empty, root / "head", root / "worker"):
-        folder.mkdir()
-    port, api_port = _free_port(), _free_port()
-    api = f"http://127.0.0.1:{api_port}/api"
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "LCER_", "MLFLOW_", "RAY_"))
-    }
-    base |= {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_ENABLED": "false",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # A loopback cluster of the test's own: no token, whatever ~/.ray/auth_token holds
-        # (with one there, the head asks for it and a worker node does not send it).
-        "RAY_AUTH_MODE": "disabled",
-        "PREFECT_API_URL": api,
-    }
-    # The nodes see neither the flow's folders nor any copy of our code: the flow ships it
-    # through Ray's runtime_env.
-    hidden = [flow, *_our_code({**base, "PYTHONPATH": ""})]
-    if _can_unshare():
-        probe = subprocess.run(
-            _namespaced([sys.executable, "-c", "import tasks.explain"], hidden, empty),
-            env={**base, "PYTHONPATH": ""}, cwd="/", capture_output=True, text=True,
-        )  # fmt: skip
-        assert probe.returncode != 0, "a node's Python could still import our code by path"
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        server_env = {**base, "PREFECT_HOME": str(flow / "prefect-server")}
-        procs.append(
-            _start(
-                [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(api_port)],
-                server_env,
-                root / "server.log",
-            )
-        )
-        nodes = []
-        for name, extra in (
-            (
-                "head",
-                ["--head", "--port", str(port), "--num-gpus", "0", "--include-dashboard", "false"],
-            ),
-            ("worker", ["--address", f"127.0.0.1:{port}", "--num-gpus", "1"]),
-        ):
-            node_home = root / name
-            env = {
-                **base,
-                "LCER_HOME": str(node_home / "lcer-home"),
-                "PREFECT_HOME": str(node_home / "prefect-home"),
-                # The harness's fault (tests/faults/sitecustomize.py), inherited by the
-                # node's workers: a remote shard waits 2 s after saying where it runs, so
-                # that the test can kill its worker before it finishes.
-                "PYTHONPATH": str(REPO / "tests" / "faults"),
-                "LCER_FAULT_SLOW_SHARD": "2",
-                **storage.env,
-            }
-            cmd = [
-                RAY,
-                "start",
-                "--block",
-                "--node-ip-address",
-                "127.0.0.1",
-                "--num-cpus",
-                "1",
-                "--temp-dir",
-                str(node_home / "ray"),
-                "--disable-usage-stats",
-                *extra,
-            ]
-            proc = _start(_namespaced(cmd, hidden, empty), env, root / f"{name}.log", cwd=node_home)
-            procs.append(proc)
-            nodes.append(proc)
-            if name == "head":  # the worker node needs the head's GCS
-                _wait_port(port, proc, root / "head.log")
-        info = _wait_for(f"127.0.0.1:{port}", 2, root, nodes[1], base)
-        deadline = time.monotonic() + 90
-        import httpx
-
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, _tail(root / "server.log")
-            time.sleep(0.5)
-        yield {
-            "address": f"127.0.0.1:{port}",
-            "root": root,
-            "flow": flow,
-            "empty": empty,
-            "env": {**base, "LCER_MIRROR": http_mirror},
-            "gpu_node": info["gpu_node"],
-            "nodes": info["nodes"],
-            "storage": storage,
-        }
-    finally:
-        for proc in reversed(procs):
-            _stop(proc, grace=30)
-        shutil.rmtree(root, ignore_errors=True)
+def cluster(http_mirror: str) -> Iterator[dict[str, Any]]:
+    """A Prefect server and two Ray nodes (head: 1 CPU; worker: 2 CPUs, 1 logical GPU)."""
+    with ray_cluster("lcray", http_mirror, worker_cpus=2, slow_shard_s=4) as info:
+        yield info
 
 
-def _wait_for(
-    address: str, n: int, root: Path, proc: subprocess.Popen[bytes], env: dict[str, str]
-) -> dict[str, Any]:
-    """Wait until the cluster has ``n`` live nodes; the node ids and which has the GPU."""
-    script = f"""
-import json, time, ray
-ray.init({address!r}, logging_level="ERROR", log_to_driver=False)
-deadline = time.monotonic() + 90
-while True:
-    alive = [x for x in ray.nodes() if x["Alive"]]
-    if len(alive) >= {n} or time.monotonic() > deadline:
-        break
-    time.sleep(0.5)
-gpu = [x["NodeID"] for x in alive if x["Resources"].get("GPU", 0) >= 1]
-print(json.dumps({{"nodes": [x["NodeID"] for x in alive], "gpu_node": gpu[0] if gpu else None}}))
-"""
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, "a ray node exited:\n" + "\n".join(
-            _tail(p, 2000) for p in sorted(root.glob("*.log"))
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=150
-        )
-        if done.returncode == 0:
-            info = json.loads(done.stdout.strip().splitlines()[-1])
-            if len(info["nodes"]) >= n:
-                return info
-        assert time.monotonic() < deadline, done.stderr[-3000:]
-        time.sleep(1)
+def _spans(log: str) -> dict[tuple[str, int, int], list[float]]:
+    """When each shard attempt ran by the log: (method, shard, worker pid) → [start, end] in
+    seconds of the day, from its ``started on node`` and ``CEs found`` lines (Ray prefixes a
+    worker's lines with its pid; the task's own lines carry their time)."""
+    line_re = re.compile(
+        r"pid=(\d+)\).*?(\d\d):(\d\d):(\d\d\.\d+) \|.*shard (\d+) of ml-100k/(\w+) k=5"
+        r"( started on node|: .* CEs found on node)"
+    )
+    spans: dict[tuple[str, int, int], list[float]] = {}
+    for m in line_re.finditer(log):
+        pid, hh, mm, ss, shard, method, what = m.groups()
+        at = int(hh) * 3600 + int(mm) * 60 + float(ss)
+        span = spans.setdefault((method, int(shard), int(pid)), [at, math.inf])
+        if "CEs found" in what:
+            span[1] = at
+    return spans
 
 
 def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
@@ -280,21 +109,20 @@ def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
     # The Ray run starts from the same prepared data and model (the flow's, not the workers').
     for part in ("data", "models"):
         shutil.copytree(threads_home / part, ray_home / part)
-    # The model and data reach the nodes through the storage URL (not Ray's object store).
-    storage = cluster["storage"]
-    ray_env = {**env, "LCER_HOME": str(ray_home), "LCER_STORAGE": storage.url, **storage.env}
+    # Half a GPU per shard: the worker node (2 CPUs, 1 GPU) runs two shards at once.
+    ray_env = {**env, "LCER_HOME": str(ray_home), "LCER_RAY_GPUS_PER_SHARD": "0.5"}
     log = flow / "ray.log"
     args = [LCER, *RUN, "--runner", "ray", "--address", cluster["address"]]
     with log.open("w") as out:
         proc = subprocess.Popen(args, env=ray_env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    started = re.compile(r"shard (\d+) of ml-100k/lcer k=5 started on node (\w+) pid (\d+)")
+    started = re.compile(r"shard (\d+) of ml-100k/fia k=5 started on node (\w+) pid (\d+)")
     killed: int | None = None
     shard = ""
     try:
         deadline = time.monotonic() + 240
         while killed is None:
             assert proc.poll() is None, f"lcer run ended before a shard started:\n{_tail(log)}"
-            assert time.monotonic() < deadline, f"no LCER shard started:\n{_tail(log)}"
+            assert time.monotonic() < deadline, f"no FIA shard started:\n{_tail(log)}"
             hit = started.search(log.read_text(errors="replace"))
             if hit:
                 shard, killed = hit.group(1), int(hit.group(3))
@@ -318,21 +146,23 @@ def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
     attempts = [m for m in started.finditer(text) if m.group(1) == shard]
     assert len(attempts) >= 2 and int(attempts[-1].group(3)) != killed, text[-4000:]
 
-    # LCER's shards ran on the GPU node; every shard is recorded with its node and device.
+    # Every shard (LCER's and the baseline's) ran on the GPU node, and is recorded with its node
+    # and device: the torch device (the CPU here: the GPU is logical) and the GPU Ray gave it.
     placed = _sql(
         "select r.method, s.shard, s.node, s.device, s.users, s.pairs "
         "from shards s join runs r using (run_id) order by 1, 2",
         ray_env,
     )
     assert len(placed) == 4, placed
-    assert {p["node"] for p in placed if p["method"] == "lcer"} == {cluster["gpu_node"]}
-    assert {p["node"] for p in placed} <= set(cluster["nodes"])
-    assert all(p["device"] in ("cpu", "cuda") and p["pairs"] == 5 for p in placed)
+    assert {p["node"] for p in placed} == {cluster["gpu_node"]}
+    assert all(GPU_DEVICE.fullmatch(p["device"]) and p["pairs"] == 5 for p in placed), placed
     assert f"started on node {cluster['gpu_node']}" in text
     assert re.search(rf"CEs found on node {cluster['gpu_node']} device \w+", text)
-
-    assert "model and data through the storage URL" in text
-    assert storage.objects("bundles") != []
+    # ... LCER's two shards at once (on the one GPU: both got GPU id 0), in two workers.
+    lcer = {key: span for key, span in _spans(text).items() if key[0] == "lcer"}
+    assert sorted(shard for _, shard, _ in lcer) == [0, 1], (lcer, text[-4000:])
+    (a, b) = lcer.values()
+    assert max(a[0], b[0]) < min(a[1], b[1]), f"LCER's shards did not overlap: {lcer}"
 
     # The thread runner records where its shards ran too (this host).
     local = _sql("select distinct node from shards", env)
@@ -347,13 +177,7 @@ def test_a_cluster_without_cpus_is_refused_in_one_line(http_mirror: str) -> None
     exits 2 before the flow starts, instead of waiting for a CPU that never comes."""
     root = Path(tempfile.mkdtemp(prefix="lcray", dir="/tmp"))
     port = _free_port()
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "LCER_", "MLFLOW_", "RAY_"))
-    }
-    env = {**base, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-           "LCER_HOME": str(root / "home")}  # fmt: skip
+    env = {**clean_env(), "RAY_USAGE_STATS_ENABLED": "0", "LCER_HOME": str(root / "home")}
     head = _start(
         [RAY, "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
          "--num-cpus", "0", "--num-gpus", "0", "--include-dashboard", "false",
@@ -363,7 +187,7 @@ def test_a_cluster_without_cpus_is_refused_in_one_line(http_mirror: str) -> None
         cwd=root,
     )  # fmt: skip
     try:
-        _wait_port(port, head, root / "head.log")
+        wait_port(port, head, root / "head.log")
         done = subprocess.run(
             [LCER, "run", "ml-100k", "--runner", "ray", "--address", f"127.0.0.1:{port}"],
             env={**env, "PREFECT_API_URL": "http://127.0.0.1:9/api", "LCER_MIRROR": http_mirror},

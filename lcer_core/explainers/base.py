@@ -77,8 +77,8 @@ class Explainer(ABC):
     #: False for methods whose output is not a counterfactual by construction (FIA):
     #: their validity is reported as NULL, as in the paper's Table 2.
     reports_validity: ClassVar[bool] = True
-    #: True for methods that optimise with gradients (LCER): on a cluster their shards ask
-    #: for a GPU; the others only call the model forward and run wherever there is a CPU.
+    #: True for methods that optimise with gradients (LCER), whose shards gain most from a
+    #: GPU. On a Ray cluster with GPUs every method's shards ask for one (``flows.runner``).
     prefers_gpu: ClassVar[bool] = False
     #: The evaluation tests (:data:`SELECTION_TESTS`) the method queries while choosing its
     #: answer, with its default configuration; empty for none. :meth:`selects` gives them for
