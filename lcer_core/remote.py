@@ -44,7 +44,6 @@ __all__ = [
     "STORAGE_OPTIONS_ENV",
     "CONNECT_TIMEOUT_S",
     "check_address",
-    "wants_gpu",
     "make_bundle",
     "open_bundle",
     "bundle_digests",
@@ -128,13 +127,6 @@ def check_address(address: str) -> None:
             f"cannot reach the Ray cluster at {address}: {reason} "
             "(start it with `ray start --head`, or check the address)"
         ) from None
-
-
-def wants_gpu(method: str) -> bool:
-    """Whether a method's shards ask a cluster for a GPU (the explainer's ``prefers_gpu``)."""
-    from lcer_core.explainers import get_method
-
-    return get_method(method).prefers_gpu
 
 
 def make_bundle(

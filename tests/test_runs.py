@@ -11,7 +11,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_fixtures import mlflow_template_db_fixture, store_fixture  # noqa: F401
 
-from lcer_core import remote
 from lcer_core.cli.flags import cli_message
 from lcer_core.errors import InvalidParameterError, UnknownMethodError
 from lcer_core.explainers import (
@@ -211,7 +210,7 @@ def test_the_registry_is_the_one_place_that_knows_the_methods() -> None:
     with pytest.raises(InvalidParameterError, match="'fia' .* is taken by"):
         register(Taken)
     assert METHODS["fia"] is FIA
-    assert [m for m in sorted(METHODS) if remote.wants_gpu(m)] == ["lcer", "lcer-plus"]
+    assert [m for m in sorted(METHODS) if METHODS[m].prefers_gpu] == ["lcer", "lcer-plus"]
 
 
 def test_the_cli_names_its_flags_in_one_table(tmp_path: Path) -> None:
