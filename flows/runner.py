@@ -246,7 +246,7 @@ def gpus_per_shard() -> float:
     return settings().ray_gpus_per_shard
 
 
-#: Where Mult-VAE trains: ``auto`` (a GPU worker of the Ray cluster when it has one, else where
+#: Where the recommender trains: ``auto`` (a GPU worker of the Ray cluster when it has one, else where
 #: the flow runs), ``gpu`` (a GPU worker, or a one-line error) or ``here`` (where the flow runs).
 TRAIN_ON_ENV = "LCER_TRAIN_ON"
 
@@ -256,7 +256,7 @@ def _train_on() -> str:
 
 
 def train_on_gpu() -> bool:
-    """Whether this flow run trains Mult-VAE on a GPU worker of its Ray cluster
+    """Whether this flow run trains the recommender on a GPU worker of its Ray cluster
     (:data:`TRAIN_ON_ENV`); ``gpu`` without a Ray cluster that has a GPU is a one-line error."""
     choice = _train_on()
     if choice == "here":

@@ -70,7 +70,7 @@ Recommender = Annotated[
     typer.Option(
         "--recommender",
         help="The recommender to train and explain, by its registry name (default: the "
-        "paper's, multvae; an unknown name lists the others).",
+        "paper's; an unknown name lists the others).",
     ),
 ]
 ShardSize = Annotated[
