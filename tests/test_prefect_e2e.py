@@ -48,15 +48,16 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 CLI = "import sys, lcer_core.cli.pipeline; from lcer_core.cli import main; main(sys.argv[1:])"
-PIPELINE = {
-    "datasets": ["ml-100k"],
-    "methods": ["lcer", "fia"],
-    "ks": [5],
-    "n_users": 4,
-    "steps": 100,
-    "seed": 0,
-    "shard_size": 2,
-    "epochs": 3,
+PIPELINE = {  # the deployment's parameters: the plan (JSON), then where to explain
+    "plan": {
+        "datasets": ["ml-100k"],
+        "explainers": {"lcer": {"fixed": {"steps": 100}}, "fia": {}},
+        "ks": [5],
+        "n_users": 4,
+        "seed": 0,
+        "shard_size": 2,
+        "epochs": 3,
+    }
 }
 
 
