@@ -98,6 +98,20 @@ class S3Server:
         keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
         return sorted(k.removeprefix(prefix) for k in keys)
 
+    def versions(self, url: str) -> dict[str, tuple[str, ...]]:
+        """The objects under an ``s3://bucket/prefix`` URL (keys relative to the prefix), each
+        with its ETag and LastModified: what a new PUT of the key changes."""
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        prefix = f"{prefix}/" if prefix else ""
+        pages = (
+            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        )
+        return {
+            o["Key"].removeprefix(prefix): (o["ETag"], o["LastModified"].isoformat())
+            for page in pages
+            for o in page.get("Contents", [])
+        }
+
     def read(self, url: str) -> bytes:
         bucket, _, key = url.removeprefix("s3://").partition("/")
         return bytes(self.client().get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -190,6 +204,19 @@ class SharedStorage:
             return self.server.objects(url)
         root = Path(unquote(urlparse(url).path))
         return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+    def versions(self, under: str = "") -> dict[str, tuple[str, ...]]:
+        """The keys under ``URL/under`` (relative to it), each with what a new write of it
+        changes: ETag and LastModified of an S3 object, size and mtime (ns) of a file."""
+        url = f"{self.url}/{under}".rstrip("/")
+        if self.server is not None:
+            return self.server.versions(url)
+        root = Path(unquote(urlparse(url).path))
+        return {
+            str(p.relative_to(root)): (str(p.stat().st_size), str(p.stat().st_mtime_ns))
+            for p in root.rglob("*")
+            if p.is_file()
+        }
 
     def read(self, key: str) -> bytes:
         url = f"{self.url}/{key}"

@@ -5,7 +5,8 @@ The deployments are made from a git checkout of the code under test that is then
 laptop that deploys and goes away): every flow run clones the deployed commit from the
 repository the deployment names, and both workers run in empty folders. On the gpu pool's
 route (``lcer run --explain-deployment``) the gpu worker is killed mid-run and the same command
-run again explains only the shards not yet under the storage URL; a pipeline of other code
+run again explains only the shards not yet under the storage URL (a bucket on the session's S3
+API server, moto, where it is installed: the two pools share nothing else); a pipeline of other code
 than the deployment's is refused in one line, before any work.
 
 The server is protected as docs/cluster.md's set-up says: Prefect's API auth string
@@ -19,6 +20,7 @@ and is stopped in ``finally`` blocks, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import secrets
@@ -36,6 +38,7 @@ from uuid import UUID
 import httpx
 import polars as pl
 import pytest
+from s3_fixtures import SharedStorage, shared_storage
 
 from lcer_core.code_version import code_version
 from lcer_core.store import ResultStore
@@ -45,15 +48,16 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 CLI = "import sys, lcer_core.cli.pipeline; from lcer_core.cli import main; main(sys.argv[1:])"
-PIPELINE = {
-    "datasets": ["ml-100k"],
-    "methods": ["lcer", "fia"],
-    "ks": [5],
-    "n_users": 4,
-    "steps": 100,
-    "seed": 0,
-    "shard_size": 2,
-    "epochs": 3,
+PIPELINE = {  # the deployment's parameters: the plan (JSON), then where to explain
+    "plan": {
+        "datasets": ["ml-100k"],
+        "explainers": {"lcer": {"fixed": {"steps": 100}}, "fia": {}},
+        "ks": [5],
+        "n_users": 4,
+        "seed": 0,
+        "shard_size": 2,
+        "epochs": 3,
+    }
 }
 
 
@@ -118,6 +122,16 @@ def _snapshot(root: Path) -> tuple[Path, Path, str]:
 
 def _mtimes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in folder.glob("shard-*.parquet")}
+
+
+def _versions(storage: SharedStorage, under: str) -> dict[str, tuple[str, ...]]:
+    """The shard objects under ``URL/under``, each with what changes when it is written again
+    (ETag and LastModified, in ms, of the S3 object; size and mtime in ns of a file)."""
+    return {
+        name: version
+        for name, version in storage.versions(under).items()
+        if name.startswith("shard-") and name.endswith(".parquet")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +250,7 @@ def _shards(home: Path, run_id: str) -> dict[str, int]:
 
 
 def _forged_explain_run_is_refused(
-    client: Any, storage: Path, root: Path, logs: list[Path]
+    client: Any, storage: SharedStorage, root: Path, logs: list[Path]
 ) -> None:
     """A flow run of lcer-explain created with a storage URL of the caller's (the pipeline's
     own run and bundle otherwise) fails in one line on the gpu worker, writing nothing there."""
@@ -246,16 +260,17 @@ def _forged_explain_run_is_refused(
 
     model_key = ResultStore().query("SELECT model_key FROM models")["model_key"][0]
     spec = run_spec(dataset="ml-100k", method="fia", k=5, seed=0, n_users=4, model_key=model_key)
-    [bundle] = (storage / "bundles").iterdir()
+    [bundle] = {key.split("/")[0] for key in storage.objects("bundles")}
+    users = pl.read_parquet(io.BytesIO(storage.read(f"bundles/{bundle}/users.parquet")))
     elsewhere = root / "elsewhere"
     forged = run_deployment(
         "lcer-explain/lcer-explain",
         parameters={
             "specs": [{**spec.to_payload(), "model_digest": "0" * 64, "data_digest": "0" * 64}],
-            "users": pl.read_parquet(bundle / "users.parquet")["uid"].to_list(),
+            "users": users["uid"].to_list(),
             "shard_size": 2,
             "storage": elsewhere.as_uri(),
-            "bundles": {model_key: bundle.as_uri()},
+            "bundles": {model_key: f"{storage.url}/bundles/{bundle}"},
             "code_version": code_version(),
         },
         timeout=0,
@@ -268,15 +283,17 @@ def _forged_explain_run_is_refused(
 
 
 def test_deployments_workers_fan_out_and_kill_resume(
-    server: dict[str, Any], api_client: Any
+    server: dict[str, Any], api_client: Any, request: pytest.FixtureRequest
 ) -> None:
     from prefect.deployments import run_deployment
 
     env, root, home = server["env"], server["root"], server["home"]
     # The gpu pool's worker has its own LCER_HOME: what its flow needs and returns goes through
-    # the storage URL, the only folder the two pools share. Both workers run in empty folders,
+    # the storage URL, the only place the two pools share: a bucket on the session's S3 API
+    # server (moto; a folder where it is not installed). Both workers run in empty folders,
     # with no checkout of ours on their path: each flow run clones the deployed commit.
-    storage, gpu_home = root / "storage", root / "gpu-home"
+    storage = shared_storage(request, root / "storage", "lcer-e2e")
+    gpu_home = root / "gpu-home"
     cwds = {pool: root / f"{pool}-cwd" for pool in ("cpu", "gpu")}
     for cwd in cwds.values():
         cwd.mkdir()
@@ -284,7 +301,8 @@ def test_deployments_workers_fan_out_and_kill_resume(
         **env,
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-        "LCER_STORAGE": storage.as_uri(),
+        "LCER_STORAGE": storage.url,
+        **storage.env,
         # The harness's fault (tests/faults/sitecustomize.py): a shard on the gpu pool waits
         # 1 s after saying where it runs, one at a time, so that a kill lands mid-run.
         "PYTHONPATH": str(REPO / "tests" / "faults"),
@@ -366,8 +384,9 @@ def test_deployments_workers_fan_out_and_kill_resume(
         # no shard; the shards went through the storage URL.
         assert not (gpu_home / "data").exists() and not (gpu_home / "models").exists()
         assert not list(gpu_home.rglob("shard-*.parquet"))
-        assert len(list((storage / "work").rglob("shard-*.parquet"))) == 4
-        assert [p.name for p in (storage / "bundles").iterdir()] != []
+        assert len([k for k in storage.objects("work") if k.endswith(".parquet")]) == 4
+        assert storage.objects("bundles") != []
+        assert not [k for k in storage.objects() if ".lcer-probe-" in k or ".tmp-" in k]
 
         _forged_explain_run_is_refused(api_client, storage, root, logs)
         assert [list(cwd.iterdir()) for cwd in cwds.values()] == [[], []]
@@ -433,7 +452,7 @@ def test_deployments_workers_fan_out_and_kill_resume(
 def _gpu_worker_killed_then_resumed(
     client: Any,
     server: dict[str, Any],
-    storage: Path,
+    storage: SharedStorage,
     workers: dict[str, subprocess.Popen[bytes]],
     start_worker: Any,
 ) -> None:
@@ -446,11 +465,11 @@ def _gpu_worker_killed_then_resumed(
     argv = [sys.executable, "-c", CLI, "run", "ml-100k", "--methods", "lcer", "--k", "5",
             "--users", "4", "--steps", "200", "--shard-size", "1", "--epochs", "3",
             "--explain-deployment", "lcer-explain/lcer-explain"]  # fmt: skip
-    run_env = {**env, "LCER_STORAGE": storage.as_uri()}
+    run_env = {**env, "LCER_STORAGE": storage.url, **storage.env}
     model_key = ResultStore().query("SELECT model_key FROM models")["model_key"][0]
     run_id = run_spec(dataset="ml-100k", method="lcer", k=5, alpha=0.1, lam=0.01, steps=200,
                       seed=0, n_users=4, model_key=model_key).run_id  # fmt: skip
-    left = storage / "work" / run_id
+    left = f"work/{run_id}"
     gpu_log = root / "worker-gpu.log"
     offset = gpu_log.stat().st_size
     started = re.compile(r"shard \d+ of ml-100k/lcer k=5 started on node \S+ pid (\d+)")
@@ -458,7 +477,7 @@ def _gpu_worker_killed_then_resumed(
     proc = _start(argv, run_env, log)
     try:
         deadline = time.monotonic() + 240
-        while not _mtimes(left):
+        while not _versions(storage, left):
             assert proc.poll() is None, f"lcer run ended before the kill:\n{_tail(log)}"
             assert time.monotonic() < deadline, f"no shard left in time:\n{_tail(gpu_log)}"
             time.sleep(0.2)
@@ -470,15 +489,16 @@ def _gpu_worker_killed_then_resumed(
         _stop(workers["gpu"], signal.SIGKILL)
     finally:
         _stop(proc, signal.SIGKILL)  # the pipeline would wait for that flow run forever
-    before = _mtimes(left)
+    before = _versions(storage, left)
     assert 1 <= len(before) < 4, before
     start_worker("gpu")
     explain_runs_before = set(_flow_runs(client, "lcer-explain"))
     again = subprocess.run(argv, env=run_env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:] + _tail(gpu_log)
-    after = _mtimes(left)
+    after = _versions(storage, left)
     assert len(after) == 4
-    # The shards left before the kill are untouched; only the others were explained again.
+    # The shards left before the kill are untouched (same ETag and LastModified); only the
+    # others were written, by the one task run each of the new lcer-explain flow run.
     assert {name: after[name] for name in before} == before
     recomputed = sorted(set(after) - set(before))
     assert len(recomputed) == 4 - len(before)
