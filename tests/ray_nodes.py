@@ -3,9 +3,11 @@
 One helper for every test that needs the two-node cluster (``test_ray_cluster``,
 ``test_ray_node_death``). The head node (1 CPU, no GPU) and a worker node (``worker_cpus``
 CPUs, ``worker_gpus`` logical GPUs) are each started by ``ray start --block`` in a mount
-namespace of their own where the flow's folders (``root/flow``: its ``LCER_HOME``) are an
+namespace of their own where the flow's folders (``root/flow``: its ``LCER_HOME``) and every
+folder of our packages (the checkout under test, the environment's installed copy) are an
 empty folder, with their own working folder and ``LCER_HOME``: as on other machines, they
-share no filesystem with the flow. Their workers inherit the harness's fault hook
+share no filesystem with the flow, and run the code the flow ships them (Ray's
+``runtime_env``). Their workers inherit the harness's fault hook
 (``tests/faults/sitecustomize.py``): a remote shard waits ``slow_shard_s`` seconds after
 saying where it runs, so that a test can act while it runs. Everything is stopped by the pid
 it was started with (never ``ray stop``).
@@ -26,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from s3_fixtures import SharedStorage
 from test_prefect_e2e import PREFECT, REPO, _free_port, _start, _stop, _tail
 
 BIN = Path(sys.executable).parent
@@ -33,20 +36,44 @@ LCER = str(BIN / "lcer")
 RAY = str(BIN / "ray")
 
 
-def namespaced(cmd: list[str], hidden: Path, empty: Path) -> list[str]:
-    """``cmd`` in a mount namespace of its own where ``hidden`` shows the empty folder ``empty``
-    (plain ``cmd`` where this machine cannot make one)."""
+def can_unshare() -> bool:
+    """Whether this machine lets a process make a mount namespace of its own."""
     probe = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True
     )
-    if probe.returncode != 0:
+    return probe.returncode == 0
+
+
+def namespaced(cmd: list[str], hidden: list[Path], empty: Path) -> list[str]:
+    """``cmd`` in a mount namespace of its own where each folder of ``hidden`` shows the empty
+    folder ``empty`` (plain ``cmd`` where this machine cannot make one)."""
+    if not can_unshare():
         return cmd
-    script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    script = (
+        'e="$1"; n="$2"; shift 2; while [ "$n" -gt 0 ]; do mount --bind "$e" "$1" || exit 1; '
+        'shift; n=$((n - 1)); done; exec "$@"'
+    )
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"] + [
         str(empty),
-        str(hidden),
+        str(len(hidden)),
+        *map(str, hidden),
         *cmd,
     ]
+
+
+def our_code(env: dict[str, str]) -> list[Path]:
+    """Every folder of our packages a Python of this environment could import by path: the
+    checkout under test and whatever the environment has installed (an editable install's)."""
+    found = {REPO / name for name in ("lcer_core", "flows", "tasks")}
+    script = (
+        "import lcer_core, flows, tasks as t; print(lcer_core.__path__[0]); "
+        "print(flows.__path__[0]); print(t.__path__[0])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd="/", capture_output=True, text=True
+    )
+    found |= {Path(line) for line in done.stdout.splitlines() if line.strip()}
+    return sorted(p.resolve() for p in found if p.is_dir())
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -80,8 +107,8 @@ print(json.dumps({{"nodes": [x["NodeID"] for x in alive], "gpu_node": gpu[0] if 
             _tail(p, 2000) for p in sorted(root.glob("*.log"))
         )
         done = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=150,
-            env=clean_env() | {"PYTHONPATH": str(REPO)},
+            [sys.executable, "-c", script], env=clean_env(), capture_output=True, text=True,
+            timeout=150,
         )  # fmt: skip
         if done.returncode == 0:
             info = json.loads(done.stdout.strip().splitlines()[-1])
@@ -123,9 +150,12 @@ def ray_cluster(
     worker_cpus: int = 1,
     worker_gpus: int = 1,
     slow_shard_s: float = 2,
+    storage: SharedStorage | None = None,
 ) -> Iterator[dict[str, Any]]:
     """A Prefect server and two Ray nodes (head: 1 CPU; worker: ``worker_cpus`` CPUs and
-    ``worker_gpus`` logical GPUs), stopped by pid on leaving.
+    ``worker_gpus`` logical GPUs), stopped by pid on leaving. The nodes see neither the flow's
+    folders nor any copy of our code (the flow ships it through Ray's ``runtime_env``), and
+    get ``storage``'s environment (its credentials, as on a cloud's machines).
 
     Yields ``address``, ``root``, ``flow`` (the flow's folder, hidden from the nodes),
     ``empty`` (what the nodes see there), ``env`` (for ``lcer``: the server's URL and
@@ -144,6 +174,13 @@ def ray_cluster(
         "RAY_USAGE_STATS_ENABLED": "0",
         "PREFECT_API_URL": api,
     }
+    hidden = [flow, *our_code({**base, "PYTHONPATH": ""})]
+    if can_unshare():  # the probe: a node's Python cannot import our code by path
+        probe = subprocess.run(
+            namespaced([sys.executable, "-c", "import tasks.explain"], hidden, empty),
+            env={**base, "PYTHONPATH": ""}, cwd="/", capture_output=True, text=True,
+        )  # fmt: skip
+        assert probe.returncode != 0, "a node's Python could still import our code by path"
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(
@@ -165,14 +202,14 @@ def ray_cluster(
                 **base,
                 "LCER_HOME": str(node_home / "lcer-home"),
                 "PREFECT_HOME": str(node_home / "prefect-home"),
-                # the checkout under test first (as on a node that has it installed), then
-                # the harness's fault hook
-                "PYTHONPATH": os.pathsep.join((str(REPO), str(REPO / "tests" / "faults"))),
+                # only the harness's fault hook: our code comes from the flow
+                "PYTHONPATH": str(REPO / "tests" / "faults"),
                 "LCER_FAULT_SLOW_SHARD": f"{slow_shard_s:g}",
+                **(storage.env if storage else {}),
             }
             cmd = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1",
                    "--temp-dir", str(node_home / "ray"), "--disable-usage-stats", *extra]  # fmt: skip
-            proc = _start(namespaced(cmd, flow, empty), env, root / f"{name}.log", cwd=node_home)
+            proc = _start(namespaced(cmd, hidden, empty), env, root / f"{name}.log", cwd=node_home)
             procs.append(proc)
             nodes[name] = proc
             if name == "head":  # the worker node needs the head's GCS

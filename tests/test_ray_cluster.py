@@ -1,8 +1,10 @@
 """A real two-node Ray cluster on loopback, a real Prefect server, and ``lcer run --runner ray``.
 
 The head node (CPU only) and a worker node with two CPUs and one logical GPU
-(``--num-gpus 1``), started by :mod:`ray_nodes` (the flow's folders hidden from them; stopped
-by pid). One Ray run with half a GPU per shard (``LCER_RAY_GPUS_PER_SHARD=0.5``): its
+(``--num-gpus 1``), started by :mod:`ray_nodes` and stopped by pid: they see neither the
+flow's folders nor any copy of our code (the flow ships it through Ray's ``runtime_env``),
+and the model and data reach them through a storage URL (a bucket on the session's S3 API
+server). One Ray run with half a GPU per shard (``LCER_RAY_GPUS_PER_SHARD=0.5``): its
 explanations equal the thread runner's row for row, every shard ran on the GPU node with GPU
 id 0 (DuckDB ``shards`` and the log say so), LCER's two shards ran at once there (their
 times in the log; each waits 4 s after starting), and the Ray worker running the first FIA
@@ -27,6 +29,7 @@ from typing import Any
 
 import pytest
 from ray_nodes import LCER, RAY, clean_env, ray_cluster, wait_port
+from s3_fixtures import shared_storage
 from test_prefect_e2e import REPO, _free_port, _start, _stop, _tail
 
 from lcer_core.store import ResultStore
@@ -72,10 +75,16 @@ def _sql(query: str, env: dict[str, str]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def cluster(http_mirror: str) -> Iterator[dict[str, Any]]:
-    """A Prefect server and two Ray nodes (head: 1 CPU; worker: 2 CPUs, 1 logical GPU)."""
-    with ray_cluster("lcray", http_mirror, worker_cpus=2, slow_shard_s=4) as info:
-        yield info
+def cluster(http_mirror: str, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """A Prefect server and two Ray nodes (head: 1 CPU; worker: 2 CPUs, 1 logical GPU), and a
+    storage URL they reach (a bucket on the session's S3 API server, with credentials in the
+    nodes' environment as on a cloud's machines; a folder where moto is not installed)."""
+    with tempfile.TemporaryDirectory(prefix="lcs3", dir="/tmp") as folder:
+        storage = shared_storage(request, Path(folder), "lcer-ray")
+        with ray_cluster(
+            "lcray", http_mirror, worker_cpus=2, slow_shard_s=4, storage=storage
+        ) as info:
+            yield {**info, "storage": storage}
 
 
 def _spans(log: str) -> dict[tuple[str, int, int], list[float]]:
@@ -109,8 +118,11 @@ def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
     # The Ray run starts from the same prepared data and model (the flow's, not the workers').
     for part in ("data", "models"):
         shutil.copytree(threads_home / part, ray_home / part)
-    # Half a GPU per shard: the worker node (2 CPUs, 1 GPU) runs two shards at once.
-    ray_env = {**env, "LCER_HOME": str(ray_home), "LCER_RAY_GPUS_PER_SHARD": "0.5"}
+    # Half a GPU per shard: the worker node (2 CPUs, 1 GPU) runs two shards at once. The model
+    # and data reach the nodes through the storage URL (not Ray's object store).
+    storage = cluster["storage"]
+    ray_env = {**env, "LCER_HOME": str(ray_home), "LCER_RAY_GPUS_PER_SHARD": "0.5",
+               "LCER_STORAGE": storage.url, **storage.env}  # fmt: skip
     log = flow / "ray.log"
     args = [LCER, *RUN, "--runner", "ray", "--address", cluster["address"]]
     with log.open("w") as out:
@@ -163,6 +175,9 @@ def test_ray_cluster_matches_threads_and_survives_a_killed_worker(
     assert sorted(shard for _, shard, _ in lcer) == [0, 1], (lcer, text[-4000:])
     (a, b) = lcer.values()
     assert max(a[0], b[0]) < min(a[1], b[1]), f"LCER's shards did not overlap: {lcer}"
+
+    assert "model and data through the storage URL" in text
+    assert storage.objects("bundles") != []
 
     # The thread runner records where its shards ran too (this host).
     local = _sql("select distinct node from shards", env)
