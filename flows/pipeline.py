@@ -280,7 +280,12 @@ def run_plan(
         for split_seed in plan.splits():
             for seeds in plan.model_seeds(MODEL_SEED):
                 model, _ = prepare_and_train(
-                    dataset, _epochs(plan), seeds[0], split_seed, plan.recommender
+                    dataset,
+                    _epochs(plan),
+                    seeds[0],
+                    split_seed,
+                    plan.recommender,
+                    plan.recommender_fields(),
                 )
                 summaries += _explain_model(
                     plan,

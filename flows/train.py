@@ -27,12 +27,15 @@ def prepare_and_train(
     seed: int = MODEL_SEED,
     split_seed: int | None = None,
     recommender: str = DEFAULT_RECOMMENDER,
+    options: dict[str, Any] | None = None,
 ) -> tuple[ModelInfo, Registration]:
     """The first steps of every flow: prepare → train ``recommender`` (skipped when the model
     exists; on a GPU worker of the Ray cluster when it has one, :func:`flows.runner.train_on_gpu`)
     → register. With ``split_seed`` the model is trained on that split (the default one is
-    prepared too: the dataset's statistics and items are recorded from it)."""
-    config = recommender_config(recommender, epochs)  # an unknown name: one line, before any work
+    prepared too: the dataset's statistics and items are recorded from it). ``options``: fields
+    of the recommender's config (EASE's ``lam``)."""
+    # an unknown name or option: one line, before any work
+    config = recommender_config(recommender, epochs, options)
     fail_stale(dataset)
     prepare(dataset)
     store_dataset(dataset)
@@ -42,7 +45,7 @@ def prepare_and_train(
     # its registry version.
     with training_lock(dataset, config, seed):
         info = train_task(recommender)(
-            dataset, epochs, seed, split_seed, recommender, on_gpu=train_on_gpu()
+            dataset, epochs, seed, split_seed, recommender, on_gpu=train_on_gpu(), options=options
         )
         registration = register(info)
         store_model(info, registration)

@@ -11,11 +11,12 @@ other than the paper's). Consumers see a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import io
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 
 from lcer_core.datasets import PreparedDataset
 from lcer_core.devices import default_device
-from lcer_core.errors import DamagedDataError, LcerError, MissingDataError
+from lcer_core.errors import DamagedDataError, InvalidParameterError, LcerError, MissingDataError
 from lcer_core.fsio import (
     ensure_writable,
     home_error,
@@ -133,10 +134,29 @@ def check_trainable(dataset: str, config: Any) -> None:
         kind_of(config).check(load_prepared(dataset).n_items, config)
 
 
-def recommender_config(name: str = DEFAULT_RECOMMENDER, epochs: int | None = None) -> Any:
-    """The default config of recommender ``name`` (``epochs``: its training epochs, if it has
-    any); an unknown name is a one-line error naming the known ones."""
-    return get_recommender(name).config(epochs)
+def recommender_config(
+    name: str = DEFAULT_RECOMMENDER,
+    epochs: int | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Any:
+    """The config of recommender ``name``: its defaults, ``epochs`` (its training epochs, if it
+    has any) and ``options`` (fields of its config); an unknown name or option is a one-line
+    error naming the known ones, a bad value the config's own one line."""
+    kind = get_recommender(name)
+    config = kind.config(epochs)
+    if not options:
+        return config
+    fields = list(kind.config_type.__dataclass_fields__)
+    unknown = [n for n in options if n not in fields]
+    if unknown:
+        raise InvalidParameterError(
+            f"recommender {name!r} has no option {unknown[0]!r} (options: {', '.join(fields)})",
+            param="recommender_options",
+        )
+    try:
+        return dataclasses.replace(config, **options)
+    except InvalidParameterError as exc:  # the config's own line, about a recommender option
+        raise InvalidParameterError(f"recommender {name!r}: {exc}") from None
 
 
 def train_model(

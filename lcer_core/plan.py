@@ -56,9 +56,6 @@ __all__ = [
 
 #: The datasets explained when none are given.
 DEFAULT_DATASETS: tuple[str, ...] = ("ml-100k",)
-#: The options a plan's ``recommender_options`` may hold (the training flows take these).
-RECOMMENDER_OPTIONS: tuple[str, ...] = ("epochs",)
-
 Scalar = bool | int | float | str
 
 
@@ -115,16 +112,6 @@ class Plan(BaseModel):
         return self
 
     def _check_recommender(self) -> None:
-        from lcer_core.recommender.registry import get_recommender
-
-        get_recommender(self.recommender)  # an unknown name: one line
-        options = RECOMMENDER_OPTIONS
-        unknown = [n for n in self.recommender_options if n not in options]
-        if unknown:
-            raise InvalidParameterError(
-                f"recommender {self.recommender!r} has no option {unknown[0]!r} "
-                f"(options: {', '.join(options)})"
-            )
         if self.epochs is not None and "epochs" in self.recommender_options:
             raise InvalidParameterError("give epochs or recommender_options.epochs, not both")
         self.training_options()
@@ -132,13 +119,19 @@ class Plan(BaseModel):
     def training_options(self) -> dict[str, Any]:
         """The recommender's training options (``epochs`` given as a field of its own too),
         checked by its config; empty: its defaults."""
-        from lcer_core.recommender.registry import get_recommender
+        from lcer_core.models import recommender_config
 
         options = {**self.recommender_options}
         if self.epochs is not None:
             options["epochs"] = self.epochs
-        get_recommender(self.recommender).config(options.get("epochs"))
+        # an unknown name or option, or a bad value: one line
+        recommender_config(self.recommender, options.get("epochs"), self.recommender_fields())
         return options
+
+    def recommender_fields(self) -> dict[str, Any]:
+        """The recommender's config fields the plan sets, but its epochs (which a recommender
+        trained in closed form ignores)."""
+        return {n: v for n, v in self.recommender_options.items() if n != "epochs"}
 
     @property
     def methods(self) -> list[str]:

@@ -163,13 +163,14 @@ def train(
     split_seed: int | None = None,
     recommender: str = DEFAULT_RECOMMENDER,
     on_gpu: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> ModelInfo:
     """Train ``recommender`` on ``dataset`` (on its split ``split_seed``), or reuse the checkpoint
     trained on the same data with the same settings; ``epochs`` (None: the recommender's
     default) is ignored by a recommender trained in closed form; with ``on_gpu``, on a GPU
-    worker of the flow's Ray cluster."""
+    worker of the flow's Ray cluster; ``options``: fields of the recommender's config."""
     logger = get_run_logger()
-    config = models.recommender_config(recommender, epochs)
+    config = models.recommender_config(recommender, epochs, options)
     kind = kind_of(config)
     data = load_prepared(dataset, split_seed)
     history: dict[str, list[float]] = {"loss": [], "val_ndcg100": []}

@@ -120,3 +120,24 @@ def test_checkpoints_name_ease_and_not_multvae() -> None:
         Path("x"),
     )
     assert "recommender" not in models.checkpoint(mult)  # Mult-VAE's files as they were
+
+
+def test_a_recommender_option_is_checked_and_reaches_the_key() -> None:
+    """A plan's recommender options are fields of its config: checked in one line, part of
+    the model key (``--recommender-option lam=250``)."""
+    from lcer_core.plan import make_plan
+
+    default = models.recommender_config("ease")
+    chosen = models.recommender_config("ease", None, {"lam": 250.0})
+    assert chosen == EASEConfig(lam=250.0) and default == EASEConfig()
+    data = SimpleNamespace(fingerprint="f" * 64, split_seed=None)
+    assert models.model_key(data, chosen, 1) != models.model_key(data, default, 1)
+    plan = make_plan({}, recommender="ease", recommender_options={"lam": 250.0}, epochs=3)
+    assert plan.recommender_fields() == {"lam": 250.0}  # epochs: ignored by a closed form
+    for options, message in (
+        ({"lamb": 1.0}, "recommender 'ease' has no option 'lamb' (options: lam)"),
+        ({"lam": -1.0}, "recommender 'ease': lam must be > 0, got -1.0"),
+    ):
+        with pytest.raises(InvalidParameterError) as exc:
+            make_plan({}, recommender="ease", recommender_options=options)
+        assert str(exc.value) == message

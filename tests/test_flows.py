@@ -178,7 +178,8 @@ def test_cli_runs_ease_through_the_pipeline_and_reports_a_table_per_recommender(
     from tasks import mlflow_client
 
     common = ["ml-100k", "--methods", "lcer,kaffes", "--k", "2", "--users", "3", "--steps", "20"]
-    code, _, err = run_cli(["run", *common, "--recommender", "ease"], capsys)
+    ease_argv = ["--recommender", "ease", "--recommender-option", "lam=250"]
+    code, _, err = run_cli(["run", *common, *ease_argv], capsys)
     assert code == 0, err[-2000:]
     code, _, err = run_cli(["run", *common, "--epochs", str(TINY["epochs"])], capsys)  # Mult-VAE
     assert code == 0, err[-2000:]
@@ -200,6 +201,9 @@ def test_cli_runs_ease_through_the_pipeline_and_reports_a_table_per_recommender(
     models = store.query("SELECT model_key, params_json FROM models ORDER BY model_key")
     assert sum(k.startswith("ease-") for k in models["model_key"]) == 1
     assert (flow_home / "models" / "ml-100k" / "latest-ease").read_text() in ease
+    (ease_key,) = ease  # the option given on the command line trained it and is in its key
+    recorded = json.loads((flow_home / "models" / "ml-100k" / ease_key / "train.json").read_text())
+    assert recorded["config"] == {"lam": 250.0}
     client = mlflow_client.client()
     assert client.get_registered_model("ease-ml-100k") is not None
     assert client.get_registered_model("multvae-ml-100k") is not None

@@ -57,6 +57,14 @@ Epochs = Annotated[
         help="Training epochs of the recommender (when it must be trained; default: its own).",
     ),
 ]
+RecommenderOptions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--recommender-option",
+        help="name=value: a field of the recommender's config (EASE's lam; repeatable); "
+        "part of the model's key.",
+    ),
+]
 ExplainDeployment = Annotated[
     str | None,
     typer.Option(

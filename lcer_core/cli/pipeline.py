@@ -22,6 +22,8 @@ from lcer_core.errors import InvalidParameterError
 from lcer_core.paper import PAPER_RECOMMENDER as DEFAULT_RECOMMENDER
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from prefect import Flow
 
     from lcer_core.plan import Plan
@@ -173,6 +175,7 @@ def run(
     shard_size: flags.ShardSize = None,
     epochs: flags.Epochs = None,
     recommender: flags.Recommender = None,
+    recommender_option: flags.RecommenderOptions = None,
     show_plan: flags.ShowPlan = False,
     runner: flags.Runner = "threads",
     address: flags.Address = None,
@@ -199,6 +202,7 @@ def run(
             "epochs": epochs,
             "budget": budget,
             "recommender": recommender,
+            "recommender_options": _recommender_options(recommender, plan_file, recommender_option),
         },
         methods=[*(parse_list(methods, str, "--methods") or []), *(method or [])] or None,
         shorthand={
@@ -319,12 +323,30 @@ def sweep(
     typer.echo(shown.summary(f"{len(rows)} explanation runs"), err=True)
 
 
+def _recommender_options(
+    recommender: str | None, plan_file: Path | None, given: list[str] | None
+) -> dict[str, Any] | None:
+    """``--recommender-option name=value ...`` typed by the recommender's config (the plan
+    file's recommender when ``--recommender`` is not given); None when there are none."""
+    if not given:
+        return None
+    from lcer_core.cli.assignments import parse_assignments
+    from lcer_core.plan import load_plan
+    from lcer_core.recommender.registry import get_recommender
+
+    name = recommender or (load_plan(plan_file) if plan_file else {}).get("recommender")
+    kind = get_recommender(name or DEFAULT_RECOMMENDER)
+    return parse_assignments(given, kind.config_type, flag="--recommender-option", many=False)
+
+
 def _check_trainable(plan: Plan) -> None:
     """A prepared dataset of ``plan`` its recommender cannot train on (EASE above its catalogue
     limit) is one line here, before Prefect starts."""
     from lcer_core.models import check_trainable, recommender_config
 
-    config = recommender_config(plan.recommender, plan.training_options().get("epochs"))
+    config = recommender_config(
+        plan.recommender, plan.training_options().get("epochs"), plan.recommender_fields()
+    )
     for dataset in plan.datasets:
         check_trainable(dataset, config)
 
