@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ray_nodes import LCER, RAY, clean_env, ray_cluster, wait_port
+from ray_nodes import LCER, RAY, clean_env, ray_cluster, stop_node, wait_port
 from s3_fixtures import shared_storage
-from test_prefect_e2e import REPO, _free_port, _start, _stop, _tail
+from test_prefect_e2e import REPO, _free_port, _start, _tail
 
 from lcer_core.store import ResultStore
 
@@ -212,7 +212,7 @@ def test_a_cluster_without_cpus_is_refused_in_one_line(http_mirror: str) -> None
             timeout=180,
         )
     finally:
-        _stop(head, grace=30)
+        stop_node(head)
     try:
         assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
