@@ -23,6 +23,7 @@ A plan in TOML::
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -68,6 +69,14 @@ class ExplainerPlan(BaseModel):
     grid: dict[str, list[Scalar]] = Field(default_factory=dict)
 
 
+#: The largest plan file read (bytes): a plan is a few lines; more is refused unread.
+MAX_PLAN_BYTES = 1 << 20
+#: The most explanation runs one plan may make (datasets × splits × seeds × K × each method's
+#: grid combinations): counted before any configuration is built, so a hostile grid costs
+#: one line, not memory.
+MAX_RUNS = 10_000
+
+
 def _paper_explainers() -> dict[str, ExplainerPlan]:
     return {method: ExplainerPlan() for method in PAPER_METHODS}
 
@@ -98,6 +107,7 @@ class Plan(BaseModel):
 
     @model_validator(mode="after")
     def _validate(self) -> Plan:
+        self._check_size()
         self._check_recommender()
         validate_plan(
             self.datasets,
@@ -110,6 +120,21 @@ class Plan(BaseModel):
             budget=self.budget,
         )
         return self
+
+    def _check_size(self) -> None:
+        combos = sum(math.prod(len(v) for v in e.grid.values()) for e in self.explainers.values())
+        runs = (
+            len(self.datasets)
+            * max(1, len(self.split_seeds))
+            * max(1, len(self.seeds))
+            * len(self.ks)
+            * combos
+        )
+        if runs > MAX_RUNS:
+            raise InvalidParameterError(
+                f"the plan makes {runs} explanation runs, more than {MAX_RUNS}: "
+                "split it into smaller plans"
+            )
 
     def _check_recommender(self) -> None:
         if self.epochs is not None and "epochs" in self.recommender_options:
@@ -205,7 +230,13 @@ def load_plan(path: str | Path) -> dict[str, Any]:
     """A plan file's fields (TOML), unvalidated: :func:`make_plan` validates them with the
     flags that go with the file."""
     try:
-        return tomllib.loads(Path(path).read_text())
+        with Path(path).open("rb") as file:
+            raw = file.read(MAX_PLAN_BYTES + 1)
+        if len(raw) > MAX_PLAN_BYTES:
+            raise InvalidParameterError(
+                f"--plan: {path} is larger than {MAX_PLAN_BYTES} bytes: not a plan"
+            )
+        return tomllib.loads(raw.decode())
     except OSError as exc:
         raise InvalidParameterError(f"--plan: cannot read {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

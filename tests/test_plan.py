@@ -190,3 +190,19 @@ def test_the_deployments_and_the_docs_hold_valid_plans() -> None:
     page = (repo / "docs" / "commands.md").read_text()
     [block] = re.findall(r"```toml\n(.*?)```", page, re.DOTALL)
     assert make_plan(tomllib.loads(block)).methods == ["lcer", "kaffes"]
+
+
+def test_an_oversized_plan_is_refused_before_any_configuration(tmp_path: Path, capsys) -> None:
+    """A plan file larger than a plan, or a grid whose combinations explode, is one line:
+    the file is not read past its cap, the configurations are never built."""
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * (1 << 20) + "\n")
+    assert "is larger than 1048576 bytes" in refused(
+        ["run", "--plan", str(big), "--show-plan"], capsys
+    )
+    values = ",".join(str(0.001 * (i + 1)) for i in range(200))
+    argv = ["run", "ml-100k", "--method", "lcer", "--grid", f"alpha={values}",
+            "--grid", f"lam={values}", "--show-plan"]  # fmt: skip
+    assert refused(argv, capsys) == (
+        "error: the plan makes 80000 explanation runs, more than 10000: split it into smaller plans"
+    )
